@@ -1,0 +1,16 @@
+"""htcore: heavy-tailed weights -> measurement, top-k compression, generalization bounds, fast CPU runtime.
+
+The compiled kernels live in ``htcore._core``; everything public is re-exported here with
+validation, documentation and type hints. See ``../shared/DESIGN.md`` conventions in the README:
+``alpha`` is a tail index (P(X > x) ~ x^-alpha), ``pdf_exponent`` = alpha + 1.
+"""
+from __future__ import annotations
+
+from ._version import __version__
+from .threads import get_num_threads, set_num_threads
+
+__all__ = [
+    "__version__",
+    "get_num_threads",
+    "set_num_threads",
+]

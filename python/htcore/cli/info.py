@@ -1,0 +1,57 @@
+"""``htcore info``: what this installation is (version, compiler, OpenMP, threads, SIMD, extras)."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+
+from .. import _core
+from .._version import __version__
+from ..threads import get_num_threads
+
+OPTIONAL_PACKAGES = ["torch", "safetensors", "matplotlib", "sklearn", "powerlaw", "weightwatcher", "sparse_dot_mkl"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="show version, build, threads and optional extras", description=__doc__)
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(func=run)
+
+
+def collect() -> dict:
+    build = _core.build_info()
+    return {
+        "version": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "compiler": build["compiler"],
+        "build_flags": build["build_flags"],
+        "openmp": build["openmp_version"],
+        "threads": get_num_threads(),
+        "simd": list(build["simd"]),
+        "optional": {name: importlib.util.find_spec(name) is not None for name in OPTIONAL_PACKAGES},
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    facts = collect()
+    if args.json:
+        print(json.dumps(facts, indent=2))
+        return 0
+    width = max(map(len, facts))
+    for key, value in facts.items():
+        if key == "optional":
+            value = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in value.items())
+        elif key == "simd":
+            value = " ".join(value) or "none"
+        elif key == "openmp":
+            value = f"{value} (OpenMP {_openmp_release(value)})"
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _openmp_release(macro: int) -> str:
+    releases = {200505: "2.5", 200805: "3.0", 201107: "3.1", 201307: "4.0", 201511: "4.5", 201811: "5.0", 202011: "5.1", 202111: "5.2"}
+    return releases.get(macro, "unknown")
