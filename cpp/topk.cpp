@@ -101,7 +101,9 @@ struct Histogram {
 };
 
 // Bins the keys of level `level` by their digit. Level 0 takes every key; deeper levels only the
-// keys whose higher bits equal one of `prefixes` (sorted, distinct), one block of bins per prefix.
+// keys whose higher bits equal one of `prefixes` (at most 16), one block of bins per prefix. The
+// loops are branch-free: a key matching no prefix is counted in an extra block that is then
+// dropped (random data would mispredict a branch on every other key).
 template <class U, bool Sums>
 void histogram(const std::vector<Segment<U>>& segments, int level, const std::vector<U>& prefixes,
                Histogram<Sums>& out) {
@@ -113,39 +115,89 @@ void histogram(const std::vector<Segment<U>>& segments, int level, const std::ve
 #pragma omp parallel num_threads(htcore::num_threads())
   {
     Histogram<Sums> local;
-    local.reset(slots * bins);
+    local.reset((slots + 1) * bins);
     for (const auto& seg : segments) {
       if (level == 0) {
+        std::uint64_t* const count = local.count.data();
+        u128* const sum = Sums ? local.sum.data() : nullptr;
+        const U* const x = seg.x;
 #pragma omp for schedule(static) nowait
         for (i64 i = 0; i < seg.n; ++i) {
-          const U key = key_of(seg.x[i]);
+          const U key = key_of(x[i]);
           const std::size_t bin = key >> shift;
-          ++local.count[bin];
-          if constexpr (Sums) local.sum[bin] += square(key);
+          ++count[bin];
+          if constexpr (Sums) sum[bin] += square(key);
         }
       } else {
         const int prefix_shift = shift + bits;
-        const U lo = prefixes.front(), hi = prefixes.back();
-#pragma omp for schedule(static) nowait
-        for (i64 i = 0; i < seg.n; ++i) {
-          const U key = key_of(seg.x[i]);
-          const U prefix = static_cast<U>(key >> prefix_shift);
-          if (prefix < lo || prefix > hi) continue;
-          std::size_t slot = 0;
-          if (slots > 1) {
-            const auto it = std::lower_bound(prefixes.begin(), prefixes.end(), prefix);
-            if (*it != prefix) continue;
-            slot = static_cast<std::size_t>(it - prefixes.begin());
-          }
+        const U* const x = seg.x;
+        // by value: a uint64 count store could otherwise alias bins and shift, forcing reloads
+        std::uint64_t* const count = local.count.data();
+        u128* const sum = Sums ? local.sum.data() : nullptr;
+        const auto count_key = [=](U key, std::size_t slot) {
           const std::size_t bin = slot * bins + ((key >> shift) & (bins - 1));
-          ++local.count[bin];
-          if constexpr (Sums) local.sum[bin] += square(key);
+          ++count[bin];
+          if constexpr (Sums) sum[bin] += square(key);
+        };
+        if (slots == 1) {  // the common case: one target
+          const U only = prefixes[0];
+#pragma omp for schedule(static) nowait
+          for (i64 i = 0; i < seg.n; ++i) {
+            const U key = key_of(x[i]);
+            count_key(key, static_cast<U>(key >> prefix_shift) == only ? 0 : 1);
+          }
+        } else {
+#pragma omp for schedule(static) nowait
+          for (i64 i = 0; i < seg.n; ++i) {
+            const U key = key_of(x[i]);
+            const U prefix = static_cast<U>(key >> prefix_shift);
+            std::size_t slot = slots;
+            for (std::size_t j = 0; j < slots; ++j) slot = prefix == prefixes[j] ? j : slot;
+            count_key(key, slot);
+          }
         }
       }
     }
+    local.count.resize(slots * bins);
+    if (Sums) local.sum.resize(slots * bins);
 #pragma omp critical(htcore_topk_histogram)
     out.add(local);
   }
+}
+
+// Deeper levels only look at keys in the level-0 buckets of the targets. When those hold at most
+// an eighth of the entries (the usual case: a bucket is one exponent and a few mantissa bits),
+// they are copied out once, per thread (order is irrelevant to histograms), so the remaining
+// passes read a small buffer instead of the whole input. Otherwise the input is used as is.
+template <class U>
+std::vector<Segment<U>> narrow_to_buckets(const std::vector<Segment<U>>& segments,
+                                          const std::vector<std::uint64_t>& level0_count, const std::vector<U>& buckets,
+                                          std::vector<std::vector<U>>& storage) {
+  std::uint64_t wanted = 0, n = 0;
+  for (const U b : buckets) wanted += level0_count[b];
+  for (const auto& seg : segments) n += static_cast<std::uint64_t>(seg.n);
+  if (wanted > n / 8) return segments;
+  std::vector<unsigned char> is_wanted(level0_count.size(), 0);
+  for (const U b : buckets) is_wanted[b] = 1;
+  const int shift = shift_after<U>(0);
+  const int threads = htcore::num_threads();
+  storage.assign(static_cast<std::size_t>(threads), {});
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<U>& mine = storage[static_cast<std::size_t>(omp_get_thread_num())];
+    mine.reserve(wanted / static_cast<std::uint64_t>(omp_get_num_threads()) + 64);
+    for (const auto& seg : segments) {
+      const U* const x = seg.x;
+#pragma omp for schedule(static) nowait
+      for (i64 i = 0; i < seg.n; ++i) {
+        const U key = key_of(x[i]);
+        if (is_wanted[key >> shift]) mine.push_back(key);
+      }
+    }
+  }
+  std::vector<Segment<U>> narrowed;
+  for (const auto& part : storage) narrowed.push_back({part.data(), static_cast<i64>(part.size())});
+  return narrowed;
 }
 
 template <class U>
@@ -240,6 +292,10 @@ Selection select_impl(const std::vector<Segment<U>>& segments, const std::vector
     states.push_back(s);
   }
 
+  std::vector<U> buckets;
+  for (const auto& s : states) buckets.push_back(s.prefix);
+  std::vector<std::vector<U>> storage;
+  const auto narrowed = narrow_to_buckets<U>(segments, h0.count, buckets, storage);
   for (int level = 1; level < F::n_levels && !states.empty(); ++level) {
     const int bits = F::levels[level];
     const std::size_t bins = std::size_t(1) << bits;
@@ -247,13 +303,13 @@ Selection select_impl(const std::vector<Segment<U>>& segments, const std::vector
     for (const auto& s : states) distinct.push_back(s.prefix);
     std::sort(distinct.begin(), distinct.end());
     distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
-    // bound per-thread histogram memory: about 16k bins per pass
-    const std::size_t batch = std::max<std::size_t>(1, (std::size_t(1) << 14) >> bits);
+    // at most 16 prefixes (and about 16k bins) per pass
+    const std::size_t batch = std::clamp<std::size_t>((std::size_t(1) << 14) >> bits, 1, 16);
     for (std::size_t first = 0; first < distinct.size(); first += batch) {
       const std::vector<U> prefixes(distinct.begin() + first,
                                     distinct.begin() + std::min(distinct.size(), first + batch));
       Histogram<Sums> h;
-      histogram<U, Sums>(segments, level, prefixes, h);
+      histogram<U, Sums>(narrowed, level, prefixes, h);
       for (auto& s : states) {
         const auto it = std::lower_bound(prefixes.begin(), prefixes.end(), s.prefix);
         if (it == prefixes.end() || *it != s.prefix) continue;
@@ -284,6 +340,45 @@ Selection select_impl(const std::vector<Segment<U>>& segments, const std::vector
     result.targets.push_back(out);
   }
   return result;
+}
+
+// Writes, in column order, a row's entries for which keep(key) holds; there are `want` (> 0).
+template <class U, class Idx, class Keep>
+void compact_if(const U* row, i64 cols, i64 want, U* d, Idx* ix, Keep keep) {
+  i64 pos = 0;
+  if (want * 8 < cols) {  // few kept: a well-predicted branch is cheapest
+    for (i64 c = 0; c < cols; ++c) {
+      if (keep(key_of(row[c]))) {
+        d[pos] = row[c];
+        ix[pos] = static_cast<Idx>(c);
+        if (++pos == want) return;
+      }
+    }
+    return;
+  }
+  // many kept: write every entry, advance only past kept ones, stop when full
+  for (i64 c = 0; c < cols; ++c) {
+    const U v = row[c];
+    d[pos] = v;
+    ix[pos] = static_cast<Idx>(c);
+    pos += keep(key_of(v));
+    if (pos == want) return;
+  }
+}
+
+// A row's entries with key > t and its first `ties` of `row_ties` entries with key == t.
+template <class U, class Idx>
+void compact_row(const U* row, i64 cols, U t, i64 ties, i64 row_ties, U* d, Idx* ix, i64 want) {
+  if (want == 0) return;
+  if (ties == 0) return compact_if(row, cols, want, d, ix, [t](U key) { return key > t; });
+  if (ties == row_ties) return compact_if(row, cols, want, d, ix, [t](U key) { return key >= t; });
+  // the one row where the tie budget runs out: a running count
+  i64 tie_left = ties;
+  compact_if(row, cols, want, d, ix, [t, &tie_left](U key) {
+    const bool keep = key > t || (key == t && tie_left > 0);
+    tie_left -= keep && key == t;
+    return keep;
+  });
 }
 
 }  // namespace
@@ -324,10 +419,12 @@ i64 k_for_rel_error(const std::vector<Segment<U>>& segments, double max_rel_erro
   // remaining budget in integer units of this bucket's exponent (exact from here on)
   u128 left = static_cast<u128>(std::floor(std::ldexp(std::max(budget - cum, 0.0), -scale.unit(bucket_exponent<U>(bucket)))));
   U prefix = static_cast<U>(bucket);
+  std::vector<std::vector<U>> storage;
+  const auto narrowed = narrow_to_buckets<U>(segments, h0.count, {prefix}, storage);
   for (int level = 1; level < F::n_levels; ++level) {
     const int bits = F::levels[level];
     Histogram<true> h;
-    histogram<U, true>(segments, level, {prefix}, h);
+    histogram<U, true>(narrowed, level, {prefix}, h);
     std::size_t chosen = h.count.size();
     for (std::size_t b = 0; b < h.count.size(); ++b) {
       if (h.sum[b] > left) {
@@ -348,7 +445,7 @@ i64 k_for_rel_error(const std::vector<Segment<U>>& segments, double max_rel_erro
 template <class U, class Idx>
 Csr<U, Idx> csr_by_threshold(const U* w, i64 rows, i64 cols, std::uint64_t threshold, i64 tie_budget) {
   const U t = threshold > none_key<U> ? none_key<U> : static_cast<U>(threshold);
-  std::vector<i64> greater(rows), ties(rows);
+  std::vector<i64> greater(rows), row_ties(rows), ties(rows);
 #pragma omp parallel for schedule(static) num_threads(htcore::num_threads())
   for (i64 r = 0; r < rows; ++r) {
     const U* row = w + r * cols;
@@ -359,43 +456,27 @@ Csr<U, Idx> csr_by_threshold(const U* w, i64 rows, i64 cols, std::uint64_t thres
       e += key == t;
     }
     greater[r] = g;
-    ties[r] = e;
+    row_ties[r] = e;
   }
-  // first `tie_budget` ties in row-major order; ties[r] becomes the ties kept in row r
-  i64 left = std::max<i64>(tie_budget, 0), nnz = 0;
-  for (i64 r = 0; r < rows; ++r) {
-    ties[r] = std::min(ties[r], left);
-    left -= ties[r];
-    nnz += greater[r] + ties[r];
-  }
-  Csr<U, Idx> out(static_cast<std::size_t>(nnz), static_cast<std::size_t>(rows));
-  out.ties_taken = std::max<i64>(tie_budget, 0) - left;
+  // the first `tie_budget` ties in row-major order: ties[r] of them in row r
+  i64 left = std::max<i64>(tie_budget, 0);
+  Csr<U, Idx> out(0, static_cast<std::size_t>(rows));
   i64* indptr = out.indptr.data();
   indptr[0] = 0;
-  for (i64 r = 0; r < rows; ++r) indptr[r + 1] = indptr[r] + greater[r] + ties[r];
+  for (i64 r = 0; r < rows; ++r) {
+    ties[r] = std::min(row_ties[r], left);
+    left -= ties[r];
+    indptr[r + 1] = indptr[r] + greater[r] + ties[r];
+  }
+  out.ties_taken = std::max<i64>(tie_budget, 0) - left;
+  out.data = Buffer<U>(static_cast<std::size_t>(indptr[rows]));
+  out.indices = Buffer<Idx>(static_cast<std::size_t>(indptr[rows]));
   U* data = out.data.data();
   Idx* indices = out.indices.data();
 #pragma omp parallel for schedule(static) num_threads(htcore::num_threads())
-  for (i64 r = 0; r < rows; ++r) {
-    const i64 start = indptr[r], want = indptr[r + 1] - start;
-    if (want == 0) continue;
-    const U* row = w + r * cols;
-    U* d = data + start;
-    Idx* ix = indices + start;
-    i64 tie_left = ties[r], pos = 0;
-    // branch-free compaction: write every entry, advance only for kept ones, stop when full
-    for (i64 c = 0; c < cols; ++c) {
-      const U v = row[c];
-      const U key = key_of(v);
-      const bool tie = key == t;
-      const bool keep = (key > t) | (tie & (tie_left > 0));
-      tie_left -= tie & keep;
-      d[pos] = v;
-      ix[pos] = static_cast<Idx>(c);
-      pos += keep;
-      if (pos == want) break;
-    }
-  }
+  for (i64 r = 0; r < rows; ++r)
+    compact_row(w + r * cols, cols, t, ties[r], row_ties[r], data + indptr[r], indices + indptr[r],
+                indptr[r + 1] - indptr[r]);
   return out;
 }
 
@@ -422,22 +503,13 @@ Csr<U, Idx> csr_rows(const U* w, i64 rows, i64 cols, i64 k, const std::string& n
       if (!finite || k == 0) continue;
       std::nth_element(keys.begin(), keys.begin() + (k - 1), keys.end(), std::greater<U>());
       const U t = keys[k - 1];
-      i64 tie_left = k;
-      for (i64 c = 0; c < cols; ++c) tie_left -= key_of(row[c]) > t;
-      U* d = data + r * k;
-      Idx* ix = indices + r * k;
-      i64 pos = 0;
+      i64 greater = 0, row_ties = 0;
       for (i64 c = 0; c < cols; ++c) {
-        const U v = row[c];
-        const U key = key_of(v);
-        const bool tie = key == t;
-        const bool keep = (key > t) | (tie & (tie_left > 0));
-        tie_left -= tie & keep;
-        d[pos] = v;
-        ix[pos] = static_cast<Idx>(c);
-        pos += keep;
-        if (pos == k) break;
+        const U key = key_of(row[c]);
+        greater += key > t;
+        row_ties += key == t;
       }
+      compact_row(row, cols, t, k - greater, row_ties, data + r * k, indices + r * k, k);
     }
   }
   if (!finite) fail(name + " contains non-finite values (NaN or Inf)");
