@@ -8,9 +8,26 @@ from __future__ import annotations
 
 from ._version import __version__
 from .threads import get_num_threads, set_num_threads
+from .topk import (
+    CompressibilityCurve,
+    TopkThreshold,
+    compressibility_curve,
+    k_for_keep,
+    sparsify_global,
+    topk_sparsify,
+    topk_threshold,
+)
 
 __all__ = [
     "__version__",
     "get_num_threads",
     "set_num_threads",
+    # top-k selection
+    "CompressibilityCurve",
+    "TopkThreshold",
+    "compressibility_curve",
+    "k_for_keep",
+    "sparsify_global",
+    "topk_sparsify",
+    "topk_threshold",
 ]
