@@ -7,6 +7,9 @@ validation, documentation and type hints. See ``../shared/DESIGN.md`` convention
 from __future__ import annotations
 
 from ._version import __version__
+from .analyze import analyze
+from .layers import Layer, load_layers
+from .report import ModelReport
 from .threads import get_num_threads, set_num_threads
 from .topk import (
     CompressibilityCurve,
@@ -30,4 +33,9 @@ __all__ = [
     "sparsify_global",
     "topk_sparsify",
     "topk_threshold",
+    # model I/O and whole-model analysis
+    "Layer",
+    "ModelReport",
+    "analyze",
+    "load_layers",
 ]

@@ -10,10 +10,10 @@ import sys
 from typing import Sequence
 
 from .._version import __version__
-from . import demo, info
+from . import analyze, demo, info
 
 # Order here is the order in --help.
-SUBCOMMANDS = [info, demo]
+SUBCOMMANDS = [info, analyze, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
