@@ -103,6 +103,12 @@ class SpectralMetrics:
     is htcore's one deliberate use of "alpha" for a pdf exponent, so tables compare directly.
     Fit-based fields are NaN (``num_spikes`` -1) when the layer has fewer than `MIN_EVALS`
     eigenvalues or fewer than two above `ZERO_EIGENVALUE`.
+
+    Scale: eigenvalues are those of the stored weights. weightwatcher 0.7.7's default
+    ``conv2d_norm=True`` multiplies Conv2d kernels by 1/sqrt(2) first, so for Conv2d layers its
+    ``xmin`` and ``xmax`` are half of htcore's and its ``log_norm``, ``log_spectral_norm`` are
+    log10(2) lower (``alpha_weighted`` follows); ``alpha``, ``ks_distance``, ``num_spikes`` and
+    ``stable_rank`` are scale-free and identical. Linear and embedding layers match exactly.
     """
 
     num_evals: int  #: number of eigenvalues, min(N, M) per matrix, zeros included
