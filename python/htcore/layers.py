@@ -170,14 +170,12 @@ def _torch_load(path: str) -> Mapping:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(
-            f"{path}: refused to load: the file is not a plain tensor checkpoint (torch.load weights_only=True "
-            f"rejected it: {reason}). htcore never unpickles arbitrary objects; save a state_dict or use safetensors."
+            f"{path}: refused to load: not a plain tensor checkpoint (torch.load weights_only=True: {_reason(exc, 'GLOBAL')}); "
+            f"htcore never unpickles arbitrary objects: save a state_dict or use safetensors"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): {reason}") from None
+    except Exception as exc:  # torch.load raises RuntimeError, KeyError, EOFError, ... on corrupt files
+        raise ValueError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): {type(exc).__name__}: {_reason(exc)}") from None
     if _is_module(obj) or not isinstance(obj, Mapping):
         raise ValueError(f"{path}: expected a state_dict (a mapping of names to tensors), found {type(obj).__name__}")
     return obj
@@ -190,9 +188,16 @@ def _from_npz(path: str) -> Iterator[tuple]:
             raise ValueError("not an .npz archive")
         arrays = {name: archive[name] for name in archive.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: not a readable .npz archive of numeric arrays (pickled objects are refused): {reason}") from None
+        raise ValueError(f"{path}: not a readable .npz archive of numeric arrays (pickled objects are refused): {_reason(exc)}") from None
     return _from_mapping(arrays)
+
+
+def _reason(exc: BaseException, prefer: str | None = None) -> str:
+    """A short one-line reason from an exception: the line containing ``prefer`` if any (torch names
+    the refused callable on a later line), else the first sentence, at most 160 characters."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    line = next((l for l in lines if prefer and prefer in l), lines[0].split(". ")[0])
+    return line if len(line) <= 160 else line[:157] + "..."
 
 
 def _is_module(obj: Any) -> bool:
