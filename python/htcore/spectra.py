@@ -32,10 +32,11 @@ MIN_EVALS = 8
 
 # Row-block size for Gram accumulation, in float64 elements (32 MiB).
 _BLOCK_ELEMENTS = 1 << 22
-# Below this many Gram flops (N M^2) BLAS/LAPACK run on one thread: threading a 384x384
-# eigenproblem costs more in wake-ups than it saves, and busy-waiting BLAS threads slowed it
-# 10x on a loaded 2-core machine here. Larger matrices use htcore's thread count.
-_PARALLEL_FLOPS = 1e9
+# Below this many Gram flops (N M^2, about 0.5 s on one core) BLAS/LAPACK run on one thread.
+# Measured on a loaded 2-core machine: the 30522x384 Gram took 0.28 s on one thread and 0.8-1.2 s
+# on two (OpenBLAS threads busy-wait for a core), and a 384x384 eigvalsh 10x longer threaded.
+# Larger matrices use htcore's thread count.
+_PARALLEL_FLOPS = 1e10
 
 
 def esd(matrices: np.ndarray | Iterable[np.ndarray]) -> np.ndarray:
