@@ -206,7 +206,9 @@ PowerLawResult fit_powerlaw(const double* x, long long n, double xmax, double fi
   // A first pass over every stride-th candidate finds a small tau early, so that the full pass
   // prunes most candidates after one or a few points.
   const long long stride = std::max(1LL, static_cast<long long>(std::sqrt(static_cast<double>(count)) / 4));
-#pragma omp parallel num_threads(htcore::num_threads())
+  // Small fits run on one thread: waking a team costs more than they take.
+  const bool parallel = static_cast<double>(count) * std::sqrt(static_cast<double>(last + 1)) > 2e5;
+#pragma omp parallel num_threads(htcore::num_threads()) if (parallel)
   {
     double local_d = kInf;
     long long local_c = -1;

@@ -225,7 +225,9 @@ std::vector<double> mean_amse(TailMethod method, const DescendingLogs& logs, lon
   std::vector<int> counts(static_cast<std::size_t>(kChunks * k_max), 0);
   std::vector<double> inv_k(static_cast<std::size_t>(k_max));
   for (long long k = 1; k <= k_max; ++k) inv_k[static_cast<std::size_t>(k - 1)] = 1.0 / static_cast<double>(k);
-#pragma omp parallel num_threads(htcore::num_threads())
+  // Small bootstraps run on one thread: waking a team costs more than they take.
+  const bool parallel = static_cast<double>(resamples) * static_cast<double>(k_max) > 2e5;
+#pragma omp parallel num_threads(htcore::num_threads()) if (parallel)
   {
     std::vector<double> top(static_cast<std::size_t>(k_max + 1)), spacing(static_cast<std::size_t>(k_max + 1));
 #pragma omp for schedule(dynamic, 1)
