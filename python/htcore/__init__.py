@@ -7,6 +7,8 @@ validation, documentation and type hints. See ``../shared/DESIGN.md`` convention
 from __future__ import annotations
 
 from ._version import __version__
+from .powerlaw_fit import PowerLawFit, fit_powerlaw
+from .tails import TailEstimate, element_sample, hill, moments, pickands
 from .threads import get_num_threads, set_num_threads
 from .topk import (
     CompressibilityCurve,
@@ -20,6 +22,13 @@ from .topk import (
 
 __all__ = [
     "__version__",
+    "PowerLawFit",
+    "TailEstimate",
+    "element_sample",
+    "fit_powerlaw",
+    "hill",
+    "moments",
+    "pickands",
     "get_num_threads",
     "set_num_threads",
     # top-k selection
