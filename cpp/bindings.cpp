@@ -14,7 +14,7 @@
 #include "build_info.hpp"
 #include "errors.hpp"
 #include "parallel.hpp"
-#include "topk.hpp"
+#include "tails.hpp"
 #include "topk.hpp"
 
 namespace py = pybind11;
@@ -186,6 +186,40 @@ PYBIND11_MODULE(_core, m) {
   m.def("_throw_for_testing", &throw_for_testing, "kind"_a);
 
   // ---- tails (issue: tail estimators) ----
+  m.def(
+      "tail_estimate",
+      [](py::array_t<double, py::array::c_style | py::array::forcecast> x, const std::string& method, long long k,
+         std::uint64_t seed, int resamples, double eps_stop, double cap_factor) {
+        htcore::TailMethod kind;
+        if (method == "hill") kind = htcore::TailMethod::hill;
+        else if (method == "moments") kind = htcore::TailMethod::moments;
+        else if (method == "pickands") kind = htcore::TailMethod::pickands;
+        else throw std::invalid_argument("unknown tail method '" + method + "'");
+        htcore::DoubleBootstrapOptions options;
+        options.resamples = resamples;
+        options.eps_stop = eps_stop;
+        options.cap_factor = cap_factor;
+        htcore::TailEstimate r;
+        {
+          py::gil_scoped_release release;
+          r = htcore::estimate_tail(kind, x.data(), static_cast<long long>(x.size()), k, seed, options);
+        }
+        return py::dict("xi"_a = r.xi, "k"_a = r.k, "k1"_a = r.bootstrap.k1, "k2"_a = r.bootstrap.k2,
+                        "n1"_a = r.bootstrap.n1, "n2"_a = r.bootstrap.n2);
+      },
+      "x"_a, "method"_a, "k"_a, "seed"_a, "resamples"_a, "eps_stop"_a, "cap_factor"_a);
+  m.def(
+      "fit_powerlaw",
+      [](py::array_t<double, py::array::c_style | py::array::forcecast> x, double xmax, double xmin, long long grid) {
+        htcore::PowerLawResult r;
+        {
+          py::gil_scoped_release release;
+          r = htcore::fit_powerlaw(x.data(), static_cast<long long>(x.size()), xmax, xmin, grid);
+        }
+        return py::dict("pdf_exponent"_a = r.pdf_exponent, "xmin"_a = r.xmin, "ks_distance"_a = r.ks_distance,
+                        "n_tail"_a = r.n_tail, "candidates"_a = r.candidates);
+      },
+      "x"_a, "xmax"_a, "xmin"_a, "grid"_a);
 
   // ---- top-k selection ----
   bind_topk(m);

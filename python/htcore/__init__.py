@@ -9,7 +9,9 @@ from __future__ import annotations
 from ._version import __version__
 from .analyze import analyze
 from .layers import Layer, load_layers
+from .powerlaw_fit import PowerLawFit, fit_powerlaw
 from .report import ModelReport
+from .tails import TailEstimate, element_sample, hill, moments, pickands
 from .threads import get_num_threads, set_num_threads
 from .topk import (
     CompressibilityCurve,
@@ -23,6 +25,13 @@ from .topk import (
 
 __all__ = [
     "__version__",
+    "PowerLawFit",
+    "TailEstimate",
+    "element_sample",
+    "fit_powerlaw",
+    "hill",
+    "moments",
+    "pickands",
     "get_num_threads",
     "set_num_threads",
     # top-k selection

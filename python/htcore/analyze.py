@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -9,8 +10,10 @@ import numpy as np
 from ._progress import progress as progress_bar
 from ._validation import check_fraction
 from .layers import Layer, load_layers
+from .powerlaw_fit import fit_powerlaw
 from .report import ElementTails, LayerReport, ModelReport
 from .spectra import esd, spectral_metrics
+from .tails import element_sample, hill
 from .topk import compressibility_curve
 
 DEFAULT_KEEPS = (0.01, 0.05, 0.1, 0.25, 0.5)
@@ -70,11 +73,9 @@ def analyze_layer(layer: Layer, *, spectral: bool = True, elements: bool = True,
     evals = esd(layer.matrices) if spectral else None
     element_tails = ccdf = None
     if elements:
-        from . import element_sample
-
         sample = element_sample(layer.weight)
         if sample.size >= MIN_ELEMENT_SAMPLES:
-            element_tails = _element_tails(sample)
+            element_tails = _element_tails(layer.name, sample)
             ccdf = _ccdf_summary(sample)
     rel_error = None
     if keeps:
@@ -91,11 +92,13 @@ def analyze_layer(layer: Layer, *, spectral: bool = True, elements: bool = True,
     )
 
 
-def _element_tails(sample: np.ndarray) -> ElementTails:
-    from . import fit_powerlaw, hill
-
-    h = hill(sample, random_state=0)
-    fit = fit_powerlaw(sample, candidates=None if sample.size <= ELEMENT_FIT_EXACT_MAX else ELEMENT_FIT_CANDIDATES)
+def _element_tails(name: str, sample: np.ndarray) -> ElementTails | None:
+    try:
+        h = hill(sample, random_state=0)
+        fit = fit_powerlaw(sample, candidates=None if sample.size <= ELEMENT_FIT_EXACT_MAX else ELEMENT_FIT_CANDIDATES)
+    except ValueError as exc:  # e.g. heavily quantized weights whose ties leave no estimate
+        warnings.warn(f"{name}: no element tail estimate ({exc})", RuntimeWarning, stacklevel=3)
+        return None
     return ElementTails(
         n=int(sample.size),
         tail_index=float(h.alpha),

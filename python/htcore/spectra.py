@@ -6,7 +6,8 @@ scaling; a layer with several matrices (conv kernel positions) pools all their e
 
 The eigenvalues are computed in float64 as the eigenvalues of the smaller Gram matrix
 (W^T W if N >= M, else W W^T) with LAPACK (``scipy.linalg.eigvalsh``), accumulating the Gram
-matrix over row blocks so a float32 matrix is never copied whole to float64. This costs
+matrix over row blocks so a float32 matrix is never copied whole to float64, with BLAS on one
+thread so the result is bitwise the same whatever the thread settings. This costs
 N M^2 + O(M^3) flops instead of an SVD's ~4 N M^2 + O(M^3); the absolute error of each eigenvalue
 is about 1e-16 * lambda_max, far below WeightWatcher's 1e-5 cut for "zero" eigenvalues.
 
@@ -23,7 +24,7 @@ from typing import ContextManager, Iterable
 import numpy as np
 import scipy.linalg
 
-from .threads import get_num_threads
+from .powerlaw_fit import fit_powerlaw
 
 # WeightWatcher 0.7.7: eigenvalues <= EVALS_THRESH are dropped before the power-law fit, and layers
 # with fewer than DEFAULT_MIN_EVALS eigenvalues are not analysed.
@@ -32,11 +33,11 @@ MIN_EVALS = 8
 
 # Row-block size for Gram accumulation, in float64 elements (32 MiB).
 _BLOCK_ELEMENTS = 1 << 22
-# Below this many Gram flops (N M^2, about 0.5 s on one core) BLAS/LAPACK run on one thread.
-# Measured on a loaded 2-core machine: the 30522x384 Gram took 0.28 s on one thread and 0.8-1.2 s
-# on two (OpenBLAS threads busy-wait for a core), and a 384x384 eigvalsh 10x longer threaded.
-# Larger matrices use htcore's thread count.
-_PARALLEL_FLOPS = 1e10
+# BLAS/LAPACK run on one thread here. Threaded BLAS sums in a thread-count-dependent order (the
+# last bits of the eigenvalues, and so possibly the chosen xmin, would change with the thread
+# count), and on a loaded 2-core machine it was slower anyway: the 30522x384 Gram took 0.28 s on
+# one thread and 0.8-1.2 s on two (OpenBLAS threads busy-wait for a core), a 384x384 eigvalsh 10x
+# longer. htcore's own kernels (fits, Hill, top-k) use htcore's thread count.
 
 
 def esd(matrices: np.ndarray | Iterable[np.ndarray]) -> np.ndarray:
@@ -69,7 +70,7 @@ def _gram_eigenvalues(w: np.ndarray) -> np.ndarray:
         return np.zeros(0)
     gram = np.zeros((m, m))
     step = max(1, _BLOCK_ELEMENTS // m)
-    with _blas_threads(1 if n * m * m < _PARALLEL_FLOPS else get_num_threads()):
+    with _single_threaded_blas():
         for start in range(0, n, step):
             block = np.asarray(w[start : start + step], dtype=np.float64)
             gram += block.T @ block
@@ -82,8 +83,8 @@ def _gram_eigenvalues(w: np.ndarray) -> np.ndarray:
 _controller = None
 
 
-def _blas_threads(n: int) -> ContextManager:
-    """Limit the BLAS/LAPACK libraries numpy and scipy use to ``n`` threads (needs threadpoolctl;
+def _single_threaded_blas() -> ContextManager:
+    """Limit the BLAS/LAPACK libraries numpy and scipy use to one thread (needs threadpoolctl;
     without it the libraries keep their own setting)."""
     global _controller
     if _controller is None:
@@ -92,7 +93,7 @@ def _blas_threads(n: int) -> ContextManager:
         except ImportError:
             return contextlib.nullcontext()
         _controller = ThreadpoolController()
-    return _controller.limit(limits=n, user_api="blas")
+    return _controller.limit(limits=1, user_api="blas")
 
 
 @dataclass(frozen=True)
@@ -132,8 +133,6 @@ def spectral_metrics(evals: np.ndarray) -> SpectralMetrics:
     fit does (its separate small-sample fit for fewer than 20 such eigenvalues is not reproduced).
     The norm metrics use all eigenvalues.
     """
-    from . import fit_powerlaw  # the package's fit (htcore.tails), imported late to avoid a cycle
-
     evals = np.asarray(evals, dtype=np.float64)
     if evals.ndim != 1 or evals.size == 0:
         raise ValueError(f"evals must be a non-empty 1-D array, got shape {evals.shape}")
