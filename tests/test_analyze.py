@@ -172,3 +172,20 @@ def test_cli_unreadable_input_one_line_error(tmp_path):
         assert out.stderr.startswith("htcore analyze: error:") and out.stderr.count("\n") == 1, out.stderr
     out = run_cli(str(bad), "--json", "--csv")
     assert out.returncode == 2
+
+
+def test_degenerate_layers_do_not_abort_the_table():
+    rng = np.random.default_rng(5)
+    sd = {
+        "zero.weight": np.zeros((30, 20), np.float32),
+        "ternary.weight": rng.integers(-1, 2, size=(64, 64)).astype(np.float32),  # massive ties
+        "ok.weight": rng.standard_t(3, size=(64, 32)).astype(np.float32),
+    }
+    report = htcore.analyze(sd, progress=False)
+    zero = report["zero.weight"]
+    assert zero.spectral.log_norm == -math.inf and math.isnan(zero.spectral.alpha) and zero.elements is None
+    assert zero.rel_error == (0.0,) * len(DEFAULT_KEEPS)
+    assert report["ok.weight"].elements is not None and not math.isnan(report["ok.weight"].spectral.alpha)
+    doc = json.loads(report.to_json())  # -inf and NaN become null, the JSON stays valid
+    assert doc["layers"][0]["log_norm"] is None
+    assert report.to_csv().splitlines()[1].startswith("zero.weight,linear,30x20,600,20,,")

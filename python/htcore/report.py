@@ -137,12 +137,13 @@ class ModelReport:
         return _maybe_write(buf.getvalue(), path)
 
     def to_json(self, path: str | os.PathLike | None = None, *, indent: int | None = 2) -> str:
-        """``{"source", "keeps", "columns", "layers": [row, ...]}`` as JSON (NaN as null)."""
+        """``{"source", "keeps", "columns", "layers": [row, ...]}`` as JSON (NaN and +-inf as null;
+        log_norm is -inf for an all-zero matrix)."""
         doc = {
             "source": self.source,
             "keeps": list(self.keeps),
             "columns": self.columns,
-            "layers": [{k: (None if _is_nan(v) else _plain(v)) for k, v in row.items()} for row in self.rows()],
+            "layers": [{k: (None if _not_finite(v) else _plain(v)) for k, v in row.items()} for row in self.rows()],
         }
         return _maybe_write(json.dumps(doc, indent=indent, allow_nan=False) + "\n", path)
 
@@ -202,7 +203,11 @@ class ModelReport:
 
 
 def _is_nan(v: Any) -> bool:
-    return isinstance(v, float) and math.isnan(v)
+    return isinstance(v, (float, np.floating)) and math.isnan(v)
+
+
+def _not_finite(v: Any) -> bool:
+    return isinstance(v, (float, np.floating)) and not math.isfinite(v)
 
 
 def _plain(v: Any) -> Any:
