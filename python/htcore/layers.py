@@ -2,7 +2,8 @@
 
 `load_layers` accepts an ``nn.Module``, a state_dict (any mapping of names to tensors/arrays,
 nested mappings flattened with dots), or a path to a ``.safetensors``, ``.pt``/``.pth`` or ``.npz``
-file, and yields one `Layer` per floating-point tensor with at least two dimensions.
+file (``.pt``/``.pth``/``.bin`` are torch checkpoints), and yields one `Layer` per floating-point
+tensor with at least two dimensions.
 
 Safety: files are read with loaders that cannot run code. ``.pt``/``.pth`` go through
 ``torch.load(weights_only=True)`` (tensors, containers and plain values only: a pickle naming any
@@ -78,8 +79,8 @@ def load_layers(
     Parameters
     ----------
     source : ``torch.nn.Module``, a mapping name -> tensor/array (a state_dict; nested mappings are
-        flattened with "."), or a path (str or PathLike) to a ``.safetensors``, ``.pt``/``.pth`` or
-        ``.npz`` file. Pickled ``.pt`` files are read with ``torch.load(weights_only=True)``, which
+        flattened with "."), or a path (str or PathLike) to a ``.safetensors``, ``.pt``/``.pth``/``.bin``
+        or ``.npz`` file. Pickled ``.pt`` files are read with ``torch.load(weights_only=True)``, which
         refuses anything but tensors and plain containers; no code from a file is ever executed.
     include, exclude : regular expressions matched (``re.search``) against tensor names; a tensor
         is kept when it matches ``include`` (if given) and does not match ``exclude`` (if given).
