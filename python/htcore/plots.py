@@ -101,9 +101,11 @@ def _plot_ccdf(ax, layer: "LayerReport") -> None:
 def _plot_compressibility(ax, report: "ModelReport") -> None:
     keeps = np.array(report.keeps)
     order = np.argsort(keeps)
-    for layer in report.layers:
-        if layer.rel_error is not None:
-            ax.plot(keeps[order], np.array(layer.rel_error)[order], "-", lw=0.8, alpha=0.6)
+    curves = [layer for layer in report.layers if layer.rel_error is not None]
+    for layer in curves:
+        ax.plot(keeps[order], np.array(layer.rel_error)[order], "o-", ms=3, lw=0.8, alpha=0.7, label=layer.name[-40:])
+    if len(curves) <= 12:  # a legend is only readable for a few layers
+        ax.legend(fontsize=6)
     ax.set_xscale("log")
     ax.set_xlabel("keep fraction (top-k by |w|)")
     ax.set_ylabel(r"$\|W - W_k\|_F / \|W\|_F$")
