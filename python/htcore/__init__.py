@@ -7,10 +7,13 @@ validation, documentation and type hints. See ``../shared/DESIGN.md`` convention
 from __future__ import annotations
 
 from ._version import __version__
+from .csr import CSRMatrix, sparse_linear
 from .threads import get_num_threads, set_num_threads
 
 __all__ = [
     "__version__",
+    "CSRMatrix",
+    "sparse_linear",
     "get_num_threads",
     "set_num_threads",
 ]
