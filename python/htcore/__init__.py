@@ -9,6 +9,15 @@ from __future__ import annotations
 from ._version import __version__
 from .csr import CSRMatrix, sparse_linear
 from .threads import get_num_threads, set_num_threads
+from .topk import (
+    CompressibilityCurve,
+    TopkThreshold,
+    compressibility_curve,
+    k_for_keep,
+    sparsify_global,
+    topk_sparsify,
+    topk_threshold,
+)
 
 __all__ = [
     "__version__",
@@ -16,4 +25,12 @@ __all__ = [
     "sparse_linear",
     "get_num_threads",
     "set_num_threads",
+    # top-k selection
+    "CompressibilityCurve",
+    "TopkThreshold",
+    "compressibility_curve",
+    "k_for_keep",
+    "sparsify_global",
+    "topk_sparsify",
+    "topk_threshold",
 ]
