@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ._version import __version__
 from .csr import CSRMatrix, sparse_linear
+from .model_file import load_compressed, save_compressed
 from .threads import get_num_threads, set_num_threads
 from .topk import (
     CompressibilityCurve,
@@ -23,6 +24,8 @@ __all__ = [
     "__version__",
     "CSRMatrix",
     "sparse_linear",
+    "save_compressed",
+    "load_compressed",
     "get_num_threads",
     "set_num_threads",
     # top-k selection
@@ -34,3 +37,12 @@ __all__ = [
     "topk_sparsify",
     "topk_threshold",
 ]
+
+
+def __getattr__(name: str):
+    """``htcore.nn`` (torch integration) is imported on first use, so ``import htcore`` never imports torch."""
+    if name in ("nn", "runtime"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'htcore' has no attribute {name!r}")
