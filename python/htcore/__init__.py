@@ -7,6 +7,8 @@ validation, documentation and type hints. See ``../shared/DESIGN.md`` convention
 from __future__ import annotations
 
 from ._version import __version__
+from .csr import CSRMatrix, sparse_linear
+from .model_file import load_compressed, save_compressed
 from .powerlaw_fit import PowerLawFit, fit_powerlaw
 from .tails import TailEstimate, element_sample, hill, moments, pickands
 from .threads import get_num_threads, set_num_threads
@@ -22,6 +24,7 @@ from .topk import (
 
 __all__ = [
     "__version__",
+    # tails
     "PowerLawFit",
     "TailEstimate",
     "element_sample",
@@ -29,6 +32,11 @@ __all__ = [
     "hill",
     "moments",
     "pickands",
+    # CSR kernels and runtime
+    "CSRMatrix",
+    "sparse_linear",
+    "save_compressed",
+    "load_compressed",
     "get_num_threads",
     "set_num_threads",
     # top-k selection
@@ -40,3 +48,12 @@ __all__ = [
     "topk_sparsify",
     "topk_threshold",
 ]
+
+
+def __getattr__(name: str):
+    """``htcore.nn`` (torch integration) is imported on first use, so ``import htcore`` never imports torch."""
+    if name in ("nn", "runtime"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'htcore' has no attribute {name!r}")
