@@ -6,11 +6,23 @@ validation, documentation and type hints. See ``../shared/DESIGN.md`` convention
 """
 from __future__ import annotations
 
+from . import bounds, datasets, train
 from ._version import __version__
+from .certify import BoundReport, certify, search_bound
+from .code_length import code_length
+from .compress import compress
 from .threads import get_num_threads, set_num_threads
 
 __all__ = [
     "__version__",
+    "BoundReport",
+    "bounds",
+    "certify",
+    "code_length",
+    "compress",
+    "datasets",
+    "search_bound",
+    "train",
     "get_num_threads",
     "set_num_threads",
 ]

@@ -1,0 +1,210 @@
+"""`compress`: top-k sparsification, optional fine-tuning with the mask fixed, optional k-means
+quantisation of the kept values, producing a runtime `CompressedModel`.
+
+Order of operations: (1) keep the top-k |w| of each chosen weight matrix (`htcore.topk_sparsify`,
+ties by lowest flat index); (2) with ``finetune``, train the surviving weights and all biases with
+the mask fixed (Adam, cross-entropy, seeded shuffles); (3) with ``levels``, replace the kept values of
+each sparse matrix by an r-level codebook from one-dimensional k-means (Lloyd's algorithm from the
+deterministic init at the (j + 1/2)/r quantiles of the kept values, j = 0..r-1; no randomness), and,
+with ``finetune``, train the codebook values and biases with the assignments fixed (the shared-weight
+fine-tuning of Han et al. 2016, "Deep Compression") for ``finetune["codebook_epochs"]`` epochs.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+import numpy as np
+
+from ._validation import as_float_array, check_fraction, check_int
+from .csr import CSRMatrix
+from .train import as_training_tensors, fit
+
+_KMEANS_MAX_ITER = 300
+
+
+def kmeans_1d(values: Any, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """One-dimensional k-means with the deterministic quantile init described in the module docstring.
+
+    Returns ``(codebook, assignment)``: the sorted distinct centres (float64, at most ``levels`` of
+    them; empty clusters are dropped) and, per value, the index of its nearest centre (int64).
+    """
+    values = as_float_array(values, "values", ndim=1, dtype=np.float64)
+    levels = check_int(levels, "levels", low=1)
+    if values.size == 0:
+        return np.zeros(0), np.zeros(0, np.int64)
+    centres = np.unique(np.quantile(values, (np.arange(levels) + 0.5) / levels))
+    order = np.argsort(values, kind="stable")
+    sorted_vals = values[order]
+    for _ in range(_KMEANS_MAX_ITER):
+        # nearest centre by the midpoints between sorted centres (exact for 1-D)
+        assign_sorted = np.searchsorted((centres[1:] + centres[:-1]) / 2.0, sorted_vals, side="right")
+        sums = np.bincount(assign_sorted, weights=sorted_vals, minlength=centres.size)
+        counts = np.bincount(assign_sorted, minlength=centres.size)
+        used = counts > 0
+        new = sums[used] / counts[used]
+        if new.size == centres.size and np.array_equal(new, centres):
+            break
+        centres = new
+    assign_sorted = np.searchsorted((centres[1:] + centres[:-1]) / 2.0, sorted_vals, side="right")
+    assignment = np.empty(values.size, np.int64)
+    assignment[order] = assign_sorted
+    return centres, assignment
+
+
+def _linear_layers(model: Any) -> list[tuple[str, Any]]:
+    import torch.nn as nn
+
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(f"model must be a torch.nn.Sequential, got {type(model).__name__}")
+    layers = [(name, m) for name, m in model.named_children() if isinstance(m, nn.Linear)]
+    if not layers:
+        raise ValueError("model has no nn.Linear layer to compress")
+    return layers
+
+
+def _keep_fractions(names: list[str], keep: Any, per_layer: Mapping[Any, Any] | None) -> dict[str, float]:
+    """Keep fraction per Linear layer (by its name in the Sequential); layers without one stay dense."""
+    if keep is None and not per_layer:
+        raise ValueError("give keep= (a fraction for every weight matrix) and/or per_layer= (a mapping)")
+    fractions = {} if keep is None else {name: check_fraction(keep, "keep") for name in names}
+    for key, value in (per_layer or {}).items():
+        name = str(key)
+        if name not in names:
+            raise ValueError(f"per_layer key {key!r} is not a Linear layer of the model; layers are {names}")
+        fractions[name] = check_fraction(value, f"per_layer[{key!r}]")
+    return fractions
+
+
+def _check_finetune(finetune: Mapping[str, Any]) -> dict[str, Any]:
+    allowed = {"epochs", "lr", "batch_size", "codebook_epochs", "seed"}
+    unknown = set(finetune) - allowed
+    if unknown:
+        raise ValueError(f"finetune has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+    out = {"epochs": check_int(finetune.get("epochs", 3), "finetune['epochs']", low=0),
+           "batch_size": check_int(finetune.get("batch_size", 128), "finetune['batch_size']", low=1),
+           "codebook_epochs": check_int(finetune.get("codebook_epochs", 1), "finetune['codebook_epochs']", low=0),
+           "seed": check_int(finetune.get("seed", 0), "finetune['seed']", low=0)}
+    lr = finetune.get("lr", 1e-3)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(f"finetune['lr'] must be a positive number, got {lr!r}")
+    out["lr"] = float(lr)
+    return out
+
+
+def _shared_weight_finetune(model: Any, quantised: dict, X: Any, y: Any, settings: dict) -> dict:
+    """Train codebook values and biases with the assignments fixed (weight = codebook[assignment] on
+    the mask). Returns ``quantised`` with the trained codebooks."""
+    import torch
+
+    books = {name: torch.nn.Parameter(torch.from_numpy(book.astype(np.float32))) for name, (book, _, _) in quantised.items()}
+    scatter = {name: (torch.from_numpy(np.flatnonzero(mask.ravel())), torch.from_numpy(assignment), mask.shape)
+               for name, (_, assignment, mask) in quantised.items()}
+
+    def weight_of(name: str):
+        index, assignment, shape = scatter[name]
+        flat = torch.zeros(shape[0] * shape[1], dtype=torch.float32)
+        return flat.index_put((index,), books[name][assignment]).view(shape)
+
+    def forward(h):
+        for name, module in model.named_children():
+            h = torch.nn.functional.linear(h, weight_of(name), module.bias) if name in books else module(h)
+        return h
+
+    biases = [m.bias for m in model.modules() if isinstance(m, torch.nn.Linear) and m.bias is not None]
+    fit(forward, list(books.values()) + biases, X, y, epochs=settings["codebook_epochs"], lr=settings["lr"],
+        batch_size=settings["batch_size"], seed=settings["seed"])
+    return {name: (books[name].detach().numpy().astype(np.float64), assignment, mask)
+            for name, (_, assignment, mask) in quantised.items()}
+
+
+def compress(model: Any, *, keep: float | None = None, per_layer: Mapping[Any, float] | None = None,
+             levels: int | None = None, finetune: Mapping[str, Any] | None = None,
+             train_data: tuple[Any, Any] | None = None) -> Any:
+    """Compress a ``torch.nn.Sequential`` of Linear/activation/Flatten layers into a runtime model.
+
+    Parameters
+    ----------
+    keep : float in (0, 1], optional
+        Fraction of entries kept in every weight matrix (k = ceil(keep * n)).
+    per_layer : mapping, optional
+        Keep fraction per Linear layer, keyed by its name in the Sequential (``"0"`` or ``0``);
+        overrides ``keep`` for those layers. Layers with neither stay dense.
+    levels : int, optional
+        Quantise each sparse matrix's kept values to this many codebook values (1-D k-means,
+        deterministic quantile init; see the module docstring). Biases stay float32.
+    finetune : dict, optional
+        ``epochs`` (default 3) of Adam at ``lr`` (1e-3) on the kept weights and biases with the mask
+        fixed, ``batch_size`` (128), ``seed`` (0); with ``levels``, then ``codebook_epochs`` (1) of
+        shared-weight fine-tuning. Needs ``train_data=(X, y)``. The input model is not modified.
+
+    Returns a `htcore.runtime.CompressedModel` whose sparse layers hold `CSRMatrix` weights (float32
+    values; quantised matrices hold exactly ``<= levels`` distinct values, which `code_length` charges
+    with a codebook code). Its ``metadata`` records the settings.
+    """
+    import torch
+
+    from . import runtime, topk_sparsify
+
+    linears = dict(_linear_layers(model))
+    fractions = _keep_fractions(list(linears), keep, per_layer)
+    if levels is not None:
+        levels = check_int(levels, "levels", low=1, high=256)
+    settings = None if finetune is None else _check_finetune(finetune)
+    if settings is not None and train_data is None:
+        raise ValueError("finetune needs train_data=(X, y)")
+    data = None if settings is None else as_training_tensors(*train_data)
+
+    model = copy.deepcopy(model).float().eval()
+    linears = dict(_linear_layers(model))
+    masks = {}
+    with torch.no_grad():
+        for name, fraction in fractions.items():
+            weight = linears[name].weight.detach().numpy()
+            sparse = topk_sparsify(weight, keep=fraction)
+            mask = np.zeros(weight.shape, bool)
+            mask[np.repeat(np.arange(weight.shape[0]), np.diff(sparse.indptr)), sparse.indices.astype(np.intp)] = True
+            masks[name] = mask
+            linears[name].weight.mul_(torch.from_numpy(mask.astype(np.float32)))
+
+    if settings is not None:
+        tensor_masks = [(linears[name].weight, torch.from_numpy(mask.astype(np.float32))) for name, mask in masks.items()]
+
+        def reapply() -> None:
+            with torch.no_grad():
+                for weight, mask in tensor_masks:
+                    weight.mul_(mask)
+
+        model.train()
+        fit(model, list(model.parameters()), *data, epochs=settings["epochs"], lr=settings["lr"],
+            batch_size=settings["batch_size"], seed=settings["seed"], after_step=reapply)
+
+    quantised = {}
+    if levels is not None:
+        for name, mask in masks.items():
+            values = linears[name].weight.detach().numpy()[mask]
+            book, assignment = kmeans_1d(values, levels)
+            quantised[name] = (book, assignment, mask)
+        if settings is not None:
+            model.train()
+            quantised = _shared_weight_finetune(model, quantised, *data, settings)
+    model.eval()
+
+    layers = list(runtime.CompressedModel.from_torch(model).layers)
+    names = [name for name, _ in model.named_children()]
+    for position, name in enumerate(names):
+        if name not in masks:
+            continue
+        weight = linears[name].weight.detach().numpy().astype(np.float32)
+        if name in quantised:
+            book, assignment, mask = quantised[name]
+            weight = np.zeros(mask.shape, np.float32)
+            weight[mask] = book.astype(np.float32)[assignment]
+        mask = masks[name]
+        rows, cols = np.nonzero(mask)
+        indptr = np.concatenate([[0], np.cumsum(mask.sum(axis=1))])
+        csr = CSRMatrix(weight[rows, cols], cols, indptr, mask.shape)
+        layers[position] = runtime.Linear(csr, layers[position].bias)
+    metadata = {"compress": {"keep": {name: fractions[name] for name in fractions}, "levels": levels,
+                             "finetune": settings}}
+    return runtime.CompressedModel(layers, metadata=metadata)
