@@ -114,8 +114,12 @@ def test_elias_fano_validation():
 
 
 def test_dense_tensors_at_stored_precision():
-    assert dense_code_length(np.zeros(10, np.float32)).total_bits == 320
-    assert dense_code_length(np.zeros((3, 4), np.float16)).total_bits == 192
+    rng = np.random.default_rng(6)
+    assert dense_code_length(rng.normal(size=10).astype(np.float32)).total_bits == 321
+    assert dense_code_length(rng.normal(size=(3, 4)).astype(np.float16)).total_bits == 193
+    assert dense_code_length(rng.normal(size=5)).total_bits == 5 * 64 + 1
+    half = dense_code_length(rng.normal(size=10).astype(np.float16).astype(np.float32))
+    assert half.values_code == "float16" and half.total_bits == 161
     with pytest.raises(TypeError, match="floating-point"):
         dense_code_length(np.zeros(3, np.int32), "b")
 
@@ -135,6 +139,7 @@ def test_model_total_adds_every_charge():
     cl = code_length(SimpleNamespace(layers=layers), settings_tried=12)
     assert [t.name for t in cl.tensors] == ["layers.0.weight", "layers.0.bias", "layers.2.weight"]
     assert [t.kind for t in cl.tensors] == ["sparse", "dense", "dense"]
+    assert cl.tensors[1].total_bits == 32 * 16 + 1  # zeros are float16-exact
     assert cl.search_bits == 4
     body = cl.architecture_bits + cl.search_bits + sum(t.total_bits for t in cl.tensors)
     assert cl.self_delimiting_bits == 2 * math.floor(math.log2(body)) + 1

@@ -11,7 +11,8 @@ The code is prefix-free and fixed before seeing data; every choice that picks g 
   distinct values at stored precision + r (Elias gamma) + ceil log2 r bits per value; or the same
   codebook + r - 1 counts (ceil log2(k + 1) bits each) + ceil log2 of the multinomial k! / prod c_j!
   (an enumerative code, never longer than k times the empirical entropy);
-- dense tensors (dense weights, biases) at their stored precision;
+- dense tensors (dense weights, biases) at their stored precision, or 16 bits per entry when every
+  entry is exactly a float16 value (1 flag bit);
 - 2 floor(log2 B) + 1 bits for the Elias gamma code of the body length B (self-delimiting);
 - ceil log2(settings_tried) bits for a search over compression settings (keep, levels, ...).
 """
@@ -119,7 +120,8 @@ class TensorCodeLength:
     ``position_bits`` is the enumerative charge ceil log2 C(n, k); ``elias_fano_bits`` the size of a
     real Elias–Fano code of the same positions, for comparison (the smaller is not chosen adaptively:
     the enumerative charge is the one used). ``value_bits_raw/codebook/entropy`` are the three value
-    codes; ``value_bits`` is the cheapest plus its 2-bit selector (0 extra for dense tensors).
+    codes; ``value_bits`` is the cheapest plus its 2-bit selector (dense tensors: "raw" or "float16"
+    plus a 1-bit selector).
     """
 
     name: str
@@ -222,16 +224,20 @@ def sparse_code_length(matrix: CSRMatrix, name: str = "weight") -> TensorCodeLen
 
 
 def dense_code_length(array: np.ndarray, name: str = "tensor") -> TensorCodeLength:
-    """Bits for a dense tensor: every entry at its stored precision."""
+    """Bits for a dense tensor: every entry at its stored precision, or at 16 bits ("float16" code)
+    when every entry of a wider float tensor is exactly a float16 value; plus 1 bit saying which."""
     array = np.asarray(array)
     if not np.issubdtype(array.dtype, np.floating):
         raise TypeError(f"{name} must be a floating-point array, got dtype {array.dtype}")
-    bits = array.size * _precision_bits(array.dtype)
+    raw = array.size * _precision_bits(array.dtype)
+    code, bits = "raw", raw
+    if array.dtype.itemsize > 2 and np.array_equal(array.astype(np.float16).astype(array.dtype), array):
+        code, bits = "float16", array.size * 16
     levels = int(np.unique(array).size)
     return TensorCodeLength(
         name=name, kind="dense", shape=tuple(array.shape), n=array.size, k=array.size, levels=levels,
-        count_bits=0, position_bits=0, elias_fano_bits=0, value_bits_raw=bits, value_bits_codebook=bits,
-        value_bits_entropy=bits, values_code="raw", value_bits=bits, total_bits=bits)
+        count_bits=0, position_bits=0, elias_fano_bits=0, value_bits_raw=raw, value_bits_codebook=raw,
+        value_bits_entropy=raw, values_code=code, value_bits=bits + 1, total_bits=bits + 1)
 
 
 def _layers_of(compressed: Any) -> Sequence[Any]:

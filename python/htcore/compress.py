@@ -120,7 +120,7 @@ def _shared_weight_finetune(model: Any, quantised: dict, X: Any, y: Any, setting
 
 def compress(model: Any, *, keep: float | None = None, per_layer: Mapping[Any, float] | None = None,
              levels: int | None = None, finetune: Mapping[str, Any] | None = None,
-             train_data: tuple[Any, Any] | None = None) -> Any:
+             train_data: tuple[Any, Any] | None = None, bias_precision: str = "float32") -> Any:
     """Compress a ``torch.nn.Sequential`` of Linear/activation/Flatten layers into a runtime model.
 
     Parameters
@@ -137,6 +137,9 @@ def compress(model: Any, *, keep: float | None = None, per_layer: Mapping[Any, f
         ``epochs`` (default 3) of Adam at ``lr`` (1e-3) on the kept weights and biases with the mask
         fixed, ``batch_size`` (128), ``seed`` (0); with ``levels``, then ``codebook_epochs`` (1) of
         shared-weight fine-tuning. Needs ``train_data=(X, y)``. The input model is not modified.
+    bias_precision : "float32" or "float16"
+        "float16" rounds every bias to the nearest float16 value at the end (still stored as float32
+        for the runtime); `code_length` then charges 16 bits per bias instead of 32.
 
     Returns a `htcore.runtime.CompressedModel` whose sparse layers hold `CSRMatrix` weights (float32
     values; quantised matrices hold exactly ``<= levels`` distinct values, which `code_length` charges
@@ -150,6 +153,8 @@ def compress(model: Any, *, keep: float | None = None, per_layer: Mapping[Any, f
     fractions = _keep_fractions(list(linears), keep, per_layer)
     if levels is not None:
         levels = check_int(levels, "levels", low=1, high=256)
+    if bias_precision not in ("float32", "float16"):
+        raise ValueError(f"bias_precision must be 'float32' or 'float16', got {bias_precision!r}")
     settings = None if finetune is None else _check_finetune(finetune)
     if settings is not None and train_data is None:
         raise ValueError("finetune needs train_data=(X, y)")
@@ -189,6 +194,11 @@ def compress(model: Any, *, keep: float | None = None, per_layer: Mapping[Any, f
             model.train()
             quantised = _shared_weight_finetune(model, quantised, *data, settings)
     model.eval()
+    if bias_precision == "float16":
+        with torch.no_grad():
+            for module in linears.values():
+                if module.bias is not None:
+                    module.bias.copy_(module.bias.half().float())
 
     layers = list(runtime.CompressedModel.from_torch(model).layers)
     names = [name for name, _ in model.named_children()]
@@ -206,5 +216,5 @@ def compress(model: Any, *, keep: float | None = None, per_layer: Mapping[Any, f
         csr = CSRMatrix(weight[rows, cols], cols, indptr, mask.shape)
         layers[position] = runtime.Linear(csr, layers[position].bias)
     metadata = {"compress": {"keep": {name: fractions[name] for name in fractions}, "levels": levels,
-                             "finetune": settings}}
+                             "finetune": settings, "bias_precision": bias_precision}}
     return runtime.CompressedModel(layers, metadata=metadata)
