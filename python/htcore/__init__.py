@@ -12,6 +12,15 @@ from .certify import BoundReport, certify, search_bound
 from .code_length import code_length
 from .compress import compress
 from .threads import get_num_threads, set_num_threads
+from .topk import (
+    CompressibilityCurve,
+    TopkThreshold,
+    compressibility_curve,
+    k_for_keep,
+    sparsify_global,
+    topk_sparsify,
+    topk_threshold,
+)
 
 __all__ = [
     "__version__",
@@ -25,4 +34,12 @@ __all__ = [
     "train",
     "get_num_threads",
     "set_num_threads",
+    # top-k selection
+    "CompressibilityCurve",
+    "TopkThreshold",
+    "compressibility_curve",
+    "k_for_keep",
+    "sparsify_global",
+    "topk_sparsify",
+    "topk_threshold",
 ]

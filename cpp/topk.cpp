@@ -1,0 +1,609 @@
+#include "topk.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+
+#include "errors.hpp"
+#include "parallel.hpp"
+
+namespace htcore::topk {
+
+namespace {
+
+using u128 = unsigned __int128;
+using i64 = std::int64_t;
+
+// IEEE layout and the radix digits used per level (most significant first). The first digit
+// always covers the whole exponent, so every first-level bucket holds a single exponent and the
+// sums of squares below it can be kept as exact integer mantissa sums.
+template <class U>
+struct Format;
+template <>
+struct Format<std::uint16_t> {
+  static constexpr int mant = 10, exp_bits = 5, sq_shift = 0, n_levels = 2;
+  static constexpr int levels[n_levels] = {7, 8};
+};
+template <>
+struct Format<std::uint32_t> {
+  static constexpr int mant = 23, exp_bits = 8, sq_shift = 0, n_levels = 3;
+  static constexpr int levels[n_levels] = {11, 10, 10};
+};
+template <>
+struct Format<std::uint64_t> {
+  // mantissa squares have 106 bits; dropping the low 20 keeps sums of 2^42 entries in 128 bits
+  static constexpr int mant = 52, exp_bits = 11, sq_shift = 20, n_levels = 5;
+  static constexpr int levels[n_levels] = {11, 13, 13, 13, 13};
+};
+
+template <class U>
+constexpr int key_bits = Format<U>::mant + Format<U>::exp_bits;
+template <class U>
+constexpr U magnitude_mask = static_cast<U>(~(U(1) << key_bits<U>));
+template <class U>
+constexpr U infinity_key = static_cast<U>(((U(1) << Format<U>::exp_bits) - 1) << Format<U>::mant);
+// A threshold above every finite key: selects nothing.
+template <class U>
+constexpr U none_key = static_cast<U>(~U(0));
+
+template <class U>
+inline U key_of(U bits) {
+  return static_cast<U>(bits & magnitude_mask<U>);
+}
+
+// Bits of the key below level `level`'s digit.
+template <class U>
+int shift_after(int level) {
+  int used = 0;
+  for (int l = 0; l <= level; ++l) used += Format<U>::levels[l];
+  return key_bits<U> - used;
+}
+
+template <class U>
+int effective_exponent(U key) {
+  return std::max(static_cast<int>(key >> Format<U>::mant), 1);
+}
+
+template <class U>
+U significand(U key) {
+  const U frac = static_cast<U>(key & ((U(1) << Format<U>::mant) - 1));
+  return (key >> Format<U>::mant) ? static_cast<U>(frac | (U(1) << Format<U>::mant)) : frac;
+}
+
+// significand^2 >> sq_shift: x^2 in units of 2^(2 (e_eff - bias - mant) + sq_shift).
+template <class U>
+inline u128 square(U key) {
+  const U m = significand(key);
+  return (u128(m) * m) >> Format<U>::sq_shift;
+}
+
+template <class U>
+double key_to_double(U key) {
+  constexpr int bias = (1 << (Format<U>::exp_bits - 1)) - 1;
+  return std::ldexp(static_cast<double>(significand(key)), effective_exponent(key) - bias - Format<U>::mant);
+}
+
+// Counts and (optionally) mantissa-square sums per bin. Integer merges are exact, so the merged
+// histogram never depends on the thread count.
+template <bool Sums>
+struct Histogram {
+  std::vector<std::uint64_t> count;
+  std::vector<u128> sum;
+  void reset(std::size_t n) {
+    count.assign(n, 0);
+    if (Sums) sum.assign(n, 0);
+  }
+  void add(const Histogram& other) {
+    for (std::size_t i = 0; i < count.size(); ++i) count[i] += other.count[i];
+    if (Sums)
+      for (std::size_t i = 0; i < sum.size(); ++i) sum[i] += other.sum[i];
+  }
+};
+
+// Bins the keys of level `level` by their digit. Level 0 takes every key; deeper levels only the
+// keys whose higher bits equal one of `prefixes` (at most 16), one block of bins per prefix. The
+// loops are branch-free: a key matching no prefix is counted in an extra block that is then
+// dropped (random data would mispredict a branch on every other key).
+template <class U, bool Sums>
+void histogram(const std::vector<Segment<U>>& segments, int level, const std::vector<U>& prefixes,
+               Histogram<Sums>& out) {
+  const int bits = Format<U>::levels[level];
+  const std::size_t bins = std::size_t(1) << bits;
+  const int shift = shift_after<U>(level);
+  const std::size_t slots = level == 0 ? 1 : prefixes.size();
+  out.reset(slots * bins);
+#pragma omp parallel num_threads(htcore::num_threads())
+  {
+    Histogram<Sums> local;
+    local.reset((slots + 1) * bins);
+    for (const auto& seg : segments) {
+      if (level == 0) {
+        std::uint64_t* const count = local.count.data();
+        u128* const sum = Sums ? local.sum.data() : nullptr;
+        const U* const x = seg.x;
+#pragma omp for schedule(static) nowait
+        for (i64 i = 0; i < seg.n; ++i) {
+          const U key = key_of(x[i]);
+          const std::size_t bin = key >> shift;
+          ++count[bin];
+          if constexpr (Sums) sum[bin] += square(key);
+        }
+      } else {
+        const int prefix_shift = shift + bits;
+        const U* const x = seg.x;
+        // by value: a uint64 count store could otherwise alias bins and shift, forcing reloads
+        std::uint64_t* const count = local.count.data();
+        u128* const sum = Sums ? local.sum.data() : nullptr;
+        const auto count_key = [=](U key, std::size_t slot) {
+          const std::size_t bin = slot * bins + ((key >> shift) & (bins - 1));
+          ++count[bin];
+          if constexpr (Sums) sum[bin] += square(key);
+        };
+        if (slots == 1) {  // the common case: one target
+          const U only = prefixes[0];
+#pragma omp for schedule(static) nowait
+          for (i64 i = 0; i < seg.n; ++i) {
+            const U key = key_of(x[i]);
+            count_key(key, static_cast<U>(key >> prefix_shift) == only ? 0 : 1);
+          }
+        } else {
+#pragma omp for schedule(static) nowait
+          for (i64 i = 0; i < seg.n; ++i) {
+            const U key = key_of(x[i]);
+            const U prefix = static_cast<U>(key >> prefix_shift);
+            std::size_t slot = slots;
+            for (std::size_t j = 0; j < slots; ++j) slot = prefix == prefixes[j] ? j : slot;
+            count_key(key, slot);
+          }
+        }
+      }
+    }
+    local.count.resize(slots * bins);
+    if (Sums) local.sum.resize(slots * bins);
+#pragma omp critical(htcore_topk_histogram)
+    out.add(local);
+  }
+}
+
+// Deeper levels only look at keys in the level-0 buckets of the targets. When those hold at most
+// an eighth of the entries (the usual case: a bucket is one exponent and a few mantissa bits),
+// they are copied out once, per thread (order is irrelevant to histograms), so the remaining
+// passes read a small buffer instead of the whole input. Otherwise the input is used as is.
+template <class U>
+std::vector<Segment<U>> narrow_to_buckets(const std::vector<Segment<U>>& segments,
+                                          const std::vector<std::uint64_t>& level0_count, const std::vector<U>& buckets,
+                                          std::vector<std::vector<U>>& storage) {
+  std::uint64_t wanted = 0, n = 0;
+  for (const U b : buckets) wanted += level0_count[b];
+  for (const auto& seg : segments) n += static_cast<std::uint64_t>(seg.n);
+  if (wanted > n / 8) return segments;
+  std::vector<unsigned char> is_wanted(level0_count.size(), 0);
+  for (const U b : buckets) is_wanted[b] = 1;
+  const int shift = shift_after<U>(0);
+  const int threads = htcore::num_threads();
+  storage.assign(static_cast<std::size_t>(threads), {});
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<U>& mine = storage[static_cast<std::size_t>(omp_get_thread_num())];
+    mine.reserve(wanted / static_cast<std::uint64_t>(omp_get_num_threads()) + 64);
+    for (const auto& seg : segments) {
+      const U* const x = seg.x;
+#pragma omp for schedule(static) nowait
+      for (i64 i = 0; i < seg.n; ++i) {
+        const U key = key_of(x[i]);
+        if (is_wanted[key >> shift]) mine.push_back(key);
+      }
+    }
+  }
+  std::vector<Segment<U>> narrowed;
+  for (const auto& part : storage) narrowed.push_back({part.data(), static_cast<i64>(part.size())});
+  return narrowed;
+}
+
+template <class U>
+void require_finite(const std::vector<std::uint64_t>& level0_count, const std::string& name) {
+  const std::size_t first_bad = infinity_key<U> >> shift_after<U>(0);
+  std::uint64_t bad = 0;
+  for (std::size_t b = first_bad; b < level0_count.size(); ++b) bad += level0_count[b];
+  if (bad) fail(name + " contains " + std::to_string(bad) + " non-finite value(s) (NaN or Inf)");
+}
+
+// Level-0 bucket sums as doubles, scaled so the largest exponent present maps to ~1.
+template <class U>
+struct Scale {
+  int e_ref = 1;
+  // exponent that turns an integer mantissa-square sum of keys with this exponent into scaled units
+  int unit(int e_eff) const { return 2 * (e_eff - e_ref) - 2 * Format<U>::mant + Format<U>::sq_shift; }
+};
+
+template <class U>
+int bucket_exponent(std::size_t bucket) {
+  return std::max(static_cast<int>(bucket >> (Format<U>::levels[0] - Format<U>::exp_bits)), 1);
+}
+
+template <class U>
+std::vector<double> scaled_bucket_sums(const Histogram<true>& h0, Scale<U>& scale) {
+  for (std::size_t b = 0; b < h0.count.size(); ++b)
+    if (h0.count[b]) scale.e_ref = bucket_exponent<U>(b);
+  std::vector<double> out(h0.count.size());
+  for (std::size_t b = 0; b < out.size(); ++b)
+    out[b] = std::ldexp(static_cast<double>(h0.sum[b]), scale.unit(bucket_exponent<U>(b)));
+  return out;
+}
+
+template <class U>
+i64 total_count(const std::vector<Segment<U>>& segments) {
+  i64 n = 0;
+  for (const auto& s : segments) n += s.n;
+  return n;
+}
+
+// Within bins [base, base + bins), the bin holding the k-th largest (1-based) key; `above` gets
+// the count in higher bins.
+std::size_t bin_of_rank(const std::vector<std::uint64_t>& count, std::size_t base, std::size_t bins, i64 k,
+                        i64& above) {
+  above = 0;
+  for (std::size_t b = bins; b-- > 0;) {
+    const i64 c = static_cast<i64>(count[base + b]);
+    if (above + c >= k) return b;
+    above += c;
+  }
+  fail("internal error: rank beyond histogram");
+}
+
+template <class U, bool Sums>
+Selection select_impl(const std::vector<Segment<U>>& segments, const std::vector<i64>& ks, const std::string& name) {
+  using F = Format<U>;
+  const i64 n = total_count(segments);
+  for (const i64 k : ks)
+    require(k >= 1 && k <= n, "k must be in [1, " + std::to_string(n) + "], got " + std::to_string(k));
+
+  Histogram<Sums> h0;
+  histogram<U, Sums>(segments, 0, {}, h0);
+  require_finite<U>(h0.count, name);
+  Selection result;
+  Scale<U> scale;
+  std::vector<double> bucket_sq;
+  if constexpr (Sums) {
+    bucket_sq = scaled_bucket_sums<U>(h0, scale);
+    for (const double s : bucket_sq) result.total_sq += s;  // ascending: small terms first
+  }
+
+  struct State {
+    i64 rank;  // rank of the target within its current bucket, 1 = largest
+    i64 greater = 0;
+    U prefix = 0;
+    i64 ties = 0;
+    double tail_hi = 0.0;  // level-0 buckets below the target's, scaled
+    u128 tail_lo = 0;      // deeper bins below the target's, integer units of its exponent
+  };
+  std::vector<State> states;
+  const std::size_t bins0 = std::size_t(1) << F::levels[0];
+  for (const i64 k : ks) {
+    State s{k};
+    i64 above = 0;
+    const std::size_t b = bin_of_rank(h0.count, 0, bins0, k, above);
+    s.greater = above;
+    s.rank = k - above;
+    s.prefix = static_cast<U>(b);
+    s.ties = static_cast<i64>(h0.count[b]);
+    if constexpr (Sums)
+      for (std::size_t lower = 0; lower < b; ++lower) s.tail_hi += bucket_sq[lower];
+    states.push_back(s);
+  }
+
+  std::vector<U> buckets;
+  for (const auto& s : states) buckets.push_back(s.prefix);
+  std::vector<std::vector<U>> storage;
+  const auto narrowed = narrow_to_buckets<U>(segments, h0.count, buckets, storage);
+  for (int level = 1; level < F::n_levels && !states.empty(); ++level) {
+    const int bits = F::levels[level];
+    const std::size_t bins = std::size_t(1) << bits;
+    std::vector<U> distinct;
+    for (const auto& s : states) distinct.push_back(s.prefix);
+    std::sort(distinct.begin(), distinct.end());
+    distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+    // at most 16 prefixes (and about 16k bins) per pass
+    const std::size_t batch = std::clamp<std::size_t>((std::size_t(1) << 14) >> bits, 1, 16);
+    for (std::size_t first = 0; first < distinct.size(); first += batch) {
+      const std::vector<U> prefixes(distinct.begin() + first,
+                                    distinct.begin() + std::min(distinct.size(), first + batch));
+      Histogram<Sums> h;
+      histogram<U, Sums>(narrowed, level, prefixes, h);
+      for (auto& s : states) {
+        const auto it = std::lower_bound(prefixes.begin(), prefixes.end(), s.prefix);
+        if (it == prefixes.end() || *it != s.prefix) continue;
+        const std::size_t base = static_cast<std::size_t>(it - prefixes.begin()) * bins;
+        i64 above = 0;
+        const std::size_t b = bin_of_rank(h.count, base, bins, s.rank, above);
+        s.greater += above;
+        s.rank -= above;
+        s.ties = static_cast<i64>(h.count[base + b]);
+        if constexpr (Sums)
+          for (std::size_t lower = 0; lower < b; ++lower) s.tail_lo += h.sum[base + lower];
+        s.prefix = static_cast<U>((s.prefix << bits) | b);
+      }
+    }
+  }
+
+  for (const auto& s : states) {
+    Selected out;
+    out.key = s.prefix;
+    out.value = key_to_double(s.prefix);
+    out.greater = s.greater;
+    out.ties = s.ties;
+    if constexpr (Sums) {
+      // ties beyond the rank are not kept: they belong to the tail
+      const u128 tail_lo = s.tail_lo + u128(static_cast<std::uint64_t>(s.ties - s.rank)) * square(s.prefix);
+      out.tail_sq = s.tail_hi + std::ldexp(static_cast<double>(tail_lo), scale.unit(effective_exponent(s.prefix)));
+    }
+    result.targets.push_back(out);
+  }
+  return result;
+}
+
+// Writes, in column order, a row's entries for which keep(key) holds; there are `want` (> 0).
+template <class U, class Idx, class Keep>
+void compact_if(const U* row, i64 cols, i64 want, U* d, Idx* ix, Keep keep) {
+  i64 pos = 0;
+  if (want * 8 < cols) {  // few kept: a well-predicted branch is cheapest
+    for (i64 c = 0; c < cols; ++c) {
+      if (keep(key_of(row[c]))) {
+        d[pos] = row[c];
+        ix[pos] = static_cast<Idx>(c);
+        if (++pos == want) return;
+      }
+    }
+    return;
+  }
+  // many kept: write every entry, advance only past kept ones, stop when full
+  for (i64 c = 0; c < cols; ++c) {
+    const U v = row[c];
+    d[pos] = v;
+    ix[pos] = static_cast<Idx>(c);
+    pos += keep(key_of(v));
+    if (pos == want) return;
+  }
+}
+
+// A row's entries with key > t and its first `ties` of `row_ties` entries with key == t.
+template <class U, class Idx>
+void compact_row(const U* row, i64 cols, U t, i64 ties, i64 row_ties, U* d, Idx* ix, i64 want) {
+  if (want == 0) return;
+  if (ties == 0) return compact_if(row, cols, want, d, ix, [t](U key) { return key > t; });
+  if (ties == row_ties) return compact_if(row, cols, want, d, ix, [t](U key) { return key >= t; });
+  // the one row where the tie budget runs out: a running count
+  i64 tie_left = ties;
+  compact_if(row, cols, want, d, ix, [t, &tie_left](U key) {
+    const bool keep = key > t || (key == t && tie_left > 0);
+    tie_left -= keep && key == t;
+    return keep;
+  });
+}
+
+}  // namespace
+
+template <class U>
+Selection select(const std::vector<Segment<U>>& segments, const std::vector<i64>& ks, bool sums,
+                 const std::string& name) {
+  return sums ? select_impl<U, true>(segments, ks, name) : select_impl<U, false>(segments, ks, name);
+}
+
+template <class U>
+i64 k_for_rel_error(const std::vector<Segment<U>>& segments, double max_rel_error, const std::string& name) {
+  using F = Format<U>;
+  const i64 n = total_count(segments);
+  Histogram<true> h0;
+  histogram<U, true>(segments, 0, {}, h0);
+  require_finite<U>(h0.count, name);
+  Scale<U> scale;
+  const std::vector<double> bucket_sq = scaled_bucket_sums<U>(h0, scale);
+  double total = 0.0;
+  for (const double s : bucket_sq) total += s;
+  const double budget = max_rel_error * max_rel_error * total;
+
+  // Drop whole level-0 buckets from the bottom while the tail stays within budget; the partial
+  // sums repeat select's ascending order, so compressibility errors agree with this choice.
+  i64 dropped = 0;
+  double cum = 0.0;
+  std::size_t bucket = h0.count.size();
+  for (std::size_t b = 0; b < h0.count.size(); ++b) {
+    if (cum + bucket_sq[b] > budget) {
+      bucket = b;
+      break;
+    }
+    cum += bucket_sq[b];
+    dropped += static_cast<i64>(h0.count[b]);
+  }
+  if (bucket == h0.count.size()) return 0;
+  // remaining budget in integer units of this bucket's exponent (exact from here on)
+  u128 left = static_cast<u128>(std::floor(std::ldexp(std::max(budget - cum, 0.0), -scale.unit(bucket_exponent<U>(bucket)))));
+  U prefix = static_cast<U>(bucket);
+  std::vector<std::vector<U>> storage;
+  const auto narrowed = narrow_to_buckets<U>(segments, h0.count, {prefix}, storage);
+  for (int level = 1; level < F::n_levels; ++level) {
+    const int bits = F::levels[level];
+    Histogram<true> h;
+    histogram<U, true>(narrowed, level, {prefix}, h);
+    std::size_t chosen = h.count.size();
+    for (std::size_t b = 0; b < h.count.size(); ++b) {
+      if (h.sum[b] > left) {
+        chosen = b;
+        break;
+      }
+      left -= h.sum[b];
+      dropped += static_cast<i64>(h.count[b]);
+    }
+    require(chosen < h.count.size(), "internal error: budget beyond bucket");
+    prefix = static_cast<U>((prefix << bits) | chosen);
+  }
+  // the chosen key has a positive square (its bin's sum exceeded the budget)
+  dropped += static_cast<i64>(left / square(prefix));
+  return n - dropped;
+}
+
+template <class U, class Idx>
+Csr<U, Idx> csr_by_threshold(const U* w, i64 rows, i64 cols, std::uint64_t threshold, i64 tie_budget) {
+  const U t = threshold > none_key<U> ? none_key<U> : static_cast<U>(threshold);
+  std::vector<i64> greater(rows), row_ties(rows), ties(rows);
+#pragma omp parallel for schedule(static) num_threads(htcore::num_threads())
+  for (i64 r = 0; r < rows; ++r) {
+    const U* row = w + r * cols;
+    i64 g = 0, e = 0;
+    for (i64 c = 0; c < cols; ++c) {
+      const U key = key_of(row[c]);
+      g += key > t;
+      e += key == t;
+    }
+    greater[r] = g;
+    row_ties[r] = e;
+  }
+  // the first `tie_budget` ties in row-major order: ties[r] of them in row r
+  i64 left = std::max<i64>(tie_budget, 0);
+  Csr<U, Idx> out(0, static_cast<std::size_t>(rows));
+  i64* indptr = out.indptr.data();
+  indptr[0] = 0;
+  for (i64 r = 0; r < rows; ++r) {
+    ties[r] = std::min(row_ties[r], left);
+    left -= ties[r];
+    indptr[r + 1] = indptr[r] + greater[r] + ties[r];
+  }
+  out.ties_taken = std::max<i64>(tie_budget, 0) - left;
+  out.data = Buffer<U>(static_cast<std::size_t>(indptr[rows]));
+  out.indices = Buffer<Idx>(static_cast<std::size_t>(indptr[rows]));
+  U* data = out.data.data();
+  Idx* indices = out.indices.data();
+#pragma omp parallel for schedule(static) num_threads(htcore::num_threads())
+  for (i64 r = 0; r < rows; ++r)
+    compact_row(w + r * cols, cols, t, ties[r], row_ties[r], data + indptr[r], indices + indptr[r],
+                indptr[r + 1] - indptr[r]);
+  return out;
+}
+
+template <class U, class Idx>
+Csr<U, Idx> csr_rows(const U* w, i64 rows, i64 cols, i64 k, const std::string& name) {
+  require(k >= 0 && k <= cols, "k must be in [0, " + std::to_string(cols) + "], got " + std::to_string(k));
+  Csr<U, Idx> out(static_cast<std::size_t>(rows * k), static_cast<std::size_t>(rows));
+  for (i64 r = 0; r <= rows; ++r) out.indptr.data()[r] = r * k;
+  U* data = out.data.data();
+  Idx* indices = out.indices.data();
+  bool finite = true;
+#pragma omp parallel num_threads(htcore::num_threads()) reduction(&& : finite)
+  {
+    std::vector<U> keys(static_cast<std::size_t>(cols));
+#pragma omp for schedule(static)
+    for (i64 r = 0; r < rows; ++r) {
+      const U* row = w + r * cols;
+      U largest = 0;
+      for (i64 c = 0; c < cols; ++c) {
+        keys[c] = key_of(row[c]);
+        largest = std::max(largest, keys[c]);
+      }
+      if (largest >= infinity_key<U>) finite = false;
+      if (!finite || k == 0) continue;
+      std::nth_element(keys.begin(), keys.begin() + (k - 1), keys.end(), std::greater<U>());
+      const U t = keys[k - 1];
+      i64 greater = 0, row_ties = 0;
+      for (i64 c = 0; c < cols; ++c) {
+        const U key = key_of(row[c]);
+        greater += key > t;
+        row_ties += key == t;
+      }
+      compact_row(row, cols, t, k - greater, row_ties, data + r * k, indices + r * k, k);
+    }
+  }
+  if (!finite) fail(name + " contains non-finite values (NaN or Inf)");
+  return out;
+}
+
+template <class U, class Idx>
+Csr<U, Idx> csr_cols(const U* w, i64 rows, i64 cols, i64 k, const std::string& name) {
+  require(k >= 0 && k <= rows, "k must be in [0, " + std::to_string(rows) + "], got " + std::to_string(k));
+  // per column: threshold key and the last row whose tie is kept (ties go to the lowest rows)
+  std::vector<U> threshold(static_cast<std::size_t>(cols), none_key<U>);
+  std::vector<i64> last_tie_row(static_cast<std::size_t>(cols), -1);
+  constexpr i64 block = 16;  // columns gathered together, so reads stay row-contiguous
+  const i64 n_blocks = (cols + block - 1) / block;
+  bool finite = true;
+#pragma omp parallel num_threads(htcore::num_threads()) reduction(&& : finite)
+  {
+    std::vector<U> gathered(static_cast<std::size_t>(block * rows)), work(static_cast<std::size_t>(rows));
+#pragma omp for schedule(dynamic, 1)
+    for (i64 blk = 0; blk < n_blocks; ++blk) {
+      const i64 c0 = blk * block, width = std::min(block, cols - c0);
+      U largest = 0;
+      for (i64 r = 0; r < rows; ++r)
+        for (i64 j = 0; j < width; ++j) {
+          const U key = key_of(w[r * cols + c0 + j]);
+          gathered[j * rows + r] = key;
+          largest = std::max(largest, key);
+        }
+      if (largest >= infinity_key<U>) finite = false;
+      if (!finite || k == 0) continue;
+      for (i64 j = 0; j < width; ++j) {
+        const U* column = gathered.data() + j * rows;
+        std::copy(column, column + rows, work.begin());
+        std::nth_element(work.begin(), work.begin() + (k - 1), work.end(), std::greater<U>());
+        const U t = work[k - 1];
+        i64 tie_left = k;
+        for (i64 r = 0; r < rows; ++r) tie_left -= column[r] > t;
+        i64 r = 0;
+        for (; tie_left > 0; ++r) tie_left -= column[r] == t;
+        threshold[c0 + j] = t;
+        last_tie_row[c0 + j] = r - 1;
+      }
+    }
+  }
+  if (!finite) fail(name + " contains non-finite values (NaN or Inf)");
+
+  Csr<U, Idx> out(static_cast<std::size_t>(cols * k), static_cast<std::size_t>(rows));
+  i64* indptr = out.indptr.data();
+  indptr[0] = 0;
+#pragma omp parallel for schedule(static) num_threads(htcore::num_threads())
+  for (i64 r = 0; r < rows; ++r) {
+    const U* row = w + r * cols;
+    i64 kept = 0;
+    for (i64 c = 0; c < cols; ++c) {
+      const U key = key_of(row[c]);
+      kept += (key > threshold[c]) | ((key == threshold[c]) & (r <= last_tie_row[c]));
+    }
+    indptr[r + 1] = kept;
+  }
+  for (i64 r = 0; r < rows; ++r) indptr[r + 1] += indptr[r];
+  U* data = out.data.data();
+  Idx* indices = out.indices.data();
+#pragma omp parallel for schedule(static) num_threads(htcore::num_threads())
+  for (i64 r = 0; r < rows; ++r) {
+    const U* row = w + r * cols;
+    i64 pos = indptr[r];
+    for (i64 c = 0; c < cols; ++c) {
+      const U key = key_of(row[c]);
+      if ((key > threshold[c]) | ((key == threshold[c]) & (r <= last_tie_row[c]))) {
+        data[pos] = row[c];
+        indices[pos] = static_cast<Idx>(c);
+        ++pos;
+      }
+    }
+  }
+  return out;
+}
+
+#define HTCORE_TOPK_VALUE(U)                                                                                  \
+  template Selection select<U>(const std::vector<Segment<U>>&, const std::vector<i64>&, bool, const std::string&); \
+  template i64 k_for_rel_error<U>(const std::vector<Segment<U>>&, double, const std::string&);
+#define HTCORE_TOPK_CSR(U, Idx)                                                                        \
+  template Csr<U, Idx> csr_by_threshold<U, Idx>(const U*, i64, i64, std::uint64_t, i64);               \
+  template Csr<U, Idx> csr_rows<U, Idx>(const U*, i64, i64, i64, const std::string&);                  \
+  template Csr<U, Idx> csr_cols<U, Idx>(const U*, i64, i64, i64, const std::string&);
+
+HTCORE_TOPK_VALUE(std::uint16_t)
+HTCORE_TOPK_VALUE(std::uint32_t)
+HTCORE_TOPK_VALUE(std::uint64_t)
+HTCORE_TOPK_CSR(std::uint16_t, std::uint16_t)
+HTCORE_TOPK_CSR(std::uint16_t, std::int32_t)
+HTCORE_TOPK_CSR(std::uint32_t, std::uint16_t)
+HTCORE_TOPK_CSR(std::uint32_t, std::int32_t)
+HTCORE_TOPK_CSR(std::uint64_t, std::uint16_t)
+HTCORE_TOPK_CSR(std::uint64_t, std::int32_t)
+
+}  // namespace htcore::topk
