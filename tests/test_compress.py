@@ -215,3 +215,33 @@ def test_search_bound_charges_the_grid_and_returns_the_tightest(mlp, digits):
     assert len(res.reports) == 3 and all(r.code.search_bits == 2 for r in res.reports)
     assert res.best.kl == min(r.kl for r in res.reports)
     assert res.best_settings == grid[res.best_index]
+
+
+def test_compress_grid_equals_separate_calls(mlp, digits):
+    from htcore import compress
+    from htcore.compress import compress_grid
+
+    data = (digits.X_train, digits.y_train)
+    tune = dict(epochs=2, lr=3e-3, batch_size=256)
+    grid = [dict(keep=0.1, levels=2), dict(keep=0.1, levels=4, bias_precision="float16"), dict(keep=0.1, finetune=None)]
+    for settings, got in compress_grid(mlp, grid, finetune=tune, train_data=data):
+        ref = compress(mlp, **{"finetune": tune, **settings}, train_data=data)
+        for a, b in zip(got.layers, ref.layers):
+            if hasattr(a, "weight"):
+                np.testing.assert_array_equal(np.asarray(a.bias), np.asarray(b.bias))
+                np.testing.assert_array_equal(a.weight.data, b.weight.data)
+                np.testing.assert_array_equal(a.weight.indices, b.weight.indices)
+
+
+def test_train_mlp_is_seeded_and_learns(digits):
+    from htcore.train import train_mlp
+
+    a = train_mlp(digits.X_train, digits.y_train, hidden=(8,), epochs=5, lr=1e-2, seed=3)
+    b = train_mlp(digits.X_train, digits.y_train, hidden=(8,), epochs=5, lr=1e-2, seed=3)
+    assert [type(m).__name__ for m in a] == ["Linear", "ReLU", "Linear"] and a[2].out_features == 10
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    with torch.no_grad():
+        err = np.mean(a(torch.from_numpy(digits.X_test)).argmax(1).numpy() != digits.y_test)
+    assert err < 0.3
+    with pytest.raises(ValueError, match="integer labels"):
+        train_mlp(digits.X_train, digits.y_train[:5])

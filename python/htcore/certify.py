@@ -192,19 +192,22 @@ def search_bound(model: Any, X_train: Any, y_train: Any, *, grid: Sequence[Mappi
                  finetune: Mapping[str, Any] | None = None, X_test: Any = None, y_test: Any = None,
                  with_original: bool = True, progress: bool = False) -> SearchResult:
     """Compress ``model`` (a torch Sequential) with every setting in ``grid`` (dicts of `compress`
-    keywords: keep, per_layer, levels), certify each with ceil log2(len(grid)) search bits charged,
-    and return all reports and the one with the lowest kl bound. ``finetune`` is passed to every
-    compression, with (X_train, y_train) as training data. ``progress`` shows a bar on stderr.
+    keywords: keep, per_layer, levels, bias_precision, and finetune to override the shared one),
+    certify each with ceil log2(len(grid)) search bits charged, and return all reports and the one
+    with the lowest kl bound. ``finetune`` is passed to every compression (unless the setting gives
+    its own), with (X_train, y_train) as training data; settings differing only in levels or
+    bias_precision share one pruning and fine-tuning (`htcore.compress.compress_grid`). ``progress``
+    shows a bar on stderr.
     """
     from ._progress import progress as progress_bar
-    from .compress import compress
+    from .compress import compress_grid
 
     grid = tuple(dict(g) for g in grid)
     check_int(len(grid), "len(grid)", low=1)
     reports = []
-    for settings in progress_bar(grid, enabled=progress, desc="search_bound", unit="setting"):
-        compressed = compress(model, **settings, finetune=finetune,
-                              train_data=None if finetune is None else (X_train, y_train))
+    compressed_models = compress_grid(model, grid, finetune=finetune, train_data=(X_train, y_train))
+    for _, compressed in progress_bar(compressed_models, enabled=progress, desc="search_bound", total=len(grid),
+                                      unit="setting"):
         reports.append(certify(compressed, X_train, y_train, delta=delta, original=model if with_original else None,
                                X_test=X_test, y_test=y_test, settings_tried=len(grid)))
     best = int(np.argmin([r.kl for r in reports]))

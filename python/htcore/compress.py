@@ -12,7 +12,8 @@ fine-tuning of Han et al. 2016, "Deep Compression") for ``finetune["codebook_epo
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -145,16 +146,49 @@ def compress(model: Any, *, keep: float | None = None, per_layer: Mapping[Any, f
     values; quantised matrices hold exactly ``<= levels`` distinct values, which `code_length` charges
     with a codebook code). Its ``metadata`` records the settings.
     """
-    import torch
-
-    from . import runtime, topk_sparsify
-
-    linears = dict(_linear_layers(model))
-    fractions = _keep_fractions(list(linears), keep, per_layer)
     if levels is not None:
         levels = check_int(levels, "levels", low=1, high=256)
     if bias_precision not in ("float32", "float16"):
         raise ValueError(f"bias_precision must be 'float32' or 'float16', got {bias_precision!r}")
+    return _finish(_prune(model, keep, per_layer, finetune, train_data), levels, bias_precision)
+
+
+def compress_grid(model: Any, grid: Sequence[Mapping[str, Any]], *, finetune: Mapping[str, Any] | None = None,
+                  train_data: tuple[Any, Any] | None = None) -> Iterator[tuple[dict, Any]]:
+    """Yield ``(settings, compress(model, **settings))`` for every dict of `compress` keywords in
+    ``grid`` (``finetune`` and ``train_data`` are the defaults for settings that do not give their own),
+    pruning and fine-tuning once per distinct (keep, per_layer, finetune): settings that differ only
+    in ``levels`` or ``bias_precision`` share that work. Results equal separate `compress` calls."""
+    cache: dict[str, _Pruned] = {}
+    for settings in grid:
+        kwargs = {"finetune": finetune, "train_data": train_data, **settings}
+        levels = kwargs.pop("levels", None)
+        bias_precision = kwargs.pop("bias_precision", "float32")
+        key = repr((kwargs.get("keep"), sorted((str(k), v) for k, v in (kwargs.get("per_layer") or {}).items()),
+                    sorted((kwargs.get("finetune") or {}).items()), id(kwargs.get("train_data"))))
+        if key not in cache:
+            cache[key] = _prune(model, **kwargs)
+        yield dict(settings), _finish(cache[key], levels, bias_precision)
+
+
+@dataclass(frozen=True)
+class _Pruned:
+    """A masked (and possibly fine-tuned) copy of the model with what the next stage needs."""
+
+    model: Any
+    masks: dict
+    fractions: dict
+    settings: dict | None
+    data: tuple | None
+
+
+def _prune(model: Any, keep: Any = None, per_layer: Any = None, finetune: Any = None, train_data: Any = None) -> _Pruned:
+    """Stage 1: validate, keep the top-k entries, fine-tune with the mask fixed."""
+    import torch
+
+    from . import topk_sparsify
+
+    fractions = _keep_fractions([name for name, _ in _linear_layers(model)], keep, per_layer)
     settings = None if finetune is None else _check_finetune(finetune)
     if settings is not None and train_data is None:
         raise ValueError("finetune needs train_data=(X, y)")
@@ -183,6 +217,19 @@ def compress(model: Any, *, keep: float | None = None, per_layer: Mapping[Any, f
         model.train()
         fit(model, list(model.parameters()), *data, epochs=settings["epochs"], lr=settings["lr"],
             batch_size=settings["batch_size"], seed=settings["seed"], after_step=reapply)
+        model.eval()
+    return _Pruned(model, masks, fractions, settings, data)
+
+
+def _finish(pruned: _Pruned, levels: int | None, bias_precision: str) -> Any:
+    """Stage 2 (on a copy of the stage-1 model): quantise, shared-weight fine-tune, round biases, build."""
+    import torch
+
+    from . import runtime
+
+    model = copy.deepcopy(pruned.model)
+    linears = dict(_linear_layers(model))
+    masks, settings = pruned.masks, pruned.settings
 
     quantised = {}
     if levels is not None:
@@ -192,7 +239,7 @@ def compress(model: Any, *, keep: float | None = None, per_layer: Mapping[Any, f
             quantised[name] = (book, assignment, mask)
         if settings is not None:
             model.train()
-            quantised = _shared_weight_finetune(model, quantised, *data, settings)
+            quantised = _shared_weight_finetune(model, quantised, *pruned.data, settings)
     model.eval()
     if bias_precision == "float16":
         with torch.no_grad():
@@ -215,6 +262,6 @@ def compress(model: Any, *, keep: float | None = None, per_layer: Mapping[Any, f
         indptr = np.concatenate([[0], np.cumsum(mask.sum(axis=1))])
         csr = CSRMatrix(weight[rows, cols], cols, indptr, mask.shape)
         layers[position] = runtime.Linear(csr, layers[position].bias)
-    metadata = {"compress": {"keep": {name: fractions[name] for name in fractions}, "levels": levels,
+    metadata = {"compress": {"keep": dict(pruned.fractions), "levels": levels,
                              "finetune": settings, "bias_precision": bias_precision}}
     return runtime.CompressedModel(layers, metadata=metadata)
