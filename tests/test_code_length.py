@@ -72,6 +72,19 @@ def test_skewed_levels_prefer_the_entropy_code():
     assert t.values_code == "entropy" and t.value_bits_entropy < t.value_bits_codebook
 
 
+def test_codebook_matrices_are_charged_for_the_values_they_use():
+    rng = np.random.default_rng(7)
+    book = np.array([-0.5, 0.1, 0.7, 0.7, 2.0], np.float32)  # a repeated and an unused level
+    codes = rng.choice([0, 1, 2, 3], size=60).astype(np.uint8)
+    m = CSRMatrix(codes, np.arange(60) % 20, [0, 20, 40, 60], (3, 20), codebook=book)
+    t = sparse_code_length(m)
+    assert t.levels == 3
+    assert t.value_bits_raw == 32 * 60
+    assert t.value_bits_codebook == 32 * 3 + elias_gamma_bits(3) + 60 * 2
+    same = CSRMatrix(book[codes], m.indices, m.indptr, m.shape)  # decoded float32 storage: same charge
+    assert sparse_code_length(same).total_bits == t.total_bits
+
+
 def test_float16_values_are_charged_16_bits():
     m = random_csr(np.random.default_rng(2), 20, 30, 0.1)
     m16 = CSRMatrix(m.data.astype(np.float16), m.indices, m.indptr, m.shape)

@@ -59,7 +59,6 @@ def digits():
 
 @pytest.fixture(scope="module")
 def mlp(digits):
-    pytest.importorskip("htcore.runtime", reason="compress/certify build on htcore.runtime (branch dev-csr), not merged")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
     X, y = torch.from_numpy(digits.X_train), torch.from_numpy(digits.y_train)
@@ -113,9 +112,11 @@ def test_quantised_layers_hold_at_most_levels_values(mlp):
     from htcore import compress
 
     g = compress(mlp, keep=0.2, levels=4)
-    for w in sparse_weights(g):
-        values = w.codebook[w.data.view(np.uint8)] if getattr(w, "codebook", None) is not None else w.data
-        assert 1 < np.unique(values).size <= 4
+    for w, lin in zip(sparse_weights(g), (mlp[0], mlp[2])):
+        assert w.data.dtype == np.uint8 and w.codebook.dtype == np.float32 and 1 < w.codebook.size <= 4
+        # the codebook is k-means of the kept values: same support as top-k, each value mapped to its nearest level
+        kept = lin.weight.detach().numpy()[topk_mask(lin.weight.detach().numpy(), 0.2)]
+        np.testing.assert_array_equal(w.data, np.abs(kept[:, None] - w.codebook[None]).argmin(axis=1))
         assert all(t.levels <= 4 for t in code_length(g).tensors if t.kind == "sparse")
 
 
@@ -246,3 +247,20 @@ def test_train_mlp_is_seeded_and_learns(digits):
     assert err < 0.3
     with pytest.raises(ValueError, match="integer labels"):
         train_mlp(digits.X_train, digits.y_train[:5])
+
+
+def test_nested_sequential_with_dropout_maps_layers_by_name(digits, tmp_path):
+    from htcore import compress, load_compressed, save_compressed
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.1), nn.Sequential(nn.Linear(16, 10))).eval()
+    g = compress(model, per_layer={"3.0": 0.5}, levels=4)
+    first, last = [layer for layer in g.layers if hasattr(layer, "weight")]
+    np.testing.assert_array_equal(first.weight, model[0].weight.detach().numpy())  # left dense
+    mask = topk_mask(model[3][0].weight.detach().numpy(), 0.5)
+    np.testing.assert_array_equal(last.weight.todense() != 0, mask)
+    # the file keeps the codebook storage and so the code length
+    save_compressed(tmp_path / "g.safetensors", g)
+    back = load_compressed(tmp_path / "g.safetensors")
+    assert code_length(back).total_bits == code_length(g).total_bits
+    np.testing.assert_allclose(back(digits.X_test), g(digits.X_test), rtol=1e-6, atol=1e-6)

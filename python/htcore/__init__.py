@@ -11,6 +11,10 @@ from ._version import __version__
 from .certify import BoundReport, certify, search_bound
 from .code_length import code_length
 from .compress import compress
+from .csr import CSRMatrix, sparse_linear
+from .model_file import load_compressed, save_compressed
+from .powerlaw_fit import PowerLawFit, fit_powerlaw
+from .tails import TailEstimate, element_sample, hill, moments, pickands
 from .threads import get_num_threads, set_num_threads
 from .topk import (
     CompressibilityCurve,
@@ -24,6 +28,7 @@ from .topk import (
 
 __all__ = [
     "__version__",
+    # compression and bounds
     "BoundReport",
     "bounds",
     "certify",
@@ -32,6 +37,19 @@ __all__ = [
     "datasets",
     "search_bound",
     "train",
+    # tails
+    "PowerLawFit",
+    "TailEstimate",
+    "element_sample",
+    "fit_powerlaw",
+    "hill",
+    "moments",
+    "pickands",
+    # CSR kernels and runtime
+    "CSRMatrix",
+    "sparse_linear",
+    "save_compressed",
+    "load_compressed",
     "get_num_threads",
     "set_num_threads",
     # top-k selection
@@ -43,3 +61,12 @@ __all__ = [
     "topk_sparsify",
     "topk_threshold",
 ]
+
+
+def __getattr__(name: str):
+    """``htcore.nn`` (torch integration) is imported on first use, so ``import htcore`` never imports torch."""
+    if name in ("nn", "runtime"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'htcore' has no attribute {name!r}")

@@ -194,22 +194,16 @@ def _precision_bits(dtype: np.dtype) -> int:
 def sparse_code_length(matrix: CSRMatrix, name: str = "weight") -> TensorCodeLength:
     """Bits for one sparse matrix (count, positions, values); see the module docstring.
 
-    Values are read as ``matrix.codebook[matrix.data]`` when the matrix carries a ``codebook`` (int8
-    indices), else ``matrix.data``; the codebook code charges the distinct values at the stored
-    precision of the codebook (or of ``data``).
+    Values are the decoded ``matrix.values()``; the raw and codebook codes charge them at the stored
+    precision of the matrix's codebook (codebook matrices) or of ``data``. A codebook matrix whose
+    codebook has unused or repeated entries is charged for the distinct values it uses.
     """
     if not isinstance(matrix, CSRMatrix):
         raise TypeError(f"{name} must be a CSRMatrix, got {type(matrix).__name__}")
     rows, cols = matrix.shape
     n, k = rows * cols, matrix.nnz
-    codebook = getattr(matrix, "codebook", None)
-    if codebook is not None:
-        codebook = np.asarray(codebook)
-        values = codebook[matrix.data.view(np.uint8) if matrix.data.dtype == np.int8 else matrix.data]
-        precision = _precision_bits(codebook.dtype)
-    else:
-        values = matrix.data
-        precision = _precision_bits(values.dtype)
+    values = matrix.values()
+    precision = _precision_bits(matrix.codebook.dtype if matrix.codebook is not None else matrix.data.dtype)
     levels, raw, cb, ent = _value_bits(values, precision)
     choices = {"raw": raw, "codebook": cb, "entropy": ent}
     code = min(choices, key=lambda c: (choices[c], c != "raw"))

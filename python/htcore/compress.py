@@ -54,11 +54,13 @@ def kmeans_1d(values: Any, levels: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _linear_layers(model: Any) -> list[tuple[str, Any]]:
+    """The nn.Linear modules of a Sequential in depth-first order (the order of the runtime's Linear
+    layers), with their dotted names ("0", "2", or "1.0" inside a nested Sequential)."""
     import torch.nn as nn
 
     if not isinstance(model, nn.Sequential):
         raise TypeError(f"model must be a torch.nn.Sequential, got {type(model).__name__}")
-    layers = [(name, m) for name, m in model.named_children() if isinstance(m, nn.Linear)]
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not layers:
         raise ValueError("model has no nn.Linear layer to compress")
     return layers
@@ -108,9 +110,7 @@ def _shared_weight_finetune(model: Any, quantised: dict, X: Any, y: Any, setting
         return flat.index_put((index,), books[name][assignment]).view(shape)
 
     def forward(h):
-        for name, module in model.named_children():
-            h = torch.nn.functional.linear(h, weight_of(name), module.bias) if name in books else module(h)
-        return h
+        return torch.func.functional_call(model, {f"{name}.weight": weight_of(name) for name in books}, (h,))
 
     biases = [m.bias for m in model.modules() if isinstance(m, torch.nn.Linear) and m.bias is not None]
     fit(forward, list(books.values()) + biases, X, y, epochs=settings["codebook_epochs"], lr=settings["lr"],
@@ -142,9 +142,9 @@ def compress(model: Any, *, keep: float | None = None, per_layer: Mapping[Any, f
         "float16" rounds every bias to the nearest float16 value at the end (still stored as float32
         for the runtime); `code_length` then charges 16 bits per bias instead of 32.
 
-    Returns a `htcore.runtime.CompressedModel` whose sparse layers hold `CSRMatrix` weights (float32
-    values; quantised matrices hold exactly ``<= levels`` distinct values, which `code_length` charges
-    with a codebook code). Its ``metadata`` records the settings.
+    Returns a `htcore.runtime.CompressedModel` whose sparse layers hold `CSRMatrix` weights: float32
+    values, or for quantised matrices uint8 codes into a float32 codebook of <= ``levels`` values.
+    Its ``metadata`` records the settings.
     """
     if levels is not None:
         levels = check_int(levels, "levels", low=1, high=256)
@@ -248,20 +248,23 @@ def _finish(pruned: _Pruned, levels: int | None, bias_precision: str) -> Any:
                     module.bias.copy_(module.bias.half().float())
 
     layers = list(runtime.CompressedModel.from_torch(model).layers)
-    names = [name for name, _ in model.named_children()]
-    for position, name in enumerate(names):
+    linear_names = iter(name for name, _ in _linear_layers(model))
+    for position, layer in enumerate(layers):
+        if not isinstance(layer, runtime.Linear):
+            continue
+        name = next(linear_names)
         if name not in masks:
             continue
-        weight = linears[name].weight.detach().numpy().astype(np.float32)
-        if name in quantised:
-            book, assignment, mask = quantised[name]
-            weight = np.zeros(mask.shape, np.float32)
-            weight[mask] = book.astype(np.float32)[assignment]
         mask = masks[name]
-        rows, cols = np.nonzero(mask)
+        rows, cols = np.nonzero(mask)  # row-major: the order of weight[mask] and of the k-means assignment
         indptr = np.concatenate([[0], np.cumsum(mask.sum(axis=1))])
-        csr = CSRMatrix(weight[rows, cols], cols, indptr, mask.shape)
-        layers[position] = runtime.Linear(csr, layers[position].bias)
+        if name in quantised:
+            book, assignment, _ = quantised[name]
+            csr = CSRMatrix(assignment.astype(np.uint8), cols, indptr, mask.shape, codebook=book.astype(np.float32))
+        else:
+            weight = linears[name].weight.detach().numpy().astype(np.float32)
+            csr = CSRMatrix(weight[rows, cols], cols, indptr, mask.shape)
+        layers[position] = runtime.Linear(csr, layer.bias)
     metadata = {"compress": {"keep": dict(pruned.fractions), "levels": levels,
                              "finetune": settings, "bias_precision": bias_precision}}
     return runtime.CompressedModel(layers, metadata=metadata)

@@ -1,0 +1,251 @@
+// Continuous power-law fit of Clauset, Shalizi & Newman (2009), exact over all candidate xmin and
+// fast by branch and bound.
+//
+// Definitions (those of powerlaw 2.0's Fit, discrete=False):
+// - u_0 < u_1 < ... < u_{m-1}: the distinct sample values <= xmax; below_j = #samples < u_j.
+// - For a candidate xmin = u_i: n_t = n - below_i, pdf exponent a = 1 + n_t / sum_{x >= xmin} ln(x / xmin).
+// - Empirical tail CDF at u_j (j >= i): A_j = (below_j - below_i) / n_t (the fraction strictly below u_j).
+// - Fitted CDF: T_j = (1 - (u_j / xmin)^(1 - a)) / Z, Z = 1 - (xmax / xmin)^(1 - a) with an xmax, else 1.
+// - KS distance D_i = max_j |T_j - A_j| over the distinct tail values; the fit is the candidate
+//   with the smallest D (the lowest xmin on exact ties).
+//
+// Branch and bound: D_i is a max over points, so any subset of points gives a lower bound. A
+// candidate whose lower bound exceeds the best distance found so far (tau) cannot win and is
+// dropped. Survivors are evaluated exactly: first on a coarse grid of about sqrt(n_t) points, then
+// inside each coarse interval whose bound (T and A are both non-decreasing, so on (p, q)
+// T - A <= T_q - A_p - 1/n_t and A - T <= A_q - T_p - 1/n_t) exceeds the running maximum. Every
+// surviving D_i is therefore exact and every dropped one is provably larger than the minimum, so
+// the answer does not depend on the order in which threads visit candidates.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "errors.hpp"
+#include "parallel.hpp"
+#include "tails.hpp"
+
+namespace htcore {
+
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+// Absolute slack on interval bounds for rounding in T and A (both in [0, 1]).
+constexpr double kBoundSlack = 1e-14;
+
+struct DistinctTail {
+  std::vector<double> value, log_value;
+  std::vector<long long> below;  // samples strictly below value[j]
+  std::vector<long double> log_suffix;  // sum of ln x over samples >= value[j]
+  long long n = 0;
+};
+
+DistinctTail distinct_values(const double* sorted, long long n) {
+  DistinctTail t;
+  t.n = n;
+  for (long long i = 0; i < n; ++i) {
+    if (i == 0 || sorted[i] != sorted[i - 1]) {
+      t.value.push_back(sorted[i]);
+      t.below.push_back(i);
+    }
+  }
+  const std::size_t m = t.value.size();
+  t.log_value.resize(m);
+  t.log_suffix.resize(m);
+  for (std::size_t j = 0; j < m; ++j) t.log_value[j] = std::log(t.value[j]);
+  long double acc = 0;
+  for (std::size_t j = m; j-- > 0;) {
+    const long long next = j + 1 < m ? t.below[j + 1] : n;
+    acc += static_cast<long double>(next - t.below[j]) * t.log_value[j];
+    t.log_suffix[j] = acc;
+  }
+  return t;
+}
+
+struct Candidate {
+  long long i;      // first distinct value in the tail
+  double log_xmin;  // ln xmin (xmin need not be a sample value when fixed by the user)
+};
+
+// One candidate's fitted model and the evaluation of |T_j - A_j|.
+class TailModel {
+ public:
+  TailModel(const DistinctTail& t, const Candidate& c, double log_xmax) : t_(t), c_(c) {
+    n_tail_ = t.n - t.below[static_cast<std::size_t>(c.i)];
+    const long double log_sum = t.log_suffix[static_cast<std::size_t>(c.i)] -
+                                static_cast<long double>(n_tail_) * static_cast<long double>(c.log_xmin);
+    exponent_ = static_cast<double>(1.0L + static_cast<long double>(n_tail_) / log_sum);
+    const double z = std::isfinite(log_xmax) ? -std::expm1((1.0 - exponent_) * (log_xmax - c.log_xmin)) : 1.0;
+    inv_z_ = 1.0 / z;
+    inv_n_ = 1.0 / static_cast<double>(n_tail_);
+  }
+  double exponent() const { return exponent_; }
+  long long n_tail() const { return n_tail_; }
+  double inv_n() const { return inv_n_; }
+  double fitted(long long j) const {
+    return -std::expm1((1.0 - exponent_) * (t_.log_value[static_cast<std::size_t>(j)] - c_.log_xmin)) * inv_z_;
+  }
+  double empirical(long long j) const {
+    return static_cast<double>(t_.below[static_cast<std::size_t>(j)] - t_.below[static_cast<std::size_t>(c_.i)]) * inv_n_;
+  }
+
+ private:
+  const DistinctTail& t_;
+  Candidate c_;
+  long long n_tail_ = 0;
+  double exponent_ = 0, inv_z_ = 1, inv_n_ = 1;
+};
+
+void atomic_min(std::atomic<double>& target, double value) {
+  double current = target.load(std::memory_order_relaxed);
+  while (value < current && !target.compare_exchange_weak(current, value, std::memory_order_relaxed)) {
+  }
+}
+
+// Exact KS distance of a candidate, or +inf as soon as it provably exceeds tau.
+// `hint` holds indices where recent candidates had their maximum; it is updated.
+double ks_distance_or_prune(const TailModel& model, long long first, long long last, const std::atomic<double>& tau,
+                            long long& hint) {
+  const double bound = tau.load(std::memory_order_relaxed);
+  if (hint > first && hint <= last) {
+    if (std::fabs(model.fitted(hint) - model.empirical(hint)) > bound) return kInf;
+  }
+  // Coarse pass.
+  const long long span = last - first;
+  const long long stride = std::max(1LL, static_cast<long long>(std::sqrt(static_cast<double>(span))));
+  std::vector<long long> points;
+  for (long long j = first; j < last; j += stride) points.push_back(j);
+  points.push_back(last);
+  std::vector<double> fit(points.size()), emp(points.size());
+  double best = 0;
+  long long where = first;
+  for (std::size_t p = 0; p < points.size(); ++p) {
+    fit[p] = model.fitted(points[p]);
+    emp[p] = model.empirical(points[p]);
+    const double d = std::fabs(fit[p] - emp[p]);
+    if (d > best) {
+      best = d;
+      where = points[p];
+      if (best > tau.load(std::memory_order_relaxed)) {
+        hint = where;
+        return kInf;
+      }
+    }
+  }
+  // Refine the intervals that could hold a larger difference, most promising first.
+  std::vector<std::pair<double, std::size_t>> open;
+  for (std::size_t p = 0; p + 1 < points.size(); ++p) {
+    if (points[p + 1] - points[p] < 2) continue;
+    const double ub = std::max(fit[p + 1] - emp[p], emp[p + 1] - fit[p]) - model.inv_n() + kBoundSlack;
+    if (ub > best) open.emplace_back(ub, p);
+  }
+  std::sort(open.begin(), open.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (const auto& [ub, p] : open) {
+    if (ub <= best) break;
+    for (long long j = points[p] + 1; j < points[p + 1]; ++j) {
+      const double d = std::fabs(model.fitted(j) - model.empirical(j));
+      if (d > best) {
+        best = d;
+        where = j;
+      }
+    }
+    if (best > tau.load(std::memory_order_relaxed)) {
+      hint = where;
+      return kInf;
+    }
+  }
+  hint = where;
+  return best;
+}
+
+std::vector<Candidate> make_candidates(const DistinctTail& t, double fixed_xmin, long long grid) {
+  const long long m = static_cast<long long>(t.value.size());
+  std::vector<Candidate> out;
+  if (!std::isnan(fixed_xmin)) {
+    const long long i = std::lower_bound(t.value.begin(), t.value.end(), fixed_xmin) - t.value.begin();
+    require(i <= m - 2 || (i == m - 1 && t.value[static_cast<std::size_t>(i)] > fixed_xmin),
+            "xmin = " + std::to_string(fixed_xmin) + " leaves fewer than 2 distinct tail values to fit");
+    out.push_back({i, std::log(fixed_xmin)});
+    return out;
+  }
+  require(m >= 2, "the power-law fit needs at least 2 distinct sample values, got " + std::to_string(m));
+  if (grid <= 0 || grid >= m - 1) {
+    out.reserve(static_cast<std::size_t>(m - 1));
+    for (long long i = 0; i + 1 < m; ++i) out.push_back({i, t.log_value[static_cast<std::size_t>(i)]});
+    return out;
+  }
+  const double lo = t.log_value.front(), hi = t.log_value[static_cast<std::size_t>(m - 2)];
+  for (long long g = 0; g < grid; ++g) {
+    const double target = grid == 1 ? lo : lo + (hi - lo) * static_cast<double>(g) / static_cast<double>(grid - 1);
+    long long i = std::lower_bound(t.log_value.begin(), t.log_value.end(), target) - t.log_value.begin();
+    i = std::min(i, m - 2);
+    if (out.empty() || out.back().i != i) out.push_back({i, t.log_value[static_cast<std::size_t>(i)]});
+  }
+  return out;
+}
+
+}  // namespace
+
+PowerLawResult fit_powerlaw(const double* x, long long n, double xmax, double fixed_xmin, long long grid) {
+  std::vector<double> copy(x, x + n);
+  sort_positive(copy);
+  const double* sorted = copy.data();
+  const long long used = std::upper_bound(sorted, sorted + n, xmax) - sorted;
+  require(used >= 2, "the power-law fit needs at least 2 samples <= xmax, got " + std::to_string(used));
+  const DistinctTail tail = distinct_values(sorted, used);
+  const std::vector<Candidate> candidates = make_candidates(tail, fixed_xmin, grid);
+  const double log_xmax = std::isfinite(xmax) ? std::log(xmax) : kInf;
+  const long long count = static_cast<long long>(candidates.size());
+  const long long last = static_cast<long long>(tail.value.size()) - 1;
+
+  std::atomic<double> tau{kInf};
+  double best_d = kInf;
+  long long best_c = -1;
+  // A first pass over every stride-th candidate finds a small tau early, so that the full pass
+  // prunes most candidates after one or a few points.
+  const long long stride = std::max(1LL, static_cast<long long>(std::sqrt(static_cast<double>(count)) / 4));
+  // Small fits run on one thread: waking a team costs more than they take.
+  const bool parallel = static_cast<double>(count) * std::sqrt(static_cast<double>(last + 1)) > 2e5;
+#pragma omp parallel num_threads(htcore::num_threads()) if (parallel)
+  {
+    double local_d = kInf;
+    long long local_c = -1;
+    long long hint = -1;
+    auto visit = [&](long long c) {
+      const Candidate& cand = candidates[static_cast<std::size_t>(c)];
+      const double d = ks_distance_or_prune(TailModel(tail, cand, log_xmax), cand.i, last, tau, hint);
+      if (d < local_d || (d == local_d && c < local_c)) {
+        local_d = d;
+        local_c = c;
+      }
+      if (d < kInf) atomic_min(tau, d);
+    };
+#pragma omp for schedule(dynamic, 4)
+    for (long long c = 0; c < count; c += stride) visit(c);
+#pragma omp for schedule(dynamic, 64) nowait
+    for (long long c = 0; c < count; ++c) {
+      if (c % stride != 0) visit(c);
+    }
+#pragma omp critical
+    {
+      if (local_c >= 0 && (local_d < best_d || (local_d == best_d && local_c < best_c) || best_c < 0)) {
+        best_d = local_d;
+        best_c = local_c;
+      }
+    }
+  }
+  require(best_c >= 0, "the power-law fit found no candidate xmin with a finite KS distance");
+  const Candidate& win = candidates[static_cast<std::size_t>(best_c)];
+  const TailModel model(tail, win, log_xmax);
+  PowerLawResult out;
+  out.pdf_exponent = model.exponent();
+  out.xmin = std::isnan(fixed_xmin) ? tail.value[static_cast<std::size_t>(win.i)] : fixed_xmin;
+  out.ks_distance = best_d;
+  out.n_tail = model.n_tail();
+  out.candidates = count;
+  return out;
+}
+
+}  // namespace htcore

@@ -1,0 +1,71 @@
+// Tail estimators of a positive sample and the continuous power-law fit.
+//
+// Conventions (see ../shared/DESIGN.md): X_(1) >= X_(2) >= ... >= X_(n) are the order statistics.
+// The estimators return xi = 1 / alpha, where alpha is the tail index, P(X > x) ~ x^(-alpha).
+// The power-law fit returns the pdf exponent a = alpha + 1, p(x) ~ x^(-a) (what the `powerlaw`
+// package and WeightWatcher call "alpha").
+//
+// All functions take samples that the caller has checked to be finite and > 0.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace htcore {
+
+// Sorts a positive, finite sample ascending (LSD radix sort on the IEEE bit patterns, which order
+// like the values for positive doubles). O(n); single-threaded.
+void sort_positive(std::vector<double>& x);
+
+enum class TailMethod { hill, moments, pickands };
+
+// The estimate at a given k, on an ascending-sorted sample. Throws std::invalid_argument when k is
+// out of range (Hill: 1 <= k <= n - 1; moments: 2 <= k <= n - 1; Pickands: 1 <= k <= n / 4) or when ties make the
+// estimator undefined at this k.
+double tail_xi(TailMethod method, const double* sorted, long long n, long long k);
+
+// Danielsson, de Haan, Peng & de Vries (2001) double bootstrap as in Voitalov et al. (2019).
+struct DoubleBootstrap {
+  long long k_star = 0;  // chosen number of order statistics
+  long long k1 = 0, k2 = 0;  // AMSE minimisers in the two bootstrap stages
+  long long n1 = 0, n2 = 0;  // bootstrap sample sizes
+};
+
+struct DoubleBootstrapOptions {
+  double t = 0.5;          // n2 = t n (as Voitalov's t_bootstrap)
+  int resamples = 500;     // resamples per stage (Voitalov's r_bootstrap)
+  double eps_stop = 0.99;  // AMSE minimised over k <= eps_stop * n_b (Voitalov's eps_stop)
+  double cap_factor = 3;   // and over k <= cap_factor * n_b^(2/3) (0: no cap; htcore's addition)
+};
+
+// Chooses k for Hill (method == hill) or moments (method == moments) on an ascending-sorted sample.
+// Deterministic in `seed`, independent of the thread count. Requires n >= 20.
+DoubleBootstrap double_bootstrap(TailMethod method, const double* sorted, long long n, std::uint64_t seed,
+                                 const DoubleBootstrapOptions& options);
+
+struct TailEstimate {
+  double xi = 0;
+  long long k = 0;
+  DoubleBootstrap bootstrap;  // filled when k was chosen automatically
+};
+
+// Copies and sorts x, then estimates xi at k, or at the double-bootstrap k when k == 0 (for
+// Pickands: a quarter of the moments estimator's k, so X_(4k) reaches as deep as its tail).
+TailEstimate estimate_tail(TailMethod method, const double* x, long long n, long long k, std::uint64_t seed,
+                           const DoubleBootstrapOptions& options);
+
+// Continuous Clauset-Shalizi-Newman power-law fit of an (unsorted) positive sample, with the KS
+// distance defined as in powerlaw 2.0 (see powerlaw_fit.cpp).
+struct PowerLawResult {
+  double pdf_exponent = 0;
+  double xmin = 0;
+  double ks_distance = 0;
+  long long n_tail = 0;
+  long long candidates = 0;  // number of xmin values scanned
+};
+
+// xmax: samples above it are dropped and the fitted CDF is truncated at it (pass +inf for none).
+// fixed_xmin: fit only at this xmin (pass NaN to scan candidates). grid: 0 scans every distinct
+// value but the largest; g > 0 scans g log-spaced candidates snapped to data values.
+PowerLawResult fit_powerlaw(const double* x, long long n, double xmax, double fixed_xmin, long long grid);
+
+}  // namespace htcore
