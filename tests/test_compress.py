@@ -264,3 +264,39 @@ def test_nested_sequential_with_dropout_maps_layers_by_name(digits, tmp_path):
     back = load_compressed(tmp_path / "g.safetensors")
     assert code_length(back).total_bits == code_length(g).total_bits
     np.testing.assert_allclose(back(digits.X_test), g(digits.X_test), rtol=1e-6, atol=1e-6)
+
+
+def test_a_dense_runtime_model_compresses_like_its_torch_source(mlp, digits):
+    from htcore import compress
+    from htcore.runtime import CompressedModel
+
+    a = compress(mlp, keep=0.1, levels=8)
+    b = compress(CompressedModel.from_torch(mlp), keep=0.1, levels=8)
+    for wa, wb in zip(sparse_weights(a), sparse_weights(b)):
+        np.testing.assert_array_equal(wa.indices, wb.indices)
+        np.testing.assert_array_equal(wa.codebook, wb.codebook)
+    np.testing.assert_allclose(a(digits.X_test), b(digits.X_test), rtol=1e-6, atol=1e-6)
+
+
+def test_cli_compress_then_bound(mlp, digits, tmp_path, capsys):
+    import json
+
+    from htcore import load_compressed, save_compressed
+    from htcore.cli import main
+
+    dense, small = tmp_path / "dense.safetensors", tmp_path / "small.safetensors"
+    save_compressed(dense, mlp)
+    assert main(["compress", str(dense), "-o", str(small), "--per-layer", "0=0.1", "2=0.5", "--levels", "4",
+                 "--float16-biases"]) == 0
+    assert "stored values" in capsys.readouterr().out
+    g = load_compressed(small)
+    assert code_length(g).tensors[1].values_code == "float16"
+    assert main(["bound", str(small), "--data", "digits", "--original", str(dense), "--settings-tried", "4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)["report"]
+    assert out["code"]["search_bits"] == 2 and out["train_error"] <= out["kl"] <= 1 and out["gamma"] > 0
+    npz = tmp_path / "d.npz"
+    np.savez(npz, X_train=digits.X_train, y_train=digits.y_train)
+    assert main(["bound", str(small), "--data", str(npz)]) == 0
+    assert "test error" not in capsys.readouterr().out
+    assert main(["compress", str(dense), "-o", str(small), "--keep", "0.1", "--finetune-epochs", "2"]) == 1
+    assert "needs --data" in capsys.readouterr().err

@@ -66,6 +66,42 @@ def _linear_layers(model: Any) -> list[tuple[str, Any]]:
     return layers
 
 
+def linear_names(model: Any) -> list[str]:
+    """Names of the Linear layers of a torch Sequential or runtime model, the keys of ``per_layer``."""
+    return [name for name, _ in _linear_layers(as_sequential(model))]
+
+
+def as_sequential(model: Any) -> Any:
+    """``model`` as a torch ``nn.Sequential``: returned as is when it is one; a runtime
+    `CompressedModel` (e.g. from `htcore.load_compressed`) is rebuilt layer by layer (sparse weights
+    densified, float32)."""
+    import torch
+    import torch.nn as nn
+
+    from . import runtime
+
+    if isinstance(model, nn.Sequential):
+        return model
+    if not isinstance(model, runtime.CompressedModel):
+        raise TypeError(f"model must be a torch.nn.Sequential or a htcore CompressedModel, got {type(model).__name__}")
+    activations = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "softmax": lambda: nn.Softmax(dim=-1)}
+    modules = []
+    for layer in model.layers:
+        if isinstance(layer, runtime.Linear):
+            weight = layer.weight.todense() if layer.sparse else layer.weight
+            linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+            with torch.no_grad():
+                linear.weight.copy_(torch.from_numpy(np.array(weight, np.float32)))
+                if layer.bias is not None:
+                    linear.bias.copy_(torch.from_numpy(np.array(layer.bias)))
+            modules.append(linear)
+        elif isinstance(layer, runtime.Activation):
+            modules.append(activations[layer.kind]())
+        else:
+            modules.append(nn.Flatten())
+    return nn.Sequential(*modules).eval()
+
+
 def _keep_fractions(names: list[str], keep: Any, per_layer: Mapping[Any, Any] | None) -> dict[str, float]:
     """Keep fraction per Linear layer (by its name in the Sequential); layers without one stay dense."""
     if keep is None and not per_layer:
@@ -122,7 +158,8 @@ def _shared_weight_finetune(model: Any, quantised: dict, X: Any, y: Any, setting
 def compress(model: Any, *, keep: float | None = None, per_layer: Mapping[Any, float] | None = None,
              levels: int | None = None, finetune: Mapping[str, Any] | None = None,
              train_data: tuple[Any, Any] | None = None, bias_precision: str = "float32") -> Any:
-    """Compress a ``torch.nn.Sequential`` of Linear/activation/Flatten layers into a runtime model.
+    """Compress a ``torch.nn.Sequential`` of Linear/activation/Flatten layers (or a dense runtime
+    `CompressedModel`, see `as_sequential`) into a runtime model.
 
     Parameters
     ----------
@@ -150,7 +187,7 @@ def compress(model: Any, *, keep: float | None = None, per_layer: Mapping[Any, f
         levels = check_int(levels, "levels", low=1, high=256)
     if bias_precision not in ("float32", "float16"):
         raise ValueError(f"bias_precision must be 'float32' or 'float16', got {bias_precision!r}")
-    return _finish(_prune(model, keep, per_layer, finetune, train_data), levels, bias_precision)
+    return _finish(_prune(as_sequential(model), keep, per_layer, finetune, train_data), levels, bias_precision)
 
 
 def compress_grid(model: Any, grid: Sequence[Mapping[str, Any]], *, finetune: Mapping[str, Any] | None = None,
@@ -159,6 +196,7 @@ def compress_grid(model: Any, grid: Sequence[Mapping[str, Any]], *, finetune: Ma
     ``grid`` (``finetune`` and ``train_data`` are the defaults for settings that do not give their own),
     pruning and fine-tuning once per distinct (keep, per_layer, finetune): settings that differ only
     in ``levels`` or ``bias_precision`` share that work. Results equal separate `compress` calls."""
+    model = as_sequential(model)
     cache: dict[str, _Pruned] = {}
     for settings in grid:
         kwargs = {"finetune": finetune, "train_data": train_data, **settings}
