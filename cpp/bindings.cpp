@@ -267,7 +267,7 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "tail_estimate",
       [](py::array_t<double, py::array::c_style | py::array::forcecast> x, const std::string& method, long long k,
-         std::uint64_t seed, int resamples, double eps_stop, double cap_factor) {
+         std::uint64_t seed, int resamples, double eps_stop, double cap_factor, double rho_max) {
         htcore::TailMethod kind;
         if (method == "hill") kind = htcore::TailMethod::hill;
         else if (method == "moments") kind = htcore::TailMethod::moments;
@@ -280,12 +280,13 @@ PYBIND11_MODULE(_core, m) {
         htcore::TailEstimate r;
         {
           py::gil_scoped_release release;
-          r = htcore::estimate_tail(kind, x.data(), static_cast<long long>(x.size()), k, seed, options);
+          r = htcore::estimate_tail(kind, x.data(), static_cast<long long>(x.size()), k, seed, options, rho_max);
         }
         return py::dict("xi"_a = r.xi, "k"_a = r.k, "k1"_a = r.bootstrap.k1, "k2"_a = r.bootstrap.k2,
-                        "n1"_a = r.bootstrap.n1, "n2"_a = r.bootstrap.n2);
+                        "n1"_a = r.bootstrap.n1, "n2"_a = r.bootstrap.n2, "rho"_a = r.second.rho,
+                        "beta"_a = r.second.beta, "k1_second_order"_a = r.second.k1);
       },
-      "x"_a, "method"_a, "k"_a, "seed"_a, "resamples"_a, "eps_stop"_a, "cap_factor"_a);
+      "x"_a, "method"_a, "k"_a, "seed"_a, "resamples"_a, "eps_stop"_a, "cap_factor"_a, "rho_max"_a);
   m.def(
       "fit_powerlaw",
       [](py::array_t<double, py::array::c_style | py::array::forcecast> x, double xmax, double xmin, long long grid) {
