@@ -124,6 +124,12 @@ def test_auto_k_reproducible_and_thread_independent():
             two = fn(x, random_state=7)
             assert one == two
             assert fn(x, random_state=np.random.default_rng(7)) == one
+        # Large enough that the second-order sums (k1 = n^0.995 > 1e5 terms) run in parallel.
+        big = np.abs(np.random.default_rng(8).standard_t(3, 150_000))
+        htcore.set_num_threads(1)
+        one = htcore.hill(big, random_state=7)
+        htcore.set_num_threads(2)
+        assert htcore.hill(big, random_state=7) == one
     finally:
         htcore.set_num_threads(before)
 
