@@ -14,6 +14,17 @@ namespace {
 using u128 = unsigned __int128;
 using i64 = std::int64_t;
 
+// Work is handed out in chunks of about this many entries, so threads that the OS schedules late
+// (the machine may be shared) simply do less. Chunking never changes results: histograms merge
+// exactly and every row's output position is fixed.
+constexpr i64 chunk_entries = i64(1) << 16;
+
+// Below about a millisecond of work per pass (2^20 entries), waking a second thread costs more
+// than it saves.
+int threads_for(i64 entries) { return entries >= (i64(1) << 20) ? htcore::num_threads() : 1; }
+
+i64 rows_per_chunk(i64 cols) { return std::max<i64>(1, chunk_entries / std::max<i64>(cols, 1)); }
+
 // IEEE layout and the radix digits used per level (most significant first). The first digit
 // always covers the whole exponent, so every first-level bucket holds a single exponent and the
 // sums of squares below it can be kept as exact integer mantissa sums.
@@ -83,6 +94,13 @@ double key_to_double(U key) {
   return std::ldexp(static_cast<double>(significand(key)), effective_exponent(key) - bias - Format<U>::mant);
 }
 
+template <class U>
+i64 total_count(const std::vector<Segment<U>>& segments) {
+  i64 n = 0;
+  for (const auto& s : segments) n += s.n;
+  return n;
+}
+
 // Counts and (optionally) mantissa-square sums per bin. Integer merges are exact, so the merged
 // histogram never depends on the thread count.
 template <bool Sums>
@@ -112,7 +130,7 @@ void histogram(const std::vector<Segment<U>>& segments, int level, const std::ve
   const int shift = shift_after<U>(level);
   const std::size_t slots = level == 0 ? 1 : prefixes.size();
   out.reset(slots * bins);
-#pragma omp parallel num_threads(htcore::num_threads())
+#pragma omp parallel num_threads(threads_for(total_count(segments)))
   {
     Histogram<Sums> local;
     local.reset((slots + 1) * bins);
@@ -121,7 +139,7 @@ void histogram(const std::vector<Segment<U>>& segments, int level, const std::ve
         std::uint64_t* const count = local.count.data();
         u128* const sum = Sums ? local.sum.data() : nullptr;
         const U* const x = seg.x;
-#pragma omp for schedule(static) nowait
+#pragma omp for schedule(dynamic, chunk_entries) nowait
         for (i64 i = 0; i < seg.n; ++i) {
           const U key = key_of(x[i]);
           const std::size_t bin = key >> shift;
@@ -141,13 +159,13 @@ void histogram(const std::vector<Segment<U>>& segments, int level, const std::ve
         };
         if (slots == 1) {  // the common case: one target
           const U only = prefixes[0];
-#pragma omp for schedule(static) nowait
+#pragma omp for schedule(dynamic, chunk_entries) nowait
           for (i64 i = 0; i < seg.n; ++i) {
             const U key = key_of(x[i]);
             count_key(key, static_cast<U>(key >> prefix_shift) == only ? 0 : 1);
           }
         } else {
-#pragma omp for schedule(static) nowait
+#pragma omp for schedule(dynamic, chunk_entries) nowait
           for (i64 i = 0; i < seg.n; ++i) {
             const U key = key_of(x[i]);
             const U prefix = static_cast<U>(key >> prefix_shift);
@@ -173,14 +191,14 @@ template <class U>
 std::vector<Segment<U>> narrow_to_buckets(const std::vector<Segment<U>>& segments,
                                           const std::vector<std::uint64_t>& level0_count, const std::vector<U>& buckets,
                                           std::vector<std::vector<U>>& storage) {
-  std::uint64_t wanted = 0, n = 0;
+  const i64 n = total_count(segments);
+  std::uint64_t wanted = 0;
   for (const U b : buckets) wanted += level0_count[b];
-  for (const auto& seg : segments) n += static_cast<std::uint64_t>(seg.n);
-  if (wanted > n / 8) return segments;
+  if (wanted > static_cast<std::uint64_t>(n / 8)) return segments;
   std::vector<unsigned char> is_wanted(level0_count.size(), 0);
   for (const U b : buckets) is_wanted[b] = 1;
   const int shift = shift_after<U>(0);
-  const int threads = htcore::num_threads();
+  const int threads = threads_for(n);
   storage.assign(static_cast<std::size_t>(threads), {});
 #pragma omp parallel num_threads(threads)
   {
@@ -188,7 +206,7 @@ std::vector<Segment<U>> narrow_to_buckets(const std::vector<Segment<U>>& segment
     mine.reserve(wanted / static_cast<std::uint64_t>(omp_get_num_threads()) + 64);
     for (const auto& seg : segments) {
       const U* const x = seg.x;
-#pragma omp for schedule(static) nowait
+#pragma omp for schedule(dynamic, chunk_entries) nowait
       for (i64 i = 0; i < seg.n; ++i) {
         const U key = key_of(x[i]);
         if (is_wanted[key >> shift]) mine.push_back(key);
@@ -229,13 +247,6 @@ std::vector<double> scaled_bucket_sums(const Histogram<true>& h0, Scale<U>& scal
   for (std::size_t b = 0; b < out.size(); ++b)
     out[b] = std::ldexp(static_cast<double>(h0.sum[b]), scale.unit(bucket_exponent<U>(b)));
   return out;
-}
-
-template <class U>
-i64 total_count(const std::vector<Segment<U>>& segments) {
-  i64 n = 0;
-  for (const auto& s : segments) n += s.n;
-  return n;
 }
 
 // Within bins [base, base + bins), the bin holding the k-th largest (1-based) key; `above` gets
@@ -446,7 +457,7 @@ template <class U, class Idx>
 Csr<U, Idx> csr_by_threshold(const U* w, i64 rows, i64 cols, std::uint64_t threshold, i64 tie_budget) {
   const U t = threshold > none_key<U> ? none_key<U> : static_cast<U>(threshold);
   std::vector<i64> greater(rows), row_ties(rows), ties(rows);
-#pragma omp parallel for schedule(static) num_threads(htcore::num_threads())
+#pragma omp parallel for schedule(dynamic, rows_per_chunk(cols)) num_threads(threads_for(rows * cols))
   for (i64 r = 0; r < rows; ++r) {
     const U* row = w + r * cols;
     i64 g = 0, e = 0;
@@ -473,7 +484,7 @@ Csr<U, Idx> csr_by_threshold(const U* w, i64 rows, i64 cols, std::uint64_t thres
   out.indices = Buffer<Idx>(static_cast<std::size_t>(indptr[rows]));
   U* data = out.data.data();
   Idx* indices = out.indices.data();
-#pragma omp parallel for schedule(static) num_threads(htcore::num_threads())
+#pragma omp parallel for schedule(dynamic, rows_per_chunk(cols)) num_threads(threads_for(rows * cols))
   for (i64 r = 0; r < rows; ++r)
     compact_row(w + r * cols, cols, t, ties[r], row_ties[r], data + indptr[r], indices + indptr[r],
                 indptr[r + 1] - indptr[r]);
@@ -488,10 +499,10 @@ Csr<U, Idx> csr_rows(const U* w, i64 rows, i64 cols, i64 k, const std::string& n
   U* data = out.data.data();
   Idx* indices = out.indices.data();
   bool finite = true;
-#pragma omp parallel num_threads(htcore::num_threads()) reduction(&& : finite)
+#pragma omp parallel num_threads(threads_for(rows * cols)) reduction(&& : finite)
   {
     std::vector<U> keys(static_cast<std::size_t>(cols));
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, rows_per_chunk(cols))
     for (i64 r = 0; r < rows; ++r) {
       const U* row = w + r * cols;
       U largest = 0;
@@ -525,7 +536,7 @@ Csr<U, Idx> csr_cols(const U* w, i64 rows, i64 cols, i64 k, const std::string& n
   constexpr i64 block = 16;  // columns gathered together, so reads stay row-contiguous
   const i64 n_blocks = (cols + block - 1) / block;
   bool finite = true;
-#pragma omp parallel num_threads(htcore::num_threads()) reduction(&& : finite)
+#pragma omp parallel num_threads(threads_for(rows * cols)) reduction(&& : finite)
   {
     std::vector<U> gathered(static_cast<std::size_t>(block * rows)), work(static_cast<std::size_t>(rows));
 #pragma omp for schedule(dynamic, 1)
@@ -559,7 +570,7 @@ Csr<U, Idx> csr_cols(const U* w, i64 rows, i64 cols, i64 k, const std::string& n
   Csr<U, Idx> out(static_cast<std::size_t>(cols * k), static_cast<std::size_t>(rows));
   i64* indptr = out.indptr.data();
   indptr[0] = 0;
-#pragma omp parallel for schedule(static) num_threads(htcore::num_threads())
+#pragma omp parallel for schedule(dynamic, rows_per_chunk(cols)) num_threads(threads_for(rows * cols))
   for (i64 r = 0; r < rows; ++r) {
     const U* row = w + r * cols;
     i64 kept = 0;
@@ -572,7 +583,7 @@ Csr<U, Idx> csr_cols(const U* w, i64 rows, i64 cols, i64 k, const std::string& n
   for (i64 r = 0; r < rows; ++r) indptr[r + 1] += indptr[r];
   U* data = out.data.data();
   Idx* indices = out.indices.data();
-#pragma omp parallel for schedule(static) num_threads(htcore::num_threads())
+#pragma omp parallel for schedule(dynamic, rows_per_chunk(cols)) num_threads(threads_for(rows * cols))
   for (i64 r = 0; r < rows; ++r) {
     const U* row = w + r * cols;
     i64 pos = indptr[r];
