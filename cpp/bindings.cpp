@@ -151,22 +151,25 @@ void bind_topk(py::module_& m) {
       });
     });
   }, "w"_a, "key"_a, "tie_budget"_a);
-  m.def("topk_csr_rows", [](const py::array& w, std::int64_t k, const std::string& name) {
+  m.def("topk_csr_matrix", [](const py::array& w, std::int64_t k, const std::string& name) {
     return with_float_bits(w, [&](auto tag) -> py::object {
       using U = decltype(tag);
       return csr_tuple<U>(w, [&](auto idx, const U* x, std::int64_t rows, std::int64_t cols) {
-        return topk::csr_rows<U, decltype(idx)>(x, rows, cols, k, name);
+        return topk::csr_matrix<U, decltype(idx)>(x, rows, cols, k, name);
       });
     });
   }, "w"_a, "k"_a, "name"_a);
-  m.def("topk_csr_cols", [](const py::array& w, std::int64_t k, const std::string& name) {
+  // k largest in every row (by="row") or every column (by="col")
+  m.def("topk_csr_per_group", [](const py::array& w, std::int64_t k, const std::string& by, const std::string& name) {
+    htcore::require(by == "row" || by == "col", "internal error: by must be 'row' or 'col'");
     return with_float_bits(w, [&](auto tag) -> py::object {
       using U = decltype(tag);
       return csr_tuple<U>(w, [&](auto idx, const U* x, std::int64_t rows, std::int64_t cols) {
-        return topk::csr_cols<U, decltype(idx)>(x, rows, cols, k, name);
+        using Idx = decltype(idx);
+        return by == "row" ? topk::csr_rows<U, Idx>(x, rows, cols, k, name) : topk::csr_cols<U, Idx>(x, rows, cols, k, name);
       });
     });
-  }, "w"_a, "k"_a, "name"_a);
+  }, "w"_a, "k"_a, "by"_a, "name"_a);
 }
 
 }  // namespace

@@ -453,23 +453,14 @@ i64 k_for_rel_error(const std::vector<Segment<U>>& segments, double max_rel_erro
   return n - dropped;
 }
 
+namespace {
+
+// CSR of the entries with key > t plus, in row-major order, the first `tie_budget` with key == t,
+// given each row's counts of both.
 template <class U, class Idx>
-Csr<U, Idx> csr_by_threshold(const U* w, i64 rows, i64 cols, std::uint64_t threshold, i64 tie_budget) {
-  const U t = threshold > none_key<U> ? none_key<U> : static_cast<U>(threshold);
-  std::vector<i64> greater(rows), row_ties(rows), ties(rows);
-#pragma omp parallel for schedule(dynamic, rows_per_chunk(cols)) num_threads(threads_for(rows * cols))
-  for (i64 r = 0; r < rows; ++r) {
-    const U* row = w + r * cols;
-    i64 g = 0, e = 0;
-    for (i64 c = 0; c < cols; ++c) {
-      const U key = key_of(row[c]);
-      g += key > t;
-      e += key == t;
-    }
-    greater[r] = g;
-    row_ties[r] = e;
-  }
-  // the first `tie_budget` ties in row-major order: ties[r] of them in row r
+Csr<U, Idx> fill_csr(const U* w, i64 rows, i64 cols, U t, i64 tie_budget, const std::vector<i64>& greater,
+                     const std::vector<i64>& row_ties) {
+  std::vector<i64> ties(static_cast<std::size_t>(rows));
   i64 left = std::max<i64>(tie_budget, 0);
   Csr<U, Idx> out(0, static_cast<std::size_t>(rows));
   i64* indptr = out.indptr.data();
@@ -489,6 +480,150 @@ Csr<U, Idx> csr_by_threshold(const U* w, i64 rows, i64 cols, std::uint64_t thres
     compact_row(w + r * cols, cols, t, ties[r], row_ties[r], data + indptr[r], indices + indptr[r],
                 indptr[r + 1] - indptr[r]);
   return out;
+}
+
+std::uint64_t splitmix64(std::uint64_t& state) {
+  std::uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+// Sample-select: from a fixed pseudo-random sample, keys lo <= hi that bracket the k-th largest
+// with overwhelming probability (5 standard deviations of the sample rank either side).
+template <class U>
+std::pair<U, U> sampled_bracket(const U* w, i64 n, i64 k) {
+  constexpr i64 size = 1 << 15;
+  std::vector<U> sample(static_cast<std::size_t>(size));
+  std::uint64_t state = 0;  // fixed seed: the bracket, hence the work done, is reproducible
+  for (auto& v : sample) v = key_of(w[splitmix64(state) % static_cast<std::uint64_t>(n)]);
+  const double q = static_cast<double>(k) / static_cast<double>(n);
+  const double mean = size * q, spread = 5.0 * std::sqrt(size * q * (1.0 - q)) + 2.0;
+  const i64 hi_rank = static_cast<i64>(std::floor(mean - spread));  // 1-based ranks from the top
+  const i64 lo_rank = static_cast<i64>(std::ceil(mean + spread));
+  const auto at_rank = [&](i64 rank) {
+    std::nth_element(sample.begin(), sample.begin() + (rank - 1), sample.end(), std::greater<U>());
+    return sample[static_cast<std::size_t>(rank - 1)];
+  };
+  const U hi = hi_rank >= 1 ? at_rank(hi_rank) : static_cast<U>(infinity_key<U> - 1);
+  const U lo = lo_rank <= size ? at_rank(lo_rank) : U(0);
+  return {lo, hi};
+}
+
+// Matrix top-k in two passes over W when the sampled bracket [lo, hi] holds the threshold: one
+// pass counts, per row, keys above hi and copies the (few) keys inside the bracket; the exact
+// threshold is then selected among the copies, and a second pass writes CSR. Returns false,
+// having changed nothing, when the bracket misses or holds more than an eighth of W (heavy ties),
+// so the caller takes the general path; the result never depends on which path ran.
+template <class U, class Idx>
+bool sampled_topk(const U* w, i64 rows, i64 cols, i64 k, const std::string& name, Csr<U, Idx>& out) {
+  const i64 n = rows * cols;
+  const auto [lo, hi] = sampled_bracket(w, n, k);
+  const U width = static_cast<U>(hi - lo);
+  const i64 chunk_rows = rows_per_chunk(cols), n_chunks = (rows + chunk_rows - 1) / chunk_rows;
+  const int threads = threads_for(n);
+  const std::size_t cap = static_cast<std::size_t>(n / 8 / threads);
+  std::vector<i64> greater(static_cast<std::size_t>(rows)), inside(static_cast<std::size_t>(rows));
+  std::vector<std::vector<U>> copies(static_cast<std::size_t>(threads));
+  std::vector<std::pair<int, std::size_t>> chunk_at(static_cast<std::size_t>(n_chunks));  // (thread, offset)
+  bool finite = true, fits = true;
+#pragma omp parallel num_threads(threads) reduction(&& : finite, fits)
+  {
+    const int me = omp_get_thread_num();
+    std::vector<U>& mine = copies[static_cast<std::size_t>(me)];
+    U largest = 0;
+#pragma omp for schedule(dynamic, 1)
+    for (i64 chunk = 0; chunk < n_chunks; ++chunk) {
+      chunk_at[chunk] = {me, mine.size()};
+      for (i64 r = chunk * chunk_rows; r < std::min(rows, (chunk + 1) * chunk_rows); ++r) {
+        const U* row = w + r * cols;
+        i64 above = 0, in = 0;
+        // blocks of 64: a vectorisable count, then a rescan only of blocks with keys in the bracket
+        for (i64 c0 = 0; c0 < cols; c0 += 64) {
+          const i64 c1 = std::min(cols, c0 + 64);
+          i64 block_in = 0;
+          for (i64 c = c0; c < c1; ++c) {
+            const U key = key_of(row[c]);
+            largest = std::max(largest, key);
+            above += key > hi;
+            block_in += static_cast<U>(key - lo) <= width;  // lo <= key <= hi
+          }
+          in += block_in;
+          if (block_in == 0 || !fits) continue;
+          for (i64 c = c0; c < c1; ++c) {
+            const U key = key_of(row[c]);
+            if (static_cast<U>(key - lo) <= width) mine.push_back(key);
+          }
+        }
+        greater[r] = above;
+        inside[r] = in;
+      }
+      fits = fits && mine.size() <= cap;
+    }
+    finite = largest < infinity_key<U>;
+  }
+  if (!finite) fail(name + " contains non-finite values (NaN or Inf)");
+  i64 above_total = 0, inside_total = 0;
+  for (i64 r = 0; r < rows; ++r) {
+    above_total += greater[r];
+    inside_total += inside[r];
+  }
+  if (!fits || !(above_total < k && k <= above_total + inside_total)) return false;
+
+  std::vector<Segment<U>> segments;
+  for (const auto& part : copies) segments.push_back({part.data(), static_cast<i64>(part.size())});
+  const Selected exact = select<U>(segments, {k - above_total}, false, name).targets[0];
+  const U t = static_cast<U>(exact.key);
+  // per row: copied keys above t join `greater`, keys equal to t are its ties
+  std::vector<i64> row_ties(static_cast<std::size_t>(rows));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_for(inside_total))
+  for (i64 chunk = 0; chunk < n_chunks; ++chunk) {
+    const U* key = copies[static_cast<std::size_t>(chunk_at[chunk].first)].data() + chunk_at[chunk].second;
+    for (i64 r = chunk * chunk_rows; r < std::min(rows, (chunk + 1) * chunk_rows); ++r) {
+      for (i64 j = 0; j < inside[r]; ++j, ++key) {
+        greater[r] += *key > t;
+        row_ties[r] += *key == t;
+      }
+    }
+  }
+  copies.clear();
+  out = fill_csr<U, Idx>(w, rows, cols, t, k - above_total - exact.greater, greater, row_ties);
+  return true;
+}
+
+}  // namespace
+
+template <class U, class Idx>
+Csr<U, Idx> csr_by_threshold(const U* w, i64 rows, i64 cols, std::uint64_t threshold, i64 tie_budget) {
+  const U t = threshold > none_key<U> ? none_key<U> : static_cast<U>(threshold);
+  std::vector<i64> greater(static_cast<std::size_t>(rows)), row_ties(static_cast<std::size_t>(rows));
+#pragma omp parallel for schedule(dynamic, rows_per_chunk(cols)) num_threads(threads_for(rows * cols))
+  for (i64 r = 0; r < rows; ++r) {
+    const U* row = w + r * cols;
+    i64 g = 0, e = 0;
+    for (i64 c = 0; c < cols; ++c) {
+      const U key = key_of(row[c]);
+      g += key > t;
+      e += key == t;
+    }
+    greater[r] = g;
+    row_ties[r] = e;
+  }
+  return fill_csr<U, Idx>(w, rows, cols, t, tie_budget, greater, row_ties);
+}
+
+template <class U, class Idx>
+Csr<U, Idx> csr_matrix(const U* w, i64 rows, i64 cols, i64 k, const std::string& name) {
+  const i64 n = rows * cols;
+  require(k >= 0 && k <= n, "k must be in [0, " + std::to_string(n) + "], got " + std::to_string(k));
+  if (k > 0 && k < n && n >= (i64(1) << 18)) {
+    Csr<U, Idx> out(0, 0);
+    if (sampled_topk<U, Idx>(w, rows, cols, k, name, out)) return out;
+  }
+  const std::vector<Segment<U>> whole{{w, n}};
+  const Selection sel = select<U>(whole, k > 0 ? std::vector<i64>{k} : std::vector<i64>{}, false, name);
+  if (k == 0) return csr_by_threshold<U, Idx>(w, rows, cols, none_key<U>, 0);
+  return csr_by_threshold<U, Idx>(w, rows, cols, sel.targets[0].key, k - sel.targets[0].greater);
 }
 
 template <class U, class Idx>
@@ -604,6 +739,7 @@ Csr<U, Idx> csr_cols(const U* w, i64 rows, i64 cols, i64 k, const std::string& n
   template i64 k_for_rel_error<U>(const std::vector<Segment<U>>&, double, const std::string&);
 #define HTCORE_TOPK_CSR(U, Idx)                                                                        \
   template Csr<U, Idx> csr_by_threshold<U, Idx>(const U*, i64, i64, std::uint64_t, i64);               \
+  template Csr<U, Idx> csr_matrix<U, Idx>(const U*, i64, i64, i64, const std::string&);                \
   template Csr<U, Idx> csr_rows<U, Idx>(const U*, i64, i64, i64, const std::string&);                  \
   template Csr<U, Idx> csr_cols<U, Idx>(const U*, i64, i64, i64, const std::string&);
 

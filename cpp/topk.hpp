@@ -75,6 +75,11 @@ template <class U, class Idx>
 Csr<U, Idx> csr_by_threshold(const U* w, std::int64_t rows, std::int64_t cols, std::uint64_t threshold,
                              std::int64_t tie_budget);
 
+// Keeps the k largest |x| of the matrix (k <= rows * cols), ties to the lowest flat index.
+// Usually two passes over W (sample-select), else selection plus two passes.
+template <class U, class Idx>
+Csr<U, Idx> csr_matrix(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k, const std::string& name);
+
 // Keeps the k largest |x| of every row (k <= cols), ties to the lowest column.
 template <class U, class Idx>
 Csr<U, Idx> csr_rows(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k, const std::string& name);

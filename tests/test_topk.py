@@ -132,6 +132,26 @@ def test_ties_do_not_depend_on_threads():
     np.testing.assert_array_equal(got[1], ref_matrix(W, 500_000))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("keep", [0.0001, 0.3, 0.9])
+def test_large_matrices_with_ties_at_threshold(dtype, keep):
+    """Large enough for the sampled two-pass path (and 2 threads): values in a few thousand
+    levels, so many entries tie at every threshold; and a zero-heavy one that the sample cannot
+    bracket narrowly (the general path)."""
+    rng = np.random.default_rng(12)
+    levels = rng.integers(-2000, 2001, size=(1100, 1000)).astype(dtype)
+    sparse = np.where(rng.random((1100, 1000)) < 0.9, 0, rng.integers(-3, 4, size=(1100, 1000))).astype(dtype)
+    for W in (levels, sparse):
+        k = k_for_keep(keep, W.size)
+        want = ref_matrix(W, k)
+        for threads in (1, 2):
+            htcore.set_num_threads(threads)
+            try:
+                assert_selects(htcore.topk_sparsify(W, keep), W, want)
+            finally:
+                htcore.set_num_threads(2)
+
+
 def test_non_contiguous_and_integer_inputs():
     rng = np.random.default_rng(4)
     base = tie_heavy(rng, (40, 60), np.float64)

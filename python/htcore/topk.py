@@ -161,12 +161,9 @@ def topk_sparsify(
         max_rel_error = check_fraction(max_rel_error, "max_rel_error", include_zero=True)
         k = _core.topk_k_for_rel_error([W], max_rel_error, "W")
 
-    if mode == "row":
-        return _csr(_core.topk_csr_rows(W, k, "W"), W.shape)
-    if mode == "col":
-        return _csr(_core.topk_csr_cols(W, k, "W"), W.shape)
-    key, tie_budget = _threshold_key([W], k, "W")
-    return _csr(_core.topk_csr_threshold(W, key, tie_budget), W.shape)
+    if mode != "matrix":
+        return _csr(_core.topk_csr_per_group(W, k, mode, "W"), W.shape)
+    return _csr(_core.topk_csr_matrix(W, k, "W"), W.shape)
 
 
 def _threshold_key(arrays: list[np.ndarray], k: int, name: str) -> tuple[int, int]:
