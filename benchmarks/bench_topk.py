@@ -119,8 +119,9 @@ def machine() -> dict:
         pass
     import torch
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-            "torch": torch.__version__, "htcore_build": _core.build_info()}
+    return {"cpu": cpu, "cores": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
+            "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
+            "htcore_build": _core.build_info()}
 
 
 def main() -> None:
@@ -141,6 +142,7 @@ def main() -> None:
         print(extra)
         return
 
+    load_at_start = round(os.getloadavg()[0], 2)
     sizes = ["1e6", "1e7"] if args.quick else ["1e6", "1e7", "1e8"]
     reps = {"1e6": 3 if args.quick else 7, "1e7": 3 if args.quick else 5, "1e8": 3}
     rows = []
@@ -162,11 +164,13 @@ def main() -> None:
                 rows.append(row)
                 print(format_row(row), flush=True)
         del W
-    report = render(rows, machine(), args)
+    info = machine()
+    info["load_average_1min_at_start"] = load_at_start
+    report = render(rows, info, args)
     print(report)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "topk.md").write_text(report)
-    (RESULTS / "topk.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+    (RESULTS / "topk.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
 
 
 def _ms(cell) -> str:
@@ -192,9 +196,12 @@ def render(rows: list[dict], info: dict, args) -> str:
     lines = [
         "# Top-k magnitude sparsification to CSR (float32, k over the whole matrix)",
         "",
-        f"Machine: {info['cpu']}, {info['cores']} cores (shared with other jobs: figures are noisy; "
+        f"Machine: {info['cpu']}, {info['cores']} cores, 1-minute load average "
+        f"{info['load_average_1min_at_start']} at start and {info['load_average_1min']} at the end (the cores "
+        f"are shared with other jobs, so figures are noisy and a second thread often waits for a core: "
         f"compare ratios within a row). htcore build: {info['htcore_build']['build_flags']}, "
-        f"{info['htcore_build']['compiler']}; numpy {info['numpy']}, torch {info['torch']}.",
+        f"{info['htcore_build']['compiler']}; numpy {info['numpy']}, torch {info['torch']}. "
+        f"htcore runs one thread below 2^20 entries, so its 1e6 rows are single-threaded at either setting.",
         "",
         "Times: median wall ms after a warm-up run (1e6: 7 runs, 1e7: 5, 1e8: 3 for htcore and 1 for the "
         "peers; --quick: 3). "

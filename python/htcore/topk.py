@@ -166,15 +166,6 @@ def topk_sparsify(
     return _csr(_core.topk_csr_matrix(W, k, "W"), W.shape)
 
 
-def _threshold_key(arrays: list[np.ndarray], k: int, name: str) -> tuple[int, int]:
-    """(threshold key, ties to keep) for the top k of the concatenated arrays; also checks that
-    every entry is finite (even for k = 0)."""
-    selection = _core.topk_select(arrays, [k] if k > 0 else [], False, name)
-    if k == 0:
-        return _SELECT_NOTHING, 0
-    return selection["key"][0], k - selection["greater"][0]
-
-
 def sparsify_global(weights: Mapping[str, Any], keep: float | None = None, *, k: int | None = None) -> dict[str, CSRMatrix]:
     """Global magnitude pruning: one threshold across several 2-D arrays.
 
@@ -195,13 +186,14 @@ def sparsify_global(weights: Mapping[str, Any], keep: float | None = None, *, k:
     common = np.result_type(*arrays.values())
     # exact comparisons need one bit format: widening float16 -> float32 -> float64 is exact
     selected = [a if a.dtype == common else a.astype(common) for a in arrays.values()]
-    try:
-        key, tie_budget = _threshold_key(selected, k, "weights")
+    try:  # also checks every entry is finite, even for k = 0
+        selection = _core.topk_select(selected, [k] if k > 0 else [], False, "weights")
     except ValueError:
         for name, a in arrays.items():
             if not np.isfinite(a).all():
                 raise ValueError(f"weights[{name!r}] contains non-finite values (NaN or Inf)") from None
         raise
+    key, tie_budget = (selection["key"][0], k - selection["greater"][0]) if k > 0 else (_SELECT_NOTHING, 0)
     out = {}
     for (name, original), a in zip(arrays.items(), selected):
         data, indices, indptr, taken = _core.topk_csr_threshold(a, key, tie_budget)
