@@ -30,16 +30,6 @@ from . import _core
 from ._validation import FLOAT_DTYPES, as_float_array, check_fraction, check_int
 from .csr import CSRMatrix
 
-__all__ = [
-    "CompressibilityCurve",
-    "TopkThreshold",
-    "compressibility_curve",
-    "k_for_keep",
-    "sparsify_global",
-    "topk_sparsify",
-    "topk_threshold",
-]
-
 _MODES = ("matrix", "row", "col")
 _SELECT_NOTHING = 2**64 - 1  # a threshold key above every finite |w|
 
