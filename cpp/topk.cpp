@@ -303,38 +303,59 @@ Selection select_impl(const std::vector<Segment<U>>& segments, const std::vector
     states.push_back(s);
   }
 
-  std::vector<U> buckets;
-  for (const auto& s : states) buckets.push_back(s.prefix);
-  std::vector<std::vector<U>> storage;
-  const auto narrowed = narrow_to_buckets<U>(segments, h0.count, buckets, storage);
-  for (int level = 1; level < F::n_levels && !states.empty(); ++level) {
-    const int bits = F::levels[level];
-    const std::size_t bins = std::size_t(1) << bits;
-    std::vector<U> distinct;
-    for (const auto& s : states) distinct.push_back(s.prefix);
-    std::sort(distinct.begin(), distinct.end());
-    distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
-    // at most 16 prefixes (and about 16k bins) per pass
-    const std::size_t batch = std::clamp<std::size_t>((std::size_t(1) << 14) >> bits, 1, 16);
-    for (std::size_t first = 0; first < distinct.size(); first += batch) {
-      const std::vector<U> prefixes(distinct.begin() + first,
-                                    distinct.begin() + std::min(distinct.size(), first + batch));
-      Histogram<Sums> h;
-      histogram<U, Sums>(narrowed, level, prefixes, h);
-      for (auto& s : states) {
-        const auto it = std::lower_bound(prefixes.begin(), prefixes.end(), s.prefix);
-        if (it == prefixes.end() || *it != s.prefix) continue;
-        const std::size_t base = static_cast<std::size_t>(it - prefixes.begin()) * bins;
-        i64 above = 0;
-        const std::size_t b = bin_of_rank(h.count, base, bins, s.rank, above);
-        s.greater += above;
-        s.rank -= above;
-        s.ties = static_cast<i64>(h.count[base + b]);
-        if constexpr (Sums)
-          for (std::size_t lower = 0; lower < b; ++lower) s.tail_lo += h.sum[base + lower];
-        s.prefix = static_cast<U>((s.prefix << bits) | b);
+  // Refines the targets of `group` through the deeper levels, reading `data`.
+  const auto refine = [&](const std::vector<State*>& group, const std::vector<Segment<U>>& data) {
+    for (int level = 1; level < F::n_levels; ++level) {
+      const int bits = F::levels[level];
+      const std::size_t bins = std::size_t(1) << bits;
+      std::vector<U> distinct;
+      for (const State* s : group) distinct.push_back(s->prefix);
+      std::sort(distinct.begin(), distinct.end());
+      distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+      // at most 16 prefixes (and about 16k bins) per pass
+      const std::size_t batch = std::clamp<std::size_t>((std::size_t(1) << 14) >> bits, 1, 16);
+      for (std::size_t first = 0; first < distinct.size(); first += batch) {
+        const std::vector<U> prefixes(distinct.begin() + first,
+                                      distinct.begin() + std::min(distinct.size(), first + batch));
+        Histogram<Sums> h;
+        histogram<U, Sums>(data, level, prefixes, h);
+        for (State* s : group) {
+          const auto it = std::lower_bound(prefixes.begin(), prefixes.end(), s->prefix);
+          if (it == prefixes.end() || *it != s->prefix) continue;
+          const std::size_t base = static_cast<std::size_t>(it - prefixes.begin()) * bins;
+          i64 above = 0;
+          const std::size_t b = bin_of_rank(h.count, base, bins, s->rank, above);
+          s->greater += above;
+          s->rank -= above;
+          s->ties = static_cast<i64>(h.count[base + b]);
+          if constexpr (Sums)
+            for (std::size_t lower = 0; lower < b; ++lower) s->tail_lo += h.sum[base + lower];
+          s->prefix = static_cast<U>((s->prefix << bits) | b);
+        }
       }
     }
+  };
+  // Targets in level-0 order, grouped so each group's buckets hold at most an eighth of the
+  // entries: each group is then copied out once and refined on the copy (see narrow_to_buckets).
+  std::vector<State*> order;
+  for (auto& s : states) order.push_back(&s);
+  std::sort(order.begin(), order.end(), [](const State* a, const State* b) { return a->prefix < b->prefix; });
+  for (std::size_t first = 0; first < order.size();) {
+    std::vector<State*> group{order[first]};
+    std::vector<U> buckets{order[first]->prefix};
+    std::uint64_t held = h0.count[order[first]->prefix];
+    std::size_t next = first + 1;
+    for (; next < order.size(); ++next) {
+      const U b = order[next]->prefix;
+      const std::uint64_t extra = b == buckets.back() ? 0 : h0.count[b];
+      if (held + extra > static_cast<std::uint64_t>(n / 8)) break;
+      if (extra) buckets.push_back(b);
+      held += extra;
+      group.push_back(order[next]);
+    }
+    std::vector<std::vector<U>> storage;
+    refine(group, narrow_to_buckets<U>(segments, h0.count, buckets, storage));
+    first = next;
   }
 
   for (const auto& s : states) {
