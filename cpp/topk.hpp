@@ -6,6 +6,9 @@
 // passes with per-thread histograms whose integer merges are exact. Ties at the threshold go to
 // the lowest position (flat row-major index, row index in column mode, column in row mode), so
 // every result is identical at any thread count. Output values are copied bit for bit.
+// Matrix mode first tries sample-select (a fixed pseudo-random sample brackets the threshold; one
+// pass counts and copies the few keys in the bracket, one pass writes CSR) and falls back to the
+// radix select when the bracket misses; both give the same exact result.
 #pragma once
 #include <cstddef>
 #include <cstdint>
