@@ -12,6 +12,7 @@
 #include <string>
 
 #include "build_info.hpp"
+#include "csr.hpp"
 #include "errors.hpp"
 #include "parallel.hpp"
 #include "tails.hpp"
@@ -48,6 +49,83 @@ void throw_for_testing(const std::string& kind) {
   if (kind == "length_error") throw std::length_error("argument 'x' is too long");
   if (kind == "domain_error") throw std::domain_error("argument 'x' is out of domain");
   throw std::invalid_argument("unknown exception kind '" + kind + "'");
+}
+
+// ---- CSR kernels (marshalling helpers) ----
+// The Python layer (htcore/csr.py) has validated shapes and dtypes and made every array
+// C-contiguous; these helpers only map numpy dtypes to the kernel's enums and refuse the rest.
+const void* contiguous_data(const py::array& a, const char* name) {
+  if (!(a.flags() & py::array::c_style)) throw htcore::type_error(std::string(name) + " must be C-contiguous");
+  return a.data();
+}
+
+template <class T>
+bool has_dtype(const py::array& a) {
+  return a.dtype().is(py::dtype::of<T>());
+}
+
+htcore::CsrRef csr_ref(const py::array& indptr, const py::array& indices, const py::array& data,
+                       const py::object& codebook, int64_t rows, int64_t cols) {
+  htcore::CsrRef a;
+  a.rows = rows;
+  a.cols = cols;
+  a.nnz = static_cast<int64_t>(data.size());
+  htcore::require(indptr.size() == rows + 1 && indices.size() == a.nnz, "CSR arrays have inconsistent lengths");
+  a.indptr = contiguous_data(indptr, "indptr");
+  if (has_dtype<int32_t>(indptr)) a.indptr_type = htcore::IndptrType::i32;
+  else if (has_dtype<int64_t>(indptr)) a.indptr_type = htcore::IndptrType::i64;
+  else throw htcore::type_error("indptr must be int32 or int64");
+  a.indices = contiguous_data(indices, "indices");
+  if (has_dtype<uint16_t>(indices)) a.index_type = htcore::IndexType::u16;
+  else if (has_dtype<int32_t>(indices)) a.index_type = htcore::IndexType::i32;
+  else throw htcore::type_error("indices must be uint16 or int32");
+  a.data = contiguous_data(data, "data");
+  if (has_dtype<float>(data)) a.value_type = htcore::ValueType::f32;
+  else if (has_dtype<double>(data)) a.value_type = htcore::ValueType::f64;
+  else if (data.dtype().kind() == 'f' && data.itemsize() == 2) a.value_type = htcore::ValueType::f16;
+  else if (has_dtype<uint8_t>(data)) a.value_type = htcore::ValueType::code8;
+  else throw htcore::type_error("data must be float32, float64, float16 or uint8 codes");
+  if (a.value_type == htcore::ValueType::code8) {
+    if (codebook.is_none()) throw htcore::type_error("uint8 codes need a codebook");
+    const auto cb = codebook.cast<py::array>();
+    if (!has_dtype<float>(cb)) throw htcore::type_error("codebook must be float32");
+    a.codebook = static_cast<const float*>(contiguous_data(cb, "codebook"));
+    a.codebook_size = static_cast<int64_t>(cb.size());
+  }
+  return a;
+}
+
+htcore::Activation activation_code(const std::string& name) {
+  if (name == "none") return htcore::Activation::none;
+  if (name == "relu") return htcore::Activation::relu;
+  if (name == "gelu") return htcore::Activation::gelu;
+  if (name == "tanh") return htcore::Activation::tanh;
+  htcore::fail("activation must be none, relu, gelu or tanh, got '" + name + "'");
+}
+
+// out[i * out_row_stride + j * out_col_stride] = act((A X)[i, j] + bias[i]); X is (cols, k).
+void csr_spmm(const py::array& indptr, const py::array& indices, const py::array& data, const py::object& codebook,
+              int64_t rows, int64_t cols, const py::array& x, int64_t k, const py::object& bias,
+              const std::string& activation, py::array& out, int64_t out_row_stride, int64_t out_col_stride) {
+  const htcore::CsrRef a = csr_ref(indptr, indices, data, codebook, rows, cols);
+  const py::dtype acc = a.value_type == htcore::ValueType::f64 ? py::dtype::of<double>() : py::dtype::of<float>();
+  if (!x.dtype().is(acc) || !out.dtype().is(acc)) throw htcore::type_error("X and out must be " + std::string(py::str(acc)));
+  const void* xp = contiguous_data(x, "X");
+  const void* bp = nullptr;
+  int64_t bias_size = 0;
+  py::array b;
+  if (!bias.is_none()) {
+    b = bias.cast<py::array>();
+    if (!b.dtype().is(acc)) throw htcore::type_error("bias must be " + std::string(py::str(acc)));
+    bp = contiguous_data(b, "bias");
+    bias_size = static_cast<int64_t>(b.size());
+  }
+  if (!(out.flags() & py::array::c_style)) throw htcore::type_error("out must be C-contiguous");
+  void* yp = out.mutable_data();
+  const auto act = activation_code(activation);
+  const auto x_size = static_cast<int64_t>(x.size()), y_size = static_cast<int64_t>(out.size());
+  py::gil_scoped_release release;
+  htcore::csr_spmm(a, xp, x_size, k, bp, bias_size, act, yp, y_size, out_row_stride, out_col_stride);
 }
 
 // ---- top-k selection (marshalling) ----
@@ -151,22 +229,25 @@ void bind_topk(py::module_& m) {
       });
     });
   }, "w"_a, "key"_a, "tie_budget"_a);
-  m.def("topk_csr_rows", [](const py::array& w, std::int64_t k, const std::string& name) {
+  m.def("topk_csr_matrix", [](const py::array& w, std::int64_t k, const std::string& name) {
     return with_float_bits(w, [&](auto tag) -> py::object {
       using U = decltype(tag);
       return csr_tuple<U>(w, [&](auto idx, const U* x, std::int64_t rows, std::int64_t cols) {
-        return topk::csr_rows<U, decltype(idx)>(x, rows, cols, k, name);
+        return topk::csr_matrix<U, decltype(idx)>(x, rows, cols, k, name);
       });
     });
   }, "w"_a, "k"_a, "name"_a);
-  m.def("topk_csr_cols", [](const py::array& w, std::int64_t k, const std::string& name) {
+  // k largest in every row (by="row") or every column (by="col")
+  m.def("topk_csr_per_group", [](const py::array& w, std::int64_t k, const std::string& by, const std::string& name) {
+    htcore::require(by == "row" || by == "col", "internal error: by must be 'row' or 'col'");
     return with_float_bits(w, [&](auto tag) -> py::object {
       using U = decltype(tag);
       return csr_tuple<U>(w, [&](auto idx, const U* x, std::int64_t rows, std::int64_t cols) {
-        return topk::csr_cols<U, decltype(idx)>(x, rows, cols, k, name);
+        using Idx = decltype(idx);
+        return by == "row" ? topk::csr_rows<U, Idx>(x, rows, cols, k, name) : topk::csr_cols<U, Idx>(x, rows, cols, k, name);
       });
     });
-  }, "w"_a, "k"_a, "name"_a);
+  }, "w"_a, "k"_a, "by"_a, "name"_a);
 }
 
 }  // namespace
@@ -189,7 +270,7 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "tail_estimate",
       [](py::array_t<double, py::array::c_style | py::array::forcecast> x, const std::string& method, long long k,
-         std::uint64_t seed, int resamples, double eps_stop, double cap_factor) {
+         std::uint64_t seed, int resamples, double eps_stop, double cap_factor, double rho_max) {
         htcore::TailMethod kind;
         if (method == "hill") kind = htcore::TailMethod::hill;
         else if (method == "moments") kind = htcore::TailMethod::moments;
@@ -202,12 +283,13 @@ PYBIND11_MODULE(_core, m) {
         htcore::TailEstimate r;
         {
           py::gil_scoped_release release;
-          r = htcore::estimate_tail(kind, x.data(), static_cast<long long>(x.size()), k, seed, options);
+          r = htcore::estimate_tail(kind, x.data(), static_cast<long long>(x.size()), k, seed, options, rho_max);
         }
         return py::dict("xi"_a = r.xi, "k"_a = r.k, "k1"_a = r.bootstrap.k1, "k2"_a = r.bootstrap.k2,
-                        "n1"_a = r.bootstrap.n1, "n2"_a = r.bootstrap.n2);
+                        "n1"_a = r.bootstrap.n1, "n2"_a = r.bootstrap.n2, "rho"_a = r.second.rho,
+                        "beta"_a = r.second.beta, "k1_second_order"_a = r.second.k1);
       },
-      "x"_a, "method"_a, "k"_a, "seed"_a, "resamples"_a, "eps_stop"_a, "cap_factor"_a);
+      "x"_a, "method"_a, "k"_a, "seed"_a, "resamples"_a, "eps_stop"_a, "cap_factor"_a, "rho_max"_a);
   m.def(
       "fit_powerlaw",
       [](py::array_t<double, py::array::c_style | py::array::forcecast> x, double xmax, double xmin, long long grid) {
@@ -225,4 +307,8 @@ PYBIND11_MODULE(_core, m) {
   bind_topk(m);
 
   // ---- CSR kernels ----
+  m.def("csr_spmm", &csr_spmm, "indptr"_a, "indices"_a, "data"_a, "codebook"_a, "rows"_a, "cols"_a, "x"_a, "k"_a,
+        "bias"_a, "activation"_a, "out"_a, "out_row_stride"_a, "out_col_stride"_a);
+  m.def("csr_uses_avx2", &htcore::csr_uses_avx2);
+  m.def("_csr_enable_avx2", &htcore::csr_enable_avx2, "enabled"_a);
 }

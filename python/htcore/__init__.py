@@ -6,9 +6,15 @@ validation, documentation and type hints. See ``../shared/DESIGN.md`` convention
 """
 from __future__ import annotations
 
+from . import bounds, datasets, train
 from ._version import __version__
 from .analyze import analyze
+from .certify import BoundReport, certify, search_bound
+from .code_length import code_length
+from .compress import compress
+from .csr import CSRMatrix, sparse_linear
 from .layers import Layer, load_layers
+from .model_file import load_compressed, save_compressed
 from .powerlaw_fit import PowerLawFit, fit_powerlaw
 from .report import ModelReport
 from .tails import TailEstimate, element_sample, hill, moments, pickands
@@ -25,6 +31,16 @@ from .topk import (
 
 __all__ = [
     "__version__",
+    # compression and bounds
+    "BoundReport",
+    "bounds",
+    "certify",
+    "code_length",
+    "compress",
+    "datasets",
+    "search_bound",
+    "train",
+    # tails
     "PowerLawFit",
     "TailEstimate",
     "element_sample",
@@ -32,6 +48,11 @@ __all__ = [
     "hill",
     "moments",
     "pickands",
+    # CSR kernels and runtime
+    "CSRMatrix",
+    "sparse_linear",
+    "save_compressed",
+    "load_compressed",
     "get_num_threads",
     "set_num_threads",
     # top-k selection
@@ -48,3 +69,12 @@ __all__ = [
     "analyze",
     "load_layers",
 ]
+
+
+def __getattr__(name: str):
+    """``htcore.nn`` (torch integration) is imported on first use, so ``import htcore`` never imports torch."""
+    if name in ("nn", "runtime"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'htcore' has no attribute {name!r}")

@@ -1,0 +1,347 @@
+// CSR times dense kernels (see csr.hpp). Two implementations of the row-range kernel:
+//   generic: portable C++ (four partial sums for A x; 16-wide column blocks for A X),
+//   avx2:    AVX2+FMA+F16C intrinsics (8-wide gathers for A x; 32-wide FMA blocks for A X),
+//            compiled with a target pragma and chosen at run time with __builtin_cpu_supports.
+// float64 matrices always use the generic kernel (they are the reference format, not the fast one).
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "csr.hpp"
+#include "errors.hpp"
+#include "parallel.hpp"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define HTCORE_CSR_X86 1
+#include <immintrin.h>
+#endif
+
+namespace htcore {
+namespace {
+
+// Do not start threads for less than this many multiply-adds: a parallel region costs a few µs.
+constexpr int64_t kParallelGrain = 1 << 15;
+
+struct Half {
+  uint16_t bits;
+};
+
+// IEEE binary16 -> binary32, exact (used where F16C is not available).
+float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t mant = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (mant << 13);  // inf / nan
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112) << 23) | (mant << 13);  // normal: rebias 15 -> 127
+  } else if (mant == 0) {
+    bits = sign;  // signed zero
+  } else {  // subnormal half: normalise
+    exp = 113;
+    while ((mant & 0x400u) == 0) {
+      mant <<= 1;
+      --exp;
+    }
+    bits = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
+  }
+  float out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
+
+// Value accessors: Values<V>(p) is the p-th stored value as the accumulator type.
+template <class V>
+struct Values;
+template <>
+struct Values<float> {
+  using Acc = float;
+  const float* d;
+  const float* codebook;
+  float operator()(int64_t p) const { return d[p]; }
+};
+template <>
+struct Values<double> {
+  using Acc = double;
+  const double* d;
+  const float* codebook;
+  double operator()(int64_t p) const { return d[p]; }
+};
+template <>
+struct Values<Half> {
+  using Acc = float;
+  const uint16_t* d;
+  const float* codebook;
+  float operator()(int64_t p) const { return half_to_float(d[p]); }
+};
+template <>
+struct Values<uint8_t> {
+  using Acc = float;
+  const uint8_t* d;
+  const float* codebook;
+  float operator()(int64_t p) const { return codebook[d[p]]; }
+};
+
+// gelu is the exact form x * Phi(x) = x/2 (1 + erf(x / sqrt 2)), torch's default.
+template <class T>
+inline T activate(T v, Activation act) {
+  switch (act) {
+    case Activation::relu:
+      return v < T(0) ? T(0) : v;
+    case Activation::gelu:
+      return T(0.5) * v * (T(1) + std::erf(v * T(0.70710678118654752440)));
+    case Activation::tanh:
+      return std::tanh(v);
+    case Activation::none:
+      break;
+  }
+  return v;
+}
+
+// Everything a row-range kernel needs, typed.
+template <class Ptr, class Idx, class V>
+struct Job {
+  using Acc = typename Values<V>::Acc;
+  const Ptr* indptr;
+  const Idx* indices;
+  Values<V> vals;
+  const Acc* x;
+  int64_t k;
+  const Acc* bias;
+  Activation act;
+  Acc* y;
+  int64_t y_row_stride, y_col_stride;
+
+  void store(int64_t row, int64_t col, Acc v) const {
+    y[row * y_row_stride + col * y_col_stride] = activate(bias ? v + bias[row] : v, act);
+  }
+};
+
+template <class Ptr, class Idx, class V>
+void rows_generic(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
+  using Acc = typename Values<V>::Acc;
+  const Idx* idx = job.indices;
+  const int64_t k = job.k;
+  for (int64_t i = r0; i < r1; ++i) {
+    const int64_t begin = static_cast<int64_t>(job.indptr[i]), end = static_cast<int64_t>(job.indptr[i + 1]);
+    if (k == 1) {
+      Acc s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      int64_t p = begin;
+      for (; p + 4 <= end; p += 4) {
+        s0 += job.vals(p) * job.x[idx[p]];
+        s1 += job.vals(p + 1) * job.x[idx[p + 1]];
+        s2 += job.vals(p + 2) * job.x[idx[p + 2]];
+        s3 += job.vals(p + 3) * job.x[idx[p + 3]];
+      }
+      for (; p < end; ++p) s0 += job.vals(p) * job.x[idx[p]];
+      job.store(i, 0, (s0 + s1) + (s2 + s3));
+      continue;
+    }
+    constexpr int64_t W = 16;
+    for (int64_t j0 = 0; j0 < k; j0 += W) {
+      const int64_t w = std::min(W, k - j0);
+      Acc acc[W] = {};
+      for (int64_t p = begin; p < end; ++p) {
+        const Acc a = job.vals(p);
+        const Acc* xr = job.x + static_cast<int64_t>(idx[p]) * k + j0;
+        for (int64_t t = 0; t < w; ++t) acc[t] += a * xr[t];
+      }
+      for (int64_t t = 0; t < w; ++t) job.store(i, j0 + t, acc[t]);
+    }
+  }
+}
+
+#ifdef HTCORE_CSR_X86
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#endif
+namespace avx2 {
+
+inline __m256i load_idx8(const uint16_t* p) {
+  return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline __m256i load_idx8(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+
+inline __m256 load_val8(const Values<float>& v, int64_t p) { return _mm256_loadu_ps(v.d + p); }
+inline __m256 load_val8(const Values<Half>& v, int64_t p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v.d + p)));
+}
+inline __m256 load_val8(const Values<uint8_t>& v, int64_t p) {
+  const __m256i codes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(v.d + p)));
+  return _mm256_i32gather_ps(v.codebook, codes, 4);
+}
+
+inline float load_val(const Values<float>& v, int64_t p) { return v.d[p]; }
+inline float load_val(const Values<Half>& v, int64_t p) { return _cvtsh_ss(v.d[p]); }
+inline float load_val(const Values<uint8_t>& v, int64_t p) { return v.codebook[v.d[p]]; }
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+template <class Ptr, class Idx, class V>
+void rows(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
+  const Idx* idx = job.indices;
+  const float* x = job.x;
+  const int64_t k = job.k;
+  alignas(32) float tmp[32];
+  for (int64_t i = r0; i < r1; ++i) {
+    const int64_t begin = static_cast<int64_t>(job.indptr[i]), end = static_cast<int64_t>(job.indptr[i + 1]);
+    if (k == 1) {
+      __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+      int64_t p = begin;
+      for (; p + 16 <= end; p += 16) {
+        acc0 = _mm256_fmadd_ps(load_val8(job.vals, p), _mm256_i32gather_ps(x, load_idx8(idx + p), 4), acc0);
+        acc1 = _mm256_fmadd_ps(load_val8(job.vals, p + 8), _mm256_i32gather_ps(x, load_idx8(idx + p + 8), 4), acc1);
+      }
+      if (p + 8 <= end) {
+        acc0 = _mm256_fmadd_ps(load_val8(job.vals, p), _mm256_i32gather_ps(x, load_idx8(idx + p), 4), acc0);
+        p += 8;
+      }
+      float s = hsum(_mm256_add_ps(acc0, acc1));
+      for (; p < end; ++p) s += load_val(job.vals, p) * x[idx[p]];
+      job.store(i, 0, s);
+      continue;
+    }
+    int64_t j0 = 0;
+    for (; j0 + 32 <= k; j0 += 32) {
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t p = begin; p < end; ++p) {
+        const __m256 a = _mm256_set1_ps(load_val(job.vals, p));
+        const float* xr = x + static_cast<int64_t>(idx[p]) * k + j0;
+        a0 = _mm256_fmadd_ps(a, _mm256_loadu_ps(xr), a0);
+        a1 = _mm256_fmadd_ps(a, _mm256_loadu_ps(xr + 8), a1);
+        a2 = _mm256_fmadd_ps(a, _mm256_loadu_ps(xr + 16), a2);
+        a3 = _mm256_fmadd_ps(a, _mm256_loadu_ps(xr + 24), a3);
+      }
+      _mm256_store_ps(tmp, a0);
+      _mm256_store_ps(tmp + 8, a1);
+      _mm256_store_ps(tmp + 16, a2);
+      _mm256_store_ps(tmp + 24, a3);
+      for (int64_t t = 0; t < 32; ++t) job.store(i, j0 + t, tmp[t]);
+    }
+    for (; j0 < k; j0 += 8) {  // the last < 32 columns, 8 at a time (masked loads never touch memory past X)
+      const int64_t w = std::min<int64_t>(8, k - j0);
+      const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(w)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+      __m256 a0 = _mm256_setzero_ps();
+      for (int64_t p = begin; p < end; ++p) {
+        const float* xr = x + static_cast<int64_t>(idx[p]) * k + j0;
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(load_val(job.vals, p)), _mm256_maskload_ps(xr, mask), a0);
+      }
+      _mm256_store_ps(tmp, a0);
+      for (int64_t t = 0; t < w; ++t) job.store(i, j0 + t, tmp[t]);
+    }
+  }
+}
+
+}  // namespace avx2
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif  // HTCORE_CSR_X86
+
+std::atomic<bool> g_avx2_enabled{true};
+
+bool cpu_has_avx2() {
+#ifdef HTCORE_CSR_X86
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  return ok && g_avx2_enabled.load(std::memory_order_relaxed);
+#else
+  return false;
+#endif
+}
+
+template <class Ptr, class Idx, class V>
+void run(const CsrRef& a, const void* x, int64_t k, const void* bias, Activation act, void* y, int64_t y_row_stride,
+         int64_t y_col_stride) {
+  using Acc = typename Values<V>::Acc;
+  const Job<Ptr, Idx, V> job{static_cast<const Ptr*>(a.indptr),
+                             static_cast<const Idx*>(a.indices),
+                             Values<V>{static_cast<decltype(Values<V>::d)>(a.data), a.codebook},
+                             static_cast<const Acc*>(x),
+                             k,
+                             static_cast<const Acc*>(bias),
+                             act,
+                             static_cast<Acc*>(y),
+                             y_row_stride,
+                             y_col_stride};
+  require(static_cast<int64_t>(job.indptr[a.rows]) == a.nnz, "indptr[-1] must equal nnz = " + std::to_string(a.nnz));
+  const int64_t work = (a.nnz + a.rows) * k;
+  const int parts = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), work / kParallelGrain)));
+  std::vector<long long> bounds(parts + 1);
+  split_rows_by_nnz(job.indptr, a.rows, parts, bounds.data());
+  bool vectorised = false;
+#ifdef HTCORE_CSR_X86
+  vectorised = !std::is_same<V, double>::value && cpu_has_avx2();
+#endif
+  auto kernel = [&](int part) {
+#ifdef HTCORE_CSR_X86
+    if constexpr (!std::is_same<V, double>::value) {
+      if (vectorised) return avx2::rows(job, bounds[part], bounds[part + 1]);
+    }
+#endif
+    rows_generic(job, bounds[part], bounds[part + 1]);
+  };
+  if (parts == 1) {
+    kernel(0);
+    return;
+  }
+#pragma omp parallel for schedule(static, 1) num_threads(parts)
+  for (int part = 0; part < parts; ++part) kernel(part);
+  (void)vectorised;
+}
+
+template <class Ptr, class Idx>
+void dispatch_value(const CsrRef& a, const void* x, int64_t k, const void* bias, Activation act, void* y, int64_t rs, int64_t cs) {
+  switch (a.value_type) {
+    case ValueType::f32: return run<Ptr, Idx, float>(a, x, k, bias, act, y, rs, cs);
+    case ValueType::f64: return run<Ptr, Idx, double>(a, x, k, bias, act, y, rs, cs);
+    case ValueType::f16: return run<Ptr, Idx, Half>(a, x, k, bias, act, y, rs, cs);
+    case ValueType::code8: return run<Ptr, Idx, uint8_t>(a, x, k, bias, act, y, rs, cs);
+  }
+}
+
+template <class Ptr>
+void dispatch_index(const CsrRef& a, const void* x, int64_t k, const void* bias, Activation act, void* y, int64_t rs, int64_t cs) {
+  if (a.index_type == IndexType::u16) return dispatch_value<Ptr, uint16_t>(a, x, k, bias, act, y, rs, cs);
+  dispatch_value<Ptr, int32_t>(a, x, k, bias, act, y, rs, cs);
+}
+
+}  // namespace
+
+bool csr_uses_avx2() { return cpu_has_avx2(); }
+
+void csr_enable_avx2(bool enabled) { g_avx2_enabled.store(enabled, std::memory_order_relaxed); }
+
+void csr_spmm(const CsrRef& a, const void* x, int64_t x_size, int64_t k, const void* bias, int64_t bias_size,
+              Activation act, void* y, int64_t y_size, int64_t y_row_stride, int64_t y_col_stride) {
+  require(a.rows >= 0 && a.cols >= 0 && a.nnz >= 0 && k >= 0, "shape, nnz and k must be non-negative");
+  require(a.index_type != IndexType::u16 || a.cols <= 65536, "uint16 column indices need cols <= 65536");
+  require(a.value_type != ValueType::code8 || (a.codebook != nullptr && a.codebook_size >= 1 && a.codebook_size <= 256),
+          "codebook values need a codebook of 1 to 256 levels");
+  require(x_size == a.cols * k, "X must have cols * k = " + std::to_string(a.cols * k) + " elements, got " + std::to_string(x_size));
+  require(bias == nullptr || bias_size == a.rows, "bias must have rows = " + std::to_string(a.rows) + " elements, got " + std::to_string(bias_size));
+  require(y_row_stride >= 0 && y_col_stride >= 0, "output strides must be non-negative");
+  if (a.rows == 0 || k == 0) return;
+  const int64_t last = (a.rows - 1) * y_row_stride + (k - 1) * y_col_stride;
+  require(last < y_size, "output has " + std::to_string(y_size) + " elements, too few for the strided (rows, k) result");
+  if (a.indptr_type == IndptrType::i32) return dispatch_index<int32_t>(a, x, k, bias, act, y, y_row_stride, y_col_stride);
+  dispatch_index<int64_t>(a, x, k, bias, act, y, y_row_stride, y_col_stride);
+}
+
+}  // namespace htcore

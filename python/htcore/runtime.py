@@ -1,0 +1,210 @@
+"""A torch-free runtime for MLP-shaped compressed networks: numpy and htcore's kernels only.
+
+A `CompressedModel` is a sequence of layers:
+
+- `Linear(weight, bias)`: y = x W^T + b (torch's convention), W of shape (out, in) either a
+  `CSRMatrix` (any storage format; runs in the CSR kernels) or a dense float32 array.
+- `Activation(kind)`: "relu", "gelu" (exact erf form, torch's default), "tanh" or "softmax"
+  (over the features). An activation right after a sparse Linear is fused into its kernel.
+- `Flatten()`: (batch, d1, d2, ...) -> (batch, d1 * d2 * ...).
+
+Everything is computed in float32 (float64 CSR weights are converted when the layer is built).
+Inputs are (batch, ...) arrays. Internally activations are kept as (features, batch), so the
+kernels read each weight row once per batch and no transposes happen between layers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from ._validation import as_float_array
+from .csr import ACTIVATIONS, CSRMatrix
+
+ACTIVATION_KINDS = ACTIVATIONS + ("softmax",)
+
+
+@dataclass(frozen=True, eq=False)
+class Linear:
+    """y = x W^T + b. ``weight``: CSRMatrix or dense array of shape (out_features, in_features);
+    ``bias``: None or shape (out_features,). Arrays are stored as float32, C-contiguous."""
+
+    weight: Union[CSRMatrix, np.ndarray]
+    bias: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        w = self.weight
+        if isinstance(w, CSRMatrix):
+            if w.data.dtype == np.float64:
+                w = w.astype(value_dtype=np.float32)
+        else:
+            w = as_float_array(w, "weight", ndim=2, dtype=np.float32)
+        object.__setattr__(self, "weight", w)
+        if self.bias is not None:
+            b = as_float_array(self.bias, "bias", ndim=1, dtype=np.float32)
+            if b.shape[0] != w.shape[0]:
+                raise ValueError(f"bias has {b.shape[0]} entries but weight has {w.shape[0]} rows (out_features)")
+            object.__setattr__(self, "bias", b)
+
+    @property
+    def in_features(self) -> int:
+        return int(self.weight.shape[1])
+
+    @property
+    def out_features(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def sparse(self) -> bool:
+        return isinstance(self.weight, CSRMatrix)
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An element-wise activation ("relu", "gelu", "tanh") or "softmax" over the features."""
+
+    kind: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in ACTIVATION_KINDS:
+            raise ValueError(f"activation kind must be one of {ACTIVATION_KINDS}, got {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class Flatten:
+    """(batch, d1, d2, ...) -> (batch, d1 * d2 * ...)."""
+
+
+Layer = Union[Linear, Activation, Flatten]
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One step of the execution plan: a Linear with the activation fused into it, or a lone layer."""
+
+    layer: Layer
+    activation: str = "none"
+
+
+class CompressedModel:
+    """An MLP-shaped network run with numpy and htcore's CSR kernels (no torch).
+
+    ``model(X)`` returns the float32 outputs for X of shape (batch, ...); ``model.predict(X)``
+    the argmax labels. ``metadata`` is a JSON-serialisable dict carried along (e.g. provenance).
+    Layer shapes are checked on construction: consecutive Linear layers must chain.
+    """
+
+    def __init__(self, layers: list, metadata: Optional[dict] = None):
+        layers = list(layers)
+        if metadata is not None and not isinstance(metadata, dict):
+            raise TypeError(f"metadata must be a dict or None, got {type(metadata).__name__}")
+        features = None
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, (Linear, Activation, Flatten)):
+                raise TypeError(f"layers[{i}] must be a Linear, Activation or Flatten, got {type(layer).__name__}")
+            if isinstance(layer, Linear):
+                if features is not None and layer.in_features != features:
+                    raise ValueError(f"layers[{i}] expects {layer.in_features} input features but the previous Linear gives {features}")
+                features = layer.out_features
+        self.layers = layers
+        self.metadata = dict(metadata or {})
+        self._plan = _plan(layers)
+
+    @property
+    def in_features(self) -> Optional[int]:
+        """Input features of the first Linear (None if there is none)."""
+        return next((l.in_features for l in self.layers if isinstance(l, Linear)), None)
+
+    def __call__(self, X: Any) -> np.ndarray:
+        X = as_float_array(X, "X", dtype=np.float32)
+        if X.ndim < 2:
+            raise ValueError(f"X must be (batch, ...) with a batch dimension, got shape {X.shape}")
+        batch = X.shape[0]
+        flat = X  # (batch, features...) until the first Linear; afterwards h is (features, batch)
+        h = None
+        for step in self._plan:
+            layer = step.layer
+            if isinstance(layer, Flatten):
+                if h is None:
+                    flat = flat.reshape(batch, -1)
+                continue
+            if h is None:
+                if flat.ndim != 2:
+                    raise ValueError(f"X has shape {X.shape}: a Linear or Activation needs (batch, features); add a Flatten layer")
+                h = np.ascontiguousarray(flat.T)
+            if isinstance(layer, Linear):
+                h = _linear(layer, h, step.activation)
+            else:
+                h = _activate(h, layer.kind)
+        if h is None:  # only Flatten layers
+            return np.ascontiguousarray(flat)
+        return np.ascontiguousarray(h.T)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Argmax over the outputs: int64 labels of shape (batch,)."""
+        return np.argmax(self(X), axis=1)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(_describe(l) for l in self.layers)
+        return f"CompressedModel([{inner}])"
+
+    @classmethod
+    def from_torch(cls, module: Any, metadata: Optional[dict] = None) -> "CompressedModel":
+        """Convert a torch ``nn.Sequential`` (nested ones are flattened) of Linear, ReLU, GELU
+        (approximate="none"), Tanh, Flatten (start_dim=1, end_dim=-1), Softmax (over the last
+        dim), Dropout/Identity (skipped at inference) and ``htcore.nn.SparseLinear``. Dense
+        weights are copied as float32 (sparsify them with htcore.topk_sparsify elsewhere)."""
+        from .nn import layers_from_torch
+
+        return cls(layers_from_torch(module), metadata)
+
+
+def _plan(layers: list) -> list[_Step]:
+    plan: list[_Step] = []
+    for layer in layers:
+        prev = plan[-1] if plan else None
+        if (isinstance(layer, Activation) and layer.kind in ACTIVATIONS and prev is not None
+                and isinstance(prev.layer, Linear) and prev.layer.sparse and prev.activation == "none"):
+            plan[-1] = _Step(prev.layer, layer.kind)
+        else:
+            plan.append(_Step(layer))
+    return plan
+
+
+def _linear(layer: Linear, h: np.ndarray, activation: str) -> np.ndarray:
+    """W h + b (h is (in, batch)), with the activation fused for sparse weights."""
+    if h.shape[0] != layer.in_features:
+        raise ValueError(f"a Linear layer expects {layer.in_features} input features, got {h.shape[0]}")
+    batch = h.shape[1]
+    if layer.sparse:
+        out = np.empty((layer.out_features, batch), np.float32)
+        return layer.weight._product(h, batch, layer.bias, activation, out, batch, 1)
+    out = layer.weight @ h
+    if layer.bias is not None:
+        out += layer.bias[:, None]
+    return out
+
+
+def _activate(h: np.ndarray, kind: str) -> np.ndarray:
+    """Activation of (features, batch) activations, in float32."""
+    if kind == "relu":
+        return np.maximum(h, 0, out=h)
+    if kind == "tanh":
+        return np.tanh(h, out=h)
+    if kind == "gelu":
+        from scipy.special import erf
+
+        return (0.5 * h * (1 + erf(h * np.float32(np.sqrt(0.5))))).astype(np.float32, copy=False)
+    shifted = h - h.max(axis=0, keepdims=True)  # softmax over the features
+    e = np.exp(shifted)
+    return e / e.sum(axis=0, keepdims=True)
+
+
+def _describe(layer: Layer) -> str:
+    if isinstance(layer, Linear):
+        kind = "sparse" if layer.sparse else "dense"
+        return f"Linear({layer.in_features}->{layer.out_features}, {kind}{', bias' if layer.bias is not None else ''})"
+    if isinstance(layer, Activation):
+        return f"Activation({layer.kind!r})"
+    return "Flatten()"

@@ -1,0 +1,251 @@
+"""CSR products (matvec, matmat, @, sparse_linear) against a float64 dense reference, for every
+storage format, on uniform and top-k (Student-t) patterns, with both kernel paths (AVX2 and portable)."""
+import functools
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.special
+
+import htcore
+from htcore import CSRMatrix, sparse_linear
+from htcore import _core
+
+FORMATS = {
+    "f32-u16": dict(),
+    "f32-i32": dict(index_dtype=np.int32),
+    "f64": dict(value_dtype=np.float64),
+    "f16": dict(value_dtype=np.float16),
+    "f16-i32": dict(value_dtype=np.float16, index_dtype=np.int32),
+    "codebook": "codebook",
+    "i64-indptr": "i64",
+}
+
+
+def uniform_pattern(rng, rows, cols, density):
+    m = sp.random(rows, cols, density=density, format="csr", random_state=rng, dtype=np.float64)
+    m.data = rng.standard_normal(m.nnz)
+    return CSRMatrix.from_scipy(m.astype(np.float32))
+
+
+def topk_pattern(rng, rows, cols, keep):
+    """Global top-k |w| of a Student-t (df=3) matrix: heavy tails give very uneven rows."""
+    w = rng.standard_t(3, size=(rows, cols)).astype(np.float32)
+    k = int(np.ceil(keep * w.size)) if w.size else 0
+    mask = np.zeros(w.size, bool)
+    if k:
+        mask[np.argsort(-np.abs(w).ravel(), kind="stable")[:k]] = True
+    return CSRMatrix.from_scipy(sp.csr_matrix(np.where(mask.reshape(w.shape), w, 0)))
+
+
+def quantize(m, levels=16):
+    """A codebook matrix of ``levels`` quantiles of m's values, each value mapped to the nearest."""
+    values = m.values().astype(np.float32)
+    codebook = np.quantile(values, np.linspace(0, 1, levels)).astype(np.float32) if m.nnz else np.zeros(1, np.float32)
+    codes = np.abs(values[:, None] - codebook[None, :]).argmin(axis=1).astype(np.uint8)
+    return CSRMatrix(codes, m.indices, m.indptr, m.shape, codebook=codebook)
+
+
+def as_format(m, fmt):
+    spec = FORMATS[fmt]
+    if spec == "codebook":
+        return quantize(m)
+    if spec == "i64":
+        return CSRMatrix(m.data, m.indices, m.indptr, m.shape, indptr_dtype=np.int64)
+    return m.astype(**spec)
+
+
+def check_close(got, A, X, extra=None):
+    """|got - ref| within float32 (or float64) accumulation error of sum |a||x|."""
+    D = A.todense().astype(np.float64)
+    Xd = np.asarray(X, dtype=np.float64)
+    ref = D @ Xd if extra is None else extra(D, Xd)
+    scale = np.abs(D) @ np.abs(Xd) if extra is None else extra(np.abs(D), np.abs(Xd), absolute=True)
+    eps = 1e-13 if A.data.dtype == np.float64 else 2e-6
+    assert got.shape == ref.shape
+    assert got.dtype == (np.float64 if A.data.dtype == np.float64 else np.float32)
+    np.testing.assert_array_less(np.abs(got - ref), eps * (scale + 1) + 1e-30)
+
+
+@pytest.fixture(params=["avx2", "portable"])
+def kernel_path(request):
+    if request.param == "avx2" and not _core.csr_uses_avx2():
+        pytest.skip("CPU without AVX2+FMA+F16C")
+    _core._csr_enable_avx2(request.param == "avx2")
+    yield request.param
+    _core._csr_enable_avx2(True)
+
+
+@pytest.fixture
+def restore_threads():
+    before = htcore.get_num_threads()
+    yield
+    htcore.set_num_threads(before)
+
+
+SHAPES = [(0, 0), (0, 5), (5, 0), (1, 1), (1, 300), (300, 1), (64, 70), (97, 1000), (20, 70000)]
+
+
+@functools.lru_cache(maxsize=None)
+def base_matrix(pattern, rows, cols):
+    rng = np.random.default_rng(rows * 100003 + cols)
+    density = 0.002 if cols > 65536 else 0.15
+    return uniform_pattern(rng, rows, cols, density) if pattern == "uniform" else topk_pattern(rng, rows, cols, density)
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("pattern", ["uniform", "topk"])
+def test_matvec_and_matmat(kernel_path, fmt, pattern):
+    rng = np.random.default_rng(1)
+    for rows, cols in SHAPES:
+        if fmt == "f16-i32" and cols > 65536:
+            continue
+        A = as_format(base_matrix(pattern, rows, cols), fmt)
+        if cols > 65536 and fmt != "f64":
+            assert A.indices.dtype == np.int32
+        x = rng.standard_normal(cols)
+        check_close(A.matvec(x), A, x)
+        check_close(A @ x, A, x)
+        for k in (1, 2, 9, 32, 33, 257) if cols <= 1000 else (1, 3, 33):
+            X = rng.standard_normal((cols, k))
+            check_close(A.matmat(X), A, X)
+
+
+def test_empty_rows_are_zero(kernel_path):
+    A = CSRMatrix(np.array([2.0, 3.0], np.float32), [1, 0], [0, 0, 1, 1, 2, 2], (5, 3))
+    np.testing.assert_array_equal(A @ np.array([1.0, 10.0, 100.0]), [0, 20, 0, 3, 0])
+    np.testing.assert_array_equal(sparse_linear(np.ones((2, 3)), A, bias=np.arange(5.0)), [[0, 3, 2, 6, 4]] * 2)
+
+
+def linear_reference(activation):
+    def ref(D, X, bias, absolute=False):
+        z = X @ D.T + (np.abs(bias) if absolute else bias)
+        if absolute:
+            return z
+        if activation == "relu":
+            return np.maximum(z, 0)
+        if activation == "gelu":
+            return 0.5 * z * (1 + scipy.special.erf(z / np.sqrt(2)))
+        if activation == "tanh":
+            return np.tanh(z)
+        return z
+
+    return ref
+
+
+@pytest.mark.parametrize("fmt", ["f32-u16", "f32-i32", "f64", "f16", "codebook"])
+@pytest.mark.parametrize("activation", [None, "relu", "gelu", "tanh"])
+@pytest.mark.parametrize("batch", [1, 3, 32, 257])
+def test_sparse_linear(kernel_path, fmt, activation, batch):
+    rng = np.random.default_rng(batch)
+    A = as_format(topk_pattern(rng, 70, 90, 0.1), fmt)
+    X = rng.standard_normal((batch, 90))
+    bias = rng.standard_normal(70)
+    got = sparse_linear(X, A, bias=bias, activation=activation)
+    ref = linear_reference(activation)
+    D = A.todense().astype(np.float64)
+    want = ref(D, X, bias)
+    scale = ref(np.abs(D), np.abs(X), bias, absolute=True)
+    eps = 1e-13 if fmt == "f64" else 4e-6
+    assert got.shape == (batch, 70)
+    np.testing.assert_array_less(np.abs(got - want), eps * (scale + 1))
+    one = sparse_linear(X[0], A, bias=bias, activation=activation)
+    assert one.shape == (70,)
+    np.testing.assert_allclose(one, got[0], rtol=1e-5, atol=1e-5)  # summation order differs by batch size
+
+
+def test_gelu_matches_torch_default():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    A = topk_pattern(rng, 40, 50, 0.2)
+    X = rng.standard_normal((5, 50)).astype(np.float32)
+    want = torch.nn.functional.gelu(torch.from_numpy(X) @ torch.from_numpy(A.todense()).T).numpy()
+    np.testing.assert_allclose(sparse_linear(X, A, activation="gelu"), want, rtol=1e-5, atol=1e-6)
+
+
+def test_non_contiguous_inputs(kernel_path):
+    rng = np.random.default_rng(3)
+    A = uniform_pattern(rng, 40, 60, 0.2)
+    big = rng.standard_normal((120, 80))
+    X = big[::2, ::3][:60, :20]  # (60, 20), strided
+    check_close(A.matmat(X), A, X)
+    x = big[::2, 5]
+    check_close(A.matvec(x), A, x)
+    Xb = big[:40, :60].T.T[:, ::-1][:, ::-1]  # (40, 60) batch of rows through negative strides
+    np.testing.assert_allclose(sparse_linear(Xb, A), (Xb @ A.todense().astype(np.float64).T), rtol=1e-5, atol=1e-5)
+    Xf = np.asfortranarray(rng.standard_normal((60, 7)))
+    check_close(A @ Xf, A, Xf)
+
+
+def test_results_identical_at_1_and_2_threads(restore_threads, kernel_path):
+    rng = np.random.default_rng(4)
+    A = topk_pattern(rng, 600, 800, 0.1)  # enough work for several threads
+    for fmt in ["f32-u16", "f16", "codebook", "f64"]:
+        B = as_format(A, fmt)
+        X = rng.standard_normal((800, 40))
+        htcore.set_num_threads(1)
+        one = (B.matvec(X[:, 0]), B.matmat(X), sparse_linear(X.T, B, activation="gelu"))
+        htcore.set_num_threads(2)
+        two = (B.matvec(X[:, 0]), B.matmat(X), sparse_linear(X.T, B, activation="gelu"))
+        for a, b in zip(one, two):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_out_argument():
+    rng = np.random.default_rng(5)
+    A = uniform_pattern(rng, 30, 40, 0.3)
+    x = rng.standard_normal(40)
+    out = np.full(30, np.nan, np.float32)
+    assert A.matvec(x, out=out) is out
+    check_close(out, A, x)
+    X = rng.standard_normal((40, 4))
+    out2 = np.empty((30, 4), np.float32)
+    assert A.matmat(X, out=out2) is out2
+    for bad in [np.empty(30, np.float64), np.empty(31, np.float32), np.empty((30, 2), np.float32)[:, 0], [0.0] * 30]:
+        with pytest.raises(ValueError, match="out"):
+            A.matvec(x, out=bad)
+    square = uniform_pattern(rng, 30, 30, 0.3)
+    y = np.ones(30, np.float32)
+    with pytest.raises(ValueError, match="overlap"):
+        square.matvec(y, out=y)
+
+
+def test_wrong_shapes_and_dtypes():
+    rng = np.random.default_rng(6)
+    A = uniform_pattern(rng, 30, 40, 0.3)
+    with pytest.raises(ValueError, match="40 columns"):
+        A.matvec(np.ones(39))
+    with pytest.raises(ValueError, match="1-D"):
+        A.matvec(np.ones((40, 1)))
+    with pytest.raises(ValueError, match="40 columns"):
+        A.matmat(np.ones((41, 3)))
+    with pytest.raises(ValueError, match="40 columns"):
+        sparse_linear(np.ones((3, 30)), A)
+    with pytest.raises(ValueError, match="1-D or 2-D"):
+        sparse_linear(np.ones((2, 3, 40)), A)
+    with pytest.raises(ValueError, match="bias has 29"):
+        sparse_linear(np.ones((3, 40)), A, bias=np.ones(29))
+    with pytest.raises(ValueError, match="activation"):
+        sparse_linear(np.ones((3, 40)), A, activation="sigmoid")
+    with pytest.raises(TypeError, match="CSRMatrix"):
+        sparse_linear(np.ones((3, 40)), A.todense())
+    with pytest.raises(TypeError, match="real"):
+        A.matvec(np.ones(40, complex))
+    with pytest.raises(TypeError, match="numeric"):
+        A.matvec(np.array(["a"] * 40))
+    x = np.ones(40)
+    x[3] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        A.matvec(x)
+    with pytest.raises(ValueError, match="non-finite"):
+        sparse_linear(np.ones(40), A, bias=np.full(30, np.inf))
+
+
+def test_kernel_binding_rechecks_sizes():
+    A = CSRMatrix(np.ones(2, np.float32), [0, 1], [0, 1, 2], (2, 2))
+    with pytest.raises(ValueError, match="X must have"):
+        _core.csr_spmm(A.indptr, A.indices, A.data, None, 2, 2, np.ones(3, np.float32), 1, None, "none", np.empty(2, np.float32), 1, 1)
+    with pytest.raises(ValueError, match="output has"):
+        _core.csr_spmm(A.indptr, A.indices, A.data, None, 2, 2, np.ones(2, np.float32), 1, None, "none", np.empty(1, np.float32), 1, 1)
+    with pytest.raises(TypeError, match="float32"):
+        _core.csr_spmm(A.indptr, A.indices, A.data, None, 2, 2, np.ones(2), 1, None, "none", np.empty(2), 1, 1)
