@@ -134,8 +134,10 @@ def _open(source: Any) -> Iterator[tuple]:
 
 
 def _open_path(path: str) -> Iterator[tuple]:
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise FileNotFoundError(f"no such model file: {path}")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: not a model file (a directory or special file)")
     suffix = os.path.splitext(path)[1].lower()
     if suffix == ".safetensors":
         return _from_safetensors(path)
