@@ -32,6 +32,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+import htcore
+
 from ._validation import check_fraction, check_int
 
 DATASETS = ("digits", "fashion-mnist")
@@ -67,7 +69,7 @@ PRESETS = {
 
 def run_demo(dataset: str = "digits", out: str | os.PathLike = "htcore-demo", keep: float | Sequence[float] | None = None,
              seed: int = 0, progress: bool = True, *, hidden: Sequence[int] | None = None, epochs: int | None = None,
-             finetune_epochs: int | None = None) -> dict[str, Any]:
+             finetune_epochs: int | None = None, threads: int | None = None) -> dict[str, Any]:
     """Run the pipeline (module docstring) and return every figure as a JSON-ready dict (also
     written to ``out/report.json``, beside ``report.html``, the PNG plots, the compressed model
     ``model.safetensors`` and ``inputs.npy``, a few test samples for ``htcore run``).
@@ -76,37 +78,38 @@ def run_demo(dataset: str = "digits", out: str | os.PathLike = "htcore-demo", ke
     ``dataset-fashion-mnist``). ``keep``: one fraction in (0, 1] for every weight matrix, or one per
     Linear layer (first to last); default: the preset's candidates, searched. ``seed`` seeds the data
     split, initialisation, shuffles and fine-tuning. ``hidden``, ``epochs``, ``finetune_epochs``
-    override the preset (smaller values give a quicker, looser run). Needs torch and matplotlib
-    (and scikit-learn for digits).
+    override the preset (smaller values give a quicker, looser run). ``threads``: threads for both
+    peers in the timing step (default: htcore's setting, `htcore.get_num_threads`); training runs
+    torch on one thread (fastest for these tiny MLPs). Needs torch and matplotlib (and scikit-learn
+    for digits).
     """
     preset = _preset(dataset, hidden, epochs, finetune_epochs)
     candidates = _keep_candidates(keep, preset)
     seed = check_int(seed, "seed", low=0)
+    threads = htcore.get_num_threads() if threads is None else check_int(threads, "threads", low=1)
     torch = _require(dataset)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    import htcore
     from tqdm.auto import tqdm
 
     figures: dict[str, Any] = {"htcore_version": htcore.__version__, "dataset": dataset, "seed": seed, "out": str(out),
                                "delta": DELTA, "machine": _machine(torch), "seconds": {}}
     steps = tqdm(total=4, desc="htcore demo", unit="step", file=sys.stderr, disable=not progress, leave=False)
-    with _timed(figures, "train"), _torch_threads(torch, 1):  # a tiny MLP trains fastest on one thread
+    with _timed(figures, "train"), _threads(torch, 1):  # a tiny MLP trains fastest on one thread
         steps.set_postfix_str("training")
         data, model = _train(figures, dataset, preset, seed)
         steps.update()
+    out.mkdir(parents=True, exist_ok=True)  # only once the data has loaded
     with _timed(figures, "analyze"):
         steps.set_postfix_str("analyzing tails")
         analysis = _analyze(figures, model, out, progress)
         steps.update()
-    with _timed(figures, "compress_certify"), _torch_threads(torch, 1):
+    with _timed(figures, "compress_certify"), _threads(torch, 1):
         steps.set_postfix_str("compressing and certifying")
         compressed = _compress_certify(figures, model, data, preset, candidates, seed, progress)
         steps.update()
     with _timed(figures, "runtime"):
         steps.set_postfix_str("timing the runtime")
-        _deploy_and_time(figures, model, compressed, data, out, torch)
+        _deploy_and_time(figures, model, compressed, data, out, torch, threads)
         steps.update()
     steps.close()
     figures["seconds"]["total"] = sum(figures["seconds"].values())
@@ -146,8 +149,6 @@ def _error(model: Any, X: np.ndarray, y: np.ndarray) -> float:
 # ---- step 2: heavy tails of the trained weights -----------------------------------------------
 
 def _analyze(figures: dict, model: Any, out: Path, progress: bool):
-    import htcore
-
     analysis = htcore.analyze(model, progress=progress)
     figures["tails"] = {"summary": analysis.summary(), "keeps": list(analysis.keeps),
                         "layers": [{k: _finite_or_none(v) for k, v in row.items()} for row in analysis.rows()],
@@ -159,7 +160,6 @@ def _analyze(figures: dict, model: Any, out: Path, progress: bool):
 
 def _compress_certify(figures: dict, model: Any, data: Any, preset: Preset, candidates: list, seed: int,
                       progress: bool):
-    import htcore
     import torch
     from htcore.compress import compress_grid
     from tqdm.auto import tqdm
@@ -190,16 +190,13 @@ def _compress_certify(figures: dict, model: Any, data: Any, preset: Preset, cand
 
 # ---- step 4: the torch-free runtime against dense torch ---------------------------------------
 
-def _deploy_and_time(figures: dict, model: Any, compressed: Any, data: Any, out: Path, torch: Any) -> None:
-    import htcore
-
+def _deploy_and_time(figures: dict, model: Any, compressed: Any, data: Any, out: Path, torch: Any, threads: int) -> None:
     htcore.save_compressed(out / "model.safetensors", compressed, provenance={"demo": figures["dataset"]})
     np.save(out / "inputs.npy", data.X_test[:SAVED_INPUTS])
     runtime = htcore.load_compressed(out / "model.safetensors")
     agree = float(np.mean(runtime.predict(data.X_test) == compressed.predict(data.X_test)))
-    threads = htcore.get_num_threads()
     rows = []
-    with _torch_threads(torch, threads), torch.inference_mode():
+    with _threads(htcore, threads), _threads(torch, threads), torch.inference_mode():
         for batch in TIMING_BATCHES:
             X = np.resize(data.X_test, (batch, data.X_test.shape[1]))  # repeats samples if batch > n_test
             Xt = torch.from_numpy(X)
@@ -238,7 +235,7 @@ def _write_report(figures: dict, analysis: Any, out: Path) -> None:
     png = lambda name: str(out / name)  # noqa: E731
     tails = [{"layer": row["name"], "shape": row["shape"],
               "element tail index (Hill)": row.get("element_tail_index"),
-              "95% CI": _interval(row.get("element_tail_index_ci_low"), row.get("element_tail_index_ci_high")),
+              "95% CI": _tail_ci(row),
               "power-law fit tail index": row.get("element_fit_tail_index"),
               "spectral alpha (ESD pdf exponent)": row.get("alpha")} for row in figures["tails"]["layers"]]
     code = [{"tensor": t["name"], "shape": "x".join(map(str, t["shape"])), "kept": t["k"], "of": t["n"],
@@ -293,8 +290,7 @@ def summary(figures: dict) -> str:
              "2. tails: element tail index alpha (Hill, P(|w|>x) ~ x^-alpha) and spectral alpha (ESD pdf exponent, WeightWatcher)"]
     for row in figures["tails"]["layers"]:
         lines.append(f"     {row['name']:<10} {row['shape']:>8}  tail index {_num(row.get('element_tail_index'))} "
-                     f"{_interval(row.get('element_tail_index_ci_low'), row.get('element_tail_index_ci_high'))}  "
-                     f"spectral alpha {_num(row.get('alpha'))}")
+                     f"{_tail_ci(row)}  spectral alpha {_num(row.get('alpha'))}")
     lines.append(f"3. compressed (best kl of {c['settings_tried']} settings, search charged): {_keeps_text(c['keep'])}, "
                  f"{c['levels']}-level codebook")
     for t in b["code"]["tensors"]:
@@ -304,7 +300,7 @@ def summary(figures: dict) -> str:
               f"train error {b['train_error']:.4f}, test error {b['test_error']:.4f}",
               f"   bound on its error (prob. {1 - figures['delta']:g}): kl {b['kl']:.4f}, binomial {b['binomial']:.4f}, "
               f"catoni {b['catoni']:.4f}, hoeffding {b['hoeffding']:.4f}, Arora Thm 2.1 {b['arora']:.4f}",
-              f"4. runtime, htcore CSR vs dense torch ({r['threads']} threads, median of {r['repeats']}): "
+              f"4. runtime, htcore CSR vs dense torch (threads={r['threads']}, median of {r['repeats']}): "
               + "; ".join(f"batch {row['batch']}: {row['htcore_ms']:.4f} vs {row['dense_torch_ms']:.4f} ms "
                           f"({row['speedup']:.2f}x)" for row in r["batches"]),
               f"report: {figures['out']}/report.html (+ report.json, {len(figures['plots'])} PNG plots, model.safetensors)"]
@@ -362,9 +358,12 @@ def _num(x: Any, missing: str = "n/a") -> str:
     return missing if x is None else f"{x:.3g}"
 
 
-def _interval(low: Any, high: Any) -> str:
-    """A confidence interval; None (an unbounded or missing limit in the JSON) prints as inf/-inf."""
-    return f"[{_num(low, '-inf')}, {_num(high, 'inf')}]"
+def _tail_ci(row: dict) -> str:
+    """The Hill tail index's 95% CI of a tails row ("" without an estimate); a None limit (unbounded
+    in the JSON) prints as inf."""
+    if row.get("element_tail_index") is None:
+        return ""
+    return f"[{_num(row.get('element_tail_index_ci_low'), '0')}, {_num(row.get('element_tail_index_ci_high'), 'inf')}]"
 
 
 def _tail_caption(name: str) -> str:
@@ -428,13 +427,14 @@ def _require(dataset: str) -> Any:
 
 
 @contextlib.contextmanager
-def _torch_threads(torch: Any, n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
+def _threads(library: Any, n: int) -> Iterator[None]:
+    """Run the block with ``library`` (torch or htcore) on ``n`` threads, then restore its setting."""
+    before = library.get_num_threads()
+    library.set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        library.set_num_threads(before)
 
 
 @contextlib.contextmanager
@@ -445,8 +445,6 @@ def _timed(figures: dict, name: str) -> Iterator[None]:
 
 
 def _machine(torch: Any) -> dict:
-    import htcore
-
     cpu = platform.processor() or "unknown"
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as fh:

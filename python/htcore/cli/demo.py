@@ -28,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hidden", type=int, nargs="+", metavar="WIDTH", help="hidden layer widths (default: the preset's)")
     p.add_argument("--epochs", type=int, help="training epochs (default: the preset's)")
     p.add_argument("--finetune-epochs", type=int, metavar="N", help="fine-tuning epochs after pruning (default: the preset's)")
+    p.add_argument("--threads", type=int, help="threads for htcore and torch in the timing step (default: htcore's setting)")
     p.add_argument("--json", action="store_true", help="print every figure as one JSON object instead of the summary")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     p.set_defaults(func=run)
@@ -36,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     figures = run_demo(dataset=args.dataset, out=args.out, keep=args.keep, seed=args.seed,
                        progress=not args.no_progress and sys.stderr.isatty(),
-                       hidden=args.hidden, epochs=args.epochs, finetune_epochs=args.finetune_epochs)
+                       hidden=args.hidden, epochs=args.epochs, finetune_epochs=args.finetune_epochs,
+                       threads=args.threads)
     if args.json:
         with open(os.path.join(args.out, "report.json"), encoding="utf-8") as fh:
             print(fh.read(), end="")
