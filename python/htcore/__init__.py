@@ -7,9 +7,12 @@ validation, documentation and type hints. See ``../shared/DESIGN.md`` convention
 from __future__ import annotations
 
 from ._version import __version__
+from .analyze import analyze
 from .csr import CSRMatrix, sparse_linear
+from .layers import Layer, load_layers
 from .model_file import load_compressed, save_compressed
 from .powerlaw_fit import PowerLawFit, fit_powerlaw
+from .report import ModelReport
 from .tails import TailEstimate, element_sample, hill, moments, pickands
 from .threads import get_num_threads, set_num_threads
 from .topk import (
@@ -47,6 +50,11 @@ __all__ = [
     "sparsify_global",
     "topk_sparsify",
     "topk_threshold",
+    # model I/O and whole-model analysis
+    "Layer",
+    "ModelReport",
+    "analyze",
+    "load_layers",
 ]
 
 

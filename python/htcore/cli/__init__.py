@@ -10,10 +10,10 @@ import sys
 from typing import Sequence
 
 from .._version import __version__
-from . import demo, info, run
+from . import analyze, demo, info, run
 
 # Order here is the order in --help.
-SUBCOMMANDS = [info, run, demo]
+SUBCOMMANDS = [info, analyze, run, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
