@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import platform
 import sys
@@ -150,9 +149,8 @@ def _error(model: Any, X: np.ndarray, y: np.ndarray) -> float:
 
 def _analyze(figures: dict, model: Any, out: Path, progress: bool):
     analysis = htcore.analyze(model, progress=progress)
-    figures["tails"] = {"summary": analysis.summary(), "keeps": list(analysis.keeps),
-                        "layers": [{k: _finite_or_none(v) for k, v in row.items()} for row in analysis.rows()],
-                        "plots": [os.path.basename(p) for p in analysis.plot(out)]}
+    figures["tails"] = json.loads(analysis.to_json())  # NaN and infinities (e.g. an unbounded CI) as null
+    figures["tails"]["plots"] = [os.path.basename(p) for p in analysis.plot(out)]
     return analysis
 
 
@@ -451,13 +449,6 @@ def _machine(torch: Any) -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
     return {"cpu": cpu, "cores": os.cpu_count(), "htcore_threads": htcore.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version()}
-
-
-def _finite_or_none(value: Any) -> Any:
-    """A table cell for JSON: numpy scalars as Python ones, NaN and infinities (e.g. an unbounded
-    confidence limit) as None."""
-    value = value.item() if isinstance(value, np.generic) else value
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _plain(value: Any) -> Any:
