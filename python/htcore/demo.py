@@ -3,9 +3,11 @@ public API (each step below is what a user would type).
 
 1. **Train** a ReLU MLP with torch (`htcore.datasets`, `htcore.train.train_mlp`).
 2. **Analyze** its heavy tails (`htcore.analyze` -> `ModelReport`, with its PNG plots).
-3. **Compress and certify** (`htcore.search_bound` over a small grid of per-layer keep fractions x
-   codebook levels, every setting compressed by `htcore.compress` and certified by `htcore.certify`;
-   the grid size is charged in the code length, so picking the best setting is paid for).
+3. **Compress and certify**: a small grid of per-layer keep fractions x codebook levels, each
+   setting compressed (`htcore.compress.compress_grid`: `htcore.compress` per setting, sharing the
+   fine-tuning between settings that differ only in levels) and certified (`htcore.certify`, with
+   the grid size charged in the code length, so picking the best setting afterwards is paid for).
+   This loop is what `htcore.search_bound` does; it is spelled out to keep the chosen model.
 4. **Deploy and time**: write the compressed net with `htcore.save_compressed`, load it with
    `htcore.load_compressed` (numpy + C++ kernels, no torch) and time it against the dense torch net.
 5. **Report**: ``DIR/report.json`` (every figure), ``DIR/report.html`` (self-contained), PNG plots.
@@ -100,7 +102,7 @@ def run_demo(dataset: str = "digits", out: str | os.PathLike = "htcore-demo", ke
     out.mkdir(parents=True, exist_ok=True)  # only once the data has loaded
     with _timed(figures, "analyze"):
         steps.set_postfix_str("analyzing tails")
-        analysis = _analyze(figures, model, out, progress)
+        _analyze(figures, model, out, progress)
         steps.update()
     with _timed(figures, "compress_certify"), _threads(torch, 1):
         steps.set_postfix_str("compressing and certifying")
@@ -112,7 +114,7 @@ def run_demo(dataset: str = "digits", out: str | os.PathLike = "htcore-demo", ke
         steps.update()
     steps.close()
     figures["seconds"]["total"] = sum(figures["seconds"].values())
-    _write_report(figures, analysis, out)
+    _write_report(figures, out)
     return figures
 
 
@@ -147,11 +149,10 @@ def _error(model: Any, X: np.ndarray, y: np.ndarray) -> float:
 
 # ---- step 2: heavy tails of the trained weights -----------------------------------------------
 
-def _analyze(figures: dict, model: Any, out: Path, progress: bool):
+def _analyze(figures: dict, model: Any, out: Path, progress: bool) -> None:
     analysis = htcore.analyze(model, progress=progress)
     figures["tails"] = json.loads(analysis.to_json())  # NaN and infinities (e.g. an unbounded CI) as null
     figures["tails"]["plots"] = [os.path.basename(p) for p in analysis.plot(out)]
-    return analysis
 
 
 # ---- step 3: compress by top-k and certify the bound ------------------------------------------
@@ -223,7 +224,7 @@ def _median_seconds(dense: Any, sparse: Any, calls: int) -> tuple[float, float]:
 
 # ---- step 5: the report -----------------------------------------------------------------------
 
-def _write_report(figures: dict, analysis: Any, out: Path) -> None:
+def _write_report(figures: dict, out: Path) -> None:
     from .html_report import Section, write_html
 
     figures["plots"] = figures["tails"]["plots"] + [_plot_bound(figures, out), _plot_runtime(figures, out)]
