@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hidden", type=int, nargs="+", metavar="WIDTH", help="hidden layer widths (default: the preset's)")
     p.add_argument("--epochs", type=int, help="training epochs (default: the preset's)")
     p.add_argument("--finetune-epochs", type=int, metavar="N", help="fine-tuning epochs after pruning (default: the preset's)")
-    p.add_argument("--threads", type=int, help="threads for htcore and torch in the timing step (default: htcore's setting)")
+    p.add_argument("--threads", type=int, default=1, help="threads for htcore and torch in the timing step (default 1)")
     p.add_argument("--json", action="store_true", help="print every figure as one JSON object instead of the summary")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     p.set_defaults(func=run)
