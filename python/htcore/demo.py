@@ -159,11 +159,10 @@ def _analyze(figures: dict, model: Any, out: Path, progress: bool) -> None:
 
 def _compress_certify(figures: dict, model: Any, data: Any, preset: Preset, candidates: list, seed: int,
                       progress: bool):
-    import torch
-    from htcore.compress import compress_grid
+    from htcore.compress import compress_grid, linear_names
     from tqdm.auto import tqdm
 
-    linears = [name for name, child in model.named_children() if isinstance(child, torch.nn.Linear)]
+    linears = linear_names(model)  # the keys of compress's per_layer
     grid = [dict(per_layer=dict(zip(linears, keeps)), levels=levels, bias_precision="float16")
             for keeps in candidates for levels in preset.levels]
     finetune = {**preset.finetune, "seed": seed}
