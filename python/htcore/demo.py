@@ -230,7 +230,6 @@ def _write_report(figures: dict, out: Path) -> None:
     figures["files"] = ["report.html", "report.json", "model.safetensors", "inputs.npy", *figures["plots"]]
     (out / "report.json").write_text(json.dumps(figures, indent=1, allow_nan=False, default=_plain) + "\n")
     d, m, c, b, r = figures["data"], figures["model"], figures["compression"], figures["bound"], figures["runtime"]
-    png = lambda name: str(out / name)  # noqa: E731
     tails = [{"layer": row["name"], "shape": row["shape"],
               "element tail index (Hill)": row.get("element_tail_index"),
               "95% CI": _tail_ci(row),
@@ -252,7 +251,7 @@ def _write_report(figures: dict, out: Path) -> None:
                 ["Element tail index alpha: P(|w| > x) ~ x^-alpha over the entries of each matrix (smaller = heavier "
                  "tail). Spectral alpha is WeightWatcher's: the pdf exponent of the power-law tail of the eigenvalues "
                  "of W^T W (about 2-6 for well-trained layers)."], [tails],
-                [(png(p), _tail_caption(p)) for p in figures["tails"]["plots"]]),
+                [(str(out / p), _tail_caption(p)) for p in figures["tails"]["plots"]]),
         Section("3. Compress by top-k and certify (htcore.compress, htcore.certify)",
                 [f"Each setting keeps the top-k |w| of every weight matrix, fine-tunes with the mask fixed, quantises the "
                  f"kept values to a k-means codebook and rounds biases to float16. The setting with the lowest kl bound is "
@@ -263,7 +262,7 @@ def _write_report(figures: dict, out: Path) -> None:
                  f"Bounds on its true error, each with probability >= {1 - figures['delta']:g}: kl {b['kl']:.4f}, binomial "
                  f"{b['binomial']:.4f}, Catoni {b['catoni']:.4f}, Hoeffding {b['hoeffding']:.4f}; Arora et al. Theorem 2.1 "
                  f"{b['arora']:.4f} (gamma = {b['gamma']:.3g}, 2gamma-margin error of the dense net {b['margin_error']:.4f})."],
-                [search, code], [(png("bound.png"), "errors of the dense and compressed nets and the bounds")]),
+                [search, code], [(str(out / "bound.png"), "errors of the dense and compressed nets and the bounds")]),
         Section("4. Deploy and time (htcore.save_compressed, htcore.load_compressed)",
                 [f"The compressed net, saved to model.safetensors ({r['model_file_bytes']} bytes; dense float32 weights "
                  f"{r['dense_float32_bytes']} bytes), loaded back and run with numpy and htcore's CSR kernels on "
@@ -273,7 +272,7 @@ def _write_report(figures: dict, out: Path) -> None:
                  "Try it: htcore run model.safetensors --input inputs.npy"],
                 [[{"batch": row["batch"], "dense torch (ms)": row["dense_torch_ms"], "htcore (ms)": row["htcore_ms"],
                    "speed-up": row["speedup"]} for row in r["batches"]]],
-                [(png("runtime.png"), "latency per batch, dense torch vs htcore")]),
+                [(str(out / "runtime.png"), "latency per batch, dense torch vs htcore")]),
     ]
     write_html(out / "report.html", f"htcore demo: {figures['dataset']}", sections,
                footer=f"htcore {figures['htcore_version']}; every figure was computed in this run; all of them are in report.json.")
@@ -319,8 +318,8 @@ def _plot_bound(figures: dict, out: Path) -> str:
     ax.axvline(1.0, color="k", lw=0.8, ls=":")
     ax.set_xlim(0, 1.12)
     ax.set_xlabel("error (fraction misclassified)")
-    ax.set_title(f"{figures['dataset']}: compressed to {b['code_bits']} bits, certified at "
-                 f"{1 - figures['delta']:g} (m = {b['m']})", fontsize=10)
+    ax.set_title(f"{figures['dataset']}: the compressed net ({b['code_bits']} bits) and bounds on its error\n"
+                 f"(each holds with probability {1 - figures['delta']:g}; m = {b['m']} training samples)", fontsize=10)
     return _save(fig, out, "bound.png")
 
 
