@@ -6,8 +6,12 @@ validation, documentation and type hints. See ``../shared/DESIGN.md`` convention
 """
 from __future__ import annotations
 
+from . import bounds, datasets, train
 from ._version import __version__
 from .analyze import analyze
+from .certify import BoundReport, certify, search_bound
+from .code_length import code_length
+from .compress import compress
 from .csr import CSRMatrix, sparse_linear
 from .layers import Layer, load_layers
 from .model_file import load_compressed, save_compressed
@@ -27,6 +31,15 @@ from .topk import (
 
 __all__ = [
     "__version__",
+    # compression and bounds
+    "BoundReport",
+    "bounds",
+    "certify",
+    "code_length",
+    "compress",
+    "datasets",
+    "search_bound",
+    "train",
     # tails
     "PowerLawFit",
     "TailEstimate",
