@@ -255,7 +255,8 @@ def _write_report(figures: dict, out: Path) -> None:
         Section("3. Compress by top-k and certify (htcore.compress, htcore.certify)",
                 [f"Each setting keeps the top-k |w| of every weight matrix, fine-tunes with the mask fixed, quantises the "
                  f"kept values to a k-means codebook and rounds biases to float16. The setting with the lowest kl bound is "
-                 f"chosen; the code length charges ceil(log2 {c['settings_tried']}) bits for that choice.",
+                 f"chosen; the code length charges ceil(log2 {c['settings_tried']}) = "
+                 f"{b['code']['search_bits']} bits for that choice.",
                  f"Chosen: {_keeps_text(c['keep'])}, {c['levels']}-level codebook: {c['nnz']} stored values of "
                  f"{c['params']} parameters, {b['code_bits']} bits. Compressed net: train error {b['train_error']:.4f}, "
                  f"test error {b['test_error']:.4f}.",
@@ -265,8 +266,8 @@ def _write_report(figures: dict, out: Path) -> None:
                 [search, code], [(str(out / "bound.png"), "errors of the dense and compressed nets and the bounds")]),
         Section("4. Deploy and time (htcore.save_compressed, htcore.load_compressed)",
                 [f"The compressed net, saved to model.safetensors ({r['model_file_bytes']} bytes; dense float32 weights "
-                 f"{r['dense_float32_bytes']} bytes), loaded back and run with numpy and htcore's CSR kernels on "
-                 f"{r['threads']} threads, against the dense net in torch on as many threads. Median of "
+                 f"{r['dense_float32_bytes']} bytes), loaded back and run with numpy and htcore's CSR kernels, "
+                 f"against the dense net in torch, both with threads = {r['threads']}. Median of "
                  f"{r['repeats']} interleaved repetitions. Its predictions agree with the certified net's on "
                  f"{100 * r['agrees_with_certified']:.1f}% of the test set.",
                  "Try it: htcore run model.safetensors --input inputs.npy"],
@@ -282,7 +283,7 @@ def summary(figures: dict) -> str:
     """The demo's printed summary: a dozen lines from the figures `run_demo` returns."""
     d, m, c, b, r = figures["data"], figures["model"], figures["compression"], figures["bound"], figures["runtime"]
     lines = [f"htcore demo: {figures['dataset']} (m = {d['m']} train, {d['n_test']} test), MLP "
-             f"{'-'.join(map(str, m['architecture']))}, seed {figures['seed']}, {figures['seconds']['total']:.0f} s",
+             f"{'-'.join(map(str, m['architecture']))}, seed {figures['seed']}; pipeline {figures['seconds']['total']:.0f} s",
              f"1. dense net ({m['epochs']} epochs): train error {m['train_error']:.4f}, test error {m['test_error']:.4f}",
              "2. tails: element tail index alpha (Hill, P(|w|>x) ~ x^-alpha) and spectral alpha (ESD pdf exponent, WeightWatcher)"]
     for row in figures["tails"]["layers"]:
