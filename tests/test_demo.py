@@ -130,3 +130,16 @@ def test_missing_torch_says_to_install_the_extra(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "torch" in err and "htcore[torch]" in err
     assert not os.path.exists(tmp_path / "x")
+
+
+@pytest.mark.skipif(not os.path.isdir(htcore.datasets.FASHION_MNIST_ROOT),
+                    reason="Fashion-MNIST not installed (Debian package dataset-fashion-mnist)")
+def test_fashion_mnist_reduced(tmp_path):
+    figures = run_demo(dataset="fashion-mnist", out=tmp_path, keep=(0.05, 0.5), hidden=(8,), epochs=1,
+                       finetune_epochs=1, progress=False)
+    assert figures["data"]["m"] == 60000 and figures["model"]["architecture"] == [784, 8, 10]
+    assert figures["compression"]["settings_tried"] == 2  # one keep pair x the preset's two codebook sizes
+    assert figures["compression"]["keep"] == {"0": 0.05, "2": 0.5}
+    bound = figures["bound"]
+    assert bound["train_error"] <= bound["kl"] < 1
+    assert (tmp_path / "report.html").is_file()
