@@ -16,9 +16,6 @@ from htcore.cli import main
 pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
-if not all(hasattr(htcore, name) for name in ("analyze", "certify", "compress", "datasets")):
-    pytest.skip("the demo needs htcore.analyze, certify, compress and datasets (merged from dev-analyze and dev-bounds)",
-                allow_module_level=True)
 
 from htcore.demo import run_demo, summary  # noqa: E402
 

@@ -4,7 +4,7 @@ generalization bound for the compressed net, and times htcore's runtime against 
 
 Prints a short summary (or, with ``--json``, every figure as one JSON object) and writes
 DIR/report.html (self-contained, plots embedded), DIR/report.json, the PNG plots and the compressed
-model DIR/model.safetensors. About a minute with digits on 2 cores.
+model DIR/model.safetensors. About 20 s with digits on 2 cores.
 """
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep", type=float, nargs="+", metavar="F",
                    help="keep fraction in (0, 1]: one for every weight matrix, or one per Linear layer "
                         "(default: search the dataset's preset candidates)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and shuffles (default 0)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed for the split, initialisation and shuffles (default 0)")
     p.add_argument("--hidden", type=int, nargs="+", metavar="WIDTH", help="hidden layer widths (default: the preset's)")
-    p.add_argument("--epochs", type=int, help="training epochs (default: the preset's)")
+    p.add_argument("--epochs", type=int, metavar="N", help="training epochs (default: the preset's)")
     p.add_argument("--finetune-epochs", type=int, metavar="N", help="fine-tuning epochs after pruning (default: the preset's)")
-    p.add_argument("--threads", type=int, default=1, help="threads for htcore and torch in the timing step (default 1)")
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="threads for htcore and torch in the timing step (default 1)")
     p.add_argument("--json", action="store_true", help="print every figure as one JSON object instead of the summary")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     p.set_defaults(func=run)
