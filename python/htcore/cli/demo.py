@@ -1,16 +1,47 @@
-"""``htcore demo``: the whole pipeline on a small real dataset (train, analyze, compress, certify, time)."""
+"""``htcore demo``: the whole pipeline on a small real dataset. Trains a ReLU MLP with torch, measures
+the heavy tails of its weights, compresses it by top-k (best of a small charged grid), certifies a
+generalization bound for the compressed net, and times htcore's runtime against dense torch.
+
+Prints a short summary (or, with ``--json``, every figure as one JSON object) and writes
+DIR/report.html (self-contained, plots embedded), DIR/report.json, the PNG plots and the compressed
+model DIR/model.safetensors. About 20 s with digits on 2 cores.
+"""
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+
+from ..demo import DATASETS, run_demo, summary
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the whole pipeline on scikit-learn's digits", description=__doc__)
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p = sub.add_parser("demo", help="run the whole pipeline on scikit-learn's digits (or Fashion-MNIST)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=DATASETS, default="digits",
+                   help="digits (scikit-learn, default) or fashion-mnist (Debian package dataset-fashion-mnist)")
+    p.add_argument("--out", default="htcore-demo", metavar="DIR", help="output directory (default: htcore-demo)")
+    p.add_argument("--keep", type=float, nargs="+", metavar="F",
+                   help="keep fraction in (0, 1]: one for every weight matrix, or one per Linear layer "
+                        "(default: search the dataset's preset candidates)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed for the split, initialisation and shuffles (default 0)")
+    p.add_argument("--hidden", type=int, nargs="+", metavar="WIDTH", help="hidden layer widths (default: the preset's)")
+    p.add_argument("--epochs", type=int, metavar="N", help="training epochs (default: the preset's)")
+    p.add_argument("--finetune-epochs", type=int, metavar="N", help="fine-tuning epochs after pruning (default: the preset's)")
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="threads for htcore and torch in the timing step (default 1)")
+    p.add_argument("--json", action="store_true", help="print every figure as one JSON object instead of the summary")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    print("htcore demo: the end-to-end pipeline (train on digits, analyze tails, compress by top-k, "
-          "certify the bound, time the runtime) is being built; this build has: htcore info.")
+    figures = run_demo(dataset=args.dataset, out=args.out, keep=args.keep, seed=args.seed,
+                       progress=not args.no_progress and sys.stderr.isatty(),
+                       hidden=args.hidden, epochs=args.epochs, finetune_epochs=args.finetune_epochs,
+                       threads=args.threads)
+    if args.json:
+        with open(os.path.join(args.out, "report.json"), encoding="utf-8") as fh:
+            print(fh.read(), end="")
+    else:
+        print(summary(figures))
     return 0

@@ -1,0 +1,142 @@
+"""`htcore demo` end to end on a reduced setting (small hidden layer, few epochs), its report files,
+and its argument validation and missing-torch message."""
+import contextlib
+import io
+import json
+import math
+import os
+import re
+import sys
+
+import pytest
+
+import htcore
+from htcore.cli import main
+
+pytest.importorskip("torch")
+pytest.importorskip("matplotlib")
+pytest.importorskip("sklearn")
+
+from htcore.demo import run_demo, summary  # noqa: E402
+
+REDUCED = ["--hidden", "8", "--epochs", "25", "--finetune-epochs", "8", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """One reduced run through the CLI with --json: (output dir, figures parsed from stdout)."""
+    out = tmp_path_factory.mktemp("demo")
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["demo", "--out", str(out), "--json", "--seed", "1", *REDUCED])
+    assert code == 0
+    return out, json.loads(stdout.getvalue())
+
+
+def test_report_files_exist(demo):
+    out, figures = demo
+    for name in ["report.html", "report.json", "model.safetensors", "inputs.npy", *figures["plots"]]:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert "bound.png" in figures["plots"] and "compressibility.png" in figures["plots"]
+    assert len(figures["plots"]) == len(figures["tails"]["layers"]) + 3  # per layer + compressibility, bound, runtime
+
+
+def test_cli_json_is_the_report_json(demo):
+    out, figures = demo
+    assert json.loads((out / "report.json").read_text()) == figures
+
+
+def test_html_is_self_contained_with_every_plot(demo):
+    out, figures = demo
+    page = (out / "report.html").read_text()
+    images = re.findall(r'<img src="([^"]*)"', page)
+    assert len(images) == len(figures["plots"])
+    assert all(src.startswith("data:image/png;base64,") and len(src) > 1000 for src in images)
+    assert "http://" not in page and "https://" not in page
+    assert f"{figures['bound']['kl']:.4f}" in page
+
+
+def test_bound_is_at_least_the_training_error_and_below_one(demo):
+    bound = demo[1]["bound"]
+    for form in ("kl", "binomial", "hoeffding", "catoni"):
+        assert bound["train_error"] <= bound[form] < 1, form
+    assert bound["test_error"] <= bound["kl"]  # holds w.p. 0.95; seeded, so a failure is a regression
+    assert bound["m"] == demo[1]["data"]["m"]
+
+
+def test_figures_are_consistent(demo):
+    figures = demo[1]
+    c, b, r = figures["compression"], figures["bound"], figures["runtime"]
+    chosen = figures["search"][c["chosen"]]
+    assert chosen["kl"] == b["kl"] == min(row["kl"] for row in figures["search"])
+    assert chosen["code_bits"] == b["code_bits"] == b["code"]["total_bits"]
+    assert c["settings_tried"] == len(figures["search"]) == 4
+    assert c["nnz"] == sum(t["k"] for t in b["code"]["tensors"])
+    arch = figures["model"]["architecture"]
+    assert arch == [64, 8, 10]
+    assert c["params"] == sum(a * b_ + b_ for a, b_ in zip(arch[:-1], arch[1:]))
+    # the file written, loaded back without torch, is the certified net
+    assert r["agrees_with_certified"] == 1.0 and r["test_error"] == b["test_error"]
+    assert [row["batch"] for row in r["batches"]] == [1, 256]
+    for row in r["batches"]:
+        assert row["htcore_ms"] > 0 and row["dense_torch_ms"] > 0
+        assert math.isclose(row["speedup"], row["dense_torch_ms"] / row["htcore_ms"], rel_tol=1e-9)
+    assert [layer["name"] for layer in figures["tails"]["layers"]] == ["0.weight", "2.weight"]
+
+
+def test_summary_names_every_step(demo):
+    text = summary(demo[1])
+    for part in ("tail index", "spectral alpha", "kept", "bits", "kl", "catoni", "hoeffding", "batch 1:", "batch 256:",
+                 "report.html"):
+        assert part in text, part
+    assert len(text.splitlines()) < 25
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(dataset="mnist"), ValueError, "dataset must be one of"),
+    (dict(keep=0.0), ValueError, "keep"),
+    (dict(keep=1.5), ValueError, "keep"),
+    (dict(keep=(0.1, 0.2, 0.3)), ValueError, r"one per Linear layer \(2\)"),
+    (dict(keep="0.1"), TypeError, "keep must be"),
+    (dict(seed=-1), ValueError, "seed"),
+    (dict(epochs=0), ValueError, "epochs"),
+    (dict(hidden=8), TypeError, "hidden"),
+])
+def test_bad_arguments_fail_before_any_work(tmp_path, kwargs, error, match):
+    out = tmp_path / "never"
+    with pytest.raises(error, match=match):
+        run_demo(out=out, progress=False, **kwargs)
+    assert not out.exists()
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "x"), "--keep", "0.1", "0.2", "0.3"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("htcore demo: error:") and "\n" not in err
+
+
+def test_cli_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--dataset", "mnist"])
+    assert exc.value.code == 2
+
+
+def test_missing_torch_says_to_install_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
+    assert main(["demo", "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "torch" in err and "htcore[torch]" in err
+    assert not os.path.exists(tmp_path / "x")
+
+
+@pytest.mark.skipif(not os.path.isdir(htcore.datasets.FASHION_MNIST_ROOT),
+                    reason="Fashion-MNIST not installed (Debian package dataset-fashion-mnist)")
+def test_fashion_mnist_reduced(tmp_path):
+    figures = run_demo(dataset="fashion-mnist", out=tmp_path, keep=(0.05, 0.5), hidden=(8,), epochs=1,
+                       finetune_epochs=1, progress=False)
+    assert figures["data"]["m"] == 60000 and figures["model"]["architecture"] == [784, 8, 10]
+    assert figures["compression"]["settings_tried"] == 2  # one keep pair x the preset's two codebook sizes
+    assert figures["compression"]["keep"] == {"0": 0.05, "2": 0.5}
+    bound = figures["bound"]
+    assert bound["train_error"] <= bound["kl"] < 1
+    assert (tmp_path / "report.html").is_file()
