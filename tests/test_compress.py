@@ -300,3 +300,19 @@ def test_cli_compress_then_bound(mlp, digits, tmp_path, capsys):
     assert "test error" not in capsys.readouterr().out
     assert main(["compress", str(dense), "-o", str(small), "--keep", "0.1", "--finetune-epochs", "2"]) == 1
     assert "needs --data" in capsys.readouterr().err
+
+
+def test_certify_is_identical_at_1_and_2_threads(mlp, digits):
+    import htcore
+
+    g = htcore.compress(mlp, keep=0.1, per_layer={"2": 0.5}, levels=8)
+    before = htcore.get_num_threads()
+    try:
+        reports = []
+        for threads in (1, 2):
+            htcore.set_num_threads(threads)
+            reports.append(htcore.certify(g, digits.X_train, digits.y_train, original=mlp,
+                                          X_test=digits.X_test, y_test=digits.y_test).as_dict())
+    finally:
+        htcore.set_num_threads(before)
+    assert reports[0] == reports[1]
