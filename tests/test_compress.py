@@ -198,6 +198,18 @@ def test_certify_report_is_consistent(mlp, digits):
     assert "kl" in rep.summary() and rep.as_dict()["code"]["total_bits"] == rep.code_bits
 
 
+def test_certify_validation(mlp, digits):
+    from htcore import certify, compress
+
+    g = compress(mlp, keep=0.2)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        certify(g, digits.X_train, digits.y_train + 5)
+    with pytest.raises(ValueError, match="y_train must be integer labels"):
+        certify(g, digits.X_train, digits.y_train[:10])
+    with pytest.raises(ValueError, match="delta"):
+        certify(g, digits.X_train, digits.y_train, delta=0.0)
+
+
 def test_margin_error_reference():
     from htcore.certify import margin_error
 
