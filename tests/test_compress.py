@@ -198,6 +198,18 @@ def test_certify_report_is_consistent(mlp, digits):
     assert "kl" in rep.summary() and rep.as_dict()["code"]["total_bits"] == rep.code_bits
 
 
+def test_certify_validation(mlp, digits):
+    from htcore import certify, compress
+
+    g = compress(mlp, keep=0.2)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        certify(g, digits.X_train, digits.y_train + 5)
+    with pytest.raises(ValueError, match="y_train must be integer labels"):
+        certify(g, digits.X_train, digits.y_train[:10])
+    with pytest.raises(ValueError, match="delta"):
+        certify(g, digits.X_train, digits.y_train, delta=0.0)
+
+
 def test_margin_error_reference():
     from htcore.certify import margin_error
 
@@ -300,3 +312,19 @@ def test_cli_compress_then_bound(mlp, digits, tmp_path, capsys):
     assert "test error" not in capsys.readouterr().out
     assert main(["compress", str(dense), "-o", str(small), "--keep", "0.1", "--finetune-epochs", "2"]) == 1
     assert "needs --data" in capsys.readouterr().err
+
+
+def test_certify_is_identical_at_1_and_2_threads(mlp, digits):
+    import htcore
+
+    g = htcore.compress(mlp, keep=0.1, per_layer={"2": 0.5}, levels=8)
+    before = htcore.get_num_threads()
+    try:
+        reports = []
+        for threads in (1, 2):
+            htcore.set_num_threads(threads)
+            reports.append(htcore.certify(g, digits.X_train, digits.y_train, original=mlp,
+                                          X_test=digits.X_test, y_test=digits.y_test).as_dict())
+    finally:
+        htcore.set_num_threads(before)
+    assert reports[0] == reports[1]

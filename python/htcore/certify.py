@@ -119,7 +119,8 @@ def margin_error(scores: np.ndarray, y: np.ndarray, margin: float) -> float:
 
 def _arora_parameters(code: CodeLength) -> tuple[int, int]:
     """q = stored values; r = the per-parameter value count's geometric mean, rounded up, so that
-    r^q >= prod_t r_t^{k_t} (r_t = codebook size for codebook-coded tensors, 2^precision otherwise)."""
+    r^q >= prod_t r_t^{k_t} (r_t = codebook size for codebook-coded tensors, 2^16 for float16-exact
+    tensors, 2^precision otherwise)."""
     q = code.nnz
     if q == 0:
         return 0, 1
@@ -127,6 +128,8 @@ def _arora_parameters(code: CodeLength) -> tuple[int, int]:
     for t in code.tensors:
         if t.values_code in ("codebook", "entropy"):
             log_sum += t.k * math.log(max(t.levels, 1))
+        elif t.values_code == "float16":
+            log_sum += t.k * 16 * math.log(2.0)
         else:
             log_sum += t.value_bits_raw * math.log(2.0)
     return q, max(1, math.ceil(math.exp(log_sum / q) * (1 + 1e-12)))
@@ -148,6 +151,9 @@ def certify(compressed: Any, X_train: Any, y_train: Any, *, delta: float = 0.05,
     code = code_length(compressed, settings_tried=settings_tried)
     m = int(y_train.size)
     g_scores = outputs(compressed, X_train)
+    if y_train.min() < 0 or y_train.max() >= g_scores.shape[1]:
+        raise ValueError(f"y_train labels must lie in [0, {g_scores.shape[1]}) (the model's outputs), "
+                         f"got [{y_train.min()}, {y_train.max()}]")
     errors = int(np.sum(g_scores.argmax(axis=1) != y_train))
     train_error = errors / m
     forms = {form: bounds.occam_bound(train_error, m, code.total_bits, delta, form=form) for form in bounds.FORMS}
