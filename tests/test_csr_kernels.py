@@ -244,8 +244,8 @@ def test_wrong_shapes_and_dtypes():
 def test_kernel_binding_rechecks_sizes():
     A = CSRMatrix(np.ones(2, np.float32), [0, 1], [0, 1, 2], (2, 2))
     with pytest.raises(ValueError, match="X must have"):
-        _core.csr_spmm(A.indptr, A.indices, A.data, None, 2, 2, np.ones(3, np.float32), 1, None, "none", np.empty(2, np.float32), 1, 1)
+        _core.csr_spmm(A.indptr, A.indices, A.data, None, 2, 2, np.ones(3, np.float32), 1, False, None, "none", np.empty(2, np.float32), 1, 1)
     with pytest.raises(ValueError, match="output has"):
-        _core.csr_spmm(A.indptr, A.indices, A.data, None, 2, 2, np.ones(2, np.float32), 1, None, "none", np.empty(1, np.float32), 1, 1)
+        _core.csr_spmm(A.indptr, A.indices, A.data, None, 2, 2, np.ones(2, np.float32), 1, False, None, "none", np.empty(1, np.float32), 1, 1)
     with pytest.raises(TypeError, match="float32"):
-        _core.csr_spmm(A.indptr, A.indices, A.data, None, 2, 2, np.ones(2), 1, None, "none", np.empty(2), 1, 1)
+        _core.csr_spmm(A.indptr, A.indices, A.data, None, 2, 2, np.ones(2), 1, False, None, "none", np.empty(2), 1, 1)

@@ -225,10 +225,11 @@ class CSRMatrix:
         return self.matvec(other) if np.ndim(other) == 1 else self.matmat(other)
 
     def _product(self, x: np.ndarray, k: int, bias: Optional[np.ndarray], activation: str, out: np.ndarray,
-                 row_stride: int, col_stride: int) -> np.ndarray:
-        """out[i*row_stride + j*col_stride] = act((A X)[i, j] + bias[i]) for validated, contiguous X (cols, k)."""
+                 row_stride: int, col_stride: int, batch_major: bool = False) -> np.ndarray:
+        """out[i*row_stride + j*col_stride] = act((A X)[i, j] + bias[i]) for validated, contiguous X
+        of shape (cols, k), or X^T of shape (k, cols) when ``batch_major``."""
         _core.csr_spmm(self.indptr, self.indices, self.data, self.codebook, self.shape[0], self.shape[1],
-                       x, k, bias, activation, out, row_stride, col_stride)
+                       x, k, batch_major, bias, activation, out, row_stride, col_stride)
         return out
 
     def __repr__(self) -> str:
@@ -268,7 +269,7 @@ def sparse_linear(X: Any, A: CSRMatrix, bias: Any = None, activation: Optional[s
         return A._product(X, 1, bias, act, np.empty(out_features, A.dtype), 1, 1)
     batch = X.shape[0]
     out = np.empty((batch, out_features), A.dtype)
-    return A._product(np.ascontiguousarray(X.T), batch, bias, act, out, 1, out_features)
+    return A._product(X, batch, bias, act, out, 1, out_features, batch_major=True)
 
 
 def _output(out: Optional[np.ndarray], shape: tuple[int, ...], dtype: np.dtype, source: np.ndarray) -> np.ndarray:

@@ -132,6 +132,9 @@ class CompressedModel:
             if h is None:
                 if flat.ndim != 2:
                     raise ValueError(f"X has shape {X.shape}: a Linear or Activation needs (batch, features); add a Flatten layer")
+                if isinstance(layer, Linear):  # the first Linear reads the (batch, features) input directly
+                    h = _linear(layer, flat, step.activation, batch_major=True)
+                    continue
                 h = np.ascontiguousarray(flat.T)
             if isinstance(layer, Linear):
                 h = _linear(layer, h, step.activation)
@@ -172,15 +175,16 @@ def _plan(layers: list) -> list[_Step]:
     return plan
 
 
-def _linear(layer: Linear, h: np.ndarray, activation: str) -> np.ndarray:
-    """W h + b (h is (in, batch)), with the activation fused for sparse weights."""
-    if h.shape[0] != layer.in_features:
-        raise ValueError(f"a Linear layer expects {layer.in_features} input features, got {h.shape[0]}")
-    batch = h.shape[1]
+def _linear(layer: Linear, h: np.ndarray, activation: str, batch_major: bool = False) -> np.ndarray:
+    """W h + b for h of shape (in, batch) (or (batch, in) when ``batch_major``), returned as
+    (out, batch); the activation is fused for sparse weights."""
+    features, batch = (h.shape[1], h.shape[0]) if batch_major else h.shape
+    if features != layer.in_features:
+        raise ValueError(f"a Linear layer expects {layer.in_features} input features, got {features}")
     if layer.sparse:
         out = np.empty((layer.out_features, batch), np.float32)
-        return layer.weight._product(h, batch, layer.bias, activation, out, batch, 1)
-    out = layer.weight @ h
+        return layer.weight._product(h, batch, layer.bias, activation, out, batch, 1, batch_major=batch_major)
+    out = layer.weight @ (h.T if batch_major else h)
     if layer.bias is not None:
         out += layer.bias[:, None]
     return out
