@@ -294,10 +294,21 @@ struct Call {
   int64_t rs, cs;
 };
 
+// Non-finite inputs are refused here, in one cheap pass, rather than in Python (where the check
+// costs more than a small product).
+template <class T>
+void require_finite(const T* v, int64_t n, const char* name) {
+  bool ok = true;
+  for (int64_t i = 0; i < n; ++i) ok &= std::isfinite(v[i]);
+  require(ok, std::string(name) + " contains non-finite values (NaN or Inf)");
+}
+
 template <class Ptr, class Idx, class V>
 void run(const CsrRef& a, const Call& c) {
   using Acc = typename Values<V>::Acc;
   const int64_t k = c.k;
+  require_finite(static_cast<const Acc*>(c.x), a.cols * k, "X");
+  if (c.bias) require_finite(static_cast<const Acc*>(c.bias), a.rows, "bias");
   std::vector<Acc> scratch;
   const Acc* xs = static_cast<const Acc*>(c.x);
   if (c.x_batch_major && k > 1) {

@@ -20,7 +20,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from ._validation import as_float_array
-from .csr import ACTIVATIONS, CSRMatrix
+from .csr import ACTIVATIONS, CSRMatrix, _kernel_input
 
 ACTIVATION_KINDS = ACTIVATIONS + ("softmax",)
 
@@ -110,6 +110,8 @@ class CompressedModel:
         self.layers = layers
         self.metadata = dict(metadata or {})
         self._plan = _plan(layers)
+        first = next((step.layer for step in self._plan if not isinstance(step.layer, Flatten)), None)
+        self._kernel_checks_input = isinstance(first, Linear) and first.sparse  # the CSR kernel refuses NaN/Inf
 
     @property
     def in_features(self) -> Optional[int]:
@@ -117,7 +119,9 @@ class CompressedModel:
         return next((l.in_features for l in self.layers if isinstance(l, Linear)), None)
 
     def __call__(self, X: Any) -> np.ndarray:
-        X = as_float_array(X, "X", dtype=np.float32)
+        X = _kernel_input(X, "X", X.ndim if isinstance(X, np.ndarray) else None, np.float32)
+        if not self._kernel_checks_input and X.size and not np.isfinite(X).all():
+            raise ValueError("X contains non-finite values (NaN or Inf)")
         if X.ndim < 2:
             raise ValueError(f"X must be (batch, ...) with a batch dimension, got shape {X.shape}")
         batch = X.shape[0]
