@@ -167,11 +167,23 @@ void rows_generic(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
 #endif
 namespace avx2 {
 
-// x[idx[0..7]] by eight scalar loads: faster than vgatherdps on the CPUs measured (Zen 4), see
-// benchmarks/results/spmv.md.
-template <class Idx>
-inline __m256 gather8(const float* x, const Idx* idx) {
-  return _mm256_setr_ps(x[idx[0]], x[idx[1]], x[idx[2]], x[idx[3]], x[idx[4]], x[idx[5]], x[idx[6]], x[idx[7]]);
+// x[idx[0..7]] by eight scalar loads, the indices read 64 bits at a time and split in registers:
+// fewer loads than one per index, and faster than vgatherdps on the CPUs measured (Zen 4).
+inline __m256 gather8(const float* x, const uint16_t* idx) {
+  uint64_t a, b;
+  std::memcpy(&a, idx, 8);
+  std::memcpy(&b, idx + 4, 8);
+  return _mm256_setr_ps(x[a & 0xffff], x[(a >> 16) & 0xffff], x[(a >> 32) & 0xffff], x[a >> 48], x[b & 0xffff],
+                        x[(b >> 16) & 0xffff], x[(b >> 32) & 0xffff], x[b >> 48]);
+}
+inline __m256 gather8(const float* x, const int32_t* idx) {
+  uint64_t a, b, c, d;  // four separate loads: one 32-byte copy would go through the stack
+  std::memcpy(&a, idx, 8);
+  std::memcpy(&b, idx + 2, 8);
+  std::memcpy(&c, idx + 4, 8);
+  std::memcpy(&d, idx + 6, 8);
+  return _mm256_setr_ps(x[static_cast<uint32_t>(a)], x[a >> 32], x[static_cast<uint32_t>(b)], x[b >> 32],
+                        x[static_cast<uint32_t>(c)], x[c >> 32], x[static_cast<uint32_t>(d)], x[d >> 32]);
 }
 
 inline __m256 load_val8(const Values<float>& v, int64_t p) { return _mm256_loadu_ps(v.d + p); }
