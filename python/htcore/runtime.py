@@ -8,6 +8,11 @@ A `CompressedModel` is a sequence of layers:
   (over the features). An activation right after a sparse Linear is fused into its kernel.
 - `Flatten()`: (batch, d1, d2, ...) -> (batch, d1 * d2 * ...).
 
+When to keep a layer dense: CSR pays ~6-8 bytes and a gathered load per kept weight, dense
+GEMV 4 bytes and none. For a small layer that stays in cache, dense wins from about 30% density
+(SpMV) and, for batches of hundreds of rows, from about 10-30%; pass such weights as dense arrays
+(benchmarks/results/spmv.md has the measured crossover on this machine).
+
 Everything is computed in float32 (float64 CSR weights are converted when the layer is built).
 Inputs are (batch, ...) arrays. Internally activations are kept as (features, batch), so the
 kernels read each weight row once per batch and no transposes happen between layers.
