@@ -282,12 +282,12 @@ bool cpu_has_avx2() {
 
 // dst (cols, k) = src (k, cols)^T, eight source rows at a time: eight read streams and 8-float
 // write runs. (Square tiles of 32 rows thrash L1 when the row stride is a multiple of 4 KiB.)
+// Serial on purpose: it costs ~1/nnz-per-column of the product, and one fork/join fewer per call
+// matters more on a loaded machine, where every join waits for the slowest thread to be scheduled.
 template <class T>
 void transpose(const T* src, int64_t k, int64_t cols, T* dst) {
   constexpr int64_t B = 8;
   const int64_t blocks = (k + B - 1) / B;
-  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), k * cols / kParallelGrain)));
-#pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t r0 = b * B, r1 = std::min(k, r0 + B);
     for (int64_t c = 0; c < cols; ++c)
