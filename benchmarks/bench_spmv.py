@@ -18,6 +18,11 @@ Grid: 768x3072, 3072x768, 4096x4096, 11008x4096 at 1/5/10/30% density, two patte
   advance); htcore is timed through its public API, sparse_linear(X, A) on (batch, cols) X, with
   the transpose included.
 
+OMP_WAIT_POLICY=active is set (unless already set) before any OpenMP library loads: htcore, torch
+and MKL share one libgomp here, and once torch has started its threads, libgomp's default policy
+lets idle workers sleep after a few spins, so on a loaded machine every 2-thread parallel region
+waits milliseconds for a wake-up (measured: 16 ms instead of 20 µs for a 1024x1024 SpMV).
+
 Usage: python benchmarks/bench_spmv.py [--quick] [--out benchmarks/results]
 """
 from __future__ import annotations
@@ -26,6 +31,8 @@ import argparse
 import copy
 import json
 import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "active")  # before numpy/torch/htcore load libgomp; see above
 import platform
 import sys
 import time
@@ -57,7 +64,7 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "htcore": htcore.__version__,
             "build": htcore._core.build_info(), "avx2_kernels": htcore._core.csr_uses_avx2(),
             "numpy": np.__version__, "scipy": scipy.__version__, "torch": torch.__version__,
-            "load_average_start": os.getloadavg()}
+            "load_average_start": os.getloadavg(), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
 
 
 def weights(rng: np.random.Generator, rows: int, cols: int, pattern: str) -> np.ndarray:
@@ -295,7 +302,7 @@ def markdown(res: dict) -> str:
     out = ["# SpMV / SpMM benchmark (bench_spmv.py)", "",
            f"Machine: {m['cpu']}, {m['cores']} cores; htcore {m['htcore']} built with {m['build']['build_flags']} "
            f"({m['build']['compiler']}), AVX2 kernels: {m['avx2_kernels']}; torch {m['torch']}, scipy {m['scipy']}, "
-           f"numpy {m['numpy']}. Load average at start {tuple(round(v, 1) for v in m['load_average_start'])}, "
+           f"numpy {m['numpy']}; OMP_WAIT_POLICY={m['OMP_WAIT_POLICY']}. Load average at start {tuple(round(v, 1) for v in m['load_average_start'])}, "
            f"end {tuple(round(v, 1) for v in m['load_average_end'])} (machine shared; medians of interleaved rounds).",
            "", "STREAM triad (torch, 3 x 4 bytes/element): " + ", ".join(f"{t} thread(s) {v:.1f} GB/s" for t, v in m["triad_GBps"].items()),
            "", *_targets(res), "", "## MLP 784-1024-1024-10, all layers top-k 10% (runtime) vs dense torch", "",
