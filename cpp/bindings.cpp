@@ -103,9 +103,10 @@ htcore::Activation activation_code(const std::string& name) {
   htcore::fail("activation must be none, relu, gelu or tanh, got '" + name + "'");
 }
 
-// out[i * out_row_stride + j * out_col_stride] = act((A X)[i, j] + bias[i]); X is (cols, k).
+// out[i * out_row_stride + j * out_col_stride] = act((A X)[i, j] + bias[i]); X is (cols, k), or
+// (k, cols) when x_batch_major.
 void csr_spmm(const py::array& indptr, const py::array& indices, const py::array& data, const py::object& codebook,
-              int64_t rows, int64_t cols, const py::array& x, int64_t k, const py::object& bias,
+              int64_t rows, int64_t cols, const py::array& x, int64_t k, bool x_batch_major, const py::object& bias,
               const std::string& activation, py::array& out, int64_t out_row_stride, int64_t out_col_stride) {
   const htcore::CsrRef a = csr_ref(indptr, indices, data, codebook, rows, cols);
   const py::dtype acc = a.value_type == htcore::ValueType::f64 ? py::dtype::of<double>() : py::dtype::of<float>();
@@ -125,7 +126,7 @@ void csr_spmm(const py::array& indptr, const py::array& indices, const py::array
   const auto act = activation_code(activation);
   const auto x_size = static_cast<int64_t>(x.size()), y_size = static_cast<int64_t>(out.size());
   py::gil_scoped_release release;
-  htcore::csr_spmm(a, xp, x_size, k, bp, bias_size, act, yp, y_size, out_row_stride, out_col_stride);
+  htcore::csr_spmm(a, xp, x_size, k, x_batch_major, bp, bias_size, act, yp, y_size, out_row_stride, out_col_stride);
 }
 
 // ---- top-k selection (marshalling) ----
@@ -308,7 +309,7 @@ PYBIND11_MODULE(_core, m) {
 
   // ---- CSR kernels ----
   m.def("csr_spmm", &csr_spmm, "indptr"_a, "indices"_a, "data"_a, "codebook"_a, "rows"_a, "cols"_a, "x"_a, "k"_a,
-        "bias"_a, "activation"_a, "out"_a, "out_row_stride"_a, "out_col_stride"_a);
+        "x_batch_major"_a, "bias"_a, "activation"_a, "out"_a, "out_row_stride"_a, "out_col_stride"_a);
   m.def("csr_uses_avx2", &htcore::csr_uses_avx2);
   m.def("_csr_enable_avx2", &htcore::csr_enable_avx2, "enabled"_a);
 }

@@ -5,7 +5,8 @@
 // float32 codebook of at most 256 levels; accumulated in float32). X, bias and Y are float64 when
 // A's values are float64, else float32.
 //
-// X is (cols, k) row-major. Y[i, j] is written at y[i * y_row_stride + j * y_col_stride], so the
+// X is (cols, k) row-major, or (k, cols) row-major with x_batch_major (torch's Linear input; it
+// is then transposed into a scratch buffer by a blocked transpose first). Y[i, j] is written at y[i * y_row_stride + j * y_col_stride], so the
 // same kernel serves A x (k = 1), A X (Y row-major) and torch's Linear X A^T (Y transposed).
 //
 // Rows are split between threads by nnz (split_rows_by_nnz). Every output element is computed by
@@ -38,7 +39,7 @@ struct CsrRef {
 // Y = act(A X + bias). x has x_size = cols * k elements, bias is null or has bias_size = rows
 // elements, y (y_size elements) holds the strided (rows, k) result. Throws std::invalid_argument
 // on inconsistent sizes.
-void csr_spmm(const CsrRef& a, const void* x, int64_t x_size, int64_t k, const void* bias, int64_t bias_size,
+void csr_spmm(const CsrRef& a, const void* x, int64_t x_size, int64_t k, bool x_batch_major, const void* bias, int64_t bias_size,
               Activation act, void* y, int64_t y_size, int64_t y_row_stride, int64_t y_col_stride);
 
 // True when the AVX2+FMA+F16C path is used (the CPU has it and it is not disabled).

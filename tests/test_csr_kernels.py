@@ -29,8 +29,10 @@ def uniform_pattern(rng, rows, cols, density):
 
 
 def topk_pattern(rng, rows, cols, keep):
-    """Global top-k |w| of a Student-t (df=3) matrix: heavy tails give very uneven rows."""
-    w = rng.standard_t(3, size=(rows, cols)).astype(np.float32)
+    """Global top-k |w| of W_ij = r_i c_j t_ij, all Student-t (df=3): heavy-tailed row and column
+    scales make rows very uneven (some nearly full, many empty), as in trained layers."""
+    scales = np.abs(rng.standard_t(3, size=(rows, 1))) * np.abs(rng.standard_t(3, size=(1, cols)))
+    w = (rng.standard_t(3, size=(rows, cols)) * scales).astype(np.float32)
     k = int(np.ceil(keep * w.size)) if w.size else 0
     mask = np.zeros(w.size, bool)
     if k:
@@ -83,7 +85,7 @@ def restore_threads():
     htcore.set_num_threads(before)
 
 
-SHAPES = [(0, 0), (0, 5), (5, 0), (1, 1), (1, 300), (300, 1), (64, 70), (97, 1000), (20, 70000)]
+SHAPES = [(0, 0), (0, 5), (5, 0), (1, 1), (1, 300), (300, 1), (64, 70), (97, 400), (20, 70000)]
 
 
 @functools.lru_cache(maxsize=None)
@@ -106,7 +108,7 @@ def test_matvec_and_matmat(kernel_path, fmt, pattern):
         x = rng.standard_normal(cols)
         check_close(A.matvec(x), A, x)
         check_close(A @ x, A, x)
-        for k in (1, 2, 9, 32, 33, 257) if cols <= 1000 else (1, 3, 33):
+        for k in (1, 2, 9, 32, 33, 257) if cols <= 1000 else (1, 3):
             X = rng.standard_normal((cols, k))
             check_close(A.matmat(X), A, X)
 
@@ -244,8 +246,8 @@ def test_wrong_shapes_and_dtypes():
 def test_kernel_binding_rechecks_sizes():
     A = CSRMatrix(np.ones(2, np.float32), [0, 1], [0, 1, 2], (2, 2))
     with pytest.raises(ValueError, match="X must have"):
-        _core.csr_spmm(A.indptr, A.indices, A.data, None, 2, 2, np.ones(3, np.float32), 1, None, "none", np.empty(2, np.float32), 1, 1)
+        _core.csr_spmm(A.indptr, A.indices, A.data, None, 2, 2, np.ones(3, np.float32), 1, False, None, "none", np.empty(2, np.float32), 1, 1)
     with pytest.raises(ValueError, match="output has"):
-        _core.csr_spmm(A.indptr, A.indices, A.data, None, 2, 2, np.ones(2, np.float32), 1, None, "none", np.empty(1, np.float32), 1, 1)
+        _core.csr_spmm(A.indptr, A.indices, A.data, None, 2, 2, np.ones(2, np.float32), 1, False, None, "none", np.empty(1, np.float32), 1, 1)
     with pytest.raises(TypeError, match="float32"):
-        _core.csr_spmm(A.indptr, A.indices, A.data, None, 2, 2, np.ones(2), 1, None, "none", np.empty(2), 1, 1)
+        _core.csr_spmm(A.indptr, A.indices, A.data, None, 2, 2, np.ones(2), 1, False, None, "none", np.empty(2), 1, 1)

@@ -208,14 +208,14 @@ class CSRMatrix:
     def matvec(self, x: Any, out: Optional[np.ndarray] = None) -> np.ndarray:
         """y = A x for a vector x of length cols. float32 (float64 for float64 matrices);
         ``out`` (C-contiguous, that dtype, shape (rows,)) receives the result if given."""
-        x = as_float_array(x, "x", ndim=1, dtype=self.dtype)
+        x = _kernel_input(x, "x", 1, self.dtype)
         if x.shape[0] != self.shape[1]:
             raise ValueError(f"x has {x.shape[0]} entries but the matrix has {self.shape[1]} columns")
         return self._product(x, 1, None, "none", _output(out, (self.shape[0],), self.dtype, x), 1, 1)
 
     def matmat(self, X: Any, out: Optional[np.ndarray] = None) -> np.ndarray:
         """Y = A X for X of shape (cols, k); Y has shape (rows, k). ``out`` as in `matvec`."""
-        X = as_float_array(X, "X", ndim=2, dtype=self.dtype)
+        X = _kernel_input(X, "X", 2, self.dtype)
         if X.shape[0] != self.shape[1]:
             raise ValueError(f"X has {X.shape[0]} rows but the matrix has {self.shape[1]} columns")
         k = X.shape[1]
@@ -225,10 +225,11 @@ class CSRMatrix:
         return self.matvec(other) if np.ndim(other) == 1 else self.matmat(other)
 
     def _product(self, x: np.ndarray, k: int, bias: Optional[np.ndarray], activation: str, out: np.ndarray,
-                 row_stride: int, col_stride: int) -> np.ndarray:
-        """out[i*row_stride + j*col_stride] = act((A X)[i, j] + bias[i]) for validated, contiguous X (cols, k)."""
+                 row_stride: int, col_stride: int, batch_major: bool = False) -> np.ndarray:
+        """out[i*row_stride + j*col_stride] = act((A X)[i, j] + bias[i]) for validated, contiguous X
+        of shape (cols, k), or X^T of shape (k, cols) when ``batch_major``."""
         _core.csr_spmm(self.indptr, self.indices, self.data, self.codebook, self.shape[0], self.shape[1],
-                       x, k, bias, activation, out, row_stride, col_stride)
+                       x, k, batch_major, bias, activation, out, row_stride, col_stride)
         return out
 
     def __repr__(self) -> str:
@@ -253,12 +254,12 @@ def sparse_linear(X: Any, A: CSRMatrix, bias: Any = None, activation: Optional[s
     """
     if not isinstance(A, CSRMatrix):
         raise TypeError(f"A must be a CSRMatrix, got {type(A).__name__}")
-    X = as_float_array(X, "X", ndim=(1, 2), dtype=A.dtype)
+    X = _kernel_input(X, "X", (1, 2), A.dtype)
     out_features, in_features = A.shape
     if X.shape[-1] != in_features:
         raise ValueError(f"X has {X.shape[-1]} features but A has {in_features} columns (A is (out, in) = {A.shape})")
     if bias is not None:
-        bias = as_float_array(bias, "bias", ndim=1, dtype=A.dtype)
+        bias = _kernel_input(bias, "bias", 1, A.dtype)
         if bias.shape[0] != out_features:
             raise ValueError(f"bias has {bias.shape[0]} entries but A has {out_features} rows")
     if activation is not None and activation not in ACTIVATIONS:
@@ -268,7 +269,17 @@ def sparse_linear(X: Any, A: CSRMatrix, bias: Any = None, activation: Optional[s
         return A._product(X, 1, bias, act, np.empty(out_features, A.dtype), 1, 1)
     batch = X.shape[0]
     out = np.empty((batch, out_features), A.dtype)
-    return A._product(np.ascontiguousarray(X.T), batch, bias, act, out, 1, out_features)
+    return A._product(X, batch, bias, act, out, 1, out_features, batch_major=True)
+
+
+def _kernel_input(x: Any, name: str, ndim: Any, dtype: np.dtype) -> np.ndarray:
+    """``x`` as a C-contiguous array of the kernel's dtype. Arrays already in that form pass
+    straight through (this runs on every product, so it must cost far less than a small SpMV);
+    the kernels themselves refuse NaN and Inf."""
+    dims = (ndim,) if isinstance(ndim, int) else ndim
+    if type(x) is np.ndarray and x.dtype == dtype and x.flags.c_contiguous and (ndim is None or x.ndim in dims):
+        return x
+    return as_float_array(x, name, ndim=ndim, dtype=dtype, finite=False)
 
 
 def _output(out: Optional[np.ndarray], shape: tuple[int, ...], dtype: np.dtype, source: np.ndarray) -> np.ndarray:

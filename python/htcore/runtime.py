@@ -8,6 +8,11 @@ A `CompressedModel` is a sequence of layers:
   (over the features). An activation right after a sparse Linear is fused into its kernel.
 - `Flatten()`: (batch, d1, d2, ...) -> (batch, d1 * d2 * ...).
 
+When to keep a layer dense: CSR pays ~6-8 bytes and a gathered load per kept weight, dense
+GEMV 4 bytes and none. For a small layer that stays in cache, dense wins from about 30% density
+(SpMV) and, for batches of hundreds of rows, from about 10-30%; pass such weights as dense arrays
+(benchmarks/results/spmv.md has the measured crossover on this machine).
+
 Everything is computed in float32 (float64 CSR weights are converted when the layer is built).
 Inputs are (batch, ...) arrays. Internally activations are kept as (features, batch), so the
 kernels read each weight row once per batch and no transposes happen between layers.
@@ -20,7 +25,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from ._validation import as_float_array
-from .csr import ACTIVATIONS, CSRMatrix
+from .csr import ACTIVATIONS, CSRMatrix, _kernel_input
 
 ACTIVATION_KINDS = ACTIVATIONS + ("softmax",)
 
@@ -110,6 +115,8 @@ class CompressedModel:
         self.layers = layers
         self.metadata = dict(metadata or {})
         self._plan = _plan(layers)
+        first = next((step.layer for step in self._plan if not isinstance(step.layer, Flatten)), None)
+        self._kernel_checks_input = isinstance(first, Linear) and first.sparse  # the CSR kernel refuses NaN/Inf
 
     @property
     def in_features(self) -> Optional[int]:
@@ -117,7 +124,9 @@ class CompressedModel:
         return next((l.in_features for l in self.layers if isinstance(l, Linear)), None)
 
     def __call__(self, X: Any) -> np.ndarray:
-        X = as_float_array(X, "X", dtype=np.float32)
+        X = _kernel_input(X, "X", X.ndim if isinstance(X, np.ndarray) else None, np.float32)
+        if not self._kernel_checks_input and X.size and not np.isfinite(X).all():
+            raise ValueError("X contains non-finite values (NaN or Inf)")
         if X.ndim < 2:
             raise ValueError(f"X must be (batch, ...) with a batch dimension, got shape {X.shape}")
         batch = X.shape[0]
@@ -132,6 +141,9 @@ class CompressedModel:
             if h is None:
                 if flat.ndim != 2:
                     raise ValueError(f"X has shape {X.shape}: a Linear or Activation needs (batch, features); add a Flatten layer")
+                if isinstance(layer, Linear):  # the first Linear reads the (batch, features) input directly
+                    h = _linear(layer, flat, step.activation, batch_major=True)
+                    continue
                 h = np.ascontiguousarray(flat.T)
             if isinstance(layer, Linear):
                 h = _linear(layer, h, step.activation)
@@ -172,15 +184,16 @@ def _plan(layers: list) -> list[_Step]:
     return plan
 
 
-def _linear(layer: Linear, h: np.ndarray, activation: str) -> np.ndarray:
-    """W h + b (h is (in, batch)), with the activation fused for sparse weights."""
-    if h.shape[0] != layer.in_features:
-        raise ValueError(f"a Linear layer expects {layer.in_features} input features, got {h.shape[0]}")
-    batch = h.shape[1]
+def _linear(layer: Linear, h: np.ndarray, activation: str, batch_major: bool = False) -> np.ndarray:
+    """W h + b for h of shape (in, batch) (or (batch, in) when ``batch_major``), returned as
+    (out, batch); the activation is fused for sparse weights."""
+    features, batch = (h.shape[1], h.shape[0]) if batch_major else h.shape
+    if features != layer.in_features:
+        raise ValueError(f"a Linear layer expects {layer.in_features} input features, got {features}")
     if layer.sparse:
         out = np.empty((layer.out_features, batch), np.float32)
-        return layer.weight._product(h, batch, layer.bias, activation, out, batch, 1)
-    out = layer.weight @ h
+        return layer.weight._product(h, batch, layer.bias, activation, out, batch, 1, batch_major=batch_major)
+    out = layer.weight @ (h.T if batch_major else h)
     if layer.bias is not None:
         out += layer.bias[:, None]
     return out
