@@ -266,6 +266,19 @@ bool cpu_has_avx2() {
 #endif
 }
 
+// O(rows) check that makes every row range [indptr[i], indptr[i+1]) lie inside the nnz arrays,
+// so a matrix built with CSRMatrix(check=False) can at worst raise, never read out of bounds
+// through its row pointers. (Column indices and codes are O(nnz) to check: CSRMatrix does that.)
+template <class Ptr>
+void check_row_pointers(const Ptr* indptr, int64_t rows, int64_t nnz) {
+  require(indptr[0] == 0, "indptr[0] must be 0, got " + std::to_string(static_cast<int64_t>(indptr[0])));
+  require(static_cast<int64_t>(indptr[rows]) == nnz, "indptr[-1] must equal nnz = " + std::to_string(nnz) + ", got " +
+                                                          std::to_string(static_cast<int64_t>(indptr[rows])));
+  bool monotone = true;
+  for (int64_t i = 0; i < rows; ++i) monotone &= indptr[i] <= indptr[i + 1];
+  require(monotone, "indptr must be non-decreasing");
+}
+
 template <class Ptr, class Idx, class V>
 void run(const CsrRef& a, const void* x, int64_t k, const void* bias, Activation act, void* y, int64_t y_row_stride,
          int64_t y_col_stride) {
@@ -280,7 +293,7 @@ void run(const CsrRef& a, const void* x, int64_t k, const void* bias, Activation
                              static_cast<Acc*>(y),
                              y_row_stride,
                              y_col_stride};
-  require(static_cast<int64_t>(job.indptr[a.rows]) == a.nnz, "indptr[-1] must equal nnz = " + std::to_string(a.nnz));
+  check_row_pointers(job.indptr, a.rows, a.nnz);
   const int64_t work = (a.nnz + a.rows) * k;
   const int parts = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), work / kParallelGrain)));
   std::vector<long long> bounds(parts + 1);
