@@ -92,8 +92,8 @@ class CSRMatrix:
         else:
             self.codebook = None
             if data.dtype not in _VALUE_DTYPES:
-                if check and not np.issubdtype(data.dtype, np.number):
-                    raise TypeError(f"data must be numeric, got dtype {data.dtype}")
+                if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
+                    raise TypeError(f"data must be real numeric, got dtype {data.dtype}")
                 data = data.astype(np.float32)
         self.data = np.ascontiguousarray(data)
         indptr = np.asarray(indptr)
