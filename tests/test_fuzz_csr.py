@@ -343,3 +343,45 @@ def test_empty_and_one_element_matrices():
             y = A @ np.ones(shape[1])
             np.testing.assert_array_equal(y, A.todense().astype(np.float64).sum(axis=1).astype(A.dtype))
             assert sparse_linear(np.ones((0, shape[1])), A).shape == (0, shape[0])
+
+
+# ---- nnz >= 2**31: int64 row pointers (shape-level, no big allocations) --------------------------
+
+def test_indptr_dtype_switches_at_2_31():
+    from htcore.csr import indptr_dtype_for
+
+    assert indptr_dtype_for(2**31 - 1) == np.int32
+    assert indptr_dtype_for(2**31) == np.int64
+    assert indptr_dtype_for(2**40) == np.int64
+
+
+def test_nnz_2_31_gets_int64_row_pointers(tmp_path):
+    """A matrix with 2**31 stored entries, backed by sparse files (no memory or disk used):
+    CSRMatrix picks int64 row pointers and refuses int32 ones."""
+    nnz = 2**31
+    paths = {}
+    for name, dtype in (("data", np.uint8), ("indices", np.uint16)):
+        paths[name] = tmp_path / name
+        with open(paths[name], "wb") as fh:
+            fh.truncate(nnz * np.dtype(dtype).itemsize)
+    data = np.memmap(paths["data"], dtype=np.uint8, mode="r", shape=(nnz,))
+    indices = np.memmap(paths["indices"], dtype=np.uint16, mode="r", shape=(nnz,))
+    indptr = np.array([0, nnz], np.int64)
+    A = CSRMatrix(data, indices, indptr, (1, 65536), codebook=np.zeros(1, np.float32), check=False)
+    assert A.nnz == nnz and A.indptr.dtype == np.int64 and np.may_share_memory(A.data, data)  # no copy
+    with pytest.raises(ValueError, match="int64"):
+        CSRMatrix(data, indices, indptr, (1, 65536), codebook=np.zeros(1, np.float32), indptr_dtype=np.int32, check=False)
+    with pytest.raises(ValueError, match="uint16"):
+        CSRMatrix(data, indices, indptr, (1, 65537), codebook=np.zeros(1, np.float32), index_dtype=np.uint16, check=False)
+
+
+@FUZZ
+@given(csr_params, st.integers(1, 5))
+def test_int64_row_pointers_give_identical_products(params, k):
+    """Expected: the int64-indptr kernels give bitwise the int32 results, for every format."""
+    A = random_csr(*params)
+    B = CSRMatrix(A.data, A.indices, A.indptr, A.shape, codebook=A.codebook, indptr_dtype=np.int64)
+    assert B.indptr.dtype == np.int64
+    X = np.random.default_rng(params[0]).standard_normal((A.shape[1], k)).astype(A.dtype)
+    np.testing.assert_array_equal(B @ X, A @ X)
+    np.testing.assert_array_equal(sparse_linear(X.T, B, activation="relu"), sparse_linear(X.T, A, activation="relu"))
