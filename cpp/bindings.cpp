@@ -229,22 +229,25 @@ void bind_topk(py::module_& m) {
       });
     });
   }, "w"_a, "key"_a, "tie_budget"_a);
-  m.def("topk_csr_rows", [](const py::array& w, std::int64_t k, const std::string& name) {
+  m.def("topk_csr_matrix", [](const py::array& w, std::int64_t k, const std::string& name) {
     return with_float_bits(w, [&](auto tag) -> py::object {
       using U = decltype(tag);
       return csr_tuple<U>(w, [&](auto idx, const U* x, std::int64_t rows, std::int64_t cols) {
-        return topk::csr_rows<U, decltype(idx)>(x, rows, cols, k, name);
+        return topk::csr_matrix<U, decltype(idx)>(x, rows, cols, k, name);
       });
     });
   }, "w"_a, "k"_a, "name"_a);
-  m.def("topk_csr_cols", [](const py::array& w, std::int64_t k, const std::string& name) {
+  // k largest in every row (by="row") or every column (by="col")
+  m.def("topk_csr_per_group", [](const py::array& w, std::int64_t k, const std::string& by, const std::string& name) {
+    htcore::require(by == "row" || by == "col", "internal error: by must be 'row' or 'col'");
     return with_float_bits(w, [&](auto tag) -> py::object {
       using U = decltype(tag);
       return csr_tuple<U>(w, [&](auto idx, const U* x, std::int64_t rows, std::int64_t cols) {
-        return topk::csr_cols<U, decltype(idx)>(x, rows, cols, k, name);
+        using Idx = decltype(idx);
+        return by == "row" ? topk::csr_rows<U, Idx>(x, rows, cols, k, name) : topk::csr_cols<U, Idx>(x, rows, cols, k, name);
       });
     });
-  }, "w"_a, "k"_a, "name"_a);
+  }, "w"_a, "k"_a, "by"_a, "name"_a);
 }
 
 }  // namespace
@@ -267,7 +270,7 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "tail_estimate",
       [](py::array_t<double, py::array::c_style | py::array::forcecast> x, const std::string& method, long long k,
-         std::uint64_t seed, int resamples, double eps_stop, double cap_factor) {
+         std::uint64_t seed, int resamples, double eps_stop, double cap_factor, double rho_max) {
         htcore::TailMethod kind;
         if (method == "hill") kind = htcore::TailMethod::hill;
         else if (method == "moments") kind = htcore::TailMethod::moments;
@@ -280,12 +283,13 @@ PYBIND11_MODULE(_core, m) {
         htcore::TailEstimate r;
         {
           py::gil_scoped_release release;
-          r = htcore::estimate_tail(kind, x.data(), static_cast<long long>(x.size()), k, seed, options);
+          r = htcore::estimate_tail(kind, x.data(), static_cast<long long>(x.size()), k, seed, options, rho_max);
         }
         return py::dict("xi"_a = r.xi, "k"_a = r.k, "k1"_a = r.bootstrap.k1, "k2"_a = r.bootstrap.k2,
-                        "n1"_a = r.bootstrap.n1, "n2"_a = r.bootstrap.n2);
+                        "n1"_a = r.bootstrap.n1, "n2"_a = r.bootstrap.n2, "rho"_a = r.second.rho,
+                        "beta"_a = r.second.beta, "k1_second_order"_a = r.second.k1);
       },
-      "x"_a, "method"_a, "k"_a, "seed"_a, "resamples"_a, "eps_stop"_a, "cap_factor"_a);
+      "x"_a, "method"_a, "k"_a, "seed"_a, "resamples"_a, "eps_stop"_a, "cap_factor"_a, "rho_max"_a);
   m.def(
       "fit_powerlaw",
       [](py::array_t<double, py::array::c_style | py::array::forcecast> x, double xmax, double xmin, long long grid) {

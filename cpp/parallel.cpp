@@ -1,24 +1,31 @@
 #include "parallel.hpp"
 
 #include <atomic>
+#include <cstdlib>
 
 #include "errors.hpp"
 
 namespace htcore {
 
 namespace {
-// Seeded from OMP_NUM_THREADS (or the core count) the first time it is read.
-std::atomic<int> g_num_threads{0};
+
+// OMP_NUM_THREADS when it is a positive integer, else the core count. Read from the environment
+// rather than omp_get_max_threads(), which another library in the process (torch.set_num_threads)
+// may already have lowered for its own calling thread.
+int default_num_threads() {
+  if (const char* env = std::getenv("OMP_NUM_THREADS")) {
+    char* end = nullptr;
+    const long n = std::strtol(env, &end, 10);
+    if (end != env && n >= 1 && n <= 4096) return static_cast<int>(n);
+  }
+  return omp_get_num_procs();
+}
+
+std::atomic<int> g_num_threads{default_num_threads()};
+
 }  // namespace
 
-int num_threads() {
-  int n = g_num_threads.load(std::memory_order_relaxed);
-  if (n == 0) {
-    n = omp_get_max_threads();
-    g_num_threads.store(n, std::memory_order_relaxed);
-  }
-  return n;
-}
+int num_threads() { return g_num_threads.load(std::memory_order_relaxed); }
 
 void set_num_threads(int n) {
   require(n >= 1, "num_threads must be >= 1, got " + std::to_string(n));

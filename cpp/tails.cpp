@@ -3,6 +3,7 @@
 #include "tails.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -359,8 +360,65 @@ DoubleBootstrap double_bootstrap(TailMethod method, const double* sorted, long l
   return out;
 }
 
+namespace {
+
+// Sums of N per-index terms over i = 1..count, in a fixed number of chunks added in order, so the
+// result does not depend on the thread count. add(i, acc) adds the terms of index i to acc[0..N).
+template <int N, class Add>
+std::array<double, N> chunked_sums(long long count, Add add) {
+  constexpr int kChunks = 64;
+  std::vector<std::array<double, N>> partial(kChunks);
+#pragma omp parallel for num_threads(htcore::num_threads()) schedule(static) if (count > 100000)
+  for (int c = 0; c < kChunks; ++c) {
+    std::array<double, N> acc{};
+    for (long long i = 1 + c * count / kChunks; i <= (c + 1) * count / kChunks; ++i) add(i, acc.data());
+    partial[static_cast<std::size_t>(c)] = acc;
+  }
+  std::array<double, N> total{};
+  for (const auto& acc : partial)
+    for (int j = 0; j < N; ++j) total[static_cast<std::size_t>(j)] += acc[static_cast<std::size_t>(j)];
+  return total;
+}
+
+}  // namespace
+
+SecondOrder second_order(const double* sorted, long long n, double rho_max) {
+  require(n >= 3, "the second-order parameters need at least 3 samples");
+  SecondOrder out;
+  out.k1 = std::clamp(static_cast<long long>(std::pow(static_cast<double>(n), 0.995)), 2LL, n - 1);
+  const long long k1 = out.k1;
+  const double kd = static_cast<double>(k1);
+  const double* top = sorted + (n - 1);  // top[-(i - 1)] = X_(i)
+  const double ref = sorted[n - 1 - k1];  // X_(k1+1)
+  // Log excesses over X_(k1+1), and the scaled log spacings U_i = i (ln X_(i) - ln X_(i+1)).
+  auto spacing = [top](long long i) { return static_cast<double>(i) * std::log(top[-(i - 1)] / top[-i]); };
+  const auto m = chunked_sums<3>(k1, [&](long long i, double* acc) {
+    const double d = std::log(top[-(i - 1)] / ref);
+    acc[0] += d;
+    acc[1] += d * d;
+    acc[2] += d * d * d;
+  });
+  const double m1 = m[0] / kd, m2 = m[1] / kd, m3 = m[2] / kd;
+  // Fraga Alves, Gomes & de Haan (2003), tau = 0.
+  const double t = (std::log(m1) - 0.5 * std::log(m2 / 2)) / (0.5 * std::log(m2 / 2) - std::log(m3 / 6) / 3);
+  out.rho = std::min(-std::fabs(3 * (t - 1) / (t - 3)), rho_max);
+  // Gomes & Martins (2002): beta = (k1/n)^rho (d(rho) D(0) - D(rho)) / (d(rho) D(rho) - D(2 rho)),
+  // d(a) = mean of (i/k1)^(-a), D(a) = mean of (i/k1)^(-a) U_i.
+  const double rho = out.rho;
+  const auto w = chunked_sums<4>(k1, [&](long long i, double* acc) {
+    const double u = spacing(i), weight = std::pow(static_cast<double>(i) / kd, -rho);
+    acc[0] += weight;
+    acc[1] += u;
+    acc[2] += weight * u;
+    acc[3] += weight * weight * u;
+  });
+  const double d_rho = w[0] / kd, d0 = w[1] / kd, d1 = w[2] / kd, d2 = w[3] / kd;
+  out.beta = std::pow(kd / static_cast<double>(n), rho) * (d_rho * d0 - d1) / (d_rho * d1 - d2);
+  return out;
+}
+
 TailEstimate estimate_tail(TailMethod method, const double* x, long long n, long long k, std::uint64_t seed,
-                           const DoubleBootstrapOptions& options) {
+                           const DoubleBootstrapOptions& options, double rho_max) {
   std::vector<double> sorted(x, x + n);
   sort_positive(sorted);
   TailEstimate out;
@@ -369,6 +427,7 @@ TailEstimate estimate_tail(TailMethod method, const double* x, long long n, long
     const TailMethod chooser = method == TailMethod::hill ? TailMethod::hill : TailMethod::moments;
     out.bootstrap = double_bootstrap(chooser, sorted.data(), n, seed, options);
     out.k = out.bootstrap.k_star;
+    out.second = second_order(sorted.data(), n, rho_max);
     if (method == TailMethod::pickands) out.k = std::clamp(out.k / 4, 1LL, n / 4);
   }
   out.xi = tail_xi(method, sorted.data(), n, out.k);

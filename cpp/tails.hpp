@@ -42,16 +42,29 @@ struct DoubleBootstrapOptions {
 DoubleBootstrap double_bootstrap(TailMethod method, const double* sorted, long long n, std::uint64_t seed,
                                  const DoubleBootstrapOptions& options);
 
+// Second-order parameters (rho < 0, beta) of a heavy tail in Hall's class, U(t) = C t^xi (1 +
+// xi beta t^rho / rho + o(t^rho)), so that the Hill bias at k is xi beta (n/k)^rho / (1 - rho).
+// rho: Fraga Alves, Gomes & de Haan (2003) with tau = 0, capped at rho_max (beta is not
+// identifiable as rho -> 0); beta: Gomes & Martins (2002) at that rho. Both at k1 = floor(n^0.995)
+// (Caeiro, Gomes & Pestana 2005). NaN where ties make them undefined. Requires n >= 3.
+struct SecondOrder {
+  double rho = 0, beta = 0;
+  long long k1 = 0;
+};
+SecondOrder second_order(const double* sorted, long long n, double rho_max);
+
 struct TailEstimate {
   double xi = 0;
   long long k = 0;
   DoubleBootstrap bootstrap;  // filled when k was chosen automatically
+  SecondOrder second;         // filled when k was chosen automatically
 };
 
 // Copies and sorts x, then estimates xi at k, or at the double-bootstrap k when k == 0 (for
-// Pickands: a quarter of the moments estimator's k, so X_(4k) reaches as deep as its tail).
+// Pickands: a quarter of the moments estimator's k, so X_(4k) reaches as deep as its tail); with
+// k == 0 it also estimates the second-order parameters (capping rho at rho_max).
 TailEstimate estimate_tail(TailMethod method, const double* x, long long n, long long k, std::uint64_t seed,
-                           const DoubleBootstrapOptions& options);
+                           const DoubleBootstrapOptions& options, double rho_max);
 
 // Continuous Clauset-Shalizi-Newman power-law fit of an (unsorted) positive sample, with the KS
 // distance defined as in powerlaw 2.0 (see powerlaw_fit.cpp).

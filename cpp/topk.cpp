@@ -14,6 +14,17 @@ namespace {
 using u128 = unsigned __int128;
 using i64 = std::int64_t;
 
+// Work is handed out in chunks of about this many entries, so threads that the OS schedules late
+// (the machine may be shared) simply do less. Chunking never changes results: histograms merge
+// exactly and every row's output position is fixed.
+constexpr i64 chunk_entries = i64(1) << 16;
+
+// Below about a millisecond of work per pass (2^20 entries), waking a second thread costs more
+// than it saves.
+int threads_for(i64 entries) { return entries >= (i64(1) << 20) ? htcore::num_threads() : 1; }
+
+i64 rows_per_chunk(i64 cols) { return std::max<i64>(1, chunk_entries / std::max<i64>(cols, 1)); }
+
 // IEEE layout and the radix digits used per level (most significant first). The first digit
 // always covers the whole exponent, so every first-level bucket holds a single exponent and the
 // sums of squares below it can be kept as exact integer mantissa sums.
@@ -83,6 +94,13 @@ double key_to_double(U key) {
   return std::ldexp(static_cast<double>(significand(key)), effective_exponent(key) - bias - Format<U>::mant);
 }
 
+template <class U>
+i64 total_count(const std::vector<Segment<U>>& segments) {
+  i64 n = 0;
+  for (const auto& s : segments) n += s.n;
+  return n;
+}
+
 // Counts and (optionally) mantissa-square sums per bin. Integer merges are exact, so the merged
 // histogram never depends on the thread count.
 template <bool Sums>
@@ -112,7 +130,7 @@ void histogram(const std::vector<Segment<U>>& segments, int level, const std::ve
   const int shift = shift_after<U>(level);
   const std::size_t slots = level == 0 ? 1 : prefixes.size();
   out.reset(slots * bins);
-#pragma omp parallel num_threads(htcore::num_threads())
+#pragma omp parallel num_threads(threads_for(total_count(segments)))
   {
     Histogram<Sums> local;
     local.reset((slots + 1) * bins);
@@ -121,7 +139,7 @@ void histogram(const std::vector<Segment<U>>& segments, int level, const std::ve
         std::uint64_t* const count = local.count.data();
         u128* const sum = Sums ? local.sum.data() : nullptr;
         const U* const x = seg.x;
-#pragma omp for schedule(static) nowait
+#pragma omp for schedule(dynamic, chunk_entries) nowait
         for (i64 i = 0; i < seg.n; ++i) {
           const U key = key_of(x[i]);
           const std::size_t bin = key >> shift;
@@ -141,13 +159,13 @@ void histogram(const std::vector<Segment<U>>& segments, int level, const std::ve
         };
         if (slots == 1) {  // the common case: one target
           const U only = prefixes[0];
-#pragma omp for schedule(static) nowait
+#pragma omp for schedule(dynamic, chunk_entries) nowait
           for (i64 i = 0; i < seg.n; ++i) {
             const U key = key_of(x[i]);
             count_key(key, static_cast<U>(key >> prefix_shift) == only ? 0 : 1);
           }
         } else {
-#pragma omp for schedule(static) nowait
+#pragma omp for schedule(dynamic, chunk_entries) nowait
           for (i64 i = 0; i < seg.n; ++i) {
             const U key = key_of(x[i]);
             const U prefix = static_cast<U>(key >> prefix_shift);
@@ -173,14 +191,14 @@ template <class U>
 std::vector<Segment<U>> narrow_to_buckets(const std::vector<Segment<U>>& segments,
                                           const std::vector<std::uint64_t>& level0_count, const std::vector<U>& buckets,
                                           std::vector<std::vector<U>>& storage) {
-  std::uint64_t wanted = 0, n = 0;
+  const i64 n = total_count(segments);
+  std::uint64_t wanted = 0;
   for (const U b : buckets) wanted += level0_count[b];
-  for (const auto& seg : segments) n += static_cast<std::uint64_t>(seg.n);
-  if (wanted > n / 8) return segments;
+  if (wanted > static_cast<std::uint64_t>(n / 8)) return segments;
   std::vector<unsigned char> is_wanted(level0_count.size(), 0);
   for (const U b : buckets) is_wanted[b] = 1;
   const int shift = shift_after<U>(0);
-  const int threads = htcore::num_threads();
+  const int threads = threads_for(n);
   storage.assign(static_cast<std::size_t>(threads), {});
 #pragma omp parallel num_threads(threads)
   {
@@ -188,7 +206,7 @@ std::vector<Segment<U>> narrow_to_buckets(const std::vector<Segment<U>>& segment
     mine.reserve(wanted / static_cast<std::uint64_t>(omp_get_num_threads()) + 64);
     for (const auto& seg : segments) {
       const U* const x = seg.x;
-#pragma omp for schedule(static) nowait
+#pragma omp for schedule(dynamic, chunk_entries) nowait
       for (i64 i = 0; i < seg.n; ++i) {
         const U key = key_of(x[i]);
         if (is_wanted[key >> shift]) mine.push_back(key);
@@ -229,13 +247,6 @@ std::vector<double> scaled_bucket_sums(const Histogram<true>& h0, Scale<U>& scal
   for (std::size_t b = 0; b < out.size(); ++b)
     out[b] = std::ldexp(static_cast<double>(h0.sum[b]), scale.unit(bucket_exponent<U>(b)));
   return out;
-}
-
-template <class U>
-i64 total_count(const std::vector<Segment<U>>& segments) {
-  i64 n = 0;
-  for (const auto& s : segments) n += s.n;
-  return n;
 }
 
 // Within bins [base, base + bins), the bin holding the k-th largest (1-based) key; `above` gets
@@ -292,38 +303,59 @@ Selection select_impl(const std::vector<Segment<U>>& segments, const std::vector
     states.push_back(s);
   }
 
-  std::vector<U> buckets;
-  for (const auto& s : states) buckets.push_back(s.prefix);
-  std::vector<std::vector<U>> storage;
-  const auto narrowed = narrow_to_buckets<U>(segments, h0.count, buckets, storage);
-  for (int level = 1; level < F::n_levels && !states.empty(); ++level) {
-    const int bits = F::levels[level];
-    const std::size_t bins = std::size_t(1) << bits;
-    std::vector<U> distinct;
-    for (const auto& s : states) distinct.push_back(s.prefix);
-    std::sort(distinct.begin(), distinct.end());
-    distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
-    // at most 16 prefixes (and about 16k bins) per pass
-    const std::size_t batch = std::clamp<std::size_t>((std::size_t(1) << 14) >> bits, 1, 16);
-    for (std::size_t first = 0; first < distinct.size(); first += batch) {
-      const std::vector<U> prefixes(distinct.begin() + first,
-                                    distinct.begin() + std::min(distinct.size(), first + batch));
-      Histogram<Sums> h;
-      histogram<U, Sums>(narrowed, level, prefixes, h);
-      for (auto& s : states) {
-        const auto it = std::lower_bound(prefixes.begin(), prefixes.end(), s.prefix);
-        if (it == prefixes.end() || *it != s.prefix) continue;
-        const std::size_t base = static_cast<std::size_t>(it - prefixes.begin()) * bins;
-        i64 above = 0;
-        const std::size_t b = bin_of_rank(h.count, base, bins, s.rank, above);
-        s.greater += above;
-        s.rank -= above;
-        s.ties = static_cast<i64>(h.count[base + b]);
-        if constexpr (Sums)
-          for (std::size_t lower = 0; lower < b; ++lower) s.tail_lo += h.sum[base + lower];
-        s.prefix = static_cast<U>((s.prefix << bits) | b);
+  // Refines the targets of `group` through the deeper levels, reading `data`.
+  const auto refine = [&](const std::vector<State*>& group, const std::vector<Segment<U>>& data) {
+    for (int level = 1; level < F::n_levels; ++level) {
+      const int bits = F::levels[level];
+      const std::size_t bins = std::size_t(1) << bits;
+      std::vector<U> distinct;
+      for (const State* s : group) distinct.push_back(s->prefix);
+      std::sort(distinct.begin(), distinct.end());
+      distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+      // at most 16 prefixes (and about 16k bins) per pass
+      const std::size_t batch = std::clamp<std::size_t>((std::size_t(1) << 14) >> bits, 1, 16);
+      for (std::size_t first = 0; first < distinct.size(); first += batch) {
+        const std::vector<U> prefixes(distinct.begin() + first,
+                                      distinct.begin() + std::min(distinct.size(), first + batch));
+        Histogram<Sums> h;
+        histogram<U, Sums>(data, level, prefixes, h);
+        for (State* s : group) {
+          const auto it = std::lower_bound(prefixes.begin(), prefixes.end(), s->prefix);
+          if (it == prefixes.end() || *it != s->prefix) continue;
+          const std::size_t base = static_cast<std::size_t>(it - prefixes.begin()) * bins;
+          i64 above = 0;
+          const std::size_t b = bin_of_rank(h.count, base, bins, s->rank, above);
+          s->greater += above;
+          s->rank -= above;
+          s->ties = static_cast<i64>(h.count[base + b]);
+          if constexpr (Sums)
+            for (std::size_t lower = 0; lower < b; ++lower) s->tail_lo += h.sum[base + lower];
+          s->prefix = static_cast<U>((s->prefix << bits) | b);
+        }
       }
     }
+  };
+  // Targets in level-0 order, grouped so each group's buckets hold at most an eighth of the
+  // entries: each group is then copied out once and refined on the copy (see narrow_to_buckets).
+  std::vector<State*> order;
+  for (auto& s : states) order.push_back(&s);
+  std::sort(order.begin(), order.end(), [](const State* a, const State* b) { return a->prefix < b->prefix; });
+  for (std::size_t first = 0; first < order.size();) {
+    std::vector<State*> group{order[first]};
+    std::vector<U> buckets{order[first]->prefix};
+    std::uint64_t held = h0.count[order[first]->prefix];
+    std::size_t next = first + 1;
+    for (; next < order.size(); ++next) {
+      const U b = order[next]->prefix;
+      const std::uint64_t extra = b == buckets.back() ? 0 : h0.count[b];
+      if (held + extra > static_cast<std::uint64_t>(n / 8)) break;
+      if (extra) buckets.push_back(b);
+      held += extra;
+      group.push_back(order[next]);
+    }
+    std::vector<std::vector<U>> storage;
+    refine(group, narrow_to_buckets<U>(segments, h0.count, buckets, storage));
+    first = next;
   }
 
   for (const auto& s : states) {
@@ -442,23 +474,14 @@ i64 k_for_rel_error(const std::vector<Segment<U>>& segments, double max_rel_erro
   return n - dropped;
 }
 
+namespace {
+
+// CSR of the entries with key > t plus, in row-major order, the first `tie_budget` with key == t,
+// given each row's counts of both.
 template <class U, class Idx>
-Csr<U, Idx> csr_by_threshold(const U* w, i64 rows, i64 cols, std::uint64_t threshold, i64 tie_budget) {
-  const U t = threshold > none_key<U> ? none_key<U> : static_cast<U>(threshold);
-  std::vector<i64> greater(rows), row_ties(rows), ties(rows);
-#pragma omp parallel for schedule(static) num_threads(htcore::num_threads())
-  for (i64 r = 0; r < rows; ++r) {
-    const U* row = w + r * cols;
-    i64 g = 0, e = 0;
-    for (i64 c = 0; c < cols; ++c) {
-      const U key = key_of(row[c]);
-      g += key > t;
-      e += key == t;
-    }
-    greater[r] = g;
-    row_ties[r] = e;
-  }
-  // the first `tie_budget` ties in row-major order: ties[r] of them in row r
+Csr<U, Idx> fill_csr(const U* w, i64 rows, i64 cols, U t, i64 tie_budget, const std::vector<i64>& greater,
+                     const std::vector<i64>& row_ties) {
+  std::vector<i64> ties(static_cast<std::size_t>(rows));
   i64 left = std::max<i64>(tie_budget, 0);
   Csr<U, Idx> out(0, static_cast<std::size_t>(rows));
   i64* indptr = out.indptr.data();
@@ -473,11 +496,155 @@ Csr<U, Idx> csr_by_threshold(const U* w, i64 rows, i64 cols, std::uint64_t thres
   out.indices = Buffer<Idx>(static_cast<std::size_t>(indptr[rows]));
   U* data = out.data.data();
   Idx* indices = out.indices.data();
-#pragma omp parallel for schedule(static) num_threads(htcore::num_threads())
+#pragma omp parallel for schedule(dynamic, rows_per_chunk(cols)) num_threads(threads_for(rows * cols))
   for (i64 r = 0; r < rows; ++r)
     compact_row(w + r * cols, cols, t, ties[r], row_ties[r], data + indptr[r], indices + indptr[r],
                 indptr[r + 1] - indptr[r]);
   return out;
+}
+
+std::uint64_t splitmix64(std::uint64_t& state) {
+  std::uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+// Sample-select: from a fixed pseudo-random sample, keys lo <= hi that bracket the k-th largest
+// with overwhelming probability (5 standard deviations of the sample rank either side).
+template <class U>
+std::pair<U, U> sampled_bracket(const U* w, i64 n, i64 k) {
+  constexpr i64 size = 1 << 15;
+  std::vector<U> sample(static_cast<std::size_t>(size));
+  std::uint64_t state = 0;  // fixed seed: the bracket, hence the work done, is reproducible
+  for (auto& v : sample) v = key_of(w[splitmix64(state) % static_cast<std::uint64_t>(n)]);
+  const double q = static_cast<double>(k) / static_cast<double>(n);
+  const double mean = size * q, spread = 5.0 * std::sqrt(size * q * (1.0 - q)) + 2.0;
+  const i64 hi_rank = static_cast<i64>(std::floor(mean - spread));  // 1-based ranks from the top
+  const i64 lo_rank = static_cast<i64>(std::ceil(mean + spread));
+  const auto at_rank = [&](i64 rank) {
+    std::nth_element(sample.begin(), sample.begin() + (rank - 1), sample.end(), std::greater<U>());
+    return sample[static_cast<std::size_t>(rank - 1)];
+  };
+  const U hi = hi_rank >= 1 ? at_rank(hi_rank) : static_cast<U>(infinity_key<U> - 1);
+  const U lo = lo_rank <= size ? at_rank(lo_rank) : U(0);
+  return {lo, hi};
+}
+
+// Matrix top-k in two passes over W when the sampled bracket [lo, hi] holds the threshold: one
+// pass counts, per row, keys above hi and copies the (few) keys inside the bracket; the exact
+// threshold is then selected among the copies, and a second pass writes CSR. Returns false,
+// having changed nothing, when the bracket misses or holds more than an eighth of W (heavy ties),
+// so the caller takes the general path; the result never depends on which path ran.
+template <class U, class Idx>
+bool sampled_topk(const U* w, i64 rows, i64 cols, i64 k, const std::string& name, Csr<U, Idx>& out) {
+  const i64 n = rows * cols;
+  const auto [lo, hi] = sampled_bracket(w, n, k);
+  const U width = static_cast<U>(hi - lo);
+  const i64 chunk_rows = rows_per_chunk(cols), n_chunks = (rows + chunk_rows - 1) / chunk_rows;
+  const int threads = threads_for(n);
+  const std::size_t cap = static_cast<std::size_t>(n / 8 / threads);
+  std::vector<i64> greater(static_cast<std::size_t>(rows)), inside(static_cast<std::size_t>(rows));
+  std::vector<std::vector<U>> copies(static_cast<std::size_t>(threads));
+  std::vector<std::pair<int, std::size_t>> chunk_at(static_cast<std::size_t>(n_chunks));  // (thread, offset)
+  bool finite = true, fits = true;
+#pragma omp parallel num_threads(threads) reduction(&& : finite, fits)
+  {
+    const int me = omp_get_thread_num();
+    std::vector<U>& mine = copies[static_cast<std::size_t>(me)];
+    U largest = 0;
+#pragma omp for schedule(dynamic, 1)
+    for (i64 chunk = 0; chunk < n_chunks; ++chunk) {
+      chunk_at[chunk] = {me, mine.size()};
+      for (i64 r = chunk * chunk_rows; r < std::min(rows, (chunk + 1) * chunk_rows); ++r) {
+        const U* row = w + r * cols;
+        i64 above = 0, in = 0;
+        // blocks of 64: a vectorisable count, then a rescan only of blocks with keys in the bracket
+        for (i64 c0 = 0; c0 < cols; c0 += 64) {
+          const i64 c1 = std::min(cols, c0 + 64);
+          i64 block_in = 0;
+          for (i64 c = c0; c < c1; ++c) {
+            const U key = key_of(row[c]);
+            largest = std::max(largest, key);
+            above += key > hi;
+            block_in += static_cast<U>(key - lo) <= width;  // lo <= key <= hi
+          }
+          in += block_in;
+          if (block_in == 0 || !fits) continue;
+          for (i64 c = c0; c < c1; ++c) {
+            const U key = key_of(row[c]);
+            if (static_cast<U>(key - lo) <= width) mine.push_back(key);
+          }
+        }
+        greater[r] = above;
+        inside[r] = in;
+      }
+      fits = fits && mine.size() <= cap;
+    }
+    finite = largest < infinity_key<U>;
+  }
+  if (!finite) fail(name + " contains non-finite values (NaN or Inf)");
+  i64 above_total = 0, inside_total = 0;
+  for (i64 r = 0; r < rows; ++r) {
+    above_total += greater[r];
+    inside_total += inside[r];
+  }
+  if (!fits || !(above_total < k && k <= above_total + inside_total)) return false;
+
+  std::vector<Segment<U>> segments;
+  for (const auto& part : copies) segments.push_back({part.data(), static_cast<i64>(part.size())});
+  const Selected exact = select<U>(segments, {k - above_total}, false, name).targets[0];
+  const U t = static_cast<U>(exact.key);
+  // per row: copied keys above t join `greater`, keys equal to t are its ties
+  std::vector<i64> row_ties(static_cast<std::size_t>(rows));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_for(inside_total))
+  for (i64 chunk = 0; chunk < n_chunks; ++chunk) {
+    const U* key = copies[static_cast<std::size_t>(chunk_at[chunk].first)].data() + chunk_at[chunk].second;
+    for (i64 r = chunk * chunk_rows; r < std::min(rows, (chunk + 1) * chunk_rows); ++r) {
+      for (i64 j = 0; j < inside[r]; ++j, ++key) {
+        greater[r] += *key > t;
+        row_ties[r] += *key == t;
+      }
+    }
+  }
+  copies.clear();
+  out = fill_csr<U, Idx>(w, rows, cols, t, k - above_total - exact.greater, greater, row_ties);
+  return true;
+}
+
+}  // namespace
+
+template <class U, class Idx>
+Csr<U, Idx> csr_by_threshold(const U* w, i64 rows, i64 cols, std::uint64_t threshold, i64 tie_budget) {
+  const U t = threshold > none_key<U> ? none_key<U> : static_cast<U>(threshold);
+  std::vector<i64> greater(static_cast<std::size_t>(rows)), row_ties(static_cast<std::size_t>(rows));
+#pragma omp parallel for schedule(dynamic, rows_per_chunk(cols)) num_threads(threads_for(rows * cols))
+  for (i64 r = 0; r < rows; ++r) {
+    const U* row = w + r * cols;
+    i64 g = 0, e = 0;
+    for (i64 c = 0; c < cols; ++c) {
+      const U key = key_of(row[c]);
+      g += key > t;
+      e += key == t;
+    }
+    greater[r] = g;
+    row_ties[r] = e;
+  }
+  return fill_csr<U, Idx>(w, rows, cols, t, tie_budget, greater, row_ties);
+}
+
+template <class U, class Idx>
+Csr<U, Idx> csr_matrix(const U* w, i64 rows, i64 cols, i64 k, const std::string& name) {
+  const i64 n = rows * cols;
+  require(k >= 0 && k <= n, "k must be in [0, " + std::to_string(n) + "], got " + std::to_string(k));
+  if (k > 0 && k < n && n >= (i64(1) << 18)) {
+    Csr<U, Idx> out(0, 0);
+    if (sampled_topk<U, Idx>(w, rows, cols, k, name, out)) return out;
+  }
+  const std::vector<Segment<U>> whole{{w, n}};
+  const Selection sel = select<U>(whole, k > 0 ? std::vector<i64>{k} : std::vector<i64>{}, false, name);
+  if (k == 0) return csr_by_threshold<U, Idx>(w, rows, cols, none_key<U>, 0);
+  return csr_by_threshold<U, Idx>(w, rows, cols, sel.targets[0].key, k - sel.targets[0].greater);
 }
 
 template <class U, class Idx>
@@ -488,10 +655,10 @@ Csr<U, Idx> csr_rows(const U* w, i64 rows, i64 cols, i64 k, const std::string& n
   U* data = out.data.data();
   Idx* indices = out.indices.data();
   bool finite = true;
-#pragma omp parallel num_threads(htcore::num_threads()) reduction(&& : finite)
+#pragma omp parallel num_threads(threads_for(rows * cols)) reduction(&& : finite)
   {
     std::vector<U> keys(static_cast<std::size_t>(cols));
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, rows_per_chunk(cols))
     for (i64 r = 0; r < rows; ++r) {
       const U* row = w + r * cols;
       U largest = 0;
@@ -525,7 +692,7 @@ Csr<U, Idx> csr_cols(const U* w, i64 rows, i64 cols, i64 k, const std::string& n
   constexpr i64 block = 16;  // columns gathered together, so reads stay row-contiguous
   const i64 n_blocks = (cols + block - 1) / block;
   bool finite = true;
-#pragma omp parallel num_threads(htcore::num_threads()) reduction(&& : finite)
+#pragma omp parallel num_threads(threads_for(rows * cols)) reduction(&& : finite)
   {
     std::vector<U> gathered(static_cast<std::size_t>(block * rows)), work(static_cast<std::size_t>(rows));
 #pragma omp for schedule(dynamic, 1)
@@ -559,7 +726,7 @@ Csr<U, Idx> csr_cols(const U* w, i64 rows, i64 cols, i64 k, const std::string& n
   Csr<U, Idx> out(static_cast<std::size_t>(cols * k), static_cast<std::size_t>(rows));
   i64* indptr = out.indptr.data();
   indptr[0] = 0;
-#pragma omp parallel for schedule(static) num_threads(htcore::num_threads())
+#pragma omp parallel for schedule(dynamic, rows_per_chunk(cols)) num_threads(threads_for(rows * cols))
   for (i64 r = 0; r < rows; ++r) {
     const U* row = w + r * cols;
     i64 kept = 0;
@@ -572,7 +739,7 @@ Csr<U, Idx> csr_cols(const U* w, i64 rows, i64 cols, i64 k, const std::string& n
   for (i64 r = 0; r < rows; ++r) indptr[r + 1] += indptr[r];
   U* data = out.data.data();
   Idx* indices = out.indices.data();
-#pragma omp parallel for schedule(static) num_threads(htcore::num_threads())
+#pragma omp parallel for schedule(dynamic, rows_per_chunk(cols)) num_threads(threads_for(rows * cols))
   for (i64 r = 0; r < rows; ++r) {
     const U* row = w + r * cols;
     i64 pos = indptr[r];
@@ -593,6 +760,7 @@ Csr<U, Idx> csr_cols(const U* w, i64 rows, i64 cols, i64 k, const std::string& n
   template i64 k_for_rel_error<U>(const std::vector<Segment<U>>&, double, const std::string&);
 #define HTCORE_TOPK_CSR(U, Idx)                                                                        \
   template Csr<U, Idx> csr_by_threshold<U, Idx>(const U*, i64, i64, std::uint64_t, i64);               \
+  template Csr<U, Idx> csr_matrix<U, Idx>(const U*, i64, i64, i64, const std::string&);                \
   template Csr<U, Idx> csr_rows<U, Idx>(const U*, i64, i64, i64, const std::string&);                  \
   template Csr<U, Idx> csr_cols<U, Idx>(const U*, i64, i64, i64, const std::string&);
 

@@ -6,6 +6,9 @@
 // passes with per-thread histograms whose integer merges are exact. Ties at the threshold go to
 // the lowest position (flat row-major index, row index in column mode, column in row mode), so
 // every result is identical at any thread count. Output values are copied bit for bit.
+// Matrix mode first tries sample-select (a fixed pseudo-random sample brackets the threshold; one
+// pass counts and copies the few keys in the bracket, one pass writes CSR) and falls back to the
+// radix select when the bracket misses; both give the same exact result.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -74,6 +77,11 @@ std::int64_t k_for_rel_error(const std::vector<Segment<U>>& segments, double max
 template <class U, class Idx>
 Csr<U, Idx> csr_by_threshold(const U* w, std::int64_t rows, std::int64_t cols, std::uint64_t threshold,
                              std::int64_t tie_budget);
+
+// Keeps the k largest |x| of the matrix (k <= rows * cols), ties to the lowest flat index.
+// Usually two passes over W (sample-select), else selection plus two passes.
+template <class U, class Idx>
+Csr<U, Idx> csr_matrix(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k, const std::string& name);
 
 // Keeps the k largest |x| of every row (k <= cols), ties to the lowest column.
 template <class U, class Idx>

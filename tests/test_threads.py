@@ -43,3 +43,13 @@ def test_honours_omp_num_threads():
     out = subprocess.run([sys.executable, "-c", "import htcore; print(htcore.get_num_threads())"],
                          env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"
+
+
+def test_default_ignores_torch_lowering_openmp_first():
+    """torch.set_num_threads(1) before importing htcore must not become htcore's default."""
+    pytest.importorskip("torch")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    code = "import torch; torch.set_num_threads(1); import htcore, os; print(htcore.get_num_threads(), os.cpu_count())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    threads, cores = out.stdout.split()
+    assert threads == cores

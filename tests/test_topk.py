@@ -102,7 +102,7 @@ def test_k_for_keep():
 
 def test_continuous_values_all_dtypes_and_modes_agree_with_threads():
     rng = np.random.default_rng(3)
-    W = rng.standard_normal((257, 301)).astype(np.float32)
+    W = rng.standard_normal((1031, 1123)).astype(np.float32)  # large enough to run on 2 threads
     results = {}
     for threads in (1, 2):
         htcore.set_num_threads(threads)
@@ -119,7 +119,7 @@ def test_continuous_values_all_dtypes_and_modes_agree_with_threads():
 
 
 def test_ties_do_not_depend_on_threads():
-    W = np.zeros((1000, 1000), dtype=np.float32)
+    W = np.zeros((1100, 1000), dtype=np.float32)  # large enough to run on 2 threads
     W[::7, ::3] = 1.0
     got = {}
     for threads in (1, 2):
@@ -130,6 +130,26 @@ def test_ties_do_not_depend_on_threads():
             htcore.set_num_threads(2)
     np.testing.assert_array_equal(got[1], got[2])
     np.testing.assert_array_equal(got[1], ref_matrix(W, 500_000))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("keep", [0.0001, 0.3, 0.9])
+def test_large_matrices_with_ties_at_threshold(dtype, keep):
+    """Large enough for the sampled two-pass path (and 2 threads): values in a few thousand
+    levels, so many entries tie at every threshold; and a zero-heavy one that the sample cannot
+    bracket narrowly (the general path)."""
+    rng = np.random.default_rng(12)
+    levels = rng.integers(-2000, 2001, size=(1100, 1000)).astype(dtype)
+    sparse = np.where(rng.random((1100, 1000)) < 0.9, 0, rng.integers(-3, 4, size=(1100, 1000))).astype(dtype)
+    for W in (levels, sparse):
+        k = k_for_keep(keep, W.size)
+        want = ref_matrix(W, k)
+        for threads in (1, 2):
+            htcore.set_num_threads(threads)
+            try:
+                assert_selects(htcore.topk_sparsify(W, keep), W, want)
+            finally:
+                htcore.set_num_threads(2)
 
 
 def test_non_contiguous_and_integer_inputs():
@@ -232,6 +252,10 @@ def test_compressibility_curve_matches_sorted_reference(dtype):
     np.testing.assert_array_equal(curve.k, [k_for_keep(v, W.size) for v in keeps])
     expected = [ref_rel_error(W, k) for k in curve.k]
     np.testing.assert_allclose(curve.rel_error, expected, rtol=1e-12, atol=1e-15)
+    many = np.linspace(0, 1, 41)  # more thresholds than one radix pass refines at once
+    curve = htcore.compressibility_curve(W, many)
+    np.testing.assert_allclose(curve.rel_error, [ref_rel_error(W, k) for k in curve.k], rtol=1e-12, atol=1e-15)
+    assert np.all(np.diff(curve.rel_error) <= 0)
 
 
 def test_compressibility_curve_tiny_and_huge_float64():

@@ -6,10 +6,17 @@ validation, documentation and type hints. See ``../shared/DESIGN.md`` convention
 """
 from __future__ import annotations
 
+from . import bounds, datasets, train
 from ._version import __version__
+from .analyze import analyze
+from .certify import BoundReport, certify, search_bound
+from .code_length import code_length
+from .compress import compress
 from .csr import CSRMatrix, sparse_linear
+from .layers import Layer, load_layers
 from .model_file import load_compressed, save_compressed
 from .powerlaw_fit import PowerLawFit, fit_powerlaw
+from .report import ModelReport
 from .tails import TailEstimate, element_sample, hill, moments, pickands
 from .threads import get_num_threads, set_num_threads
 from .topk import (
@@ -24,6 +31,15 @@ from .topk import (
 
 __all__ = [
     "__version__",
+    # compression and bounds
+    "BoundReport",
+    "bounds",
+    "certify",
+    "code_length",
+    "compress",
+    "datasets",
+    "search_bound",
+    "train",
     # tails
     "PowerLawFit",
     "TailEstimate",
@@ -47,6 +63,11 @@ __all__ = [
     "sparsify_global",
     "topk_sparsify",
     "topk_threshold",
+    # model I/O and whole-model analysis
+    "Layer",
+    "ModelReport",
+    "analyze",
+    "load_layers",
 ]
 
 

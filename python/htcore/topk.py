@@ -30,16 +30,6 @@ from . import _core
 from ._validation import FLOAT_DTYPES, as_float_array, check_fraction, check_int
 from .csr import CSRMatrix
 
-__all__ = [
-    "CompressibilityCurve",
-    "TopkThreshold",
-    "compressibility_curve",
-    "k_for_keep",
-    "sparsify_global",
-    "topk_sparsify",
-    "topk_threshold",
-]
-
 _MODES = ("matrix", "row", "col")
 _SELECT_NOTHING = 2**64 - 1  # a threshold key above every finite |w|
 
@@ -161,21 +151,9 @@ def topk_sparsify(
         max_rel_error = check_fraction(max_rel_error, "max_rel_error", include_zero=True)
         k = _core.topk_k_for_rel_error([W], max_rel_error, "W")
 
-    if mode == "row":
-        return _csr(_core.topk_csr_rows(W, k, "W"), W.shape)
-    if mode == "col":
-        return _csr(_core.topk_csr_cols(W, k, "W"), W.shape)
-    key, tie_budget = _threshold_key([W], k, "W")
-    return _csr(_core.topk_csr_threshold(W, key, tie_budget), W.shape)
-
-
-def _threshold_key(arrays: list[np.ndarray], k: int, name: str) -> tuple[int, int]:
-    """(threshold key, ties to keep) for the top k of the concatenated arrays; also checks that
-    every entry is finite (even for k = 0)."""
-    selection = _core.topk_select(arrays, [k] if k > 0 else [], False, name)
-    if k == 0:
-        return _SELECT_NOTHING, 0
-    return selection["key"][0], k - selection["greater"][0]
+    if mode != "matrix":
+        return _csr(_core.topk_csr_per_group(W, k, mode, "W"), W.shape)
+    return _csr(_core.topk_csr_matrix(W, k, "W"), W.shape)
 
 
 def sparsify_global(weights: Mapping[str, Any], keep: float | None = None, *, k: int | None = None) -> dict[str, CSRMatrix]:
@@ -198,13 +176,14 @@ def sparsify_global(weights: Mapping[str, Any], keep: float | None = None, *, k:
     common = np.result_type(*arrays.values())
     # exact comparisons need one bit format: widening float16 -> float32 -> float64 is exact
     selected = [a if a.dtype == common else a.astype(common) for a in arrays.values()]
-    try:
-        key, tie_budget = _threshold_key(selected, k, "weights")
+    try:  # also checks every entry is finite, even for k = 0
+        selection = _core.topk_select(selected, [k] if k > 0 else [], False, "weights")
     except ValueError:
         for name, a in arrays.items():
             if not np.isfinite(a).all():
                 raise ValueError(f"weights[{name!r}] contains non-finite values (NaN or Inf)") from None
         raise
+    key, tie_budget = (selection["key"][0], k - selection["greater"][0]) if k > 0 else (_SELECT_NOTHING, 0)
     out = {}
     for (name, original), a in zip(arrays.items(), selected):
         data, indices, indptr, taken = _core.topk_csr_threshold(a, key, tie_budget)

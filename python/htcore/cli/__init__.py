@@ -10,10 +10,10 @@ import sys
 from typing import Sequence
 
 from .._version import __version__
-from . import demo, info, run
+from . import analyze, bound, compress, demo, info, run
 
-# Order here is the order in --help.
-SUBCOMMANDS = [info, run, demo]
+# Order here is the order in --help: the pipeline's steps, then the whole pipeline.
+SUBCOMMANDS = [info, analyze, compress, bound, run, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

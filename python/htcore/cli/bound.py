@@ -1,0 +1,87 @@
+"""``htcore bound``: certify a compressed-model file on a dataset (every bound form, the full code
+length), or with ``--search`` compress a dense model over a grid of settings and certify the best.
+
+Data: ``fashion-mnist`` (the Debian package's IDX files), ``digits`` (scikit-learn) or a ``.npz``
+with arrays X_train, y_train and optionally X_test, y_test. The training split is the sample the
+bound is about: it must be i.i.d. and must not have chosen anything the code length does not charge.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from ..datasets import Dataset, load_digits, load_fashion_mnist
+from ..model_file import load_compressed
+
+
+def load_data(spec: str) -> Dataset:
+    """``fashion-mnist``, ``digits`` or a path to a .npz with X_train, y_train[, X_test, y_test]."""
+    if spec == "fashion-mnist":
+        return load_fashion_mnist()
+    if spec == "digits":
+        return load_digits()
+    if not spec.endswith(".npz"):
+        raise ValueError(f"--data must be fashion-mnist, digits or a .npz file, got {spec!r}")
+    with np.load(spec, allow_pickle=False) as f:
+        missing = {"X_train", "y_train"} - set(f.files)
+        if missing:
+            raise ValueError(f"{spec} lacks arrays {sorted(missing)} (has {f.files})")
+        get = lambda name: f[name] if name in f.files else None
+        return Dataset(f["X_train"], f["y_train"], get("X_test"), get("y_test"))
+
+
+def default_grid(model) -> list[dict]:
+    """First layers at keep 2%, 5% or 10%, the output layer at 50% (a 10-way output layer does not
+    survive heavy pruning), times 4, 8 or 16 codebook levels; biases rounded to float16."""
+    from ..compress import linear_names
+
+    names = linear_names(model)
+    return [dict(per_layer={**{n: keep for n in names[:-1]}, names[-1]: 0.5}, levels=levels, bias_precision="float16")
+            for keep in (0.02, 0.05, 0.1) for levels in (4, 8, 16)]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bound", help="certify a generalization bound for a compressed model", description=__doc__)
+    p.add_argument("model", help="model file (.safetensors from htcore.save_compressed); dense with --search")
+    p.add_argument("--data", required=True, help="fashion-mnist, digits or PATH.npz")
+    p.add_argument("--delta", type=float, default=0.05, help="failure probability (default 0.05)")
+    p.add_argument("--settings-tried", type=int, default=1,
+                   help="compression settings searched to pick MODEL; ceil log2 of it is charged (default 1)")
+    p.add_argument("--original", help="the uncompressed model file, for the (gamma, S) figures and the Arora form")
+    p.add_argument("--search", action="store_true",
+                   help="MODEL is dense: compress it over the default grid (3 epochs of masked fine-tuning) "
+                        "and certify every setting, charging log2(grid size)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..certify import certify, search_bound
+
+    model = load_compressed(args.model)
+    data = load_data(args.data)
+    test = dict(X_test=data.X_test, y_test=data.y_test) if data.X_test is not None else {}
+    if args.search:
+        result = search_bound(model, data.X_train, data.y_train, grid=default_grid(model), delta=args.delta,
+                              finetune=dict(epochs=3), progress=not args.json, **test)
+        report, settings = result.best, result.best_settings
+        table = [dict(settings=s, kl=r.kl, code_bits=r.code_bits, train_error=r.train_error, test_error=r.test_error)
+                 for s, r in zip(result.settings, result.reports)]
+    else:
+        original = load_compressed(args.original) if args.original else None
+        report = certify(model, data.X_train, data.y_train, delta=args.delta, original=original,
+                         settings_tried=args.settings_tried, **test)
+        settings, table = None, None
+    if args.json:
+        print(json.dumps({"report": report.as_dict(), "settings": settings, "grid": table}))
+        return 0
+    if table is not None:
+        for row in table:
+            print(f"{row['settings']}: kl {row['kl']:.4f}, {row['code_bits']} bits", file=sys.stderr)
+        print(f"best settings: {settings}")
+    print(report.summary())
+    print(report.code.table())
+    return 0

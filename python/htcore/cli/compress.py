@@ -1,0 +1,57 @@
+"""``htcore compress``: keep the top-k weights of every matrix of a model file, optionally quantise
+them to a codebook and fine-tune with the mask fixed, and write a compressed-model file.
+
+MODEL is a model file written by htcore.save_compressed (dense layers allowed, e.g. from
+CompressedModel.from_torch). Fine-tuning (``--finetune-epochs`` > 0) needs ``--data``.
+"""
+from __future__ import annotations
+
+import argparse
+
+from ..model_file import load_compressed, save_compressed
+
+
+def _per_layer(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--per-layer takes NAME=FRACTION (layer names as in the torch Sequential, e.g. 0=0.05), got {item!r}")
+        out[name] = float(value)
+    return out
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compress", help="top-k sparsify (and quantise) a model file", description=__doc__)
+    p.add_argument("model", help="model file (.safetensors from htcore.save_compressed)")
+    p.add_argument("-o", "--output", required=True, help="compressed model file to write (.safetensors)")
+    p.add_argument("--keep", type=float, help="fraction of entries kept in every weight matrix")
+    p.add_argument("--per-layer", nargs="+", default=[], metavar="NAME=FRACTION",
+                   help="keep fraction per Linear layer, by its index in the Sequential (0, 2, ...)")
+    p.add_argument("--levels", type=int, help="quantise kept values to this many codebook levels (k-means)")
+    p.add_argument("--float16-biases", action="store_true", help="round biases to float16 (16 bits each in the code)")
+    p.add_argument("--data", help="training data for fine-tuning: fashion-mnist, digits or PATH.npz")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="epochs of masked fine-tuning (needs --data)")
+    p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (default 1e-3)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..code_length import code_length
+    from ..compress import compress
+    from .bound import load_data
+
+    if args.finetune_epochs and not args.data:
+        raise ValueError("--finetune-epochs needs --data")
+    finetune = dict(epochs=args.finetune_epochs, lr=args.lr) if args.finetune_epochs else None
+    train_data = None
+    if finetune is not None:
+        data = load_data(args.data)
+        train_data = (data.X_train, data.y_train)
+    g = compress(load_compressed(args.model), keep=args.keep, per_layer=_per_layer(args.per_layer) or None,
+                 levels=args.levels, finetune=finetune, train_data=train_data,
+                 bias_precision="float16" if args.float16_biases else "float32")
+    save_compressed(args.output, g, provenance={"compress": g.metadata.get("compress")})
+    code = code_length(g)
+    print(f"wrote {args.output}: {code.nnz} stored values, description length {code.total_bits} bits")
+    return 0
