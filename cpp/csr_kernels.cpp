@@ -315,6 +315,19 @@ void require_finite(const T* v, int64_t n, const char* name) {
   require(ok, std::string(name) + " contains non-finite values (NaN or Inf)");
 }
 
+// O(rows) check that makes every row range [indptr[i], indptr[i+1]) lie inside the nnz arrays,
+// so a matrix built with CSRMatrix(check=False) can at worst raise, never read out of bounds
+// through its row pointers. (Column indices and codes are O(nnz) to check: CSRMatrix does that.)
+template <class Ptr>
+void check_row_pointers(const Ptr* indptr, int64_t rows, int64_t nnz) {
+  require(indptr[0] == 0, "indptr[0] must be 0, got " + std::to_string(static_cast<int64_t>(indptr[0])));
+  require(static_cast<int64_t>(indptr[rows]) == nnz, "indptr[-1] must equal nnz = " + std::to_string(nnz) + ", got " +
+                                                          std::to_string(static_cast<int64_t>(indptr[rows])));
+  bool monotone = true;
+  for (int64_t i = 0; i < rows; ++i) monotone &= indptr[i] <= indptr[i + 1];
+  require(monotone, "indptr must be non-decreasing");
+}
+
 template <class Ptr, class Idx, class V>
 void run(const CsrRef& a, const Call& c) {
   using Acc = typename Values<V>::Acc;
@@ -338,7 +351,7 @@ void run(const CsrRef& a, const Call& c) {
                              static_cast<Acc*>(c.y),
                              c.rs,
                              c.cs};
-  require(static_cast<int64_t>(job.indptr[a.rows]) == a.nnz, "indptr[-1] must equal nnz = " + std::to_string(a.nnz));
+  check_row_pointers(job.indptr, a.rows, a.nnz);
   const int64_t work = (a.nnz + a.rows) * k;
   const int parts = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), work / kParallelGrain)));
   std::vector<long long> bounds(parts + 1);
@@ -395,9 +408,9 @@ void csr_spmm(const CsrRef& a, const void* x, int64_t x_size, int64_t k, bool x_
   require(x_size == a.cols * k, "X must have cols * k = " + std::to_string(a.cols * k) + " elements, got " + std::to_string(x_size));
   require(bias == nullptr || bias_size == a.rows, "bias must have rows = " + std::to_string(a.rows) + " elements, got " + std::to_string(bias_size));
   require(y_row_stride >= 0 && y_col_stride >= 0, "output strides must be non-negative");
-  if (a.rows == 0 || k == 0) return;
+  if (k == 0) return;  // (zero rows still go through, so NaN/Inf in X raise whatever the shape)
   const int64_t last = (a.rows - 1) * y_row_stride + (k - 1) * y_col_stride;
-  require(last < y_size, "output has " + std::to_string(y_size) + " elements, too few for the strided (rows, k) result");
+  require(a.rows == 0 || last < y_size, "output has " + std::to_string(y_size) + " elements, too few for the strided (rows, k) result");
   const Call call{x, k, x_batch_major, bias, act, y, y_row_stride, y_col_stride};
   if (a.indptr_type == IndptrType::i32) return dispatch_index<int32_t>(a, call);
   dispatch_index<int64_t>(a, call);

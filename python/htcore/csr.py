@@ -57,7 +57,11 @@ class CSRMatrix:
         Keep column indices as uint16 or int32 and row pointers as int32 or int64. Default: the
         narrowest that fits (`index_dtype_for`, `indptr_dtype_for`).
     check : bool
-        Validate the arrays (default). Pass False only for arrays htcore itself produced.
+        Validate the arrays (default). Pass False only for arrays htcore itself produced: the
+        kernels still check the row pointers (O(rows): start 0, non-decreasing, end nnz) and
+        raise ValueError, but they trust column indices and codes (O(nnz) to check), so an
+        out-of-range column in an unchecked matrix reads out of bounds. Arrays are shared, not
+        copied, where possible: do not modify them after construction.
 
     Raises ValueError naming the inconsistent array when the CSR structure is invalid, TypeError
     for unsupported dtypes.
@@ -88,8 +92,8 @@ class CSRMatrix:
         else:
             self.codebook = None
             if data.dtype not in _VALUE_DTYPES:
-                if check and not np.issubdtype(data.dtype, np.number):
-                    raise TypeError(f"data must be numeric, got dtype {data.dtype}")
+                if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
+                    raise TypeError(f"data must be real numeric, got dtype {data.dtype}")
                 data = data.astype(np.float32)
         self.data = np.ascontiguousarray(data)
         indptr = np.asarray(indptr)

@@ -11,6 +11,7 @@ time. Files written here load with the ``safetensors`` package and vice versa.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from typing import Iterator, Mapping
@@ -117,7 +118,7 @@ class SafetensorsFile:
             if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
                 raise SafetensorsError(f"{where}: data_offsets must be two integers, got {offsets!r}")
             begin, end = offsets
-            expected = int(np.prod(shape, dtype=np.float64)) * _DTYPES[dtype].itemsize
+            expected = math.prod(shape) * _DTYPES[dtype].itemsize  # exact (np.prod overflows on huge shapes)
             if not (0 <= begin <= end <= data_size):
                 raise SafetensorsError(f"{where}: bytes [{begin}, {end}) lie outside the {data_size}-byte data section (truncated?)")
             if end - begin != expected:

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         set_num_threads(args.threads)
     model = load_compressed(args.model)
-    X = np.load(args.input, allow_pickle=False)
+    X = _load_input(args.input)
     if X.ndim < 2 or X.shape[0] == 0:
         raise ValueError(f"--input must hold a non-empty (samples, ...) array, got shape {X.shape}")
     outputs, seconds = [], []
@@ -63,3 +63,15 @@ def run(args: argparse.Namespace) -> int:
           f"latency per batch median {summary['latency_ms_median']:.3f} ms, p90 {summary['latency_ms_p90']:.3f} ms; "
           f"{summary['samples_per_s']:.0f} samples/s", file=sys.stderr)
     return 0
+
+
+def _load_input(path: str) -> np.ndarray:
+    """The array of a .npy file, never unpickling anything; clear errors for empty files and .npz."""
+    try:
+        X = np.load(path, allow_pickle=False)
+    except EOFError:
+        raise ValueError(f"--input {path} is empty or truncated") from None
+    if not isinstance(X, np.ndarray):  # a .npz archive
+        X.close()
+        raise ValueError(f"--input {path} must be a .npy file holding one array, not an .npz archive")
+    return X
