@@ -189,9 +189,8 @@ std::vector<Candidate> make_candidates(const DistinctTail& t, double fixed_xmin,
 }  // namespace
 
 PowerLawResult fit_powerlaw(const double* x, long long n, double xmax, double fixed_xmin, long long grid) {
-  std::vector<double> copy(x, x + n);
-  sort_positive(copy);
-  const double* sorted = copy.data();
+  const std::unique_ptr<double[]> sorted_copy = sorted_positive(x, n);
+  const double* sorted = sorted_copy.get();
   const long long used = std::upper_bound(sorted, sorted + n, xmax) - sorted;
   require(used >= 2, "the power-law fit needs at least 2 samples <= xmax, got " + std::to_string(used));
   const DistinctTail tail = distinct_values(sorted, used);

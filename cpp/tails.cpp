@@ -1,11 +1,10 @@
-// Hill, moments (Dekkers-Einmahl-de Haan) and Pickands estimators, the sort they share, and the
-// double bootstrap that chooses k.
+// Hill, moments (Dekkers-Einmahl-de Haan) and Pickands estimators and the double bootstrap that
+// chooses k.
 #include "tails.hpp"
 
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <string>
 
@@ -13,34 +12,6 @@
 #include "parallel.hpp"
 
 namespace htcore {
-
-void sort_positive(std::vector<double>& x) {
-  const std::size_t n = x.size();
-  if (n < (1u << 14)) {
-    std::sort(x.begin(), x.end());
-    return;
-  }
-  // Positive doubles order like their bit patterns read as unsigned integers.
-  std::vector<std::uint64_t> keys(n), buffer(n);
-  std::memcpy(keys.data(), x.data(), n * sizeof(double));
-  constexpr int kBits = 16;
-  constexpr std::size_t kBuckets = std::size_t{1} << kBits;
-  std::vector<std::size_t> count(kBuckets);
-  for (int shift = 0; shift < 64; shift += kBits) {
-    std::fill(count.begin(), count.end(), 0);
-    for (std::uint64_t key : keys) ++count[(key >> shift) & (kBuckets - 1)];
-    if (count[(keys[0] >> shift) & (kBuckets - 1)] == n) continue;  // this digit is the same everywhere
-    std::size_t offset = 0;
-    for (auto& c : count) {
-      const std::size_t c0 = c;
-      c = offset;
-      offset += c0;
-    }
-    for (std::uint64_t key : keys) buffer[count[(key >> shift) & (kBuckets - 1)]++] = key;
-    keys.swap(buffer);
-  }
-  std::memcpy(x.data(), keys.data(), n * sizeof(double));
-}
 
 namespace {
 
@@ -419,18 +390,17 @@ SecondOrder second_order(const double* sorted, long long n, double rho_max) {
 
 TailEstimate estimate_tail(TailMethod method, const double* x, long long n, long long k, std::uint64_t seed,
                            const DoubleBootstrapOptions& options, double rho_max) {
-  std::vector<double> sorted(x, x + n);
-  sort_positive(sorted);
+  const std::unique_ptr<double[]> sorted = sorted_positive(x, n);
   TailEstimate out;
   out.k = k;
   if (k == 0) {
     const TailMethod chooser = method == TailMethod::hill ? TailMethod::hill : TailMethod::moments;
-    out.bootstrap = double_bootstrap(chooser, sorted.data(), n, seed, options);
+    out.bootstrap = double_bootstrap(chooser, sorted.get(), n, seed, options);
     out.k = out.bootstrap.k_star;
-    out.second = second_order(sorted.data(), n, rho_max);
+    out.second = second_order(sorted.get(), n, rho_max);
     if (method == TailMethod::pickands) out.k = std::clamp(out.k / 4, 1LL, n / 4);
   }
-  out.xi = tail_xi(method, sorted.data(), n, out.k);
+  out.xi = tail_xi(method, sorted.get(), n, out.k);
   return out;
 }
 

@@ -8,13 +8,14 @@
 // All functions take samples that the caller has checked to be finite and > 0.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace htcore {
 
-// Sorts a positive, finite sample ascending (LSD radix sort on the IEEE bit patterns, which order
-// like the values for positive doubles). O(n); single-threaded.
-void sort_positive(std::vector<double>& x);
+// An ascending-sorted copy of a positive, finite sample (parallel MSD radix sort on the IEEE bit
+// patterns, which order like the values for positive doubles; see sort_positive.cpp).
+std::unique_ptr<double[]> sorted_positive(const double* x, long long n);
 
 enum class TailMethod { hill, moments, pickands };
 
