@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -87,8 +88,6 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    import os
-
     return {
         "cpu": model,
         "cores": os.cpu_count(),
@@ -96,6 +95,10 @@ def machine() -> dict:
         "numpy": np.__version__,
         "htcore_build": _core.build_info(),
     }
+
+
+def _load(avg: tuple[float, float, float]) -> str:
+    return "/".join(f"{v:.1f}" for v in avg)
 
 
 def main() -> None:
@@ -116,8 +119,13 @@ def main() -> None:
     rows = []
     skip_after: dict[str, float] = {}
     before = htcore.get_num_threads()
+    load_start = os.getloadavg()
+    sort_seconds: dict[int, float] = {}
     for n in sizes:
         x = np.abs(np.random.default_rng(0).standard_t(3, n))
+        # np.sort in the same process and run: the yardstick that carries over to other machines/loads.
+        sort_seconds[n], _ = median_time(lambda: np.sort(x), args.repeats)
+        rows.append({"n": n, "method": "numpy np.sort (yardstick)", "threads": 1, "seconds": sort_seconds[n]})
         for name, fn in ours.items():
             if name == "htcore fit_powerlaw exact" and n > 10**6:
                 rows.append({"n": n, "method": name, "threads": 2, "seconds": None, "note": "not run (use the grid)"})
@@ -150,6 +158,8 @@ def main() -> None:
     for r in rows:
         ref = lookup.get((r["n"], match.get(r["method"], ""), 2))
         r["speedup_of_htcore"] = r["seconds"] / ref if r["seconds"] and ref else None
+        r["per_np_sort"] = r["seconds"] / sort_seconds[r["n"]] if r["seconds"] else None
+    load_end = os.getloadavg()
 
     info = machine()
     lines = [
@@ -158,22 +168,27 @@ def main() -> None:
         f"CPU: {info['cpu']}, {info['cores']} cores; htcore build: {info['htcore_build']['build_flags']}, "
         f"OpenMP {info['htcore_build']['openmp_version']}. Data: |Student-t(3)|, seed 0. "
         f"Median of {args.repeats} runs for htcore; peers one timed run in a subprocess "
-        f"(after a warm-up call for n <= 1e4), {args.limit:.0f} s limit. The machine was shared with other jobs.",
+        f"(after a warm-up call for n <= 1e4), {args.limit:.0f} s limit. The machine was shared with other jobs: "
+        f"load average (1/5/15 min) {_load(load_start)} at the start, {_load(load_end)} at the end, on "
+        f"{info['cores']} cores. Wall-clock figures scale with that load; the column 'time / np.sort' "
+        "(np.sort of the same sample, same process, same run) is the figure that carries over.",
         "",
-        "| n | method | threads | seconds | value (pdf exponent or alpha) | peer time / htcore time (2 threads) |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| n | method | threads | seconds | value (pdf exponent or alpha) | time / np.sort | peer time / htcore time (2 threads) |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         secs = f"{r['seconds']:.4f}" if r["seconds"] is not None else r.get("note", "")
         val = f"{r['value']:.6f}" if "value" in r else ""
         ratio = f"{r['speedup_of_htcore']:.1f}x" if r.get("speedup_of_htcore") else ""
-        lines.append(f"| {r['n']:.0e} | {r['method']} | {r['threads']} | {secs} | {val} | {ratio} |")
+        per_sort = f"{r['per_np_sort']:.2f}" if r.get("per_np_sort") else ""
+        lines.append(f"| {r['n']:.0e} | {r['method']} | {r['threads']} | {secs} | {val} | {per_sort} | {ratio} |")
     table = "\n".join(lines) + "\n"
     print(table)
     RESULTS.mkdir(exist_ok=True)
     suffix = "_quick" if args.quick else ""
     (RESULTS / f"tails{suffix}.md").write_text(table)
-    (RESULTS / f"tails{suffix}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
+    load = {"start": list(load_start), "end": list(load_end)}
+    (RESULTS / f"tails{suffix}.json").write_text(json.dumps({"machine": info, "load_average": load, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

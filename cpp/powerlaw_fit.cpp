@@ -35,46 +35,55 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 // Absolute slack on interval bounds for rounding in T and A (both in [0, 1]).
 constexpr double kBoundSlack = 1e-14;
 
+// The distinct values u_j = sorted[below[j]] of an ascending-sorted sample.
 struct DistinctTail {
-  std::vector<double> value, log_value;
-  std::vector<long long> below;  // samples strictly below value[j]
-  std::vector<long double> log_suffix;  // sum of ln x over samples >= value[j]
+  const double* sorted = nullptr;
+  std::vector<long long> below;  // samples strictly below u_j
+  std::vector<double> log_value;  // ln u_j
   long long n = 0;
+  long long size() const { return static_cast<long long>(below.size()); }
+  double value(long long j) const { return sorted[below[static_cast<std::size_t>(j)]]; }
 };
 
 DistinctTail distinct_values(const double* sorted, long long n) {
   DistinctTail t;
+  t.sorted = sorted;
   t.n = n;
+  t.below.reserve(static_cast<std::size_t>(n));  // pages are only touched as far as used
   for (long long i = 0; i < n; ++i) {
-    if (i == 0 || sorted[i] != sorted[i - 1]) {
-      t.value.push_back(sorted[i]);
-      t.below.push_back(i);
-    }
+    if (i == 0 || sorted[i] != sorted[i - 1]) t.below.push_back(i);
   }
-  const std::size_t m = t.value.size();
-  t.log_value.resize(m);
-  t.log_suffix.resize(m);
-  for (std::size_t j = 0; j < m; ++j) t.log_value[j] = std::log(t.value[j]);
-  long double acc = 0;
-  for (std::size_t j = m; j-- > 0;) {
-    const long long next = j + 1 < m ? t.below[j + 1] : n;
-    acc += static_cast<long double>(next - t.below[j]) * t.log_value[j];
-    t.log_suffix[j] = acc;
-  }
+  const long long m = t.size();
+  t.log_value.resize(static_cast<std::size_t>(m));
+#pragma omp parallel for num_threads(htcore::num_threads()) schedule(static) if (m > 100000)
+  for (long long j = 0; j < m; ++j) t.log_value[static_cast<std::size_t>(j)] = std::log(t.value(j));
   return t;
 }
 
 struct Candidate {
   long long i;      // first distinct value in the tail
   double log_xmin;  // ln xmin (xmin need not be a sample value when fixed by the user)
+  long double log_sum = 0;  // sum of ln x over the samples >= u_i (set by add_log_sums)
 };
+
+// Fills log_sum of candidates sorted by i, accumulating over the distinct values from the top.
+void add_log_sums(const DistinctTail& t, std::vector<Candidate>& candidates) {
+  const long long m = t.size();
+  long double acc = 0;
+  auto c = candidates.rbegin();
+  for (long long j = m - 1; j >= 0 && c != candidates.rend(); --j) {
+    const long long next = j + 1 < m ? t.below[static_cast<std::size_t>(j + 1)] : t.n;
+    acc += static_cast<long double>(next - t.below[static_cast<std::size_t>(j)]) * t.log_value[static_cast<std::size_t>(j)];
+    for (; c != candidates.rend() && c->i == j; ++c) c->log_sum = acc;
+  }
+}
 
 // One candidate's fitted model and the evaluation of |T_j - A_j|.
 class TailModel {
  public:
   TailModel(const DistinctTail& t, const Candidate& c, double log_xmax) : t_(t), c_(c) {
     n_tail_ = t.n - t.below[static_cast<std::size_t>(c.i)];
-    const long double log_sum = t.log_suffix[static_cast<std::size_t>(c.i)] -
+    const long double log_sum = c.log_sum -
                                 static_cast<long double>(n_tail_) * static_cast<long double>(c.log_xmin);
     exponent_ = static_cast<double>(1.0L + static_cast<long double>(n_tail_) / log_sum);
     const double z = std::isfinite(log_xmax) ? -std::expm1((1.0 - exponent_) * (log_xmax - c.log_xmin)) : 1.0;
@@ -161,11 +170,12 @@ double ks_distance_or_prune(const TailModel& model, long long first, long long l
 }
 
 std::vector<Candidate> make_candidates(const DistinctTail& t, double fixed_xmin, long long grid) {
-  const long long m = static_cast<long long>(t.value.size());
+  const long long m = t.size();
   std::vector<Candidate> out;
   if (!std::isnan(fixed_xmin)) {
-    const long long i = std::lower_bound(t.value.begin(), t.value.end(), fixed_xmin) - t.value.begin();
-    require(i <= m - 2 || (i == m - 1 && t.value[static_cast<std::size_t>(i)] > fixed_xmin),
+    const long long i = std::lower_bound(t.below.begin(), t.below.end(), fixed_xmin,
+                                         [&t](long long b, double v) { return t.sorted[b] < v; }) - t.below.begin();
+    require(i <= m - 2 || (i == m - 1 && t.value(i) > fixed_xmin),
             "xmin = " + std::to_string(fixed_xmin) + " leaves fewer than 2 distinct tail values to fit");
     out.push_back({i, std::log(fixed_xmin)});
     return out;
@@ -189,16 +199,16 @@ std::vector<Candidate> make_candidates(const DistinctTail& t, double fixed_xmin,
 }  // namespace
 
 PowerLawResult fit_powerlaw(const double* x, long long n, double xmax, double fixed_xmin, long long grid) {
-  std::vector<double> copy(x, x + n);
-  sort_positive(copy);
-  const double* sorted = copy.data();
+  const std::unique_ptr<double[]> sorted_copy = sorted_positive(x, n);
+  const double* sorted = sorted_copy.get();
   const long long used = std::upper_bound(sorted, sorted + n, xmax) - sorted;
   require(used >= 2, "the power-law fit needs at least 2 samples <= xmax, got " + std::to_string(used));
   const DistinctTail tail = distinct_values(sorted, used);
-  const std::vector<Candidate> candidates = make_candidates(tail, fixed_xmin, grid);
+  std::vector<Candidate> candidates = make_candidates(tail, fixed_xmin, grid);
+  add_log_sums(tail, candidates);
   const double log_xmax = std::isfinite(xmax) ? std::log(xmax) : kInf;
   const long long count = static_cast<long long>(candidates.size());
-  const long long last = static_cast<long long>(tail.value.size()) - 1;
+  const long long last = tail.size() - 1;
 
   std::atomic<double> tau{kInf};
   double best_d = kInf;
@@ -241,7 +251,7 @@ PowerLawResult fit_powerlaw(const double* x, long long n, double xmax, double fi
   const TailModel model(tail, win, log_xmax);
   PowerLawResult out;
   out.pdf_exponent = model.exponent();
-  out.xmin = std::isnan(fixed_xmin) ? tail.value[static_cast<std::size_t>(win.i)] : fixed_xmin;
+  out.xmin = std::isnan(fixed_xmin) ? tail.value(win.i) : fixed_xmin;
   out.ks_distance = best_d;
   out.n_tail = model.n_tail();
   out.candidates = count;

@@ -1,5 +1,5 @@
-// Hill, moments (Dekkers-Einmahl-de Haan) and Pickands estimators, the sort they share, and the
-// double bootstrap that chooses k.
+// Hill, moments (Dekkers-Einmahl-de Haan) and Pickands estimators and the double bootstrap that
+// chooses k.
 #include "tails.hpp"
 
 #include <algorithm>
@@ -14,34 +14,6 @@
 
 namespace htcore {
 
-void sort_positive(std::vector<double>& x) {
-  const std::size_t n = x.size();
-  if (n < (1u << 14)) {
-    std::sort(x.begin(), x.end());
-    return;
-  }
-  // Positive doubles order like their bit patterns read as unsigned integers.
-  std::vector<std::uint64_t> keys(n), buffer(n);
-  std::memcpy(keys.data(), x.data(), n * sizeof(double));
-  constexpr int kBits = 16;
-  constexpr std::size_t kBuckets = std::size_t{1} << kBits;
-  std::vector<std::size_t> count(kBuckets);
-  for (int shift = 0; shift < 64; shift += kBits) {
-    std::fill(count.begin(), count.end(), 0);
-    for (std::uint64_t key : keys) ++count[(key >> shift) & (kBuckets - 1)];
-    if (count[(keys[0] >> shift) & (kBuckets - 1)] == n) continue;  // this digit is the same everywhere
-    std::size_t offset = 0;
-    for (auto& c : count) {
-      const std::size_t c0 = c;
-      c = offset;
-      offset += c0;
-    }
-    for (std::uint64_t key : keys) buffer[count[(key >> shift) & (kBuckets - 1)]++] = key;
-    keys.swap(buffer);
-  }
-  std::memcpy(x.data(), keys.data(), n * sizeof(double));
-}
-
 namespace {
 
 std::string k_range_message(const char* what, long long k, long long n, long long k_min, long long k_max) {
@@ -49,17 +21,23 @@ std::string k_range_message(const char* what, long long k, long long n, long lon
          " samples, got k = " + std::to_string(k);
 }
 
-// Sums over the top k of (ln X_(i) - ln X_(k+1))^j for j = 1, 2.
-void log_excess_moments(const double* sorted, long long n, long long k, double* m1, double* m2) {
-  const double ref = std::log(sorted[n - 1 - k]);
+// Means over the top k of (ln X_(i) - ln X_(k+1))^j for j = 1, 2; log_at(i) = ln X_(i+1).
+template <class LogAt>
+void log_excess_moments(LogAt log_at, long long k, double* m1, double* m2) {
+  const double ref = log_at(k);
   double s1 = 0, s2 = 0;
   for (long long i = 0; i < k; ++i) {
-    const double d = std::log(sorted[n - 1 - i]) - ref;
+    const double d = log_at(i) - ref;
     s1 += d;
     s2 += d * d;
   }
   *m1 = s1 / static_cast<double>(k);
   *m2 = s2 / static_cast<double>(k);
+}
+
+// ln X_(i+1) of an ascending-sorted sample, computed on demand.
+auto sorted_log(const double* sorted, long long n) {
+  return [sorted, n](long long i) { return std::log(sorted[n - 1 - i]); };
 }
 
 std::string ties_message(const char* what, long long k) {
@@ -74,14 +52,14 @@ double tail_xi(TailMethod method, const double* sorted, long long n, long long k
     case TailMethod::hill: {
       require(k >= 1 && k <= n - 1, k_range_message("hill", k, n, 1, n - 1));
       double m1, m2;
-      log_excess_moments(sorted, n, k, &m1, &m2);
+      log_excess_moments(sorted_log(sorted, n), k, &m1, &m2);
       require(m1 > 0, ties_message("hill", k));
       return m1;
     }
     case TailMethod::moments: {
       require(k >= 2 && k <= n - 1, k_range_message("moments", k, n, 2, n - 1));
       double m1, m2;
-      log_excess_moments(sorted, n, k, &m1, &m2);
+      log_excess_moments(sorted_log(sorted, n), k, &m1, &m2);
       require(m2 > 0 && m1 * m1 != m2, ties_message("moments", k));
       return m1 + 1.0 - 0.5 / (1.0 - m1 * m1 / m2);
     }
@@ -114,7 +92,6 @@ class Rng {
   }
   // Uniform on (0, 1].
   double uniform() { return static_cast<double>((next() >> 11) + 1) * 0x1.0p-53; }
-  double exponential() { return -std::log(uniform()); }
   double normal() {  // Box-Muller, one of the pair
     return std::sqrt(-2.0 * std::log(uniform())) * std::cos(6.283185307179586 * uniform());
   }
@@ -145,23 +122,38 @@ class Rng {
   std::uint64_t s_[4];
 };
 
-// ln X_(i+1) for i in [0, n): the logs of the order statistics, largest first. The top part, which
-// the bootstrap reads over and over, is cached.
-class DescendingLogs {
- public:
-  DescendingLogs(const double* sorted, long long n, long long cached) : sorted_(sorted), n_(n) {
-    cache_.resize(static_cast<std::size_t>(std::min(cached, n)));
-    for (std::size_t i = 0; i < cache_.size(); ++i) cache_[i] = std::log(sorted[n - 1 - static_cast<long long>(i)]);
-  }
-  double operator()(long long i) const {
-    return i < static_cast<long long>(cache_.size()) ? cache_[static_cast<std::size_t>(i)] : std::log(sorted_[n_ - 1 - i]);
-  }
+// -ln u for 2^-64 <= u <= 1, within 1 ulp of -std::log(u) (equal in about 91% of cases): u = 2^e m
+// with m in [sqrt(1/2), sqrt(2)), ln m = ln(1 + f) = 2 atanh(s), s = f / (2 + f), |s| < 0.172,
+// by its Taylor series to s^23 (truncation below 2^-60 relative), arranged as
+// f - (f^2/2 - s (f^2/2 + R)), R = sum_{j>=1} 2 s^(2j) / (2j + 1), so that no rounding of f is
+// amplified; e ln 2 is split into a part exact for |e| < 2^21 and a correction. Plain arithmetic
+// without branches or calls, so loops over it vectorise.
+inline double neg_log_unit(double u) {
+  constexpr double kLn2Hi = 0x1.62e42feep-1, kLn2Lo = 0x1.a39ef35793c76p-33;  // kLn2Hi + kLn2Lo = ln 2
+  std::uint64_t bits;
+  std::memcpy(&bits, &u, sizeof bits);
+  // q = e + 64 (>= 0 for u >= 2^-64), from the bits of u / sqrt(1/2).
+  const std::uint64_t q = (bits - 0x3FE6A09E667F3BCDull + (64ull << 52)) >> 52;
+  const std::uint64_t mantissa = bits - (q << 52) + (64ull << 52), exponent = q | 0x4330000000000000ull;
+  double m, e;
+  std::memcpy(&m, &mantissa, sizeof m);
+  std::memcpy(&e, &exponent, sizeof e);
+  e = (e - 0x1p52) - 64.0;
+  const double f = m - 1.0, s = f / (2.0 + f), z = s * s;
+  double p = 2.0 / 23;
+  for (int j = 10; j >= 1; --j) p = p * z + 2.0 / (2 * j + 1);
+  const double r = z * p, half_f2 = 0.5 * f * f;
+  return -(e * kLn2Hi + ((f - (half_f2 - s * (half_f2 + r))) + e * kLn2Lo));
+}
 
- private:
-  const double* sorted_;
-  long long n_;
-  std::vector<double> cache_;
-};
+// v[j] = -ln v[j] for v[j] in [2^-64, 1]. The AVX2 clone uses the same IEEE operations (AVX2 has
+// no FMA to contract into), so every clone gives the same bits.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target_clones("avx2", "default")))
+#endif
+void neg_log_units(double* v, long long m) {
+  for (long long j = 0; j < m; ++j) v[j] = neg_log_unit(v[j]);
+}
 
 // Logs of the k_max + 1 largest values of one bootstrap resample (nb draws with replacement from
 // n), largest first, shifted so the first is 0. Only the smallest drawn ranks matter, so they are
@@ -169,18 +161,22 @@ class DescendingLogs {
 // U_(j) = S_j / S, with S_j the partial sums of exponential variates E_1..E_(k_max+1) and
 // S = S_(k_max+1) + G, G ~ Gamma(nb - k_max) (the remaining nb + 1 - (k_max + 1) spacings).
 // A drawn rank is floor(U n). O(k_max), not O(nb).
-void resample_top_logs(const DescendingLogs& logs, long long n, long long nb, long long k_max, Rng& rng,
+void resample_top_logs(const double* logs, long long n, long long nb, long long k_max, Rng& rng,
                        double* spacing, double* out) {
+  // E_j = -ln V_j for uniforms V_j drawn before G, the logs taken in one vectorised pass.
+  for (long long j = 0; j <= k_max; ++j) spacing[j] = rng.uniform();
+  const double gamma = rng.gamma(static_cast<double>(nb - k_max));
+  neg_log_units(spacing, k_max + 1);
   double partial = 0;
   for (long long j = 0; j <= k_max; ++j) {
-    partial += rng.exponential();
+    partial += spacing[j];
     spacing[j] = partial;
   }
-  const double scale = static_cast<double>(n) / (partial + rng.gamma(static_cast<double>(nb - k_max)));
+  const double scale = static_cast<double>(n) / (partial + gamma);
   double top = 0;
   for (long long j = 0; j <= k_max; ++j) {
     const long long rank = std::min(n - 1, static_cast<long long>(spacing[j] * scale));
-    const double v = logs(rank);
+    const double v = logs[rank];
     if (j == 0) top = v;
     out[j] = v - top;
   }
@@ -188,7 +184,8 @@ void resample_top_logs(const DescendingLogs& logs, long long n, long long nb, lo
 
 // The statistic whose bootstrap mean is the AMSE proxy at k (Danielsson et al. for Hill; the
 // difference of two moment-type estimators for the moments estimator, as Voitalov et al.). Values
-// where the moments are degenerate are skipped (Voitalov's "cleaning"), which marks that k unusable.
+// where the moments are degenerate are skipped (Voitalov's "cleaning"), which marks that k unusable;
+// count[k - 1] counts the values used (Hill's are never degenerate, so it counts only for moments).
 template <TailMethod method>
 void add_amse_terms(const double* d, const double* inv_k, long long k_max, double* sum, int* count) {
   double s1 = 0, s2 = 0, s3 = 0;
@@ -212,18 +209,18 @@ void add_amse_terms(const double* d, const double* inv_k, long long k_max, doubl
       if (!std::isfinite(term)) continue;
     }
     sum[k - 1] += term;
-    ++count[k - 1];
+    if constexpr (method != TailMethod::hill) ++count[k - 1];
   }
 }
 
 // Mean AMSE statistic for k = 1..k_max over `resamples` resamples of size nb; NaN where any
 // resample gave a degenerate value. Resamples are split into a fixed number of chunks whose sums
 // are added in order, so the result does not depend on the thread count.
-std::vector<double> mean_amse(TailMethod method, const DescendingLogs& logs, long long n, long long nb,
+std::vector<double> mean_amse(TailMethod method, const double* logs, long long n, long long nb,
                               long long k_max, int resamples, std::uint64_t seed, int stage) {
   constexpr int kChunks = 16;
   std::vector<double> sums(static_cast<std::size_t>(kChunks * k_max), 0.0);
-  std::vector<int> counts(static_cast<std::size_t>(kChunks * k_max), 0);
+  std::vector<int> counts(method == TailMethod::hill ? 0 : static_cast<std::size_t>(kChunks * k_max), 0);
   std::vector<double> inv_k(static_cast<std::size_t>(k_max));
   for (long long k = 1; k <= k_max; ++k) inv_k[static_cast<std::size_t>(k - 1)] = 1.0 / static_cast<double>(k);
   // Small bootstraps run on one thread: waking a team costs more than they take.
@@ -237,7 +234,7 @@ std::vector<double> mean_amse(TailMethod method, const DescendingLogs& logs, lon
         Rng rng(seed, (static_cast<std::uint64_t>(stage) << 32) + static_cast<std::uint64_t>(r));
         resample_top_logs(logs, n, nb, k_max, rng, spacing.data(), top.data());
         double* sum = &sums[static_cast<std::size_t>(c * k_max)];
-        int* count = &counts[static_cast<std::size_t>(c * k_max)];
+        int* count = counts.empty() ? nullptr : counts.data() + static_cast<std::size_t>(c * k_max);
         if (method == TailMethod::hill) add_amse_terms<TailMethod::hill>(top.data(), inv_k.data(), k_max, sum, count);
         else add_amse_terms<TailMethod::moments>(top.data(), inv_k.data(), k_max, sum, count);
       }
@@ -249,9 +246,10 @@ std::vector<double> mean_amse(TailMethod method, const DescendingLogs& logs, lon
     long long cnt = 0;
     for (int c = 0; c < kChunks; ++c) {
       s += sums[static_cast<std::size_t>(c * k_max + k)];
-      cnt += counts[static_cast<std::size_t>(c * k_max + k)];
+      if (!counts.empty()) cnt += counts[static_cast<std::size_t>(c * k_max + k)];
     }
-    mean[static_cast<std::size_t>(k)] = cnt == resamples ? s / resamples : std::numeric_limits<double>::quiet_NaN();
+    const bool complete = method == TailMethod::hill || cnt == resamples;
+    mean[static_cast<std::size_t>(k)] = complete ? s / resamples : std::numeric_limits<double>::quiet_NaN();
   }
   return mean;
 }
@@ -306,7 +304,7 @@ long long k_limit(long long nb, const DoubleBootstrapOptions& o) {
 
 }  // namespace
 
-DoubleBootstrap double_bootstrap(TailMethod method, const double* sorted, long long n, std::uint64_t seed,
+DoubleBootstrap double_bootstrap(TailMethod method, const double* logs, long long n, std::uint64_t seed,
                                  const DoubleBootstrapOptions& o) {
   require(method != TailMethod::pickands, "the double bootstrap chooses k for hill or moments only");
   require(n >= 20, "choosing k automatically needs at least 20 samples, got n = " + std::to_string(n));
@@ -318,11 +316,6 @@ DoubleBootstrap double_bootstrap(TailMethod method, const double* sorted, long l
   out.n2 = static_cast<long long>(static_cast<double>(out.n1) * static_cast<double>(out.n1) / static_cast<double>(n));
   const long long k1_max = k_limit(out.n1, o), k2_max = k_limit(out.n2, o);
 
-  // Ranks drawn for the top k_max + 1 of a resample of size nb are about k_max * n / nb; cache the
-  // logs of a generous multiple of that.
-  const double depth = std::max(static_cast<double>(k1_max) / static_cast<double>(out.n1),
-                                static_cast<double>(k2_max) / static_cast<double>(out.n2));
-  const DescendingLogs logs(sorted, n, static_cast<long long>(1.5 * depth * static_cast<double>(n)) + 64);
   const auto mean1 = mean_amse(method, logs, n, out.n1, k1_max, o.resamples, seed, 1);
   const auto mean2 = mean_amse(method, logs, n, out.n2, k2_max, o.resamples, seed, 2);
 
@@ -349,7 +342,7 @@ DoubleBootstrap double_bootstrap(TailMethod method, const double* sorted, long l
     } else {
       const long long k_n = static_cast<long long>(std::floor(std::sqrt(static_cast<double>(n))));
       double m1, m2;
-      log_excess_moments(sorted, n, k_n, &m1, &m2);
+      log_excess_moments([logs](long long i) { return logs[i]; }, k_n, &m1, &m2);
       const double xi_n = m1 + 1.0 - 0.5 / (1.0 - m1 * m1 / m2);
       k_star = std::floor(ratio * moments_prefactor(xi_n, out.n1, out.k1));
     }
@@ -382,18 +375,17 @@ std::array<double, N> chunked_sums(long long count, Add add) {
 
 }  // namespace
 
-SecondOrder second_order(const double* sorted, long long n, double rho_max) {
+SecondOrder second_order(const double* logs, long long n, double rho_max) {
   require(n >= 3, "the second-order parameters need at least 3 samples");
   SecondOrder out;
   out.k1 = std::clamp(static_cast<long long>(std::pow(static_cast<double>(n), 0.995)), 2LL, n - 1);
   const long long k1 = out.k1;
   const double kd = static_cast<double>(k1);
-  const double* top = sorted + (n - 1);  // top[-(i - 1)] = X_(i)
-  const double ref = sorted[n - 1 - k1];  // X_(k1+1)
+  const double ref = logs[k1];  // ln X_(k1+1)
   // Log excesses over X_(k1+1), and the scaled log spacings U_i = i (ln X_(i) - ln X_(i+1)).
-  auto spacing = [top](long long i) { return static_cast<double>(i) * std::log(top[-(i - 1)] / top[-i]); };
+  auto spacing = [logs](long long i) { return static_cast<double>(i) * (logs[i - 1] - logs[i]); };
   const auto m = chunked_sums<3>(k1, [&](long long i, double* acc) {
-    const double d = std::log(top[-(i - 1)] / ref);
+    const double d = logs[i - 1] - ref;
     acc[0] += d;
     acc[1] += d * d;
     acc[2] += d * d * d;
@@ -417,20 +409,27 @@ SecondOrder second_order(const double* sorted, long long n, double rho_max) {
   return out;
 }
 
+std::unique_ptr<double[]> descending_logs(const double* sorted, long long n) {
+  std::unique_ptr<double[]> logs(new double[static_cast<std::size_t>(n)]);
+#pragma omp parallel for num_threads(htcore::num_threads()) schedule(static) if (n > 100000)
+  for (long long i = 0; i < n; ++i) logs[i] = std::log(sorted[n - 1 - i]);
+  return logs;
+}
+
 TailEstimate estimate_tail(TailMethod method, const double* x, long long n, long long k, std::uint64_t seed,
                            const DoubleBootstrapOptions& options, double rho_max) {
-  std::vector<double> sorted(x, x + n);
-  sort_positive(sorted);
+  const std::unique_ptr<double[]> sorted = sorted_positive(x, n);
   TailEstimate out;
   out.k = k;
   if (k == 0) {
+    const std::unique_ptr<double[]> logs = descending_logs(sorted.get(), n);
     const TailMethod chooser = method == TailMethod::hill ? TailMethod::hill : TailMethod::moments;
-    out.bootstrap = double_bootstrap(chooser, sorted.data(), n, seed, options);
+    out.bootstrap = double_bootstrap(chooser, logs.get(), n, seed, options);
     out.k = out.bootstrap.k_star;
-    out.second = second_order(sorted.data(), n, rho_max);
+    out.second = second_order(logs.get(), n, rho_max);
     if (method == TailMethod::pickands) out.k = std::clamp(out.k / 4, 1LL, n / 4);
   }
-  out.xi = tail_xi(method, sorted.data(), n, out.k);
+  out.xi = tail_xi(method, sorted.get(), n, out.k);
   return out;
 }
 

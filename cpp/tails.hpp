@@ -8,13 +8,14 @@
 // All functions take samples that the caller has checked to be finite and > 0.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace htcore {
 
-// Sorts a positive, finite sample ascending (LSD radix sort on the IEEE bit patterns, which order
-// like the values for positive doubles). O(n); single-threaded.
-void sort_positive(std::vector<double>& x);
+// An ascending-sorted copy of a positive, finite sample (parallel MSD radix sort on the IEEE bit
+// patterns, which order like the values for positive doubles; see sort_positive.cpp).
+std::unique_ptr<double[]> sorted_positive(const double* x, long long n);
 
 enum class TailMethod { hill, moments, pickands };
 
@@ -37,21 +38,26 @@ struct DoubleBootstrapOptions {
   double cap_factor = 3;   // and over k <= cap_factor * n_b^(2/3) (0: no cap; htcore's addition)
 };
 
-// Chooses k for Hill (method == hill) or moments (method == moments) on an ascending-sorted sample.
+// ln X_(i+1) for i in [0, n) of an ascending-sorted sample: the logs of the order statistics,
+// largest first (computed once, in parallel, for the bootstrap and the second-order step).
+std::unique_ptr<double[]> descending_logs(const double* sorted, long long n);
+
+// Chooses k for Hill (method == hill) or moments (method == moments) from descending_logs(sorted).
 // Deterministic in `seed`, independent of the thread count. Requires n >= 20.
-DoubleBootstrap double_bootstrap(TailMethod method, const double* sorted, long long n, std::uint64_t seed,
+DoubleBootstrap double_bootstrap(TailMethod method, const double* logs, long long n, std::uint64_t seed,
                                  const DoubleBootstrapOptions& options);
 
 // Second-order parameters (rho < 0, beta) of a heavy tail in Hall's class, U(t) = C t^xi (1 +
 // xi beta t^rho / rho + o(t^rho)), so that the Hill bias at k is xi beta (n/k)^rho / (1 - rho).
 // rho: Fraga Alves, Gomes & de Haan (2003) with tau = 0, capped at rho_max (beta is not
 // identifiable as rho -> 0); beta: Gomes & Martins (2002) at that rho. Both at k1 = floor(n^0.995)
-// (Caeiro, Gomes & Pestana 2005). NaN where ties make them undefined. Requires n >= 3.
+// (Caeiro, Gomes & Pestana 2005), from descending_logs(sorted). NaN where ties make them undefined.
+// Requires n >= 3.
 struct SecondOrder {
   double rho = 0, beta = 0;
   long long k1 = 0;
 };
-SecondOrder second_order(const double* sorted, long long n, double rho_max);
+SecondOrder second_order(const double* logs, long long n, double rho_max);
 
 struct TailEstimate {
   double xi = 0;

@@ -60,6 +60,36 @@ def test_dtypes_and_strides(dtype):
         assert got == pytest.approx(ref_xi(method, strided.astype(np.float64), k), rel=1e-12)
 
 
+def test_large_samples_sorted_exactly():
+    # n >= 2^14 takes the radix sort (2^20 and more: in parallel); skewed key ranges, ties,
+    # subnormals and outliers exercise its recursive buckets. Pickands reads single order
+    # statistics, so any misplaced value shows.
+    rng = np.random.default_rng(11)
+    n = 1 << 20
+    cases = {
+        "student_t": np.abs(rng.standard_t(3, n)),
+        "ties": np.round(rng.pareto(2.0, n) + 1, 2),
+        "outlier": np.r_[rng.uniform(1.0, 2.0, n - 1), 1e30],
+        "subnormal": np.r_[rng.uniform(1.0, 2.0, n // 2) * 5e-324 * 2**20, rng.pareto(1.0, n // 2) + 1],
+    }
+    before = htcore.get_num_threads()
+    try:
+        for name, x in cases.items():
+            for threads in (1, 2):
+                htcore.set_num_threads(threads)
+                for k in [1, 1000, n // 8, n // 4]:
+                    want = ref_xi("pickands", x, k)
+                    try:
+                        got = htcore.pickands(x, k).xi
+                    except ValueError:  # tied order statistics
+                        assert not np.isfinite(want) or name == "ties", (name, k)
+                        continue
+                    assert got == want, (name, threads, k)
+                assert htcore.hill(x, n // 3).xi == pytest.approx(ref_xi("hill", x, n // 3), rel=1e-12)
+    finally:
+        htcore.set_num_threads(before)
+
+
 def test_ties_raise_or_match():
     x = np.round(np.random.default_rng(2).pareto(2.0, 2000) + 1, 1)
     for k in [10, 300]:

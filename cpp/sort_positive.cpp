@@ -1,0 +1,129 @@
+// The ascending sort of a positive sample that the tail estimators and the power-law fit share.
+//
+// Positive doubles order like their IEEE bit patterns read as unsigned integers ("keys"), so the
+// sort is an MSD radix sort on keys: one parallel pass spreads the sample over 2^kMaxBits
+// buckets of equal key width between its smallest and largest key (per-thread histograms over
+// fixed contiguous parts), then threads take whole buckets and sort each in cache by the same
+// split applied recursively down to small leaves. A sorted sequence is unique, so the result
+// does not depend on the thread count or on which thread sorted which bucket.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "parallel.hpp"
+#include "tails.hpp"
+
+namespace htcore {
+
+namespace {
+
+constexpr int kMaxBits = 11;       // at most 2^11 buckets per split
+constexpr std::size_t kLeaf = 32;  // buckets up to this size are finished by std::sort
+constexpr std::size_t kParallelMin = std::size_t{1} << 20;  // smaller samples sort on one thread
+
+// Number of buckets (as bits) for m samples: about m / 8, at most 2^kMaxBits.
+int split_bits(std::size_t m) { return std::clamp(64 - __builtin_clzll(m) - 3, 1, kMaxBits); }
+
+std::uint64_t key_of(double v) {
+  std::uint64_t k;
+  std::memcpy(&k, &v, sizeof k);
+  return k;
+}
+
+// Shift that maps keys in [lo, hi] to at most 2^bits buckets: (key - lo) >> shift.
+int bucket_shift(std::uint64_t lo, std::uint64_t hi, int bits) {
+  const int width = 64 - __builtin_clzll(hi - lo);  // hi > lo
+  return std::max(0, width - bits);
+}
+
+// Sorts a[0..m) ascending, using b[0..m) as scratch.
+void msd_sort(double* a, double* b, std::size_t m) {
+  if (m <= kLeaf) {
+    std::sort(a, a + m);
+    return;
+  }
+  std::uint64_t lo = key_of(a[0]), hi = lo;
+  for (std::size_t i = 1; i < m; ++i) {
+    const std::uint64_t k = key_of(a[i]);
+    lo = std::min(lo, k);
+    hi = std::max(hi, k);
+  }
+  if (lo == hi) return;
+  const int bits = split_bits(m), shift = bucket_shift(lo, hi, bits);
+  const std::size_t buckets = std::size_t{1} << bits;
+  std::size_t count[(1u << kMaxBits) + 1], next[1u << kMaxBits];
+  std::fill(count, count + buckets + 1, 0);
+  for (std::size_t i = 0; i < m; ++i) ++count[((key_of(a[i]) - lo) >> shift) + 1];
+  for (std::size_t j = 1; j <= buckets; ++j) count[j] += count[j - 1];
+  std::copy(count, count + buckets, next);
+  for (std::size_t i = 0; i < m; ++i) b[next[(key_of(a[i]) - lo) >> shift]++] = a[i];
+  for (std::size_t j = 0; j < buckets; ++j) {
+    const std::size_t begin = count[j], size = count[j + 1] - begin;
+    if (size > kLeaf) msd_sort(b + begin, a + begin, size);
+    else std::sort(b + begin, b + begin + size);
+  }
+  std::memcpy(a, b, m * sizeof(double));
+}
+
+}  // namespace
+
+std::unique_ptr<double[]> sorted_positive(const double* x, long long n) {
+  const std::size_t size = static_cast<std::size_t>(n);
+  std::unique_ptr<double[]> out(new double[size]);
+  if (size < (1u << 14)) {
+    std::copy(x, x + size, out.get());
+    std::sort(out.get(), out.get() + size);
+    return out;
+  }
+  const int threads = size >= kParallelMin ? htcore::num_threads() : 1;
+  std::uint64_t lo = key_of(x[0]), hi = lo;
+#pragma omp parallel for num_threads(threads) reduction(min : lo) reduction(max : hi)
+  for (std::size_t i = 0; i < size; ++i) {
+    const std::uint64_t k = key_of(x[i]);
+    lo = std::min(lo, k);
+    hi = std::max(hi, k);
+  }
+  if (lo == hi) {
+    std::copy(x, x + size, out.get());
+    return out;
+  }
+  const int shift = bucket_shift(lo, hi, kMaxBits);
+  constexpr std::size_t kBuckets = std::size_t{1} << kMaxBits;
+  // counts[t][j]: samples of part t in bucket j, turned into part t's write position in bucket j.
+  std::vector<std::size_t> counts(static_cast<std::size_t>(threads) * kBuckets, 0);
+  std::vector<std::size_t> start(kBuckets + 1, 0);
+  std::unique_ptr<double[]> scratch(new double[size]);
+#pragma omp parallel num_threads(threads)
+  {
+    const std::size_t t = static_cast<std::size_t>(omp_get_thread_num()), parts = static_cast<std::size_t>(omp_get_num_threads());
+    const std::size_t begin = size * t / parts, end = size * (t + 1) / parts;
+    std::size_t* mine = &counts[t * kBuckets];
+    for (std::size_t i = begin; i < end; ++i) ++mine[(key_of(x[i]) - lo) >> shift];
+#pragma omp barrier
+#pragma omp single
+    {
+      std::size_t offset = 0;
+      for (std::size_t j = 0; j < kBuckets; ++j) {
+        start[j] = offset;
+        for (std::size_t p = 0; p < parts; ++p) {
+          const std::size_t c = counts[p * kBuckets + j];
+          counts[p * kBuckets + j] = offset;
+          offset += c;
+        }
+      }
+      start[kBuckets] = offset;
+    }
+    for (std::size_t i = begin; i < end; ++i) out[mine[(key_of(x[i]) - lo) >> shift]++] = x[i];
+#pragma omp barrier
+#pragma omp for schedule(dynamic, 1)
+    for (std::size_t j = 0; j < kBuckets; ++j) {
+      const std::size_t b = start[j], m = start[j + 1] - b;
+      if (m > 1) msd_sort(out.get() + b, scratch.get() + b, m);
+    }
+  }
+  return out;
+}
+
+}  // namespace htcore
