@@ -13,7 +13,8 @@ statistics used:
 
 ``k=None`` chooses k by the double bootstrap of Danielsson, de Haan, Peng & de Vries (2001) as
 implemented in Voitalov et al. (2019)'s tail-estimation code (t = 0.5, 500 resamples per stage,
-eps_stop = 0.99, Qi's constant for Hill, Voitalov's prefactor for moments), seeded by
+eps_stop = 0.99, Voitalov's prefactor for moments; for Hill, Danielsson et al.'s own constant,
+where Voitalov uses Qi's, which picks larger k), seeded by
 ``random_state``. Deliberate deviations, for speed and robustness:
 
 - the AMSE is minimised over k <= min(0.99 n_b, 3 n_b^(2/3)) in a bootstrap sample of size n_b
@@ -127,7 +128,11 @@ def _xi_std(method: str, xi: float) -> float:
     ln2 = np.log(2.0)
     if abs(xi) < 1e-8:
         return float(np.sqrt(3.0) / (2.0 * ln2 * ln2))
-    return float(abs(xi) * np.sqrt(2.0 ** (2 * xi + 1) + 1) / (2 * abs(2.0**xi - 1) * ln2))
+    if xi > 0:  # divided through by 2^xi, so a huge xi (an extreme outlier) cannot overflow
+        ratio = np.sqrt(2.0 + 2.0 ** (-2 * xi)) / (1.0 - 2.0 ** (-xi))
+    else:
+        ratio = np.sqrt(2.0 ** (2 * xi + 1) + 1) / abs(2.0**xi - 1)
+    return float(abs(xi) * ratio / (2 * ln2))
 
 
 def _xi_bias(method: str, xi: float, n: int, k: int, rho: float, beta: float) -> float:
