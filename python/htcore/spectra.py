@@ -35,9 +35,11 @@ from .threads import get_num_threads
 ZERO_EIGENVALUE = 1e-5
 MIN_EVALS = 8
 
-# Row-block size for Gram accumulation, in float64 elements (32 MiB). Fixed, never derived from
-# the thread count: the blocks and the order their products are added fix the rounding.
-_BLOCK_ELEMENTS = 1 << 22
+# Row-block size for Gram accumulation, in float64 elements (16 MiB): small enough that the
+# 30522x384 MiniLM embedding splits into 6 blocks to share between threads, large enough that
+# the per-block products run at full BLAS speed. Fixed, never derived from the thread count: the
+# blocks and the order their products are added fix the rounding.
+_BLOCK_ELEMENTS = 1 << 21
 # BLAS/LAPACK run on one thread here. Threaded BLAS sums in a thread-count-dependent order (the
 # last bits of the eigenvalues, and so possibly the chosen xmin, would change with the thread
 # count), and on a loaded 2-core machine it was slower anyway: the 30522x384 Gram took 0.28 s on
