@@ -49,6 +49,28 @@ def test_runs_on_several_threads():
     assert len(names) == 2 and threading.current_thread().name not in names
 
 
+def test_exclusive_items_run_alone_in_the_calling_thread():
+    # Items divisible by 5 are exclusive: computed in the caller's thread once every earlier item
+    # was handed back, with no later item taken before they are done.
+    src = CountingSource(23)
+    caller, log = threading.current_thread(), []
+
+    def fn(i):
+        log.append((i, threading.current_thread() is caller, src.taken, src.returned))
+        return slow_square(i)
+
+    got = []
+    for item, result in ordered_map(fn, src, workers=3, exclusive=lambda i: i % 5 == 0):
+        src.returned += 1
+        got.append((item, result))
+    assert got == [(i, i * i) for i in range(23)] and src.max_outstanding <= 3
+    for i, in_caller, taken, returned in log:
+        if i % 5 == 0:
+            assert in_caller and taken == i + 1 and returned == i
+        else:
+            assert not in_caller
+
+
 def test_exception_raised_at_its_turn_and_pool_stops():
     calls = []
 

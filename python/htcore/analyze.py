@@ -13,7 +13,7 @@ from ._validation import check_fraction
 from .layers import Layer, load_layers
 from .powerlaw_fit import fit_powerlaw
 from .report import ElementTails, LayerReport, ModelReport
-from .spectra import _single_threaded_blas, esd, spectral_metrics
+from .spectra import _single_threaded_blas, esd, spectral_metrics, splits_into_blocks
 from .tails import element_sample, hill
 from .threads import get_num_threads
 from .topk import compressibility_curve
@@ -61,14 +61,16 @@ def analyze(
     include, exclude : regular expressions on tensor names (see `htcore.load_layers`).
     progress : show a progress bar on stderr.
 
-    Threads: the ESDs of the next ``htcore.get_num_threads()`` layers are computed concurrently
-    (LAPACK on one BLAS thread each) while this thread takes the layers in order; so about that
-    many tensors are alive at once. Every number is identical at any thread count.
+    Threads: the ESDs of up to ``htcore.get_num_threads()`` small layers are computed concurrently
+    (LAPACK on one BLAS thread each) while this thread takes the layers in order; a big layer
+    (more than 2^21 entries, such as an embedding; `htcore.spectra.splits_into_blocks`) is computed
+    alone, its Gram row blocks shared between the threads. So at most one big tensor and a few
+    small ones are read at a time. Every number is identical at any thread count.
     """
     keeps = _check_keeps(keeps)
     layers = load_layers(source, include=include, exclude=exclude)
     if spectral:
-        pairs = ordered_map(_layer_esd, layers, workers=get_num_threads())
+        pairs = ordered_map(_layer_esd, layers, workers=get_num_threads(), exclusive=_big_layer)
     else:
         pairs = ((layer, None) for layer in layers)
     with _single_threaded_blas():  # entered here, around the workers' ESDs (see its docstring)
@@ -86,6 +88,12 @@ def analyze_layer(layer: Layer, *, spectral: bool = True, elements: bool = True,
 
 def _layer_esd(layer: Layer) -> np.ndarray:
     return esd(layer.matrices)
+
+
+def _big_layer(layer: Layer) -> bool:
+    # A big layer's ESD uses all the threads itself (row blocks), so it runs alone: no nested pools,
+    # and no more than one big tensor being read at a time.
+    return splits_into_blocks(layer.matrices)
 
 
 def _layer_report(layer: Layer, evals: np.ndarray | None, *, elements: bool, keeps: Sequence[float]) -> LayerReport:

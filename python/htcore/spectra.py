@@ -77,7 +77,7 @@ def _gram_eigenvalues(w: np.ndarray) -> np.ndarray:
     n, m = w.shape
     if m == 0:
         return np.zeros(0)
-    step = max(1, _BLOCK_ELEMENTS // m)
+    step = _block_rows(w.shape)
     blocks = (w[start : start + step] for start in range(0, n, step))
     workers = get_num_threads() if n > step else 1
     gram = np.zeros((m, m))
@@ -86,6 +86,17 @@ def _gram_eigenvalues(w: np.ndarray) -> np.ndarray:
     if not np.isfinite(gram).all():
         raise ValueError(f"matrix of shape {w.shape} contains non-finite values (NaN or Inf)")
     return np.maximum(np.linalg.eigvalsh(gram), 0.0)
+
+
+def _block_rows(shape: tuple[int, ...]) -> int:
+    """Rows per Gram block of a matrix of ``shape``, the long side as rows."""
+    return max(1, _BLOCK_ELEMENTS // max(1, min(shape)))
+
+
+def splits_into_blocks(matrices: Iterable[np.ndarray]) -> bool:
+    """Whether `esd` splits any of ``matrices`` into several row blocks, and so computes its Gram
+    products on htcore's threads (the matrices' data is not read)."""
+    return any(max(w.shape) > _block_rows(w.shape) for w in matrices)
 
 
 def _block_gram(rows: np.ndarray) -> np.ndarray:
