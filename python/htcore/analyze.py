@@ -73,11 +73,11 @@ def analyze(
         pairs = ordered_map(_layer_esd, layers, workers=get_num_threads(), exclusive=_big_layer)
     else:
         pairs = ((layer, None) for layer in layers)
+    rows = []
     with _single_threaded_blas():  # entered here, around the workers' ESDs (see its docstring)
-        rows = [
-            _layer_report(layer, evals, elements=elements, keeps=keeps)
-            for layer, evals in progress_bar(pairs, enabled=progress, desc="htcore analyze", unit="layer")
-        ]
+        for layer, evals in progress_bar(pairs, enabled=progress, desc="htcore analyze", unit="layer"):
+            rows.append(_layer_report(layer, evals, elements=elements, keeps=keeps))
+            del layer, evals  # release the tensor before the next big one is read
     return ModelReport(source=_describe(source), keeps=keeps, layers=tuple(rows))
 
 
