@@ -46,6 +46,9 @@ _BLOCK_ELEMENTS = 1 << 21
 # one thread and 0.8-1.2 s on two (OpenBLAS threads busy-wait for a core), a 384x384 eigvalsh 10x
 # longer. htcore's own kernels (fits, Hill, top-k) use htcore's thread count, and so do the
 # Gram blocks here and `htcore.analyze`'s layers (each on a one-BLAS-thread worker).
+# Measured with numpy 2.4's OpenBLAS 0.3.31: GEMMs (the Gram) and Cholesky from two threads run
+# side by side (1.9 cores), but its eigvalsh/svd/qr (reference LAPACK) calls run one at a time per
+# process (1.0 core; two processes do overlap), so only the Gram half of a layer gains from threads.
 
 
 def esd(matrices: np.ndarray | Iterable[np.ndarray]) -> np.ndarray:
