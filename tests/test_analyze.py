@@ -5,12 +5,13 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 
 import htcore
-from htcore.analyze import DEFAULT_KEEPS
+from htcore.analyze import DEFAULT_KEEPS, analyze_layer
 from htcore.safetensors_io import save_safetensors
 from htcore.spectra import esd, spectral_metrics
 
@@ -116,6 +117,23 @@ def test_identical_at_one_and_two_threads(model_file, report):
     finally:
         htcore.set_num_threads(before)
     assert _rows_equal_nan(one.rows(), report.rows())
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_concurrent_esds_equal_the_serial_loop(model_file, monkeypatch, threads):
+    # analyze computes the next layers' ESDs on worker threads (and, with small row blocks, each
+    # Gram over several blocks on threads of its own): the eigenvalues and every column must be
+    # bitwise those of analyze_layer called layer by layer.
+    import htcore.spectra as sp
+
+    monkeypatch.setattr(sp, "_BLOCK_ELEMENTS", 40 * 32)
+    htcore.set_num_threads(1)
+    serial = [analyze_layer(layer, elements=False, keeps=()) for layer in htcore.load_layers(model_file)]
+    htcore.set_num_threads(threads)
+    got = htcore.analyze(model_file, elements=False, keeps=None, progress=False)
+    assert [r.name for r in got] == [r.name for r in serial]
+    assert all(np.array_equal(r.evals, s.evals) for r, s in zip(got, serial))
+    assert _rows_equal_nan([asdict(r.spectral) for r in got], [asdict(s.spectral) for s in serial])
 
 
 def test_csv_json_markdown_pandas(report, tmp_path):

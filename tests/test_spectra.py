@@ -125,6 +125,89 @@ def test_results_identical_at_one_and_two_threads():
     assert spectral_metrics(one) == spectral_metrics(two)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_parallel_row_blocks_bitwise_equal_serial_sum(monkeypatch, threads):
+    # Many row blocks, their Gram products computed on `threads` threads: the sum is taken in block
+    # order, so the eigenvalues are bitwise those of the plain serial loop.
+    import htcore.spectra as sp
+
+    threadpoolctl = pytest.importorskip("threadpoolctl", reason="threadpoolctl not installed")
+    w = heavy_matrix(8, 2000, 30).astype(np.float32)[:, ::-1]  # strided view
+    monkeypatch.setattr(sp, "_BLOCK_ELEMENTS", 30 * 97)  # 97-row blocks, the last one short
+    gram = np.zeros((30, 30))
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        for start in range(0, 2000, 97):
+            block = w[start : start + 97].astype(np.float64)
+            gram += block.T @ block
+        expected = np.sort(np.maximum(np.linalg.eigvalsh(gram), 0.0))
+    assert sp.splits_into_blocks([w[:97], w]) and sp.splits_into_blocks([w.T])
+    assert not sp.splits_into_blocks([w[:97], w[:5].T])
+    htcore.set_num_threads(threads)
+    assert np.array_equal(esd(w), expected)
+    assert np.array_equal(esd(w.T), expected)
+    bad = w.copy()
+    bad[1500, 3] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        esd(bad)
+
+
+def test_blas_limit_shared_by_concurrent_users():
+    # A worker entering and leaving the one-BLAS-thread context while the calling thread is inside
+    # must not restore the original setting; the caller leaving last restores it.
+    import threading
+
+    threadpoolctl = pytest.importorskip("threadpoolctl", reason="threadpoolctl not installed")
+    from htcore.spectra import _single_threaded_blas
+
+    def blas_threads():
+        return {lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"}
+
+    seen = []
+
+    def worker():
+        with _single_threaded_blas():
+            seen.append(blas_threads())
+
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        with _single_threaded_blas():
+            t = threading.Thread(target=worker)
+            t.start()
+            t.join()
+            assert seen == [{1}] and blas_threads() == {1}
+        assert blas_threads() == {2}
+
+
+def test_analyze_limits_and_restores_blas_in_the_calling_thread(monkeypatch):
+    # htcore.analyze runs ESDs on worker threads (here with several row blocks each). OpenBLAS lets
+    # only the thread that lowered its thread count raise it again, so the one limit must be set and
+    # restored by the calling thread, once, and the caller's setting must be back afterwards.
+    import threading
+
+    import htcore.spectra as sp
+
+    threadpoolctl = pytest.importorskip("threadpoolctl", reason="threadpoolctl not installed")
+    calls, real_limit = [], sp._limit_blas
+
+    class SpyLimiter:
+        def __init__(self):
+            calls.append(("limit", threading.current_thread()))
+            self.limiter = real_limit()
+
+        def restore_original_limits(self):
+            calls.append(("restore", threading.current_thread()))
+            self.limiter.restore_original_limits()
+
+    monkeypatch.setattr(sp, "_limit_blas", SpyLimiter)
+    monkeypatch.setattr(sp, "_BLOCK_ELEMENTS", 400)
+    sd = {f"l{i}.weight": heavy_matrix(i, 60, 20) for i in range(5)}
+    htcore.set_num_threads(2)
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        htcore.analyze(sd, elements=False, keeps=None, progress=False)
+        assert {lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"} == {2}
+    me = threading.current_thread()
+    assert calls == [("limit", me), ("restore", me)]
+
+
 # ---- against weightwatcher 0.7.7 itself
 
 

@@ -7,13 +7,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._concurrent import ordered_map
 from ._progress import progress as progress_bar
 from ._validation import check_fraction
 from .layers import Layer, load_layers
 from .powerlaw_fit import fit_powerlaw
 from .report import ElementTails, LayerReport, ModelReport
-from .spectra import esd, spectral_metrics
+from .spectra import _single_threaded_blas, esd, spectral_metrics, splits_into_blocks
 from .tails import element_sample, hill
+from .threads import get_num_threads
 from .topk import compressibility_curve
 
 DEFAULT_KEEPS = (0.01, 0.05, 0.1, 0.25, 0.5)
@@ -58,19 +60,45 @@ def analyze(
         (`htcore.compressibility_curve`). None or () skips it.
     include, exclude : regular expressions on tensor names (see `htcore.load_layers`).
     progress : show a progress bar on stderr.
+
+    Threads: the ESDs of up to ``htcore.get_num_threads()`` small layers are computed concurrently
+    (LAPACK on one BLAS thread each) while this thread takes the layers in order; a big layer
+    (more than 2^21 entries, such as an embedding; `htcore.spectra.splits_into_blocks`) is computed
+    alone, its Gram row blocks shared between the threads. So at most one big tensor and a few
+    small ones are read at a time. Every number is identical at any thread count.
     """
     keeps = _check_keeps(keeps)
     layers = load_layers(source, include=include, exclude=exclude)
-    rows = [
-        analyze_layer(layer, spectral=spectral, elements=elements, keeps=keeps)
-        for layer in progress_bar(layers, enabled=progress, desc="htcore analyze", unit="layer")
-    ]
+    if spectral:
+        pairs = ordered_map(_layer_esd, layers, workers=get_num_threads(), exclusive=_big_layer)
+    else:
+        pairs = ((layer, None) for layer in layers)
+    rows = []
+    with _single_threaded_blas():  # entered here, around the workers' ESDs (see its docstring)
+        for layer, evals in progress_bar(pairs, enabled=progress, desc="htcore analyze", unit="layer"):
+            rows.append(_layer_report(layer, evals, elements=elements, keeps=keeps))
+            del layer, evals  # release the tensor before the next big one is read
     return ModelReport(source=_describe(source), keeps=keeps, layers=tuple(rows))
 
 
 def analyze_layer(layer: Layer, *, spectral: bool = True, elements: bool = True, keeps: Sequence[float] = DEFAULT_KEEPS) -> LayerReport:
     """The `LayerReport` of one `Layer` (what `analyze` does per row)."""
-    evals = esd(layer.matrices) if spectral else None
+    return _layer_report(layer, _layer_esd(layer) if spectral else None, elements=elements, keeps=keeps)
+
+
+def _layer_esd(layer: Layer) -> np.ndarray:
+    return esd(layer.matrices)
+
+
+def _big_layer(layer: Layer) -> bool:
+    # A big layer's ESD uses all the threads itself (row blocks), so it runs alone: no nested pools,
+    # and no more than one big tensor being read at a time.
+    return splits_into_blocks(layer.matrices)
+
+
+def _layer_report(layer: Layer, evals: np.ndarray | None, *, elements: bool, keeps: Sequence[float]) -> LayerReport:
+    """The row of ``layer`` given its ESD (None: no spectral metrics)."""
+    spectral = evals is not None
     element_tails = ccdf = None
     if elements:
         sample = element_sample(layer.weight)

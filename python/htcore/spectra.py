@@ -5,9 +5,11 @@ eigenvalues lambda_i = sigma_i^2 of W^T W (the squared singular values of W), wi
 scaling; a layer with several matrices (conv kernel positions) pools all their eigenvalues.
 
 The eigenvalues are computed in float64 as the eigenvalues of the smaller Gram matrix
-(W^T W if N >= M, else W W^T) with LAPACK (``scipy.linalg.eigvalsh``), accumulating the Gram
-matrix over row blocks so a float32 matrix is never copied whole to float64, with BLAS on one
-thread so the result is bitwise the same whatever the thread settings. This costs
+(W^T W if N >= M, else W W^T) with LAPACK (``numpy.linalg.eigvalsh``, which releases the GIL;
+scipy's wrapper holds it), accumulating the Gram matrix over fixed row blocks so a float32 matrix
+is never copied whole to float64. BLAS runs on one thread; parallelism comes from computing the
+blocks' products on htcore's threads and adding them in block order, so the result is bitwise the
+same whatever the thread settings. This costs
 N M^2 + O(M^3) flops instead of an SVD's ~4 N M^2 + O(M^3); the absolute error of each eigenvalue
 is about 1e-16 * lambda_max, far below WeightWatcher's 1e-5 cut for "zero" eigenvalues.
 
@@ -18,26 +20,35 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from dataclasses import dataclass
-from typing import ContextManager, Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
-import scipy.linalg
 
+from ._concurrent import ordered_map
 from .powerlaw_fit import fit_powerlaw
+from .threads import get_num_threads
 
 # WeightWatcher 0.7.7: eigenvalues <= EVALS_THRESH are dropped before the power-law fit, and layers
 # with fewer than DEFAULT_MIN_EVALS eigenvalues are not analysed.
 ZERO_EIGENVALUE = 1e-5
 MIN_EVALS = 8
 
-# Row-block size for Gram accumulation, in float64 elements (32 MiB).
-_BLOCK_ELEMENTS = 1 << 22
+# Row-block size for Gram accumulation, in float64 elements (16 MiB): small enough that the
+# 30522x384 MiniLM embedding splits into 6 blocks to share between threads, large enough that
+# the per-block products run at full BLAS speed. Fixed, never derived from the thread count: the
+# blocks and the order their products are added fix the rounding.
+_BLOCK_ELEMENTS = 1 << 21
 # BLAS/LAPACK run on one thread here. Threaded BLAS sums in a thread-count-dependent order (the
 # last bits of the eigenvalues, and so possibly the chosen xmin, would change with the thread
 # count), and on a loaded 2-core machine it was slower anyway: the 30522x384 Gram took 0.28 s on
 # one thread and 0.8-1.2 s on two (OpenBLAS threads busy-wait for a core), a 384x384 eigvalsh 10x
-# longer. htcore's own kernels (fits, Hill, top-k) use htcore's thread count.
+# longer. htcore's own kernels (fits, Hill, top-k) use htcore's thread count, and so do the
+# Gram blocks here and `htcore.analyze`'s layers (each on a one-BLAS-thread worker).
+# Measured with numpy 2.4's OpenBLAS 0.3.31: GEMMs (the Gram) and Cholesky from two threads run
+# side by side (1.9 cores), but its eigvalsh/svd/qr (reference LAPACK) calls run one at a time per
+# process (1.0 core; two processes do overlap), so only the Gram half of a layer gains from threads.
 
 
 def esd(matrices: np.ndarray | Iterable[np.ndarray]) -> np.ndarray:
@@ -49,7 +60,8 @@ def esd(matrices: np.ndarray | Iterable[np.ndarray]) -> np.ndarray:
     """
     if isinstance(matrices, np.ndarray):
         matrices = [matrices]
-    parts = [_gram_eigenvalues(w) for w in matrices]
+    with _single_threaded_blas():
+        parts = [_gram_eigenvalues(w) for w in matrices]
     if not parts:
         raise ValueError("matrices must contain at least one 2-D array")
     out = np.concatenate(parts)
@@ -68,30 +80,71 @@ def _gram_eigenvalues(w: np.ndarray) -> np.ndarray:
     n, m = w.shape
     if m == 0:
         return np.zeros(0)
+    step = _block_rows(w.shape)
+    blocks = (w[start : start + step] for start in range(0, n, step))
+    workers = get_num_threads() if n > step else 1
     gram = np.zeros((m, m))
-    step = max(1, _BLOCK_ELEMENTS // m)
-    with _single_threaded_blas():
-        for start in range(0, n, step):
-            block = np.asarray(w[start : start + step], dtype=np.float64)
-            gram += block.T @ block
-        if not np.isfinite(gram).all():
-            raise ValueError(f"matrix of shape {w.shape} contains non-finite values (NaN or Inf)")
-        evals = scipy.linalg.eigvalsh(gram, overwrite_a=True, check_finite=False)
-    return np.maximum(evals, 0.0)
+    for _, product in ordered_map(_block_gram, blocks, workers=workers):
+        gram += product
+    if not np.isfinite(gram).all():
+        raise ValueError(f"matrix of shape {w.shape} contains non-finite values (NaN or Inf)")
+    return np.maximum(np.linalg.eigvalsh(gram), 0.0)
 
 
+def _block_rows(shape: tuple[int, ...]) -> int:
+    """Rows per Gram block of a matrix of ``shape``, the long side as rows."""
+    return max(1, _BLOCK_ELEMENTS // max(1, min(shape)))
+
+
+def splits_into_blocks(matrices: Iterable[np.ndarray]) -> bool:
+    """Whether `esd` splits any of ``matrices`` into several row blocks, and so computes its Gram
+    products on htcore's threads (the matrices' data is not read)."""
+    return any(max(w.shape) > _block_rows(w.shape) for w in matrices)
+
+
+def _block_gram(rows: np.ndarray) -> np.ndarray:
+    block = np.asarray(rows, dtype=np.float64)
+    return block.T @ block
+
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limiter = None
 _controller = None
 
 
-def _single_threaded_blas() -> ContextManager:
-    """Limit the BLAS/LAPACK libraries numpy and scipy use to one thread (needs threadpoolctl;
-    without it the libraries keep their own setting)."""
+@contextlib.contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """Limit the BLAS/LAPACK libraries numpy and scipy use to one thread while any thread is
+    inside this context (needs threadpoolctl; without it the libraries keep their own setting).
+
+    The limit is process-wide, so concurrent users share one limiter, counted: the original
+    setting comes back when the last one leaves, never while another thread is computing.
+    OpenBLAS lets only the thread that lowered its thread count raise it again, so the thread
+    that enters first must leave last: enter in the calling thread around any worker pool (as
+    `esd` and `htcore.analyze` do), and workers only nest inside it."""
+    global _blas_users, _blas_limiter
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_limiter = _limit_blas()
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0 and _blas_limiter is not None:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None
+
+
+def _limit_blas():
     global _controller
     if _controller is None:
         try:
             from threadpoolctl import ThreadpoolController
         except ImportError:
-            return contextlib.nullcontext()
+            return None
         _controller = ThreadpoolController()
     return _controller.limit(limits=1, user_api="blas")
 
