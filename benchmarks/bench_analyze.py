@@ -27,14 +27,14 @@ import numpy as np
 import htcore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_tails import machine, median_time  # noqa: E402
+from common import machine, median_time  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine_info() -> dict:
     """bench_tails' machine facts plus the load average (the box is shared; ratios are what count)."""
-    return {**machine(), "load_average": os.getloadavg()[0], "htcore": htcore.__version__}
+    return {**machine(), "load_average": os.getloadavg()[0]}
 
 
 def median_wall_cpu(fn, repeats: int) -> tuple[float, float, object]:

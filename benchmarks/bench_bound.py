@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +24,8 @@ import torch
 import htcore
 from htcore.datasets import load_digits, load_fashion_mnist
 from htcore.train import train_mlp
+
+from common import machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DELTA = 0.05
@@ -58,13 +58,6 @@ def describe(settings: dict) -> str:
     keeps = "/".join(f"{v:g}" for v in keep.values()) if "per_layer" in settings else f"{settings['keep']:g} all"
     tune = "" if settings.get("finetune", "shared") is not None else ", no fine-tune"
     return f"keep {keeps}, r={settings.get('levels')}{tune}"
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": sys.version.split()[0], "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "htcore_build": htcore._core.build_info()}
 
 
 def run_dataset(name: str, cfg: dict) -> dict:
@@ -126,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     cfgs = configs(args.quick)
-    info = machine()
+    info = {**machine(), "torch_threads": torch.get_num_threads()}
     results = []
     for name in args.datasets:
         print(f"== {name}", file=sys.stderr, flush=True)

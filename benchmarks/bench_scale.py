@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_tails import machine  # noqa: E402
+from common import machine  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

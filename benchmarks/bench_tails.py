@@ -11,17 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 import htcore
-from htcore import _core
+
+from common import machine, median_time
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -68,33 +66,6 @@ def run_peer(name: str, n: int, limit: float) -> tuple[float | None, str]:
         return None, "failed: " + out.stderr.strip().splitlines()[-1][:60]
     seconds, value = out.stdout.split()[-2:]
     return float(seconds), value
-
-
-def median_time(fn, repeats: int) -> tuple[float, object]:
-    times, value = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        value = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), value
-
-
-def machine() -> dict:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "htcore_build": _core.build_info(),
-    }
 
 
 def _load(avg: tuple[float, float, float]) -> str:

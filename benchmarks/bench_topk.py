@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -29,7 +28,8 @@ import numpy as np
 import scipy.sparse as sp
 
 import htcore
-from htcore import _core
+
+from common import machine
 
 SHAPES = {"1e6": (1000, 1000), "1e7": (2500, 4000), "1e8": (10000, 10000)}
 KEEPS = (0.01, 0.1, 0.5)
@@ -108,20 +108,6 @@ def time_case(fn, k: int, reps: int) -> float:
         times.append(time.perf_counter() - t0)
         del out
     return statistics.median(times) * 1e3
-
-
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    import torch
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
-            "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-            "htcore_build": _core.build_info()}
 
 
 def main() -> None:

@@ -85,7 +85,7 @@ def test_torch_round_trip(fmt):
 
 
 def test_torch_zero_copy_for_int32_float32():
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     A = small().astype(index_dtype=np.int32)
     t = A.to_torch()
     assert np.shares_memory(t.values().numpy(), A.data) and np.shares_memory(t.col_indices().numpy(), A.indices)

@@ -17,7 +17,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import htcore
 from htcore import CSRMatrix, sparse_linear
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
