@@ -51,6 +51,46 @@ void throw_for_testing(const std::string& kind) {
   throw std::invalid_argument("unknown exception kind '" + kind + "'");
 }
 
+// ---- tails (marshalling helpers) ----
+// Each is bound for float64 and then float32 samples: pybind11 first tries the overloads without
+// conversion, so a float32 array reaches the kernels without a float64 copy (they widen it
+// exactly), and any other dtype is converted to float64 by the first overload as before.
+template <class T>
+using Sample = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+template <class T>
+py::dict tail_estimate(Sample<T> x, const std::string& method, long long k, std::uint64_t seed, int resamples,
+                       double eps_stop, double cap_factor, double rho_max) {
+  htcore::TailMethod kind;
+  if (method == "hill") kind = htcore::TailMethod::hill;
+  else if (method == "moments") kind = htcore::TailMethod::moments;
+  else if (method == "pickands") kind = htcore::TailMethod::pickands;
+  else throw std::invalid_argument("unknown tail method '" + method + "'");
+  htcore::DoubleBootstrapOptions options;
+  options.resamples = resamples;
+  options.eps_stop = eps_stop;
+  options.cap_factor = cap_factor;
+  htcore::TailEstimate r;
+  {
+    py::gil_scoped_release release;
+    r = htcore::estimate_tail(kind, x.data(), static_cast<long long>(x.size()), k, seed, options, rho_max);
+  }
+  return py::dict("xi"_a = r.xi, "k"_a = r.k, "k1"_a = r.bootstrap.k1, "k2"_a = r.bootstrap.k2,
+                  "n1"_a = r.bootstrap.n1, "n2"_a = r.bootstrap.n2, "rho"_a = r.second.rho,
+                  "beta"_a = r.second.beta, "k1_second_order"_a = r.second.k1);
+}
+
+template <class T>
+py::dict fit_powerlaw(Sample<T> x, double xmax, double xmin, long long grid) {
+  htcore::PowerLawResult r;
+  {
+    py::gil_scoped_release release;
+    r = htcore::fit_powerlaw(x.data(), static_cast<long long>(x.size()), xmax, xmin, grid);
+  }
+  return py::dict("pdf_exponent"_a = r.pdf_exponent, "xmin"_a = r.xmin, "ks_distance"_a = r.ks_distance,
+                  "n_tail"_a = r.n_tail, "candidates"_a = r.candidates);
+}
+
 // ---- CSR kernels (marshalling helpers) ----
 // The Python layer (htcore/csr.py) has validated shapes and dtypes and made every array
 // C-contiguous; these helpers only map numpy dtypes to the kernel's enums and refuse the rest.
@@ -268,41 +308,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("_throw_for_testing", &throw_for_testing, "kind"_a);
 
   // ---- tails (issue: tail estimators) ----
-  m.def(
-      "tail_estimate",
-      [](py::array_t<double, py::array::c_style | py::array::forcecast> x, const std::string& method, long long k,
-         std::uint64_t seed, int resamples, double eps_stop, double cap_factor, double rho_max) {
-        htcore::TailMethod kind;
-        if (method == "hill") kind = htcore::TailMethod::hill;
-        else if (method == "moments") kind = htcore::TailMethod::moments;
-        else if (method == "pickands") kind = htcore::TailMethod::pickands;
-        else throw std::invalid_argument("unknown tail method '" + method + "'");
-        htcore::DoubleBootstrapOptions options;
-        options.resamples = resamples;
-        options.eps_stop = eps_stop;
-        options.cap_factor = cap_factor;
-        htcore::TailEstimate r;
-        {
-          py::gil_scoped_release release;
-          r = htcore::estimate_tail(kind, x.data(), static_cast<long long>(x.size()), k, seed, options, rho_max);
-        }
-        return py::dict("xi"_a = r.xi, "k"_a = r.k, "k1"_a = r.bootstrap.k1, "k2"_a = r.bootstrap.k2,
-                        "n1"_a = r.bootstrap.n1, "n2"_a = r.bootstrap.n2, "rho"_a = r.second.rho,
-                        "beta"_a = r.second.beta, "k1_second_order"_a = r.second.k1);
-      },
-      "x"_a, "method"_a, "k"_a, "seed"_a, "resamples"_a, "eps_stop"_a, "cap_factor"_a, "rho_max"_a);
-  m.def(
-      "fit_powerlaw",
-      [](py::array_t<double, py::array::c_style | py::array::forcecast> x, double xmax, double xmin, long long grid) {
-        htcore::PowerLawResult r;
-        {
-          py::gil_scoped_release release;
-          r = htcore::fit_powerlaw(x.data(), static_cast<long long>(x.size()), xmax, xmin, grid);
-        }
-        return py::dict("pdf_exponent"_a = r.pdf_exponent, "xmin"_a = r.xmin, "ks_distance"_a = r.ks_distance,
-                        "n_tail"_a = r.n_tail, "candidates"_a = r.candidates);
-      },
-      "x"_a, "xmax"_a, "xmin"_a, "grid"_a);
+  m.def("tail_estimate", &tail_estimate<double>, "x"_a, "method"_a, "k"_a, "seed"_a, "resamples"_a, "eps_stop"_a,
+        "cap_factor"_a, "rho_max"_a);
+  m.def("tail_estimate", &tail_estimate<float>, "x"_a, "method"_a, "k"_a, "seed"_a, "resamples"_a, "eps_stop"_a,
+        "cap_factor"_a, "rho_max"_a);
+  m.def("fit_powerlaw", &fit_powerlaw<double>, "x"_a, "xmax"_a, "xmin"_a, "grid"_a);
+  m.def("fit_powerlaw", &fit_powerlaw<float>, "x"_a, "xmax"_a, "xmin"_a, "grid"_a);
 
   // ---- top-k selection ----
   bind_topk(m);

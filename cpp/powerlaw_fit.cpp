@@ -35,34 +35,42 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 // Absolute slack on interval bounds for rounding in T and A (both in [0, 1]).
 constexpr double kBoundSlack = 1e-14;
 
-// The distinct values u_j = sorted[below[j]] of an ascending-sorted sample.
+// The distinct values u_j of an ascending-sorted sample, reduced to what the fit reads: their
+// ranks and logs. The logs overwrite the sorted copy (see distinct_values), so the values
+// themselves are gone once the candidates are chosen.
 struct DistinctTail {
-  const double* sorted = nullptr;
   std::vector<long long> below;  // samples strictly below u_j
-  std::vector<double> log_value;  // ln u_j
+  const double* log_value = nullptr;  // ln u_j
   long long n = 0;
   long long size() const { return static_cast<long long>(below.size()); }
-  double value(long long j) const { return sorted[below[static_cast<std::size_t>(j)]]; }
 };
 
-DistinctTail distinct_values(const double* sorted, long long n) {
+// Finds the distinct values of sorted[0..n) and moves them to sorted[0..m) (the ranks go to
+// t.below); to_logs then replaces them by their logs in place.
+DistinctTail distinct_values(double* sorted, long long n) {
   DistinctTail t;
-  t.sorted = sorted;
   t.n = n;
   t.below.reserve(static_cast<std::size_t>(n));  // pages are only touched as far as used
   for (long long i = 0; i < n; ++i) {
-    if (i == 0 || sorted[i] != sorted[i - 1]) t.below.push_back(i);
+    if (i == 0 || sorted[i] != sorted[i - 1]) {
+      sorted[t.size()] = sorted[i];
+      t.below.push_back(i);
+    }
   }
-  const long long m = t.size();
-  t.log_value.resize(static_cast<std::size_t>(m));
-#pragma omp parallel for num_threads(htcore::num_threads()) schedule(static) if (m > 100000)
-  for (long long j = 0; j < m; ++j) t.log_value[static_cast<std::size_t>(j)] = std::log(t.value(j));
   return t;
+}
+
+void to_logs(double* values, DistinctTail& t) {
+  const long long m = t.size();
+#pragma omp parallel for num_threads(htcore::num_threads()) schedule(static) if (m > 100000)
+  for (long long j = 0; j < m; ++j) values[j] = std::log(values[j]);
+  t.log_value = values;
 }
 
 struct Candidate {
   long long i;      // first distinct value in the tail
-  double log_xmin;  // ln xmin (xmin need not be a sample value when fixed by the user)
+  double xmin;      // need not be a sample value when fixed by the user
+  double log_xmin;  // ln xmin
   long double log_sum = 0;  // sum of ln x over the samples >= u_i (set by add_log_sums)
 };
 
@@ -73,7 +81,7 @@ void add_log_sums(const DistinctTail& t, std::vector<Candidate>& candidates) {
   auto c = candidates.rbegin();
   for (long long j = m - 1; j >= 0 && c != candidates.rend(); --j) {
     const long long next = j + 1 < m ? t.below[static_cast<std::size_t>(j + 1)] : t.n;
-    acc += static_cast<long double>(next - t.below[static_cast<std::size_t>(j)]) * t.log_value[static_cast<std::size_t>(j)];
+    acc += static_cast<long double>(next - t.below[static_cast<std::size_t>(j)]) * t.log_value[j];
     for (; c != candidates.rend() && c->i == j; ++c) c->log_sum = acc;
   }
 }
@@ -94,7 +102,7 @@ class TailModel {
   long long n_tail() const { return n_tail_; }
   double inv_n() const { return inv_n_; }
   double fitted(long long j) const {
-    return -std::expm1((1.0 - exponent_) * (t_.log_value[static_cast<std::size_t>(j)] - c_.log_xmin)) * inv_z_;
+    return -std::expm1((1.0 - exponent_) * (t_.log_value[j] - c_.log_xmin)) * inv_z_;
   }
   double empirical(long long j) const {
     return static_cast<double>(t_.below[static_cast<std::size_t>(j)] - t_.below[static_cast<std::size_t>(c_.i)]) * inv_n_;
@@ -169,42 +177,43 @@ double ks_distance_or_prune(const TailModel& model, long long first, long long l
   return best;
 }
 
-std::vector<Candidate> make_candidates(const DistinctTail& t, double fixed_xmin, long long grid) {
-  const long long m = t.size();
+// The candidates, from the distinct values u[0..m) before they are replaced by their logs; ln u_j
+// is computed here exactly as to_logs computes it, so log_xmin equals t.log_value[i].
+std::vector<Candidate> make_candidates(const double* u, long long m, double fixed_xmin, long long grid) {
   std::vector<Candidate> out;
   if (!std::isnan(fixed_xmin)) {
-    const long long i = std::lower_bound(t.below.begin(), t.below.end(), fixed_xmin,
-                                         [&t](long long b, double v) { return t.sorted[b] < v; }) - t.below.begin();
-    require(i <= m - 2 || (i == m - 1 && t.value(i) > fixed_xmin),
+    const long long i = std::lower_bound(u, u + m, fixed_xmin) - u;
+    require(i <= m - 2 || (i == m - 1 && u[i] > fixed_xmin),
             "xmin = " + std::to_string(fixed_xmin) + " leaves fewer than 2 distinct tail values to fit");
-    out.push_back({i, std::log(fixed_xmin)});
+    out.push_back({i, fixed_xmin, std::log(fixed_xmin)});
     return out;
   }
   require(m >= 2, "the power-law fit needs at least 2 distinct sample values, got " + std::to_string(m));
   if (grid <= 0 || grid >= m - 1) {
     out.reserve(static_cast<std::size_t>(m - 1));
-    for (long long i = 0; i + 1 < m; ++i) out.push_back({i, t.log_value[static_cast<std::size_t>(i)]});
+    for (long long i = 0; i + 1 < m; ++i) out.push_back({i, u[i], std::log(u[i])});
     return out;
   }
-  const double lo = t.log_value.front(), hi = t.log_value[static_cast<std::size_t>(m - 2)];
+  const double lo = std::log(u[0]), hi = std::log(u[m - 2]);
   for (long long g = 0; g < grid; ++g) {
     const double target = grid == 1 ? lo : lo + (hi - lo) * static_cast<double>(g) / static_cast<double>(grid - 1);
-    long long i = std::lower_bound(t.log_value.begin(), t.log_value.end(), target) - t.log_value.begin();
+    // lower_bound over ln u_j computed on demand: the same comparisons as over the stored logs.
+    long long i = std::lower_bound(u, u + m, target, [](double v, double x) { return std::log(v) < x; }) - u;
     i = std::min(i, m - 2);
-    if (out.empty() || out.back().i != i) out.push_back({i, t.log_value[static_cast<std::size_t>(i)]});
+    if (out.empty() || out.back().i != i) out.push_back({i, u[i], std::log(u[i])});
   }
   return out;
 }
 
-}  // namespace
-
-PowerLawResult fit_powerlaw(const double* x, long long n, double xmax, double fixed_xmin, long long grid) {
+template <class T>
+PowerLawResult fit_powerlaw_of(const T* x, long long n, double xmax, double fixed_xmin, long long grid) {
   const std::unique_ptr<double[]> sorted_copy = sorted_positive(x, n);
-  const double* sorted = sorted_copy.get();
+  double* sorted = sorted_copy.get();
   const long long used = std::upper_bound(sorted, sorted + n, xmax) - sorted;
   require(used >= 2, "the power-law fit needs at least 2 samples <= xmax, got " + std::to_string(used));
-  const DistinctTail tail = distinct_values(sorted, used);
-  std::vector<Candidate> candidates = make_candidates(tail, fixed_xmin, grid);
+  DistinctTail tail = distinct_values(sorted, used);
+  std::vector<Candidate> candidates = make_candidates(sorted, tail.size(), fixed_xmin, grid);
+  to_logs(sorted, tail);
   add_log_sums(tail, candidates);
   const double log_xmax = std::isfinite(xmax) ? std::log(xmax) : kInf;
   const long long count = static_cast<long long>(candidates.size());
@@ -251,11 +260,21 @@ PowerLawResult fit_powerlaw(const double* x, long long n, double xmax, double fi
   const TailModel model(tail, win, log_xmax);
   PowerLawResult out;
   out.pdf_exponent = model.exponent();
-  out.xmin = std::isnan(fixed_xmin) ? tail.value(win.i) : fixed_xmin;
+  out.xmin = win.xmin;
   out.ks_distance = best_d;
   out.n_tail = model.n_tail();
   out.candidates = count;
   return out;
+}
+
+}  // namespace
+
+PowerLawResult fit_powerlaw(const double* x, long long n, double xmax, double fixed_xmin, long long grid) {
+  return fit_powerlaw_of(x, n, xmax, fixed_xmin, grid);
+}
+
+PowerLawResult fit_powerlaw(const float* x, long long n, double xmax, double fixed_xmin, long long grid) {
+  return fit_powerlaw_of(x, n, xmax, fixed_xmin, grid);
 }
 
 }  // namespace htcore

@@ -5,11 +5,15 @@
 // buckets of equal key width between its smallest and largest key (per-thread histograms over
 // fixed contiguous parts), then threads take whole buckets and sort each in cache by the same
 // split applied recursively down to small leaves. A sorted sequence is unique, so the result
-// does not depend on the thread count or on which thread sorted which bucket.
+// does not depend on the thread count or on which thread sorted which bucket. float input is
+// widened on the fly (exactly), so a float32 sample needs no float64 copy besides the result, and
+// the bucket sorts use per-thread scratch sized to the largest bucket rather than a second copy.
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <vector>
 
 #include "parallel.hpp"
@@ -67,9 +71,8 @@ void msd_sort(double* a, double* b, std::size_t m) {
   std::memcpy(a, b, m * sizeof(double));
 }
 
-}  // namespace
-
-std::unique_ptr<double[]> sorted_positive(const double* x, long long n) {
+template <class T>
+std::unique_ptr<double[]> sort_widened(const T* x, long long n) {
   const std::size_t size = static_cast<std::size_t>(n);
   std::unique_ptr<double[]> out(new double[size]);
   if (size < (1u << 14)) {
@@ -78,10 +81,10 @@ std::unique_ptr<double[]> sorted_positive(const double* x, long long n) {
     return out;
   }
   const int threads = size >= kParallelMin ? htcore::num_threads() : 1;
-  std::uint64_t lo = key_of(x[0]), hi = lo;
+  std::uint64_t lo = key_of(static_cast<double>(x[0])), hi = lo;
 #pragma omp parallel for num_threads(threads) reduction(min : lo) reduction(max : hi)
   for (std::size_t i = 0; i < size; ++i) {
-    const std::uint64_t k = key_of(x[i]);
+    const std::uint64_t k = key_of(static_cast<double>(x[i]));
     lo = std::min(lo, k);
     hi = std::max(hi, k);
   }
@@ -94,13 +97,13 @@ std::unique_ptr<double[]> sorted_positive(const double* x, long long n) {
   // counts[t][j]: samples of part t in bucket j, turned into part t's write position in bucket j.
   std::vector<std::size_t> counts(static_cast<std::size_t>(threads) * kBuckets, 0);
   std::vector<std::size_t> start(kBuckets + 1, 0);
-  std::unique_ptr<double[]> scratch(new double[size]);
+  std::atomic<bool> out_of_memory{false};
 #pragma omp parallel num_threads(threads)
   {
     const std::size_t t = static_cast<std::size_t>(omp_get_thread_num()), parts = static_cast<std::size_t>(omp_get_num_threads());
     const std::size_t begin = size * t / parts, end = size * (t + 1) / parts;
     std::size_t* mine = &counts[t * kBuckets];
-    for (std::size_t i = begin; i < end; ++i) ++mine[(key_of(x[i]) - lo) >> shift];
+    for (std::size_t i = begin; i < end; ++i) ++mine[(key_of(static_cast<double>(x[i])) - lo) >> shift];
 #pragma omp barrier
 #pragma omp single
     {
@@ -115,15 +118,33 @@ std::unique_ptr<double[]> sorted_positive(const double* x, long long n) {
       }
       start[kBuckets] = offset;
     }
-    for (std::size_t i = begin; i < end; ++i) out[mine[(key_of(x[i]) - lo) >> shift]++] = x[i];
+    for (std::size_t i = begin; i < end; ++i) out[mine[(key_of(static_cast<double>(x[i])) - lo) >> shift]++] = x[i];
 #pragma omp barrier
+    std::unique_ptr<double[]> scratch;
+    std::size_t scratch_size = 0;
 #pragma omp for schedule(dynamic, 1)
     for (std::size_t j = 0; j < kBuckets; ++j) {
       const std::size_t b = start[j], m = start[j + 1] - b;
-      if (m > 1) msd_sort(out.get() + b, scratch.get() + b, m);
+      if (m <= 1) continue;
+      if (m > scratch_size) {
+        scratch.reset();
+        scratch.reset(new (std::nothrow) double[m]);  // an exception must not leave the parallel region
+        scratch_size = scratch ? m : 0;
+        if (!scratch) {
+          out_of_memory = true;
+          continue;
+        }
+      }
+      msd_sort(out.get() + b, scratch.get(), m);
     }
   }
+  if (out_of_memory) throw std::bad_alloc();
   return out;
 }
+
+}  // namespace
+
+std::unique_ptr<double[]> sorted_positive(const double* x, long long n) { return sort_widened(x, n); }
+std::unique_ptr<double[]> sorted_positive(const float* x, long long n) { return sort_widened(x, n); }
 
 }  // namespace htcore

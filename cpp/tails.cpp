@@ -47,30 +47,37 @@ std::string ties_message(const char* what, long long k) {
 
 }  // namespace
 
-double tail_xi(TailMethod method, const double* sorted, long long n, long long k) {
-  switch (method) {
-    case TailMethod::hill: {
-      require(k >= 1 && k <= n - 1, k_range_message("hill", k, n, 1, n - 1));
-      double m1, m2;
-      log_excess_moments(sorted_log(sorted, n), k, &m1, &m2);
-      require(m1 > 0, ties_message("hill", k));
-      return m1;
-    }
-    case TailMethod::moments: {
-      require(k >= 2 && k <= n - 1, k_range_message("moments", k, n, 2, n - 1));
-      double m1, m2;
-      log_excess_moments(sorted_log(sorted, n), k, &m1, &m2);
-      require(m2 > 0 && m1 * m1 != m2, ties_message("moments", k));
-      return m1 + 1.0 - 0.5 / (1.0 - m1 * m1 / m2);
-    }
-    case TailMethod::pickands: {
-      require(k >= 1 && 4 * k <= n, k_range_message("pickands", k, n, 1, n / 4));
-      const double a = sorted[n - k], b = sorted[n - 2 * k], c = sorted[n - 4 * k];
-      require(a > b && b > c, ties_message("pickands", k));
-      return std::log((a - b) / (b - c)) / std::log(2.0);
-    }
+namespace {
+
+// Hill or moments estimate at k from log_at(i) = ln X_(i+1).
+template <class LogAt>
+double log_moment_xi(TailMethod method, LogAt log_at, long long n, long long k) {
+  double m1, m2;
+  if (method == TailMethod::hill) {
+    require(k >= 1 && k <= n - 1, k_range_message("hill", k, n, 1, n - 1));
+    log_excess_moments(log_at, k, &m1, &m2);
+    require(m1 > 0, ties_message("hill", k));
+    return m1;
   }
-  fail("unknown tail method");
+  require(k >= 2 && k <= n - 1, k_range_message("moments", k, n, 2, n - 1));
+  log_excess_moments(log_at, k, &m1, &m2);
+  require(m2 > 0 && m1 * m1 != m2, ties_message("moments", k));
+  return m1 + 1.0 - 0.5 / (1.0 - m1 * m1 / m2);
+}
+
+}  // namespace
+
+double tail_xi(TailMethod method, const double* sorted, long long n, long long k) {
+  if (method != TailMethod::pickands) return log_moment_xi(method, sorted_log(sorted, n), n, k);
+  require(k >= 1 && 4 * k <= n, k_range_message("pickands", k, n, 1, n / 4));
+  const double a = sorted[n - k], b = sorted[n - 2 * k], c = sorted[n - 4 * k];
+  require(a > b && b > c, ties_message("pickands", k));
+  return std::log((a - b) / (b - c)) / std::log(2.0);
+}
+
+double tail_xi_from_logs(TailMethod method, const double* logs, long long n, long long k) {
+  require(method != TailMethod::pickands, "the Pickands estimator needs the sorted values, not their logs");
+  return log_moment_xi(method, [logs](long long i) { return logs[i]; }, n, k);
 }
 
 namespace {
@@ -416,21 +423,59 @@ std::unique_ptr<double[]> descending_logs(const double* sorted, long long n) {
   return logs;
 }
 
-TailEstimate estimate_tail(TailMethod method, const double* x, long long n, long long k, std::uint64_t seed,
-                           const DoubleBootstrapOptions& options, double rho_max) {
+void to_descending_logs(double* sorted, long long n) {
+#pragma omp parallel for num_threads(htcore::num_threads()) schedule(static) if (n > 100000)
+  for (long long i = 0; i < n / 2; ++i) {
+    const double low = sorted[i], high = sorted[n - 1 - i];
+    sorted[i] = std::log(high);
+    sorted[n - 1 - i] = std::log(low);
+  }
+  if (n % 2 != 0) sorted[n / 2] = std::log(sorted[n / 2]);
+}
+
+namespace {
+
+template <class T>
+TailEstimate estimate_tail_of(TailMethod method, const T* x, long long n, long long k, std::uint64_t seed,
+                              const DoubleBootstrapOptions& options, double rho_max) {
   const std::unique_ptr<double[]> sorted = sorted_positive(x, n);
   TailEstimate out;
   out.k = k;
   if (k == 0) {
-    const std::unique_ptr<double[]> logs = descending_logs(sorted.get(), n);
+    // Hill and moments read only the logs, so these overwrite the sorted copy (the peak memory is
+    // one float64 copy of the sample); Pickands needs the values too.
+    std::unique_ptr<double[]> logs_copy;
+    double* logs = sorted.get();
+    if (method == TailMethod::pickands) {
+      logs_copy = descending_logs(sorted.get(), n);
+      logs = logs_copy.get();
+    } else {
+      to_descending_logs(sorted.get(), n);
+    }
     const TailMethod chooser = method == TailMethod::hill ? TailMethod::hill : TailMethod::moments;
-    out.bootstrap = double_bootstrap(chooser, logs.get(), n, seed, options);
+    out.bootstrap = double_bootstrap(chooser, logs, n, seed, options);
     out.k = out.bootstrap.k_star;
-    out.second = second_order(logs.get(), n, rho_max);
-    if (method == TailMethod::pickands) out.k = std::clamp(out.k / 4, 1LL, n / 4);
+    out.second = second_order(logs, n, rho_max);
+    if (method != TailMethod::pickands) {
+      out.xi = tail_xi_from_logs(method, logs, n, out.k);
+      return out;
+    }
+    out.k = std::clamp(out.k / 4, 1LL, n / 4);
   }
   out.xi = tail_xi(method, sorted.get(), n, out.k);
   return out;
+}
+
+}  // namespace
+
+TailEstimate estimate_tail(TailMethod method, const double* x, long long n, long long k, std::uint64_t seed,
+                           const DoubleBootstrapOptions& options, double rho_max) {
+  return estimate_tail_of(method, x, n, k, seed, options, rho_max);
+}
+
+TailEstimate estimate_tail(TailMethod method, const float* x, long long n, long long k, std::uint64_t seed,
+                           const DoubleBootstrapOptions& options, double rho_max) {
+  return estimate_tail_of(method, x, n, k, seed, options, rho_max);
 }
 
 }  // namespace htcore

@@ -14,8 +14,10 @@
 namespace htcore {
 
 // An ascending-sorted copy of a positive, finite sample (parallel MSD radix sort on the IEEE bit
-// patterns, which order like the values for positive doubles; see sort_positive.cpp).
+// patterns, which order like the values for positive doubles; see sort_positive.cpp). float
+// samples are widened exactly, so both overloads give the same doubles for the same values.
 std::unique_ptr<double[]> sorted_positive(const double* x, long long n);
+std::unique_ptr<double[]> sorted_positive(const float* x, long long n);
 
 enum class TailMethod { hill, moments, pickands };
 
@@ -23,6 +25,8 @@ enum class TailMethod { hill, moments, pickands };
 // out of range (Hill: 1 <= k <= n - 1; moments: 2 <= k <= n - 1; Pickands: 1 <= k <= n / 4) or when ties make the
 // estimator undefined at this k.
 double tail_xi(TailMethod method, const double* sorted, long long n, long long k);
+// The same for hill or moments from descending_logs(sorted), bit for bit.
+double tail_xi_from_logs(TailMethod method, const double* logs, long long n, long long k);
 
 // Danielsson, de Haan, Peng & de Vries (2001) double bootstrap as in Voitalov et al. (2019).
 struct DoubleBootstrap {
@@ -41,6 +45,8 @@ struct DoubleBootstrapOptions {
 // ln X_(i+1) for i in [0, n) of an ascending-sorted sample: the logs of the order statistics,
 // largest first (computed once, in parallel, for the bootstrap and the second-order step).
 std::unique_ptr<double[]> descending_logs(const double* sorted, long long n);
+// The same values written over the sorted sample itself (no second array).
+void to_descending_logs(double* sorted, long long n);
 
 // Chooses k for Hill (method == hill) or moments (method == moments) from descending_logs(sorted).
 // Deterministic in `seed`, independent of the thread count. Requires n >= 20.
@@ -69,7 +75,10 @@ struct TailEstimate {
 // Copies and sorts x, then estimates xi at k, or at the double-bootstrap k when k == 0 (for
 // Pickands: a quarter of the moments estimator's k, so X_(4k) reaches as deep as its tail); with
 // k == 0 it also estimates the second-order parameters (capping rho at rho_max).
+// float samples are widened exactly: the same values give the same result either way.
 TailEstimate estimate_tail(TailMethod method, const double* x, long long n, long long k, std::uint64_t seed,
+                           const DoubleBootstrapOptions& options, double rho_max);
+TailEstimate estimate_tail(TailMethod method, const float* x, long long n, long long k, std::uint64_t seed,
                            const DoubleBootstrapOptions& options, double rho_max);
 
 // Continuous Clauset-Shalizi-Newman power-law fit of an (unsorted) positive sample, with the KS
@@ -86,5 +95,6 @@ struct PowerLawResult {
 // fixed_xmin: fit only at this xmin (pass NaN to scan candidates). grid: 0 scans every distinct
 // value but the largest; g > 0 scans g log-spaced candidates snapped to data values.
 PowerLawResult fit_powerlaw(const double* x, long long n, double xmax, double fixed_xmin, long long grid);
+PowerLawResult fit_powerlaw(const float* x, long long n, double xmax, double fixed_xmin, long long grid);
 
 }  // namespace htcore

@@ -72,6 +72,30 @@ def test_dtypes_and_strides():
     assert htcore.fit_powerlaw(x32) == htcore.fit_powerlaw(x32.astype(np.float64))
     x16 = x32.astype(np.float16)
     assert htcore.fit_powerlaw(x16) == htcore.fit_powerlaw(x16.astype(np.float64))
+    # float32 has its own binding (no float64 copy); the bootstrap path too, with an xmax just
+    # below / an xmin just above a value tied 300 times (which float32 cannot tell apart from it).
+    tied = np.r_[x32, np.full(300, 4.0, dtype=np.float32)]
+    for kwargs in [{"xmax": 4.0 * (1 - 1e-12)}, {"xmin": 4.0 * (1 + 1e-12)}]:
+        got = htcore.fit_powerlaw(tied, gof_bootstrap=20, random_state=1, **kwargs)
+        assert got == htcore.fit_powerlaw(tied.astype(np.float64), gof_bootstrap=20, random_state=1, **kwargs)
+
+
+def test_large_float32_grid_bitwise_equals_float64():
+    # 2^20 + samples take the parallel sort; the fit replaces the sorted values by their logs in
+    # place: float32 and float64 input must agree bit for bit at 1 and 2 threads.
+    x32 = np.abs(np.random.default_rng(13).standard_t(3, (1 << 20) + 5)).astype(np.float32)
+    x32 = x32[x32 > 0]
+    before = htcore.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            htcore.set_num_threads(threads)
+            for x in (x32, x32.astype(np.float64)):
+                results.append((htcore.fit_powerlaw(x, candidates=300), htcore.fit_powerlaw(x, xmin=2.0000001)))
+        assert all(r == results[0] for r in results)
+    finally:
+        htcore.set_num_threads(before)
+    assert results[0][0].xmin in set(x32.astype(np.float64).tolist())
 
 
 def test_fixed_xmin():

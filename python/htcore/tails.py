@@ -105,8 +105,13 @@ def element_sample(W: Any) -> np.ndarray:
     return mags[mags > 0]
 
 
+def _kernel_dtype(x: Any) -> type:
+    """float32 stays float32 (the kernels widen it exactly, without a float64 copy); the rest is float64."""
+    return np.float32 if np.asarray(x).dtype == np.float32 else np.float64
+
+
 def _positive_sample(x: Any) -> np.ndarray:
-    arr = as_float_array(x, "x", ndim=1, dtype=np.float64)
+    arr = as_float_array(x, "x", ndim=1, dtype=_kernel_dtype(x))
     bad = int(np.count_nonzero(arr <= 0))
     if bad:
         raise ValueError(
