@@ -325,14 +325,14 @@ def markdown(res: dict) -> str:
     out += ["", "## All cases (µs per call, median)", "",
             "Ratios: `best/ht` = min(MKL, torch CSR) / htcore f32-i32 (> 1: htcore faster); `scipy/ht`; "
             "`tdense/ht` = dense torch / htcore f32-i32; `f16` = f32-i32 / f16-u16 time; `triad` = htcore f32-i32 "
-            "bytes moved (matrix + x + y) per second / triad bandwidth. Medians; the JSON file also has 10th percentiles.", "",
-            "| shape | density | pattern | batch | thr | mode | " + " | ".join(cols) + " | best/ht | scipy/ht | tdense/ht | f16 | triad |",
-            "|" + "---|" * (6 + len(cols) + 5)]
+            "bytes moved (matrix + x + y) per second / triad bandwidth; `load` = 1-minute load average after the case. Medians; the JSON file also has 10th percentiles.", "",
+            "| shape | density | pattern | batch | thr | mode | " + " | ".join(cols) + " | best/ht | scipy/ht | tdense/ht | f16 | triad | load |",
+            "|" + "---|" * (6 + len(cols) + 6)]
     for r in res["rows"]:
         out.append(f"| {r['shape']} | {r['density']:.0%} | {r['pattern']} | {r['batch']} | {r['threads']} | {r['mode']} | "
                    + " | ".join(f"{r['us'][c]:.1f}" for c in cols)
                    + f" | {r['vs_best_of_mkl_torch']:.2f} | {r['vs_scipy']:.2f} | {r['vs_torch_dense']:.2f} | "
-                   f"{r['f16_speedup']:.2f} | {r['triad_fraction']:.0%} |")
+                   f"{r['f16_speedup']:.2f} | {r['triad_fraction']:.0%} | {r['load1']:.1f} |")
     return "\n".join(out) + "\n"
 
 
