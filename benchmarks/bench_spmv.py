@@ -18,10 +18,14 @@ Grid: 768x3072, 3072x768, 4096x4096, 11008x4096 at 1/5/10/30% density, two patte
   advance); htcore is timed through its public API, sparse_linear(X, A) on (batch, cols) X, with
   the transpose included.
 
-OMP_WAIT_POLICY=active is set (unless already set) before any OpenMP library loads: htcore, torch
-and MKL share one libgomp here, and once torch has started its threads, libgomp's default policy
-lets idle workers sleep after a few spins, so on a loaded machine every 2-thread parallel region
-waits milliseconds for a wake-up (measured: 16 ms instead of 20 µs for a 1024x1024 SpMV).
+Thread pools: htcore, torch and MKL (its GNU threading layer) share this process's libgomp pool;
+numpy's OpenBLAS has its own. A pool whose workers are still spinning after one library's block
+takes a core from the next library's 2-thread regions, and a worker that has gone to sleep costs
+the next region a wake-up (5-15 ms when the machine is loaded). So every pool is made to go idle
+soon (GOMP_SPINCOUNT=30000 spins, OPENBLAS_THREAD_TIMEOUT=20, set before any library loads unless
+already set), and each block of a method's calls starts after a GAP of idle time (longer than the
+pools' spinning) with one untimed call that wakes its pool: every method is timed with its own
+pool warm and nobody else's spinning. Same process, same machine state, interleaved.
 
 Usage: python benchmarks/bench_spmv.py [--quick] [--out benchmarks/results]
 """
@@ -32,7 +36,8 @@ import copy
 import json
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "active")  # before numpy/torch/htcore load libgomp; see above
+os.environ.setdefault("GOMP_SPINCOUNT", "30000")  # before numpy/torch/htcore load their pools; see above
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 import platform
 import sys
 import time
@@ -49,6 +54,7 @@ THREADS = [1, 2]
 STREAM_BYTES = 64 << 20
 FORMATS = ["f32-i32", "f32-u16", "f16-u16", "u8cb-u16"]
 PEERS = ["torch-csr", "mkl", "scipy", "numpy-dense", "torch-dense"]
+GAP = 0.002  # idle seconds before each block: longer than the pools' spinning (see the module docstring)
 
 
 def machine() -> dict:
@@ -64,7 +70,9 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "htcore": htcore.__version__,
             "build": htcore._core.build_info(), "avx2_kernels": htcore._core.csr_uses_avx2(),
             "numpy": np.__version__, "scipy": scipy.__version__, "torch": torch.__version__,
-            "load_average_start": os.getloadavg(), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
+            "load_average_start": os.getloadavg(),
+            "pool_settings": {k: os.environ.get(k) for k in ("GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")},
+            "gap_s": GAP}
 
 
 def weights(rng: np.random.Generator, rows: int, cols: int, pattern: str) -> np.ndarray:
@@ -95,13 +103,14 @@ def csr_copy(A: CSRMatrix) -> CSRMatrix:
                      index_dtype=A.indices.dtype, indptr_dtype=A.indptr.dtype, check=False)
 
 
-def interleaved(methods: dict, budget: float, min_rounds: int, max_rounds: int, block: float = 0.005) -> dict:
+def interleaved(methods: dict, budget: float, min_rounds: int, max_rounds: int, block: float = 0.01) -> dict:
     """(median, 10th percentile) seconds per call of each method; each method is a list of callables
     (copies) used in turn.
 
     Methods take turns in blocks of about ``block`` seconds of consecutive calls (the order rotates
-    every round), so machine load hits all alike, while the OpenMP runtimes of htcore, torch and
-    MKL (each with spinning worker threads) do not fight on every single call. Each call is timed.
+    every round), so machine load hits all alike. Each block starts after ``GAP`` seconds of idle
+    time (every thread pool has gone to sleep) and one untimed call (its own pool wakes up); then
+    each call is timed.
     """
     est = {}
     for name, fns in methods.items():  # warm-up, and a time estimate
@@ -110,7 +119,7 @@ def interleaved(methods: dict, budget: float, min_rounds: int, max_rounds: int, 
         fns[0]()
         est[name] = max(time.perf_counter() - t0, 1e-7)
     inner = {name: int(np.clip(block / e, 1, 1000)) for name, e in est.items()}
-    per_round = sum(est[n] * inner[n] for n in methods)
+    per_round = sum(est[n] * (inner[n] + 1) + GAP for n in methods)
     rounds = int(np.clip(budget / per_round, min_rounds, max_rounds))
     times: dict = {name: [] for name in methods}
     names = list(methods)
@@ -121,6 +130,8 @@ def interleaved(methods: dict, budget: float, min_rounds: int, max_rounds: int, 
             break  # a loaded machine made the calls slower than estimated
         for name in names[r % len(names):] + names[: r % len(names)]:
             fns = methods[name]
+            time.sleep(GAP)
+            fns[calls[name] % len(fns)]()
             for _ in range(inner[name]):
                 f = fns[calls[name] % len(fns)]
                 calls[name] += 1
@@ -272,7 +283,7 @@ def run(args: argparse.Namespace) -> dict:
                         set_threads(t)
                         res = interleaved(methods, budget if batch == 1 else 2 * budget, 3, 400)
                         row = {"shape": f"{rows_}x{cols}", "density": density, "pattern": pattern, "batch": batch,
-                               "threads": t, "mode": "streamed" if streamed else "hot", "nnz": base.nnz,
+                               "threads": t, "mode": "streamed" if streamed else "hot", "nnz": base.nnz, "load1": os.getloadavg()[0],
                                "us": {k: v[0] * 1e6 for k, v in res.items()}, "us_p10": {k: v[1] * 1e6 for k, v in res.items()}}
                         traffic = As["f32-i32"].nbytes + 4 * (cols + rows_) * batch
                         for suffix, us in (("", row["us"]), ("_p10", row["us_p10"])):
@@ -302,7 +313,7 @@ def markdown(res: dict) -> str:
     out = ["# SpMV / SpMM benchmark (bench_spmv.py)", "",
            f"Machine: {m['cpu']}, {m['cores']} cores; htcore {m['htcore']} built with {m['build']['build_flags']} "
            f"({m['build']['compiler']}), AVX2 kernels: {m['avx2_kernels']}; torch {m['torch']}, scipy {m['scipy']}, "
-           f"numpy {m['numpy']}; OMP_WAIT_POLICY={m['OMP_WAIT_POLICY']}. Load average at start {tuple(round(v, 1) for v in m['load_average_start'])}, "
+           f"numpy {m['numpy']}; pools {m['pool_settings']}, {m['gap_s'] * 1e3:.0f} ms idle gap before each block of calls. Load average at start {tuple(round(v, 1) for v in m['load_average_start'])}, "
            f"end {tuple(round(v, 1) for v in m['load_average_end'])} (machine shared; medians of interleaved rounds).",
            "", "STREAM triad (torch, 3 x 4 bytes/element): " + ", ".join(f"{t} thread(s) {v:.1f} GB/s" for t, v in m["triad_GBps"].items()),
            "", *_targets(res), "", "## MLP 784-1024-1024-10, all layers top-k 10% (runtime) vs dense torch", "",
@@ -314,14 +325,14 @@ def markdown(res: dict) -> str:
     out += ["", "## All cases (µs per call, median)", "",
             "Ratios: `best/ht` = min(MKL, torch CSR) / htcore f32-i32 (> 1: htcore faster); `scipy/ht`; "
             "`tdense/ht` = dense torch / htcore f32-i32; `f16` = f32-i32 / f16-u16 time; `triad` = htcore f32-i32 "
-            "bytes moved (matrix + x + y) per second / triad bandwidth. Medians; the JSON file also has 10th percentiles.", "",
-            "| shape | density | pattern | batch | thr | mode | " + " | ".join(cols) + " | best/ht | scipy/ht | tdense/ht | f16 | triad |",
-            "|" + "---|" * (6 + len(cols) + 5)]
+            "bytes moved (matrix + x + y) per second / triad bandwidth; `load` = 1-minute load average after the case. Medians; the JSON file also has 10th percentiles.", "",
+            "| shape | density | pattern | batch | thr | mode | " + " | ".join(cols) + " | best/ht | scipy/ht | tdense/ht | f16 | triad | load |",
+            "|" + "---|" * (6 + len(cols) + 6)]
     for r in res["rows"]:
         out.append(f"| {r['shape']} | {r['density']:.0%} | {r['pattern']} | {r['batch']} | {r['threads']} | {r['mode']} | "
                    + " | ".join(f"{r['us'][c]:.1f}" for c in cols)
                    + f" | {r['vs_best_of_mkl_torch']:.2f} | {r['vs_scipy']:.2f} | {r['vs_torch_dense']:.2f} | "
-                   f"{r['f16_speedup']:.2f} | {r['triad_fraction']:.0%} |")
+                   f"{r['f16_speedup']:.2f} | {r['triad_fraction']:.0%} | {r['load1']:.1f} |")
     return "\n".join(out) + "\n"
 
 

@@ -322,5 +322,6 @@ PYBIND11_MODULE(_core, m) {
   m.def("csr_spmm", &csr_spmm, "indptr"_a, "indices"_a, "data"_a, "codebook"_a, "rows"_a, "cols"_a, "x"_a, "k"_a,
         "x_batch_major"_a, "bias"_a, "activation"_a, "out"_a, "out_row_stride"_a, "out_col_stride"_a);
   m.def("csr_uses_avx2", &htcore::csr_uses_avx2);
+  m.def("_csr_threads", &htcore::csr_threads, "rows"_a, "nnz"_a, "k"_a);
   m.def("_csr_enable_avx2", &htcore::csr_enable_avx2, "enabled"_a);
 }

@@ -42,6 +42,10 @@ struct CsrRef {
 void csr_spmm(const CsrRef& a, const void* x, int64_t x_size, int64_t k, bool x_batch_major, const void* bias, int64_t bias_size,
               Activation act, void* y, int64_t y_size, int64_t y_row_stride, int64_t y_col_stride);
 
+// Threads one product uses: num_threads(), but no more than one per kParallelGrain multiply-adds
+// ((nnz + rows) * k), so a small product runs on the calling thread without a fork/join.
+int csr_threads(int64_t rows, int64_t nnz, int64_t k);
+
 // True when the AVX2+FMA+F16C path is used (the CPU has it and it is not disabled).
 bool csr_uses_avx2();
 // Enable (default) or disable the AVX2 path, so tests can check the portable kernel on any CPU.

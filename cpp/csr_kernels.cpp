@@ -25,8 +25,12 @@
 namespace htcore {
 namespace {
 
-// Do not start threads for less than this many multiply-adds: a parallel region costs a few µs.
-constexpr int64_t kParallelGrain = 1 << 15;
+// Each thread gets at least this many multiply-adds ((nnz + rows) * k), so a product under twice
+// this size runs on the calling thread with no fork/join. Measured on the 2-core EPYC under load
+// (see htcore/csr.py's docstring): a warm second thread speeds up a 64k-nnz SpMV 1.6x (20 -> 13 µs),
+// but a region whose worker has gone to sleep waits 5-15 ms for it on a loaded machine, so small
+// products (the batch-1 layers of a 784-1024-1024-10 MLP at 10%: 80k and 105k nnz) stay serial.
+constexpr int64_t kParallelGrain = 1 << 16;
 
 struct Half {
   uint16_t bits;
@@ -118,32 +122,53 @@ struct Job {
   Activation act;
   Acc* y;
   int64_t y_row_stride, y_col_stride;
+  int64_t nnz;  // length of indices/data: a fixed-width chunk starting at p may read up to here
 
   void store(int64_t row, int64_t col, Acc v) const {
     y[row * y_row_stride + col * y_col_stride] = activate(bias ? v + bias[row] : v, act);
   }
 };
 
+// A x, one row after another. Short rows (1% density: ~8 values) cost mostly branch mispredictions
+// on the loop exits, so the last 0..3 values of a row are one fixed step of three lanes; lanes
+// past the row end use a zero value (they read the next row's entries, which are valid columns);
+// only near the end of the arrays does a scalar loop finish the row.
+template <class Ptr, class Idx, class V>
+void rows_generic_vec(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
+  using Acc = typename Values<V>::Acc;
+  const Idx* idx = job.indices;
+  const Acc* x = job.x;
+  int64_t begin = static_cast<int64_t>(job.indptr[r0]);
+  for (int64_t i = r0; i < r1; ++i) {
+    const int64_t end = static_cast<int64_t>(job.indptr[i + 1]);
+    Acc s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int64_t p = begin;
+    for (; p + 4 <= end; p += 4) {
+      s0 += job.vals(p) * x[idx[p]];
+      s1 += job.vals(p + 1) * x[idx[p + 1]];
+      s2 += job.vals(p + 2) * x[idx[p + 2]];
+      s3 += job.vals(p + 3) * x[idx[p + 3]];
+    }
+    if (p < end && p + 3 <= job.nnz) {
+      s0 += (p < end ? job.vals(p) : Acc(0)) * x[idx[p]];
+      s1 += (p + 1 < end ? job.vals(p + 1) : Acc(0)) * x[idx[p + 1]];
+      s2 += (p + 2 < end ? job.vals(p + 2) : Acc(0)) * x[idx[p + 2]];
+    } else {
+      for (; p < end; ++p) s0 += job.vals(p) * x[idx[p]];
+    }
+    job.store(i, 0, (s0 + s1) + (s2 + s3));
+    begin = end;
+  }
+}
+
 template <class Ptr, class Idx, class V>
 void rows_generic(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
   using Acc = typename Values<V>::Acc;
+  if (job.k == 1) return rows_generic_vec(job, r0, r1);
   const Idx* idx = job.indices;
   const int64_t k = job.k;
   for (int64_t i = r0; i < r1; ++i) {
     const int64_t begin = static_cast<int64_t>(job.indptr[i]), end = static_cast<int64_t>(job.indptr[i + 1]);
-    if (k == 1) {
-      Acc s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-      int64_t p = begin;
-      for (; p + 4 <= end; p += 4) {
-        s0 += job.vals(p) * job.x[idx[p]];
-        s1 += job.vals(p + 1) * job.x[idx[p + 1]];
-        s2 += job.vals(p + 2) * job.x[idx[p + 2]];
-        s3 += job.vals(p + 3) * job.x[idx[p + 3]];
-      }
-      for (; p < end; ++p) s0 += job.vals(p) * job.x[idx[p]];
-      job.store(i, 0, (s0 + s1) + (s2 + s3));
-      continue;
-    }
     constexpr int64_t W = 16;
     for (int64_t j0 = 0; j0 < k; j0 += W) {
       const int64_t w = std::min(W, k - j0);
@@ -206,30 +231,52 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// A x. After the 16-wide loop and one optional 8-wide step, the last 0..7 values of a row are one
+// masked 8-wide step (lanes past the row end get a zero value; they read the next row's entries,
+// which are valid columns) instead of a scalar loop whose data-dependent exit mispredicts: short
+// rows (1% density, ~8 values) were dominated by such mispredictions (3072x768 1%: 18.6 -> 15.5 µs).
+// Empty rows skip it. Within 8 values of the end of the arrays a scalar loop finishes the row.
+// (Tried and slower here: always two masked steps, hardware gathers, 4 accumulators, a scalar loop
+// for rows < 12, half the lanes as scalar FMAs.)
+template <class Ptr, class Idx, class V>
+void rows_vec(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
+  const Idx* idx = job.indices;
+  const float* x = job.x;
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  int64_t begin = static_cast<int64_t>(job.indptr[r0]);
+  for (int64_t i = r0; i < r1; ++i) {
+    const int64_t end = static_cast<int64_t>(job.indptr[i + 1]);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t p = begin;
+    for (; p + 16 <= end; p += 16) {
+      acc0 = _mm256_fmadd_ps(load_val8(job.vals, p), gather8(x, idx + p), acc0);
+      acc1 = _mm256_fmadd_ps(load_val8(job.vals, p + 8), gather8(x, idx + p + 8), acc1);
+    }
+    if (p + 8 <= end) {
+      acc1 = _mm256_fmadd_ps(load_val8(job.vals, p), gather8(x, idx + p), acc1);
+      p += 8;
+    }
+    float s = 0;
+    if (p < end && p + 8 <= job.nnz) {  // p == end: empty rows (a third in top-k patterns at 1%)
+      const __m256 m0 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(end - p)), lane));
+      acc0 = _mm256_fmadd_ps(_mm256_and_ps(load_val8(job.vals, p), m0), gather8(x, idx + p), acc0);
+    } else {
+      for (; p < end; ++p) s += load_val(job.vals, p) * x[idx[p]];
+    }
+    job.store(i, 0, hsum(_mm256_add_ps(acc0, acc1)) + s);
+    begin = end;
+  }
+}
+
 template <class Ptr, class Idx, class V>
 void rows(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
+  if (job.k == 1) return rows_vec(job, r0, r1);
   const Idx* idx = job.indices;
   const float* x = job.x;
   const int64_t k = job.k;
   alignas(32) float tmp[32];
   for (int64_t i = r0; i < r1; ++i) {
     const int64_t begin = static_cast<int64_t>(job.indptr[i]), end = static_cast<int64_t>(job.indptr[i + 1]);
-    if (k == 1) {
-      __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-      int64_t p = begin;
-      for (; p + 16 <= end; p += 16) {
-        acc0 = _mm256_fmadd_ps(load_val8(job.vals, p), gather8(x, idx + p), acc0);
-        acc1 = _mm256_fmadd_ps(load_val8(job.vals, p + 8), gather8(x, idx + p + 8), acc1);
-      }
-      if (p + 8 <= end) {
-        acc0 = _mm256_fmadd_ps(load_val8(job.vals, p), gather8(x, idx + p), acc0);
-        p += 8;
-      }
-      float s = hsum(_mm256_add_ps(acc0, acc1));
-      for (; p < end; ++p) s += load_val(job.vals, p) * x[idx[p]];
-      job.store(i, 0, s);
-      continue;
-    }
     int64_t j0 = 0;
     for (; j0 + 32 <= k; j0 += 32) {
       __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
@@ -350,10 +397,10 @@ void run(const CsrRef& a, const Call& c) {
                              c.act,
                              static_cast<Acc*>(c.y),
                              c.rs,
-                             c.cs};
+                             c.cs,
+                             a.nnz};
   check_row_pointers(job.indptr, a.rows, a.nnz);
-  const int64_t work = (a.nnz + a.rows) * k;
-  const int parts = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), work / kParallelGrain)));
+  const int parts = csr_threads(a.rows, a.nnz, k);
   std::vector<long long> bounds(parts + 1);
   split_rows_by_nnz(job.indptr, a.rows, parts, bounds.data());
   bool vectorised = false;
@@ -396,6 +443,11 @@ void dispatch_index(const CsrRef& a, const Call& c) {
 }  // namespace
 
 bool csr_uses_avx2() { return cpu_has_avx2(); }
+
+int csr_threads(int64_t rows, int64_t nnz, int64_t k) {
+  const int64_t work = (nnz + rows) * k;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), work / kParallelGrain)));
+}
 
 void csr_enable_avx2(bool enabled) { g_avx2_enabled.store(enabled, std::memory_order_relaxed); }
 

@@ -251,3 +251,55 @@ def test_kernel_binding_rechecks_sizes():
         _core.csr_spmm(A.indptr, A.indices, A.data, None, 2, 2, np.ones(2, np.float32), 1, False, None, "none", np.empty(1, np.float32), 1, 1)
     with pytest.raises(TypeError, match="float32"):
         _core.csr_spmm(A.indptr, A.indices, A.data, None, 2, 2, np.ones(2), 1, False, None, "none", np.empty(2), 1, 1)
+
+
+def first_parallel_nnz(rows: int) -> int:
+    """Smallest nnz at which an SpMV of a matrix with ``rows`` rows uses 2 threads (bisection)."""
+    lo, hi = 0, 1 << 24
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if _core._csr_threads(rows, mid, 1) < 2 else (lo, mid)
+    return lo
+
+
+@pytest.mark.parametrize("offset", [-1, 0, 1])
+def test_results_identical_around_the_parallel_grain(restore_threads, kernel_path, offset):
+    htcore.set_num_threads(2)
+    rows, cols = 97, 3001
+    boundary = first_parallel_nnz(rows)
+    assert 2 * 32768 <= boundary <= 2 * 65536  # at least ~32k multiply-adds per thread
+    assert _core._csr_threads(rows, boundary + 10**6, 1) == 2
+    assert _core._csr_threads(rows, boundary, 0) == 1  # an empty batch never forks
+    nnz = boundary + offset
+    rng = np.random.default_rng(11)
+    flat = np.sort(rng.choice(rows * cols, size=nnz, replace=False))
+    counts = np.bincount(flat // cols, minlength=rows)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    A = CSRMatrix(rng.standard_normal(nnz).astype(np.float32), (flat % cols).astype(np.int32), indptr, (rows, cols))
+    assert _core._csr_threads(rows, nnz, 1) == (2 if offset >= 0 else 1)
+    x = rng.standard_normal(cols).astype(np.float32)
+    X = rng.standard_normal((3, cols)).astype(np.float32)
+    htcore.set_num_threads(2)
+    two = (A.matvec(x), sparse_linear(X[:1], A, activation="relu"), sparse_linear(X, A))
+    htcore.set_num_threads(1)
+    one = (A.matvec(x), sparse_linear(X[:1], A, activation="relu"), sparse_linear(X, A))
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+    check_close(A.matvec(x), A, x)
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_short_rows_of_every_length(kernel_path, fmt):
+    """Row lengths 0..40 in a shuffled order, ending with short rows: the fixed-width tail steps
+    (which read past a row's end) and the scalar finish near the end of the arrays."""
+    rng = np.random.default_rng(12)
+    cols = 50
+    lengths = np.concatenate([rng.permutation(np.arange(41)), [3, 0, 1, 7, 2]])
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    indices = np.concatenate([np.sort(rng.choice(cols, n, replace=False)) for n in lengths]).astype(np.int32)
+    base = CSRMatrix(rng.standard_normal(indptr[-1]).astype(np.float32), indices, indptr, (len(lengths), cols))
+    A = as_format(base, fmt)
+    x = rng.standard_normal(cols)
+    check_close(A.matvec(x), A, x)
+    y = sparse_linear(x[None, :], A, bias=np.arange(len(lengths), dtype=np.float64), activation="tanh")
+    np.testing.assert_allclose(y[0], np.tanh(A.todense().astype(np.float64) @ x + np.arange(len(lengths))), rtol=1e-5, atol=1e-5)
