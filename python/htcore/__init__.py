@@ -1,8 +1,8 @@
 """htcore: heavy-tailed weights -> measurement, top-k compression, generalization bounds, fast CPU runtime.
 
 The compiled kernels live in ``htcore._core``; everything public is re-exported here with
-validation, documentation and type hints. See ``../shared/DESIGN.md`` conventions in the README:
-``alpha`` is a tail index (P(X > x) ~ x^-alpha), ``pdf_exponent`` = alpha + 1.
+validation, documentation and type hints. Conventions (the README has them all): ``alpha`` is a
+tail index (P(X > x) ~ x^-alpha), ``pdf_exponent`` = alpha + 1.
 """
 from __future__ import annotations
 
