@@ -18,11 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from htcore import CSRMatrix, sparse_linear
+from layouts import LAYOUTS, with_layout
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
 FORMATS = ("f32", "f32-i32", "f64", "f16", "codebook", "i64-indptr", "int8-codes")
-VIEWS = ("contiguous", "strided", "reversed", "readonly", "fortran", "float16", "int", "bool", "float64")
+VIEWS = LAYOUTS + ("float16", "float64", "int", "bool")
 BAD_DTYPES = {"complex": np.complex64, "object": object, "str": np.str_, "datetime": "datetime64[s]"}
 
 
@@ -48,27 +49,13 @@ def random_csr(seed: int, rows: int, cols: int, density: float, fmt: str) -> CSR
 
 def as_view(a: np.ndarray, view: str) -> np.ndarray:
     """The same values as ``a`` through another memory layout or dtype."""
-    if view == "strided":
-        big = np.zeros((a.shape[0] * 2,) + a.shape[1:], a.dtype)
-        big[::2] = a
-        return big[::2]
-    if view == "reversed":
-        return np.ascontiguousarray(a[::-1])[::-1]
-    if view == "readonly":
-        b = a.copy()
-        b.flags.writeable = False
-        return b
-    if view == "fortran":
-        return np.asfortranarray(a)
-    if view == "float16":
-        return a.astype(np.float16)
-    if view == "float64":
-        return a.astype(np.float64)
+    if view in LAYOUTS:
+        return with_layout(a, view)
     if view == "int":
         return np.rint(a).astype(np.int64)
     if view == "bool":
         return a > 0
-    return np.ascontiguousarray(a)
+    return a.astype(view)  # float16, float64
 
 
 def reference_values(A: CSRMatrix, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -16,11 +16,12 @@ from hypothesis import strategies as st
 from test_topk import assert_selects, ref_cols, ref_matrix, ref_positions, ref_rel_error, ref_rows
 
 import htcore
+from layouts import LAYOUTS, with_layout
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
 DTYPES = (np.float16, np.float32, np.float64, np.int16, np.int64, np.uint8, np.bool_)
-VIEWS = ("contiguous", "strided", "negative_stride", "readonly", "fortran")
+VIEWS = LAYOUTS
 BAD_DTYPES = {"complex": np.complex128, "object": object, "str": np.str_, "datetime": "datetime64[s]"}
 
 
@@ -38,23 +39,6 @@ def weights(seed: int, shape: tuple, dtype, ties: bool) -> np.ndarray:
     return (rng.standard_t(2, size=shape) * 10.0 ** rng.integers(-3, 3)).astype(dtype)
 
 
-def view(W: np.ndarray, how: str) -> np.ndarray:
-    """W's values through another memory layout."""
-    if how == "strided":
-        big = np.zeros((W.shape[0], 2 * W.shape[1]) + W.shape[2:], W.dtype)
-        big[:, ::2] = W
-        return big[:, ::2]
-    if how == "negative_stride":
-        return np.ascontiguousarray(W[::-1, ::-1])[::-1, ::-1]
-    if how == "readonly":
-        W = W.copy()
-        W.flags.writeable = False
-        return W
-    if how == "fortran":
-        return np.asfortranarray(W)
-    return W
-
-
 def stored(W: np.ndarray) -> np.ndarray:
     """What htcore stores for W: float dtypes kept, others as float32."""
     return np.ascontiguousarray(W if W.dtype in (np.float16, np.float32, np.float64) else W.astype(np.float32))
@@ -69,7 +53,7 @@ matrices = st.tuples(st.integers(0, 2**32 - 1), shapes, st.sampled_from(DTYPES),
 def test_topk_sparsify_matches_stable_argsort(spec, mode, fraction, by_keep):
     """Expected: the reference's positions and bit-identical values; keep/k out of range -> ValueError."""
     seed, shape, dtype, ties, how = spec
-    W = view(weights(seed, shape, dtype, ties), how)
+    W = with_layout(weights(seed, shape, dtype, ties), how)
     group = {"matrix": W.size, "row": W.shape[1], "col": W.shape[0]}[mode]
     ref = {"matrix": ref_matrix, "row": ref_rows, "col": ref_cols}[mode]
     if by_keep:
@@ -98,7 +82,7 @@ def test_topk_sparsify_matches_stable_argsort(spec, mode, fraction, by_keep):
 def test_max_rel_error_is_the_smallest_k(spec, max_rel_error):
     """Expected: the smallest k whose exact relative Frobenius error is <= max_rel_error."""
     seed, shape, dtype, ties, how = spec
-    W = view(weights(seed, shape, dtype, ties), how)
+    W = with_layout(weights(seed, shape, dtype, ties), how)
     got = htcore.topk_sparsify(W, max_rel_error=max_rel_error)
     S = stored(W)
     k = got.nnz
