@@ -328,3 +328,18 @@ def test_certify_is_identical_at_1_and_2_threads(mlp, digits):
     finally:
         htcore.set_num_threads(before)
     assert reports[0] == reports[1]
+
+
+def test_finetune_data_that_does_not_fit_the_model_is_refused_before_training(mlp, digits):
+    """Labels the model cannot output, a wrong input width or an infinite learning rate used to
+    reach torch (an IndexError / RuntimeError traceback, or NaN weights); now each is a ValueError."""
+    from htcore import compress
+
+    X, y = digits.X_train[:64], digits.y_train[:64].copy()
+    y[0] = 10  # the digits MLP has 10 outputs
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
+        compress(mlp, keep=0.1, finetune=dict(epochs=1), train_data=(X, y))
+    with pytest.raises(ValueError, match="63 features but the model takes 64"):
+        compress(mlp, keep=0.1, finetune=dict(epochs=1), train_data=(X[:, :63], digits.y_train[:64]))
+    with pytest.raises(ValueError, match="positive finite"):
+        compress(mlp, keep=0.1, finetune=dict(epochs=1, lr=float("inf")), train_data=(X, digits.y_train[:64]))

@@ -70,6 +70,16 @@ def check_fraction(value: Any, name: str, *, include_zero: bool = False) -> floa
     return value
 
 
+def check_labels(y: Any, n: int, name: str, *, n_classes: int | None = None) -> np.ndarray:
+    """``y`` as int64 class labels of shape (n,), each in [0, n_classes) when ``n_classes`` is given."""
+    y = np.asarray(y)
+    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{name} must be integer labels of shape ({n},), got {y.dtype} {y.shape}")
+    if n_classes is not None and n and (y.min() < 0 or y.max() >= n_classes):
+        raise ValueError(f"{name} labels must lie in [0, {n_classes}) (the model's outputs), got [{y.min()}, {y.max()}]")
+    return y.astype(np.int64)
+
+
 def make_rng(random_state: Any) -> np.random.Generator:
     """A numpy Generator from None (fixed default seed 0, so results are reproducible), an int or a Generator."""
     if random_state is None:

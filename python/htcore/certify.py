@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import bounds
-from ._validation import as_float_array, check_int
+from ._validation import as_float_array, check_int, check_labels
 from .code_length import CodeLength, code_length
 
 _BATCH = 8192
@@ -102,13 +102,6 @@ def outputs(model: Any, X: np.ndarray) -> np.ndarray:
     return result.astype(np.float64)
 
 
-def _labels(y: Any, n: int, name: str) -> np.ndarray:
-    y = np.asarray(y)
-    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{name} must be integer labels of shape ({n},), got {y.dtype} {y.shape}")
-    return y.astype(np.int64)
-
-
 def margin_error(scores: np.ndarray, y: np.ndarray, margin: float) -> float:
     """Fraction of rows with scores[y] <= margin + max_{j != y} scores[j] (margin 0: error counting ties)."""
     true = scores[np.arange(y.size), y]
@@ -146,14 +139,12 @@ def certify(compressed: Any, X_train: Any, y_train: Any, *, delta: float = 0.05,
     choose anything that the code length does not charge.
     """
     X_train = as_float_array(X_train, "X_train", ndim=(2, 4), dtype=np.float32, allow_empty=False)
-    y_train = _labels(y_train, X_train.shape[0], "y_train")
+    y_train = check_labels(y_train, X_train.shape[0], "y_train")
     delta = float(delta)
     code = code_length(compressed, settings_tried=settings_tried)
     m = int(y_train.size)
     g_scores = outputs(compressed, X_train)
-    if y_train.min() < 0 or y_train.max() >= g_scores.shape[1]:
-        raise ValueError(f"y_train labels must lie in [0, {g_scores.shape[1]}) (the model's outputs), "
-                         f"got [{y_train.min()}, {y_train.max()}]")
+    check_labels(y_train, m, "y_train", n_classes=g_scores.shape[1])
     errors = int(np.sum(g_scores.argmax(axis=1) != y_train))
     train_error = errors / m
     forms = {form: bounds.occam_bound(train_error, m, code.total_bits, delta, form=form) for form in bounds.FORMS}
@@ -171,7 +162,7 @@ def certify(compressed: Any, X_train: Any, y_train: Any, *, delta: float = 0.05,
                      tighter="arora" if arora < forms["kl"] else "direct")
     if X_test is not None:
         X_test = as_float_array(X_test, "X_test", ndim=X_train.ndim, dtype=np.float32, allow_empty=False)
-        y_test = _labels(y_test, X_test.shape[0], "y_test")
+        y_test = check_labels(y_test, X_test.shape[0], "y_test")
         extra["test_error"] = float(np.mean(outputs(compressed, X_test).argmax(axis=1) != y_test))
     return BoundReport(m=m, delta=delta, train_error=train_error, code_bits=code.total_bits, code=code,
                        **forms, **extra)

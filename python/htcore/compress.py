@@ -125,8 +125,8 @@ def _check_finetune(finetune: Mapping[str, Any]) -> dict[str, Any]:
            "codebook_epochs": check_int(finetune.get("codebook_epochs", 1), "finetune['codebook_epochs']", low=0),
            "seed": check_int(finetune.get("seed", 0), "finetune['seed']", low=0)}
     lr = finetune.get("lr", 1e-3)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ValueError(f"finetune['lr'] must be a positive number, got {lr!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+        raise ValueError(f"finetune['lr'] must be a positive finite number, got {lr!r}")
     out["lr"] = float(lr)
     return out
 
@@ -230,10 +230,13 @@ def _prune(model: Any, keep: Any = None, per_layer: Any = None, finetune: Any = 
     settings = None if finetune is None else _check_finetune(finetune)
     if settings is not None and train_data is None:
         raise ValueError("finetune needs train_data=(X, y)")
-    data = None if settings is None else as_training_tensors(*train_data)
-
     model = copy.deepcopy(model).float().eval()
     linears = dict(_linear_layers(model))
+    if settings is None:
+        data = None
+    else:
+        first, last = next(iter(linears.values())), list(linears.values())[-1]
+        data = as_training_tensors(*train_data, n_features=first.in_features, n_classes=last.out_features)
     masks = {}
     with torch.no_grad():
         for name, fraction in fractions.items():

@@ -5,18 +5,21 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ._validation import as_float_array, check_int
+from ._validation import as_float_array, check_int, check_labels
 
 
-def as_training_tensors(X: Any, y: Any, name: str = "train_data"):
-    """(X, y) as torch tensors: X float32 (n, features), y int64 labels of shape (n,)."""
+def as_training_tensors(X: Any, y: Any, name: str = "train_data", *, n_features: int | None = None,
+                        n_classes: int | None = None):
+    """(X, y) as torch tensors: X float32 (n, features), y int64 labels of shape (n,). With
+    ``n_features`` / ``n_classes`` (the model's input width and output count) a mismatch is a
+    ValueError here rather than an error deep inside torch."""
     import torch
 
-    X = torch.from_numpy(as_float_array(X, f"{name} X", ndim=2, dtype=np.float32, allow_empty=False))
-    y = np.asarray(y)
-    if y.ndim != 1 or y.shape[0] != X.shape[0] or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{name} y must be integer labels of shape ({X.shape[0]},), got {y.dtype} {y.shape}")
-    return X, torch.from_numpy(y.astype(np.int64))
+    X = as_float_array(X, f"{name} X", ndim=2, dtype=np.float32, allow_empty=False)
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(f"{name} X has {X.shape[1]} features but the model takes {n_features}")
+    y = check_labels(y, X.shape[0], f"{name} y", n_classes=n_classes)
+    return torch.from_numpy(X), torch.from_numpy(y)
 
 
 def fit(forward: Callable, params: list, X: Any, y: Any, *, epochs: int, lr: float, batch_size: int, seed: int,
