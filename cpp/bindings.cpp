@@ -71,9 +71,11 @@ py::dict tail_estimate(Sample<T> x, const std::string& method, long long k, std:
   options.eps_stop = eps_stop;
   options.cap_factor = cap_factor;
   htcore::TailEstimate r;
+  const T* data = x.data();
+  const auto n = static_cast<long long>(x.size());
   {
     py::gil_scoped_release release;
-    r = htcore::estimate_tail(kind, x.data(), static_cast<long long>(x.size()), k, seed, options, rho_max);
+    r = htcore::estimate_tail(kind, data, n, k, seed, options, rho_max);
   }
   return py::dict("xi"_a = r.xi, "k"_a = r.k, "k1"_a = r.bootstrap.k1, "k2"_a = r.bootstrap.k2,
                   "n1"_a = r.bootstrap.n1, "n2"_a = r.bootstrap.n2, "rho"_a = r.second.rho,
@@ -83,9 +85,11 @@ py::dict tail_estimate(Sample<T> x, const std::string& method, long long k, std:
 template <class T>
 py::dict fit_powerlaw(Sample<T> x, double xmax, double xmin, long long grid) {
   htcore::PowerLawResult r;
+  const T* data = x.data();
+  const auto n = static_cast<long long>(x.size());
   {
     py::gil_scoped_release release;
-    r = htcore::fit_powerlaw(x.data(), static_cast<long long>(x.size()), xmax, xmin, grid);
+    r = htcore::fit_powerlaw(data, n, xmax, xmin, grid);
   }
   return py::dict("pdf_exponent"_a = r.pdf_exponent, "xmin"_a = r.xmin, "ks_distance"_a = r.ks_distance,
                   "n_tail"_a = r.n_tail, "candidates"_a = r.candidates);

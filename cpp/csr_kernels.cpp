@@ -150,7 +150,7 @@ void rows_generic_vec(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
       s3 += job.vals(p + 3) * x[idx[p + 3]];
     }
     if (p < end && p + 3 <= job.nnz) {
-      s0 += (p < end ? job.vals(p) : Acc(0)) * x[idx[p]];
+      s0 += job.vals(p) * x[idx[p]];
       s1 += (p + 1 < end ? job.vals(p + 1) : Acc(0)) * x[idx[p + 1]];
       s2 += (p + 2 < end ? job.vals(p + 2) : Acc(0)) * x[idx[p + 2]];
     } else {
@@ -445,7 +445,8 @@ void dispatch_index(const CsrRef& a, const Call& c) {
 bool csr_uses_avx2() { return cpu_has_avx2(); }
 
 int csr_threads(int64_t rows, int64_t nnz, int64_t k) {
-  const int64_t work = (nnz + rows) * k;
+  int64_t work;
+  if (__builtin_mul_overflow(nnz + rows, k, &work)) work = INT64_MAX;
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), work / kParallelGrain)));
 }
 
@@ -457,12 +458,29 @@ void csr_spmm(const CsrRef& a, const void* x, int64_t x_size, int64_t k, bool x_
   require(a.index_type != IndexType::u16 || a.cols <= 65536, "uint16 column indices need cols <= 65536");
   require(a.value_type != ValueType::code8 || (a.codebook != nullptr && a.codebook_size >= 1 && a.codebook_size <= 256),
           "codebook values need a codebook of 1 to 256 levels");
-  require(x_size == a.cols * k, "X must have cols * k = " + std::to_string(a.cols * k) + " elements, got " + std::to_string(x_size));
+  // Sizes are products of caller-given numbers: compute them with overflow checks, or a wrapped
+  // product could pass a check and let the kernel index outside X or the output.
+  int64_t x_needed;
+  require(!__builtin_mul_overflow(a.cols, k, &x_needed) && x_size == x_needed,
+          "X must have cols * k elements (cols = " + std::to_string(a.cols) + ", k = " + std::to_string(k) + "), got " +
+              std::to_string(x_size));
   require(bias == nullptr || bias_size == a.rows, "bias must have rows = " + std::to_string(a.rows) + " elements, got " + std::to_string(bias_size));
   require(y_row_stride >= 0 && y_col_stride >= 0, "output strides must be non-negative");
   if (k == 0) return;  // (zero rows still go through, so NaN/Inf in X raise whatever the shape)
-  const int64_t last = (a.rows - 1) * y_row_stride + (k - 1) * y_col_stride;
-  require(a.rows == 0 || last < y_size, "output has " + std::to_string(y_size) + " elements, too few for the strided (rows, k) result");
+  // Rows and columns of the output must not overlap: each element is written by exactly one thread.
+  // (A zero-row result writes nothing, whatever its strides.)
+  if (a.rows > 0) {
+    require((a.rows == 1 || y_row_stride >= 1) && (k == 1 || y_col_stride >= 1),
+            "output strides must be positive along every dimension longer than 1");
+    int64_t row_span, col_span, last;
+    const bool overflow = __builtin_mul_overflow(a.rows - 1, y_row_stride, &row_span) ||
+                          __builtin_mul_overflow(k - 1, y_col_stride, &col_span) ||
+                          __builtin_add_overflow(row_span, col_span, &last);
+    require(!overflow && last < y_size,
+            "output has " + std::to_string(y_size) + " elements, too few for the strided (rows, k) result");
+    require(a.rows == 1 || k == 1 || y_row_stride >= k * y_col_stride || y_col_stride >= a.rows * y_row_stride,
+            "output strides overlap: rows and columns of the result would share elements");
+  }
   const Call call{x, k, x_batch_major, bias, act, y, y_row_stride, y_col_stride};
   if (a.indptr_type == IndptrType::i32) return dispatch_index<int32_t>(a, call);
   dispatch_index<int64_t>(a, call);

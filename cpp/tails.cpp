@@ -69,7 +69,7 @@ double log_moment_xi(TailMethod method, LogAt log_at, long long n, long long k) 
 
 double tail_xi(TailMethod method, const double* sorted, long long n, long long k) {
   if (method != TailMethod::pickands) return log_moment_xi(method, sorted_log(sorted, n), n, k);
-  require(k >= 1 && 4 * k <= n, k_range_message("pickands", k, n, 1, n / 4));
+  require(k >= 1 && k <= n / 4, k_range_message("pickands", k, n, 1, n / 4));  // (4 * k could overflow)
   const double a = sorted[n - k], b = sorted[n - 2 * k], c = sorted[n - 4 * k];
   require(a > b && b > c, ties_message("pickands", k));
   return std::log((a - b) / (b - c)) / std::log(2.0);

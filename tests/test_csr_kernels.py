@@ -303,3 +303,17 @@ def test_short_rows_of_every_length(kernel_path, fmt):
     check_close(A.matvec(x), A, x)
     y = sparse_linear(x[None, :], A, bias=np.arange(len(lengths), dtype=np.float64), activation="tanh")
     np.testing.assert_allclose(y[0], np.tanh(A.todense().astype(np.float64) @ x + np.arange(len(lengths))), rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_entry_refuses_wrapped_sizes_and_overlapping_outputs():
+    """The private kernel checks its own sizes: a product that wraps around int64 or output strides
+    whose rows and columns share elements raise instead of writing out of bounds or racing."""
+    from htcore import _core
+
+    empty_csr = (np.zeros(2, np.int32), np.zeros(0, np.uint16), np.zeros(0, np.float32), None)
+    out = np.zeros(1, np.float32)
+    with pytest.raises(ValueError, match="too few"):  # (k - 1) * 4 wraps to 0 without the check
+        _core.csr_spmm(*empty_csr, 1, 0, np.zeros(0, np.float32), 2**62 + 1, False, None, "none", out, 1, 4)
+    two_rows = (np.zeros(3, np.int32), np.zeros(0, np.uint16), np.zeros(0, np.float32), None)
+    with pytest.raises(ValueError, match="overlap"):
+        _core.csr_spmm(*two_rows, 2, 1, np.ones(2, np.float32), 2, False, None, "none", np.zeros(4, np.float32), 1, 1)
