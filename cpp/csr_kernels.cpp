@@ -61,22 +61,14 @@ float half_to_float(uint16_t h) {
   return out;
 }
 
-// Value accessors: Values<V>(p) is the p-th stored value as the accumulator type.
+// Value accessors: Values<V>(p) is the p-th stored value as the accumulator type. float and
+// double are stored as they are accumulated; Half and uint8 codes are specialised below.
 template <class V>
-struct Values;
-template <>
-struct Values<float> {
-  using Acc = float;
-  const float* d;
+struct Values {
+  using Acc = V;
+  const V* d;
   const float* codebook;
-  float operator()(int64_t p) const { return d[p]; }
-};
-template <>
-struct Values<double> {
-  using Acc = double;
-  const double* d;
-  const float* codebook;
-  double operator()(int64_t p) const { return d[p]; }
+  V operator()(int64_t p) const { return d[p]; }
 };
 template <>
 struct Values<Half> {

@@ -11,6 +11,7 @@
 
 #include "errors.hpp"
 #include "parallel.hpp"
+#include "splitmix64.hpp"
 
 namespace htcore {
 
@@ -83,13 +84,6 @@ double tail_xi_from_logs(TailMethod method, const double* logs, long long n, lon
 namespace {
 
 // ---- random numbers: one xoshiro256** stream per (seed, stage, resample) ----
-
-std::uint64_t splitmix64(std::uint64_t& state) {
-  std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
 
 class Rng {
  public:

@@ -6,6 +6,7 @@
 
 #include "errors.hpp"
 #include "parallel.hpp"
+#include "splitmix64.hpp"
 
 namespace htcore::topk {
 
@@ -501,13 +502,6 @@ Csr<U, Idx> fill_csr(const U* w, i64 rows, i64 cols, U t, i64 tie_budget, const 
     compact_row(w + r * cols, cols, t, ties[r], row_ties[r], data + indptr[r], indices + indptr[r],
                 indptr[r + 1] - indptr[r]);
   return out;
-}
-
-std::uint64_t splitmix64(std::uint64_t& state) {
-  std::uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
 }
 
 // Sample-select: from a fixed pseudo-random sample, keys lo <= hi that bracket the k-th largest
