@@ -29,8 +29,12 @@ def load_data(spec: str) -> Dataset:
         missing = {"X_train", "y_train"} - set(f.files)
         if missing:
             raise ValueError(f"{spec} lacks arrays {sorted(missing)} (has {f.files})")
-        get = lambda name: f[name] if name in f.files else None
-        return Dataset(f["X_train"], f["y_train"], get("X_test"), get("y_test"))
+        test = {"X_test", "y_test"} & set(f.files)
+        if len(test) == 1:
+            raise ValueError(f"{spec} has {test.pop()} but not its pair: give both X_test and y_test, or neither")
+        if test:
+            return Dataset(f["X_train"], f["y_train"], f["X_test"], f["y_test"])
+        return Dataset(f["X_train"], f["y_train"], None, None)
 
 
 def default_grid(model) -> list[dict]:
