@@ -251,3 +251,9 @@ def test_runtime_does_not_import_torch(tmp_path):
     code = ("import sys, numpy as np, htcore; m = htcore.load_compressed(sys.argv[1]); "
             "m(np.ones((2, 48))); assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+
+
+def test_import_htcore_loads_neither_torch_nor_scipy():
+    # Start-up time on deployment boxes: scipy alone would add ~0.3 s to `import htcore`.
+    code = "import sys, htcore; loaded = {'torch', 'scipy'} & set(sys.modules); assert not loaded, loaded"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -25,7 +25,6 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy import special
 
 from ._validation import check_int
 
@@ -104,6 +103,8 @@ def binomial_log_cdf(k: int, m: int, p: float) -> float:
         return 0.0
     if p == 1.0:
         return -math.inf
+    from scipy import special  # deferred: it is most of `import htcore`'s time (~0.25 s), and only bounds need it
+
     i = np.arange(k + 1, dtype=np.float64)
     log_pmf = (special.gammaln(m + 1) - special.gammaln(i + 1) - special.gammaln(m - i + 1)
                + i * math.log(p) + (m - i) * math.log1p(-p))
