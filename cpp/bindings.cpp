@@ -348,4 +348,5 @@ PYBIND11_MODULE(_core, m) {
   // ---- symmetric eigenvalues ----
   m.def("symmetric_eigenvalues", &symmetric_eigenvalues, "a"_a, "max_sweeps"_a);
   m.def("symmetric_eigenvalues_uses_avx2", &htcore::symmetric_eigenvalues_uses_avx2);
+  m.def("_symmetric_eigenvalues_enable_avx2", &htcore::symmetric_eigenvalues_enable_avx2, "enabled"_a);
 }

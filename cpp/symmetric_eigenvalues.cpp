@@ -15,6 +15,7 @@
 #include "symmetric_eigenvalues.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -28,6 +29,7 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define HTCORE_EIG_X86 1
+#include <immintrin.h>
 #endif
 
 namespace htcore {
@@ -35,88 +37,107 @@ namespace {
 
 using i64 = std::int64_t;
 
-// Multiply-add, contracted to one FMA instruction or not: the two code paths.
-struct Fused {
-  static double madd(double a, double b, double c) { return std::fma(a, b, c); }
+// One fused pass of step k: the rank-2 update A -= v w^T + w v^T of the leading k x k block
+// (the previous reflector) and the product y = A' x with the updated block A' (this step's).
+struct Pass {
+  const double* v;
+  const double* w;
+  const double* x;
+  double* y;
 };
-struct Separate {
+
+// The two code paths. columns<C>(c, j, pass, s): columns c[0..C) = j..j+C-1, rows 0..j-1 (above
+// their diagonal block): update each entry a = c[t][r] - v[r] w[j+t] - w[r] v[j+t], store it, add
+// a x[j+t] to y[r], and return s[t] = sum_r a x[r] (the part of y[j+t] from these rows).
+struct Portable {
   static double madd(double a, double b, double c) { return a * b + c; }
+
+  template <int C>
+  static void columns(double* const* c, i64 j, const Pass& p, double* s) {
+    for (int t = 0; t < C; ++t) s[t] = 0;
+    for (i64 r = 0; r < j; ++r) {
+      double acc = p.y[r];
+      for (int t = 0; t < C; ++t) {
+        const double a = madd(-p.w[r], p.v[j + t], madd(-p.v[r], p.w[j + t], c[t][r]));
+        c[t][r] = a;
+        s[t] = madd(a, p.x[r], s[t]);
+        acc = madd(a, p.x[j + t], acc);
+      }
+      p.y[r] = acc;
+    }
+  }
 };
 
-// Columns c[0..3] (rows 0..len-1 each, len <= the column index): apply the rank-2 update
-// c[t][r] -= v[r] w[j+t] + w[r] v[j+t], then accumulate the next product y = A' x:
-// y[r] += c[t][r] x[j+t] and return the dots s[t] = sum_r c[t][r] x[r].
-template <class F, int C>
-inline __attribute__((always_inline)) void update_columns(double* const* __restrict c, i64 len, const double* __restrict v,
-                                                          const double* __restrict w, const double* vj,
-                                                          const double* wj, const double* __restrict x,
-                                                          const double* xj, double* __restrict y, double* s) {
-  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-  double* __restrict c0 = c[0];
-  double* __restrict c1 = c[C > 1 ? 1 : 0];
-  double* __restrict c2 = c[C > 2 ? 2 : 0];
-  double* __restrict c3 = c[C > 3 ? 3 : 0];
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-  for (i64 r = 0; r < len; ++r) {
-    const double vr = v[r], wr = w[r], xr = x[r];
-    double acc = y[r];
-    const double a0 = F::madd(-wr, vj[0], F::madd(-vr, wj[0], c0[r]));
-    c0[r] = a0;
-    s0 = F::madd(a0, xr, s0);
-    acc = F::madd(a0, xj[0], acc);
-    if (C > 1) {
-      const double a1 = F::madd(-wr, vj[1], F::madd(-vr, wj[1], c1[r]));
-      c1[r] = a1;
-      s1 = F::madd(a1, xr, s1);
-      acc = F::madd(a1, xj[1], acc);
+#ifdef HTCORE_EIG_X86
+// AVX2 + FMA: four rows at a time, four partial sums per dot, the leftover rows with scalar FMAs.
+struct Avx2 {
+  __attribute__((target("avx2,fma"))) static double madd(double a, double b, double c) { return std::fma(a, b, c); }
+
+  template <int C>
+  __attribute__((target("avx2,fma"))) static void columns(double* const* c, i64 j, const Pass& p, double* s) {
+    __m256d vj[C], wj[C], xj[C], sum[C];
+    for (int t = 0; t < C; ++t) {
+      vj[t] = _mm256_set1_pd(p.v[j + t]);
+      wj[t] = _mm256_set1_pd(p.w[j + t]);
+      xj[t] = _mm256_set1_pd(p.x[j + t]);
+      sum[t] = _mm256_setzero_pd();
     }
-    if (C > 2) {
-      const double a2 = F::madd(-wr, vj[2], F::madd(-vr, wj[2], c2[r]));
-      c2[r] = a2;
-      s2 = F::madd(a2, xr, s2);
-      acc = F::madd(a2, xj[2], acc);
+    i64 r = 0;
+    for (; r + 4 <= j; r += 4) {
+      const __m256d vr = _mm256_loadu_pd(p.v + r), wr = _mm256_loadu_pd(p.w + r), xr = _mm256_loadu_pd(p.x + r);
+      __m256d acc = _mm256_loadu_pd(p.y + r);
+      for (int t = 0; t < C; ++t) {
+        const __m256d a = _mm256_fnmadd_pd(wr, vj[t], _mm256_fnmadd_pd(vr, wj[t], _mm256_loadu_pd(c[t] + r)));
+        _mm256_storeu_pd(c[t] + r, a);
+        sum[t] = _mm256_fmadd_pd(a, xr, sum[t]);
+        acc = _mm256_fmadd_pd(a, xj[t], acc);
+      }
+      _mm256_storeu_pd(p.y + r, acc);
     }
-    if (C > 3) {
-      const double a3 = F::madd(-wr, vj[3], F::madd(-vr, wj[3], c3[r]));
-      c3[r] = a3;
-      s3 = F::madd(a3, xr, s3);
-      acc = F::madd(a3, xj[3], acc);
+    for (int t = 0; t < C; ++t) {
+      alignas(32) double lanes[4];
+      _mm256_store_pd(lanes, sum[t]);
+      s[t] = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
     }
-    y[r] = acc;
+    for (; r < j; ++r) {
+      double acc = p.y[r];
+      for (int t = 0; t < C; ++t) {
+        const double a = madd(-p.w[r], p.v[j + t], madd(-p.v[r], p.w[j + t], c[t][r]));
+        c[t][r] = a;
+        s[t] = madd(a, p.x[r], s[t]);
+        acc = madd(a, p.x[j + t], acc);
+      }
+      p.y[r] = acc;
+    }
   }
-  s[0] = s0;
-  if (C > 1) s[1] = s1;
-  if (C > 2) s[2] = s2;
-  if (C > 3) s[3] = s3;
-}
+};
+#endif
 
-// The update of one entry, as update_columns does it (used for the diagonal and the small triangle).
-template <class F>
+// The update of one entry, as columns() does it.
+template <class K>
 inline double update_entry(double a, double vr, double wr, double vj, double wj) {
-  return F::madd(-wr, vj, F::madd(-vr, wj, a));
+  return K::madd(-wr, vj, K::madd(-vr, wj, a));
 }
 
-// Columns j..j+C-1 of the leading block: update rows 0..j+C-1 with (v, w) and add their part of
-// y = A' x (A' the updated symmetric block, only its upper triangle stored).
-template <class F, int C>
-inline __attribute__((always_inline)) void update_and_multiply(double* a, i64 ld, i64 j, const double* v, const double* w,
-                                                               const double* x, double* y) {
-  double* cols[4];
+// Columns j..j+C-1 of the leading block, whole: columns() above their diagonal block, then the
+// C x C triangle at the diagonal, in the same order for every C.
+template <class K, int C>
+inline __attribute__((always_inline)) void update_and_multiply(double* a, i64 ld, i64 j, const Pass& p) {
+  double* cols[C];
   for (int t = 0; t < C; ++t) cols[t] = a + (j + t) * ld;
-  double s[4];
-  update_columns<F, C>(cols, j, v, w, v + j, w + j, x, x + j, y, s);
-  // Rows j..j+C-1 (the C x C triangle at the diagonal), in the same order for every C.
+  double s[C];
+  K::template columns<C>(cols, j, p, s);
   for (int t = 0; t < C; ++t) {
     double* col = cols[t];
     for (int u = 0; u <= t; ++u) {
       const i64 r = j + u;
-      const double val = update_entry<F>(col[r], v[r], w[r], v[j + t], w[j + t]);
+      const double val = update_entry<K>(col[r], p.v[r], p.w[r], p.v[j + t], p.w[j + t]);
       col[r] = val;
       if (u < t) {
-        s[t] = F::madd(val, x[r], s[t]);
-        y[r] = F::madd(val, x[j + t], y[r]);
+        s[t] = K::madd(val, p.x[r], s[t]);
+        p.y[r] = K::madd(val, p.x[j + t], p.y[r]);
       } else {
-        y[r] = F::madd(val, x[r], y[r] + s[t]);
+        p.y[r] = K::madd(val, p.x[r], p.y[r] + s[t]);
       }
     }
   }
@@ -143,7 +164,7 @@ double householder(const double* col, i64 k, double* v, double* off_diagonal) {
 
 // Householder reduction of the column-major upper triangle `a` (n x n, column stride ld) to the
 // tridiagonal (d[0..n), e[0..n-1)); `a` is overwritten. scratch holds 4 n doubles.
-template <class F>
+template <class K>
 inline __attribute__((always_inline)) void tridiagonalise_impl(double* a, i64 n, i64 ld, double* d, double* e,
                                                                 double* scratch) {
   double* v = scratch;          // previous reflector, rows 0..k
@@ -153,16 +174,17 @@ inline __attribute__((always_inline)) void tridiagonalise_impl(double* a, i64 n,
   std::fill(scratch, scratch + 2 * n, 0.0);  // no previous reflector: the first pass only multiplies
   for (i64 k = n - 1; k >= 1; --k) {
     double* col = a + k * ld;
-    for (i64 r = 0; r <= k; ++r) col[r] = update_entry<F>(col[r], v[r], w[r], v[k], w[k]);
+    for (i64 r = 0; r <= k; ++r) col[r] = update_entry<K>(col[r], v[r], w[r], v[k], w[k]);
     d[k] = col[k];
     const double tau = householder(col, k, vn, &e[k - 1]);
     std::fill(wn, wn + k, 0.0);
+    const Pass pass{v, w, vn, wn};
     i64 j = 0;
-    for (; j + 4 <= k; j += 4) update_and_multiply<F, 4>(a, ld, j, v, w, vn, wn);
+    for (; j + 4 <= k; j += 4) update_and_multiply<K, 4>(a, ld, j, pass);
     switch (k - j) {
-      case 3: update_and_multiply<F, 3>(a, ld, j, v, w, vn, wn); break;
-      case 2: update_and_multiply<F, 2>(a, ld, j, v, w, vn, wn); break;
-      case 1: update_and_multiply<F, 1>(a, ld, j, v, w, vn, wn); break;
+      case 3: update_and_multiply<K, 3>(a, ld, j, pass); break;
+      case 2: update_and_multiply<K, 2>(a, ld, j, pass); break;
+      case 1: update_and_multiply<K, 1>(a, ld, j, pass); break;
       default: break;
     }
     double pv = 0;
@@ -171,28 +193,30 @@ inline __attribute__((always_inline)) void tridiagonalise_impl(double* a, i64 n,
       pv += wn[r] * vn[r];
     }
     const double half = 0.5 * tau * pv;
-    for (i64 r = 0; r < k; ++r) wn[r] = F::madd(-half, vn[r], wn[r]);
+    for (i64 r = 0; r < k; ++r) wn[r] = K::madd(-half, vn[r], wn[r]);
     std::swap(v, vn);
     std::swap(w, wn);
   }
-  if (n > 0) d[0] = update_entry<F>(a[0], v[0], w[0], v[0], w[0]);
+  if (n > 0) d[0] = update_entry<K>(a[0], v[0], w[0], v[0], w[0]);
 }
 
 void tridiagonalise_generic(double* a, i64 n, i64 ld, double* d, double* e, double* scratch) {
-  tridiagonalise_impl<Separate>(a, n, ld, d, e, scratch);
+  tridiagonalise_impl<Portable>(a, n, ld, d, e, scratch);
 }
 
 #ifdef HTCORE_EIG_X86
 __attribute__((target("avx2,fma"))) void tridiagonalise_avx2(double* a, i64 n, i64 ld, double* d, double* e,
                                                              double* scratch) {
-  tridiagonalise_impl<Fused>(a, n, ld, d, e, scratch);
+  tridiagonalise_impl<Avx2>(a, n, ld, d, e, scratch);
 }
 #endif
 
-bool cpu_has_avx2_fma() {
+std::atomic<bool> g_avx2_enabled{true};
+
+bool use_avx2() {
 #ifdef HTCORE_EIG_X86
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
+  return ok && g_avx2_enabled.load(std::memory_order_relaxed);
 #else
   return false;
 #endif
@@ -360,7 +384,9 @@ i64 column_stride(i64 n) {
 
 }  // namespace
 
-bool symmetric_eigenvalues_uses_avx2() { return cpu_has_avx2_fma(); }
+bool symmetric_eigenvalues_uses_avx2() { return use_avx2(); }
+
+void symmetric_eigenvalues_enable_avx2(bool enabled) { g_avx2_enabled.store(enabled, std::memory_order_relaxed); }
 
 void symmetric_eigenvalues(const double* a, i64 n, double* out, int max_sweeps) {
   require(n >= 0, "symmetric eigenvalues: n must be >= 0, got " + std::to_string(n));
@@ -393,7 +419,7 @@ void symmetric_eigenvalues(const double* a, i64 n, double* out, int max_sweeps) 
   for (i64 i = 0; i < n; ++i)
     for (i64 j = 0; j <= i; ++j) work[i * ld + j] = a[i * n + j] * down;
 #ifdef HTCORE_EIG_X86
-  if (cpu_has_avx2_fma()) tridiagonalise_avx2(work, n, ld, out, e, scratch);
+  if (use_avx2()) tridiagonalise_avx2(work, n, ld, out, e, scratch);
   else tridiagonalise_generic(work, n, ld, out, e, scratch);
 #else
   tridiagonalise_generic(work, n, ld, out, e, scratch);

@@ -21,7 +21,9 @@ namespace htcore {
 // (LAPACK allows 30 * n; it converges in about 2 per eigenvalue).
 void symmetric_eigenvalues(const double* a, std::int64_t n, double* out, int max_sweeps = 30);
 
-// Whether symmetric_eigenvalues uses its AVX2+FMA code path on this CPU.
+// Whether symmetric_eigenvalues uses its AVX2+FMA code path (the CPU has it and it is enabled).
 bool symmetric_eigenvalues_uses_avx2();
+// For tests: disable (or re-enable) the AVX2+FMA path, so the portable one runs on any CPU.
+void symmetric_eigenvalues_enable_avx2(bool enabled);
 
 }  // namespace htcore
