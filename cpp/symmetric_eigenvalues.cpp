@@ -205,7 +205,7 @@ void tridiagonalise_generic(double* a, i64 n, i64 ld, double* d, double* e, doub
 }
 
 #ifdef HTCORE_EIG_X86
-__attribute__((target("avx2,fma"))) void tridiagonalise_avx2(double* a, i64 n, i64 ld, double* d, double* e,
+__attribute__((target("avx2,fma"), flatten)) void tridiagonalise_avx2(double* a, i64 n, i64 ld, double* d, double* e,
                                                              double* scratch) {
   tridiagonalise_impl<Avx2>(a, n, ld, d, e, scratch);
 }
