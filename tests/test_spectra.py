@@ -57,6 +57,20 @@ def test_esd_block_accumulation(monkeypatch):
     np.testing.assert_allclose(esd(w), whole, rtol=1e-12, atol=1e-10)
 
 
+def test_esd_solver_choice_by_size(monkeypatch):
+    # Gram matrices up to OWN_SOLVER_MAX_SIZE go to htcore's solver, larger ones to LAPACK; both
+    # give the squared singular values.
+    import htcore.spectra as sp
+
+    rng = np.random.default_rng(9)
+    small, large = rng.standard_normal((40, 6)), rng.standard_normal((40, 12))
+    monkeypatch.setattr(sp, "OWN_SOLVER_MAX_SIZE", 8)
+    assert np.array_equal(esd(small), np.maximum(sp.symmetric_eigenvalues(small.T @ small), 0.0))
+    assert np.array_equal(esd(large), np.maximum(np.linalg.eigvalsh(large.T @ large), 0.0))
+    for w in (small, large):
+        np.testing.assert_allclose(esd(w), svd_esd([w]), rtol=1e-9, atol=1e-12 * esd(w).max())
+
+
 def test_esd_rank_deficient_and_zero():
     u = np.random.default_rng(3).standard_normal((30, 2))
     w = u @ u.T  # rank 2
