@@ -17,9 +17,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstring>
 #include <limits>
-#include <new>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -49,22 +47,28 @@ struct Pass {
 // The two code paths. columns<C>(c, j, pass, s): columns c[0..C) = j..j+C-1, rows 0..j-1 (above
 // their diagonal block): update each entry a = c[t][r] - v[r] w[j+t] - w[r] v[j+t], store it, add
 // a x[j+t] to y[r], and return s[t] = sum_r a x[r] (the part of y[j+t] from these rows).
+// Rows [r0, j) of columns() with scalar multiply-adds K::madd, adding to s.
+template <class K, int C>
+inline void columns_scalar(double* const* c, i64 r0, i64 j, const Pass& p, double* s) {
+  for (i64 r = r0; r < j; ++r) {
+    double acc = p.y[r];
+    for (int t = 0; t < C; ++t) {
+      const double a = K::madd(-p.w[r], p.v[j + t], K::madd(-p.v[r], p.w[j + t], c[t][r]));
+      c[t][r] = a;
+      s[t] = K::madd(a, p.x[r], s[t]);
+      acc = K::madd(a, p.x[j + t], acc);
+    }
+    p.y[r] = acc;
+  }
+}
+
 struct Portable {
   static double madd(double a, double b, double c) { return a * b + c; }
 
   template <int C>
   static void columns(double* const* c, i64 j, const Pass& p, double* s) {
     for (int t = 0; t < C; ++t) s[t] = 0;
-    for (i64 r = 0; r < j; ++r) {
-      double acc = p.y[r];
-      for (int t = 0; t < C; ++t) {
-        const double a = madd(-p.w[r], p.v[j + t], madd(-p.v[r], p.w[j + t], c[t][r]));
-        c[t][r] = a;
-        s[t] = madd(a, p.x[r], s[t]);
-        acc = madd(a, p.x[j + t], acc);
-      }
-      p.y[r] = acc;
-    }
+    columns_scalar<Portable, C>(c, 0, j, p, s);
   }
 };
 
@@ -99,16 +103,7 @@ struct Avx2 {
       _mm256_store_pd(lanes, sum[t]);
       s[t] = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
     }
-    for (; r < j; ++r) {
-      double acc = p.y[r];
-      for (int t = 0; t < C; ++t) {
-        const double a = madd(-p.w[r], p.v[j + t], madd(-p.v[r], p.w[j + t], c[t][r]));
-        c[t][r] = a;
-        s[t] = madd(a, p.x[r], s[t]);
-        acc = madd(a, p.x[j + t], acc);
-      }
-      p.y[r] = acc;
-    }
+    columns_scalar<Avx2, C>(c, r, j, p, s);
   }
 };
 #endif
