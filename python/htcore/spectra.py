@@ -10,10 +10,10 @@ matrix is never copied whole to float64. BLAS runs on one thread; parallelism co
 the blocks' products on htcore's threads and adding them in block order, so the result is bitwise
 the same whatever the thread settings. The Gram matrix's eigenvalues come from htcore's own
 solver (`symmetric_eigenvalues`: Householder tridiagonalisation and root-free QL/QR, in C++ with
-the GIL released) up to M = `OWN_SOLVER_MAX_SIZE`, and from LAPACK (``numpy.linalg.eigvalsh``)
-above. htcore's solver exists because OpenBLAS runs its LAPACK eigensolvers one call at a time
-per process: with it, `htcore.analyze`'s worker threads compute two layers' eigenvalues on two
-cores at once. This costs N M^2 + O(M^3) flops instead of an SVD's ~4 N M^2 + O(M^3); the
+the GIL released) up to M = `OWN_SOLVER_MAX_SIZE` on CPUs with AVX2+FMA, and from LAPACK
+(``numpy.linalg.eigvalsh``) otherwise. htcore's solver exists because OpenBLAS runs its LAPACK
+eigensolvers one call at a time per process: with it, `htcore.analyze`'s worker threads compute
+two layers' eigenvalues on two cores at once. This costs N M^2 + O(M^3) flops instead of an SVD's ~4 N M^2 + O(M^3); the
 absolute error of each eigenvalue is about 1e-16 * M * lambda_max with either solver, far below
 WeightWatcher's 1e-5 cut for "zero" eigenvalues.
 
@@ -60,7 +60,8 @@ _BLOCK_ELEMENTS = 1 << 21
 # one thread (Zen 4, numpy 2.4's OpenBLAS 0.3.31), LAPACK time / htcore time: 1.2 at M = 384, 1.2 at
 # 1024, 1.07 at 2048 (its triangle, 16 MiB, still in L3), 0.93 at 3072 (the unblocked reduction
 # then streams the matrix from memory every step; LAPACK's blocked dsytrd does not). From two
-# threads htcore's calls overlap and LAPACK's do not, so htcore's solver wins up to here.
+# threads htcore's calls overlap and LAPACK's do not, so htcore's solver wins up to here. Only
+# with its AVX2+FMA code path: the portable one is 3x slower (12.7 ms at M = 384).
 OWN_SOLVER_MAX_SIZE = 2048
 
 
@@ -101,8 +102,14 @@ def _gram_eigenvalues(w: np.ndarray) -> np.ndarray:
         gram += product
     if not np.isfinite(gram).all():
         raise ValueError(f"matrix of shape {w.shape} contains non-finite values (NaN or Inf)")
-    evals = _core.symmetric_eigenvalues(gram, _MAX_SWEEPS) if m <= OWN_SOLVER_MAX_SIZE else np.linalg.eigvalsh(gram)
-    return np.maximum(evals, 0.0)
+    return np.maximum(_gram_spectrum(gram), 0.0)
+
+
+def _gram_spectrum(gram: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a finite float64 Gram matrix, from the solver `OWN_SOLVER_MAX_SIZE` picks."""
+    if gram.shape[0] <= OWN_SOLVER_MAX_SIZE and _core.symmetric_eigenvalues_uses_avx2():
+        return _core.symmetric_eigenvalues(gram, _MAX_SWEEPS)
+    return np.linalg.eigvalsh(gram)
 
 
 # QL/QR sweeps allowed per eigenvalue, in total (LAPACK's limit; about 2 are needed).
