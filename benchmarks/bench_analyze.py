@@ -5,8 +5,9 @@
 Rows: htcore spectral only (ESD + WeightWatcher metrics, the same work as WeightWatcher's default
 analyze), htcore everything (plus element tails and compressibility), and weightwatcher, at 1 and
 2 threads (htcore.set_num_threads; weightwatcher's BLAS limited with threadpoolctl), medians of
-several repetitions. At 2 threads weightwatcher is also timed with one BLAS thread, its faster
-setting on a busy machine, and the speed-up is given against both. Also checks the spectral alpha agreement.
+several repetitions, all timed in turn within each repetition. At 2 threads weightwatcher is also
+timed with one BLAS thread, its faster setting on a busy machine, and the speed-up is given
+against both. Also checks the spectral alpha agreement.
 A second table times the eigenvalue solver htcore uses for the Gram matrices (htcore's own) against
 LAPACK's (numpy.linalg.eigvalsh, one BLAS thread), per call, one after the other and from two threads.
 Writes benchmarks/results/analyze.md and analyze.json.
@@ -40,17 +41,24 @@ def machine_info() -> dict:
     return {**machine(), "load_average": os.getloadavg()[0]}
 
 
-def median_wall_cpu(fn, repeats: int) -> tuple[float, float, object]:
-    """Median wall time and median process CPU time (all threads) of ``fn``, and its last value.
-    CPU above wall means the run used more than one core; on a shared box the scheduler gives a
-    process (session) its share whatever its thread count, so the CPU column shows the work done."""
-    walls, cpus, value = [], [], None
+def interleaved(fns: dict, repeats: int) -> dict:
+    """Median wall time, median process CPU time (all threads) and last value of each of ``fns``,
+    calling them in turn in every repetition, so a change in the shared machine's load reaches
+    htcore and its peer alike. CPU above wall means the run used more than one core; on a shared
+    box the scheduler gives a process its share whatever its thread count, so the CPU column
+    shows the work done. Each is called once untimed first (imports, thread pools, caches)."""
+    for fn in fns.values():
+        fn()
+    walls: dict = {name: [] for name in fns}
+    cpus: dict = {name: [] for name in fns}
+    values: dict = {}
     for _ in range(repeats):
-        c, t = time.process_time(), time.perf_counter()
-        value = fn()
-        walls.append(time.perf_counter() - t)
-        cpus.append(time.process_time() - c)
-    return statistics.median(walls), statistics.median(cpus), value
+        for name, fn in fns.items():
+            c, t = time.process_time(), time.perf_counter()
+            values[name] = fn()
+            walls[name].append(time.perf_counter() - t)
+            cpus[name].append(time.process_time() - c)
+    return {name: (statistics.median(walls[name]), statistics.median(cpus[name]), values[name]) for name in fns}
 
 
 def solver_rows(sizes: list[int], reps: int) -> list[dict]:
@@ -105,14 +113,23 @@ def main() -> None:
     model = g.load_model(device="cpu")
     info = machine_info()
     rows, agreement, evals = [], None, {}
+    def weightwatcher(blas_threads: int):
+        with threadpool_limits(limits=blas_threads):
+            return ww.WeightWatcher(model=model).analyze()
+
     for threads in thread_counts:
         htcore.set_num_threads(threads)
-        t_spec, cpu_spec, spec = median_wall_cpu(lambda: htcore.analyze(model, elements=False, keeps=None, progress=False), reps)
-        t_all, _ = median_time(lambda: htcore.analyze(model, progress=False), reps)
-        with threadpool_limits(limits=threads):
-            t_ww, details = median_time(lambda: ww.WeightWatcher(model=model).analyze(), reps)
-        with threadpool_limits(limits=1):
-            t_ww1 = t_ww if threads == 1 else median_time(lambda: ww.WeightWatcher(model=model).analyze(), reps)[0]
+        fns = {
+            "spectral": lambda: htcore.analyze(model, elements=False, keeps=None, progress=False),
+            "ww": lambda: weightwatcher(threads),
+        }
+        if threads > 1:
+            fns["ww1"] = lambda: weightwatcher(1)
+        fns["all"] = lambda: htcore.analyze(model, progress=False)
+        timed = interleaved(fns, reps)
+        t_spec, cpu_spec, spec = timed["spectral"]
+        t_all, t_ww, details = timed["all"][0], timed["ww"][0], timed["ww"][2]
+        t_ww1 = timed["ww1"][0] if threads > 1 else t_ww
         evals[threads] = [layer.evals for layer in spec]
         ours = {layer.name: layer.spectral.alpha for layer in spec}
         rel = [abs(ours[r["longname"] + ".weight"] - r["alpha"]) / r["alpha"] for _, r in details.iterrows()]
