@@ -5,9 +5,12 @@
 Rows: htcore spectral only (ESD + WeightWatcher metrics, the same work as WeightWatcher's default
 analyze), htcore everything (plus element tails and compressibility), and weightwatcher, at 1 and
 2 threads (htcore.set_num_threads; weightwatcher's BLAS limited with threadpoolctl), medians of
-several repetitions. At 2 threads weightwatcher is also timed with one BLAS thread, its faster
-setting on a busy machine, and the speed-up is given against both. Also checks the spectral alpha agreement. Writes
-benchmarks/results/analyze.md and analyze.json.
+several repetitions, all timed in turn within each repetition. At 2 threads weightwatcher is also
+timed with one BLAS thread, its faster setting on a busy machine, and the speed-up is given
+against both. Also checks the spectral alpha agreement.
+A second table times the eigenvalue solver htcore uses for the Gram matrices (htcore's own) against
+LAPACK's (numpy.linalg.eigvalsh, one BLAS thread), per call, one after the other and from two threads.
+Writes benchmarks/results/analyze.md and analyze.json.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import os
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,17 +41,48 @@ def machine_info() -> dict:
     return {**machine(), "load_average": os.getloadavg()[0]}
 
 
-def median_wall_cpu(fn, repeats: int) -> tuple[float, float, object]:
-    """Median wall time and median process CPU time (all threads) of ``fn``, and its last value.
-    CPU above wall means the run used more than one core; on a shared box the scheduler gives a
-    process (session) its share whatever its thread count, so the CPU column shows the work done."""
-    walls, cpus, value = [], [], None
+def interleaved(fns: dict, repeats: int) -> dict:
+    """Median wall time, median process CPU time (all threads) and last value of each of ``fns``,
+    calling them in turn in every repetition, so a change in the shared machine's load reaches
+    htcore and its peer alike. CPU above wall means the run used more than one core; on a shared
+    box the scheduler gives a process its share whatever its thread count, so the CPU column
+    shows the work done. Each is called once untimed first (imports, thread pools, caches)."""
+    for fn in fns.values():
+        fn()
+    walls: dict = {name: [] for name in fns}
+    cpus: dict = {name: [] for name in fns}
+    values: dict = {}
     for _ in range(repeats):
-        c, t = time.process_time(), time.perf_counter()
-        value = fn()
-        walls.append(time.perf_counter() - t)
-        cpus.append(time.process_time() - c)
-    return statistics.median(walls), statistics.median(cpus), value
+        for name, fn in fns.items():
+            c, t = time.process_time(), time.perf_counter()
+            values[name] = fn()
+            walls[name].append(time.perf_counter() - t)
+            cpus[name].append(time.process_time() - c)
+    return {name: (statistics.median(walls[name]), statistics.median(cpus[name]), values[name]) for name in fns}
+
+
+def solver_rows(sizes: list[int], reps: int) -> list[dict]:
+    """Per-call seconds of htcore's symmetric eigenvalue solver and LAPACK's on Gram matrices of
+    Gaussian (2M, M) matrices: serially and with two threads sharing the calls (one BLAS thread)."""
+    from threadpoolctl import threadpool_limits
+
+    from htcore.spectra import symmetric_eigenvalues
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for m in sizes:
+        calls = 8 if m <= 512 else 4
+        grams = [w.T @ w for w in (rng.standard_normal((2 * m, m)) for _ in range(calls))]
+        row = {"size": m}
+        for name, solve in (("htcore", symmetric_eigenvalues), ("lapack", np.linalg.eigvalsh)):
+            with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=2) as pool:
+                serial = median_time(lambda: [solve(g) for g in grams], reps)[0] / calls
+                two = median_time(lambda: list(pool.map(solve, grams)), reps)[0] / calls
+            row.update({f"{name}_serial_ms": 1e3 * serial, f"{name}_2threads_ms": 1e3 * two, f"{name}_overlap": serial / two})
+        row["speedup_serial"] = row["lapack_serial_ms"] / row["htcore_serial_ms"]
+        row["speedup_2threads"] = row["lapack_2threads_ms"] / row["htcore_2threads_ms"]
+        rows.append(row)
+    return rows
 
 
 def write_results(topic: str, title: str, table: str, data: dict) -> None:
@@ -78,14 +113,23 @@ def main() -> None:
     model = g.load_model(device="cpu")
     info = machine_info()
     rows, agreement, evals = [], None, {}
+    def weightwatcher(blas_threads: int):
+        with threadpool_limits(limits=blas_threads):
+            return ww.WeightWatcher(model=model).analyze()
+
     for threads in thread_counts:
         htcore.set_num_threads(threads)
-        t_spec, cpu_spec, spec = median_wall_cpu(lambda: htcore.analyze(model, elements=False, keeps=None, progress=False), reps)
-        t_all, _ = median_time(lambda: htcore.analyze(model, progress=False), reps)
-        with threadpool_limits(limits=threads):
-            t_ww, details = median_time(lambda: ww.WeightWatcher(model=model).analyze(), reps)
-        with threadpool_limits(limits=1):
-            t_ww1 = t_ww if threads == 1 else median_time(lambda: ww.WeightWatcher(model=model).analyze(), reps)[0]
+        fns = {
+            "spectral": lambda: htcore.analyze(model, elements=False, keeps=None, progress=False),
+            "ww": lambda: weightwatcher(threads),
+        }
+        if threads > 1:
+            fns["ww1"] = lambda: weightwatcher(1)
+        fns["all"] = lambda: htcore.analyze(model, progress=False)
+        timed = interleaved(fns, reps)
+        t_spec, cpu_spec, spec = timed["spectral"]
+        t_all, t_ww, details = timed["all"][0], timed["ww"][0], timed["ww"][2]
+        t_ww1 = timed["ww1"][0] if threads > 1 else t_ww
         evals[threads] = [layer.evals for layer in spec]
         ours = {layer.name: layer.spectral.alpha for layer in spec}
         rel = [abs(ours[r["longname"] + ".weight"] - r["alpha"]) / r["alpha"] for _, r in details.iterrows()]
@@ -94,6 +138,7 @@ def main() -> None:
                      "weightwatcher_1blas_s": t_ww1, "speedup_spectral": t_ww / t_spec,
                      "speedup_spectral_vs_best_ww": min(t_ww, t_ww1) / t_spec, "speedup_all": t_ww / t_all})
     identical = all(map(np.array_equal, evals[1], evals[2])) if len(evals) == 2 else None
+    solvers = solver_rows([384] if args.quick else [384, 1024], max(reps, 3))
     load_end = os.getloadavg()[0]
     table = (
         f"all-MiniLM-L6-v2 ({len(spec)} weight matrices; weightwatcher analyses {agreement['layers']}), "
@@ -112,10 +157,23 @@ def main() -> None:
         + (f"Eigenvalues bitwise identical at 1 and 2 threads: {identical}.\n" if identical is not None else "")
         + f"Load average at the end: {load_end:.1f}. CPU time counts all of htcore's threads: above the wall time, "
         "the run used more than one core.\n"
+        "\nEigenvalues of one M x M Gram matrix (what each layer needs; MiniLM's are 384 x 384): htcore's solver "
+        "(Householder tridiagonalisation + root-free QL/QR, GIL released) vs LAPACK's (numpy.linalg.eigvalsh, one BLAS "
+        "thread), ms per call, one after the other and with two threads sharing the calls.\n\n"
+        "| M | htcore serial | htcore 2 threads | overlap | LAPACK serial | LAPACK 2 threads | overlap "
+        "| htcore speed-up serial | htcore speed-up 2 threads |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        + "".join(
+            f"| {r['size']} | {r['htcore_serial_ms']:.2f} | {r['htcore_2threads_ms']:.2f} | {r['htcore_overlap']:.2f}x "
+            f"| {r['lapack_serial_ms']:.2f} | {r['lapack_2threads_ms']:.2f} | {r['lapack_overlap']:.2f}x "
+            f"| {r['speedup_serial']:.2f}x | {r['speedup_2threads']:.2f}x |\n"
+            for r in solvers
+        )
     )
     write_results("analyze", "htcore.analyze vs weightwatcher 0.7.7 on all-MiniLM-L6-v2", table,
                   {"machine": info, "load_average_end": load_end, "reps": reps, "rows": rows, "alpha_agreement": agreement,
-                   "evals_identical_1_2_threads": identical})
+                   "evals_identical_1_2_threads": identical,
+                   "eigenvalue_solver": solvers})
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@
 #include "csr.hpp"
 #include "errors.hpp"
 #include "parallel.hpp"
+#include "symmetric_eigenvalues.hpp"
 #include "tails.hpp"
 #include "topk.hpp"
 
@@ -295,6 +296,21 @@ void bind_topk(py::module_& m) {
   }, "w"_a, "k"_a, "by"_a, "name"_a);
 }
 
+// ---- symmetric eigenvalues (marshalling) ----
+// The Python layer passes a finite, C-contiguous, square float64 matrix.
+py::array_t<double> symmetric_eigenvalues(py::array_t<double, py::array::c_style | py::array::forcecast> a, int max_sweeps) {
+  htcore::require(a.ndim() == 2 && a.shape(0) == a.shape(1), "internal error: matrix must be square 2-D");
+  const auto n = static_cast<std::int64_t>(a.shape(0));
+  py::array_t<double> out(n);
+  const double* src = a.data();
+  double* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    htcore::symmetric_eigenvalues(src, n, dst, max_sweeps);
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -328,4 +344,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("csr_uses_avx2", &htcore::csr_uses_avx2);
   m.def("_csr_threads", &htcore::csr_threads, "rows"_a, "nnz"_a, "k"_a);
   m.def("_csr_enable_avx2", &htcore::csr_enable_avx2, "enabled"_a);
+
+  // ---- symmetric eigenvalues ----
+  m.def("symmetric_eigenvalues", &symmetric_eigenvalues, "a"_a, "max_sweeps"_a);
+  m.def("symmetric_eigenvalues_uses_avx2", &htcore::symmetric_eigenvalues_uses_avx2);
+  m.def("_symmetric_eigenvalues_enable_avx2", &htcore::symmetric_eigenvalues_enable_avx2, "enabled"_a);
 }

@@ -57,6 +57,24 @@ def test_esd_block_accumulation(monkeypatch):
     np.testing.assert_allclose(esd(w), whole, rtol=1e-12, atol=1e-10)
 
 
+def test_esd_solver_choice_by_size(monkeypatch):
+    # Gram matrices up to OWN_SOLVER_MAX_SIZE go to htcore's solver (when it has its AVX2 path),
+    # larger ones to LAPACK; both give the squared singular values.
+    import htcore.spectra as sp
+    from htcore import _core
+
+    if not _core.symmetric_eigenvalues_uses_avx2():
+        pytest.skip("htcore's solver is used only with its AVX2+FMA path")
+
+    rng = np.random.default_rng(9)
+    small, large = rng.standard_normal((40, 6)), rng.standard_normal((40, 12))
+    monkeypatch.setattr(sp, "OWN_SOLVER_MAX_SIZE", 8)
+    assert np.array_equal(esd(small), np.maximum(sp.symmetric_eigenvalues(small.T @ small), 0.0))
+    assert np.array_equal(esd(large), np.maximum(np.linalg.eigvalsh(large.T @ large), 0.0))
+    for w in (small, large):
+        np.testing.assert_allclose(esd(w), svd_esd([w]), rtol=1e-9, atol=1e-12 * esd(w).max())
+
+
 def test_esd_rank_deficient_and_zero():
     u = np.random.default_rng(3).standard_normal((30, 2))
     w = u @ u.T  # rank 2
@@ -139,7 +157,7 @@ def test_parallel_row_blocks_bitwise_equal_serial_sum(monkeypatch, threads):
         for start in range(0, 2000, 97):
             block = w[start : start + 97].astype(np.float64)
             gram += block.T @ block
-        expected = np.sort(np.maximum(np.linalg.eigvalsh(gram), 0.0))
+        expected = np.sort(np.maximum(sp._gram_spectrum(gram), 0.0))
     assert sp.splits_into_blocks([w[:97], w]) and sp.splits_into_blocks([w.T])
     assert not sp.splits_into_blocks([w[:97], w[:5].T])
     htcore.set_num_threads(threads)

@@ -62,7 +62,8 @@ def analyze(
     progress : show a progress bar on stderr.
 
     Threads: the ESDs of up to ``htcore.get_num_threads()`` small layers are computed concurrently
-    (LAPACK on one BLAS thread each) while this thread takes the layers in order; a big layer
+    (one BLAS thread each, and htcore's own eigenvalue solver, whose calls overlap where LAPACK's
+    do not) while this thread takes the layers in order; a big layer
     (more than 2^21 entries, such as an embedding; `htcore.spectra.splits_into_blocks`) is computed
     alone, its Gram row blocks shared between the threads. So at most one big tensor and a few
     small ones are read at a time. Every number is identical at any thread count.

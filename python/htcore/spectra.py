@@ -5,13 +5,17 @@ eigenvalues lambda_i = sigma_i^2 of W^T W (the squared singular values of W), wi
 scaling; a layer with several matrices (conv kernel positions) pools all their eigenvalues.
 
 The eigenvalues are computed in float64 as the eigenvalues of the smaller Gram matrix
-(W^T W if N >= M, else W W^T) with LAPACK (``numpy.linalg.eigvalsh``, which releases the GIL;
-scipy's wrapper holds it), accumulating the Gram matrix over fixed row blocks so a float32 matrix
-is never copied whole to float64. BLAS runs on one thread; parallelism comes from computing the
-blocks' products on htcore's threads and adding them in block order, so the result is bitwise the
-same whatever the thread settings. This costs
-N M^2 + O(M^3) flops instead of an SVD's ~4 N M^2 + O(M^3); the absolute error of each eigenvalue
-is about 1e-16 * lambda_max, far below WeightWatcher's 1e-5 cut for "zero" eigenvalues.
+(W^T W if N >= M, else W W^T), accumulating the Gram matrix over fixed row blocks so a float32
+matrix is never copied whole to float64. BLAS runs on one thread; parallelism comes from computing
+the blocks' products on htcore's threads and adding them in block order, so the result is bitwise
+the same whatever the thread settings. The Gram matrix's eigenvalues come from htcore's own
+solver (`symmetric_eigenvalues`: Householder tridiagonalisation and root-free QL/QR, in C++ with
+the GIL released) up to M = `OWN_SOLVER_MAX_SIZE` on CPUs with AVX2+FMA, and from LAPACK
+(``numpy.linalg.eigvalsh``) otherwise. htcore's solver exists because OpenBLAS runs its LAPACK
+eigensolvers one call at a time per process: with it, `htcore.analyze`'s worker threads compute
+two layers' eigenvalues on two cores at once. This costs N M^2 + O(M^3) flops instead of an SVD's ~4 N M^2 + O(M^3); the
+absolute error of each eigenvalue is about 1e-16 * M * lambda_max with either solver, far below
+WeightWatcher's 1e-5 cut for "zero" eigenvalues.
 
 The metrics follow weightwatcher 0.7.7 (``apply_esd``, ``fit_powerlaw``, ``apply_norm_metrics``)
 exactly; `spectral_metrics` documents each one.
@@ -26,7 +30,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from . import _core
 from ._concurrent import ordered_map
+from ._validation import as_float_array, check_int
 from .powerlaw_fit import fit_powerlaw
 from .threads import get_num_threads
 
@@ -48,7 +54,15 @@ _BLOCK_ELEMENTS = 1 << 21
 # Gram blocks here and `htcore.analyze`'s layers (each on a one-BLAS-thread worker).
 # Measured with numpy 2.4's OpenBLAS 0.3.31: GEMMs (the Gram) and Cholesky from two threads run
 # side by side (1.9 cores), but its eigvalsh/svd/qr (reference LAPACK) calls run one at a time per
-# process (1.0 core; two processes do overlap), so only the Gram half of a layer gains from threads.
+# process (1.0 core; two processes do overlap). Hence htcore's own eigenvalue solver below.
+
+# Largest Gram matrix whose eigenvalues come from htcore's solver rather than LAPACK. Measured on
+# one thread (Zen 4, numpy 2.4's OpenBLAS 0.3.31), LAPACK time / htcore time: 1.2 at M = 384, 1.2 at
+# 1024, 1.07 at 2048 (its triangle, 16 MiB, still in L3), 0.93 at 3072 (the unblocked reduction
+# then streams the matrix from memory every step; LAPACK's blocked dsytrd does not). From two
+# threads htcore's calls overlap and LAPACK's do not, so htcore's solver wins up to here. Only
+# with its AVX2+FMA code path: the portable one is 3x slower (12.7 ms at M = 384).
+OWN_SOLVER_MAX_SIZE = 2048
 
 
 def esd(matrices: np.ndarray | Iterable[np.ndarray]) -> np.ndarray:
@@ -88,7 +102,40 @@ def _gram_eigenvalues(w: np.ndarray) -> np.ndarray:
         gram += product
     if not np.isfinite(gram).all():
         raise ValueError(f"matrix of shape {w.shape} contains non-finite values (NaN or Inf)")
-    return np.maximum(np.linalg.eigvalsh(gram), 0.0)
+    return np.maximum(_gram_spectrum(gram), 0.0)
+
+
+def _gram_spectrum(gram: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a finite float64 Gram matrix, from the solver `OWN_SOLVER_MAX_SIZE` picks."""
+    if gram.shape[0] <= OWN_SOLVER_MAX_SIZE and _core.symmetric_eigenvalues_uses_avx2():
+        return _core.symmetric_eigenvalues(gram, _MAX_SWEEPS)
+    return np.linalg.eigvalsh(gram)
+
+
+# QL/QR sweeps allowed per eigenvalue, in total (LAPACK's limit; about 2 are needed).
+_MAX_SWEEPS = 30
+
+
+def symmetric_eigenvalues(matrix: np.ndarray, *, max_sweeps: int = _MAX_SWEEPS) -> np.ndarray:
+    """Eigenvalues of a real symmetric matrix, ascending, like ``numpy.linalg.eigvalsh``.
+
+    Only the lower triangle is read (eigvalsh's default ``UPLO='L'``). The matrix (any real dtype,
+    any strides) is converted to float64; the solver is htcore's own: the matrix is scaled by a
+    power of two (exactly) so its largest entry is near 1, reduced to tridiagonal form by
+    Householder reflections, and the tridiagonal's eigenvalues found by root-free implicit QL/QR
+    (Pal-Walker-Kahan, as LAPACK's dsterf). It runs on the calling thread with the GIL released,
+    so calls from several threads run side by side (LAPACK's, through OpenBLAS, do not). Each
+    eigenvalue's absolute error is a small multiple of M * 2^-53 * max|lambda| (M the order), as
+    LAPACK's; the result is deterministic on a given CPU. Fastest up to M of about 2000; the
+    work is O(M^3) and it keeps an M x M copy.
+
+    Raises ValueError for a non-square or non-2-D matrix, NaN or Inf anywhere in it, or when the
+    iteration needs more than ``max_sweeps * M`` QL/QR sweeps in total (LAPACK's limit is 30 * M).
+    """
+    a = as_float_array(matrix, "matrix", ndim=2, dtype=np.float64)
+    if a.shape[0] != a.shape[1]:
+        raise ValueError(f"matrix must be square, got shape {a.shape}")
+    return _core.symmetric_eigenvalues(a, check_int(max_sweeps, "max_sweeps", low=0, high=1_000_000))
 
 
 def _block_rows(shape: tuple[int, ...]) -> int:
