@@ -79,8 +79,13 @@ def assert_identical(a, b, what):
 
 @pytest.fixture(scope="module")
 def single_threaded():
+    # Module-scoped, so it runs before the per-test restore records the count: restore it here.
+    before = htcore.get_num_threads()
     htcore.set_num_threads(1)
-    return {name: call() for name, call in CALLS.items()}
+    try:
+        return {name: call() for name, call in CALLS.items()}
+    finally:
+        htcore.set_num_threads(before)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
