@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -31,6 +32,9 @@ namespace {
 // but a region whose worker has gone to sleep waits 5-15 ms for it on a loaded machine, so small
 // products (the batch-1 layers of a 784-1024-1024-10 MLP at 10%: 80k and 105k nnz) stay serial.
 constexpr int64_t kParallelGrain = 1 << 16;
+
+// Output tiles of the batch (k > 1) kernels: kTileRows rows x kTile batch columns.
+constexpr int64_t kTile = 32, kTileRows = 8;
 
 struct Half {
   uint16_t bits;
@@ -119,7 +123,36 @@ struct Job {
   void store(int64_t row, int64_t col, Acc v) const {
     y[row * y_row_stride + col * y_col_stride] = activate(bias ? v + bias[row] : v, act);
   }
+  // Stores a tile of n rows x w columns (tile[r * kTile + t] is Y[i0 + r, j0 + t]), walking the
+  // output along its smaller stride: X A^T (torch's Linear) writes Y transposed, and storing one
+  // row's 32 results there would touch 32 cache lines 4 * rows bytes apart (4 KiB-aliased at 1024
+  // or 3072 rows); a tile writes runs of n contiguous values instead.
+  void store_tile(int64_t i0, int64_t n, int64_t j0, int64_t w, const Acc* tile) const {
+    if (y_row_stride <= y_col_stride) {
+      for (int64_t t = 0; t < w; ++t)
+        for (int64_t r = 0; r < n; ++r) store(i0 + r, j0 + t, tile[r * kTile + t]);
+    } else {
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t t = 0; t < w; ++t) store(i0 + r, j0 + t, tile[r * kTile + t]);
+    }
+  }
 };
+
+// A X (k > 1) in tiles of kTileRows rows x kTile columns: block(i, j0, w, out) sums row i of A
+// times columns j0..j0+w of X into out[0..w), then the tile is stored at once (Job::store_tile).
+template <class Job, class Block>
+void rows_tiled(const Job& job, int64_t r0, int64_t r1, Block block) {
+  using Acc = typename Job::Acc;
+  alignas(32) Acc tile[kTileRows * kTile];
+  for (int64_t i0 = r0; i0 < r1; i0 += kTileRows) {
+    const int64_t n = std::min(kTileRows, r1 - i0);
+    for (int64_t j0 = 0; j0 < job.k; j0 += kTile) {
+      const int64_t w = std::min(kTile, job.k - j0);
+      for (int64_t r = 0; r < n; ++r) block(i0 + r, j0, w, tile + r * kTile);
+      job.store_tile(i0, n, j0, w, tile);
+    }
+  }
+}
 
 // A x, one row after another. Short rows (1% density: ~8 values) cost mostly branch mispredictions
 // on the loop exits, so the last 0..3 values of a row are one fixed step of three lanes; lanes
@@ -153,26 +186,34 @@ void rows_generic_vec(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
   }
 }
 
+// A X: two partial sums per output (even and odd positions of the row), so consecutive
+// multiply-adds into one accumulator do not wait on each other.
 template <class Ptr, class Idx, class V>
 void rows_generic(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
   using Acc = typename Values<V>::Acc;
   if (job.k == 1) return rows_generic_vec(job, r0, r1);
   const Idx* idx = job.indices;
   const int64_t k = job.k;
-  for (int64_t i = r0; i < r1; ++i) {
+  rows_tiled(job, r0, r1, [&](int64_t i, int64_t j0, int64_t w, Acc* out) {
     const int64_t begin = static_cast<int64_t>(job.indptr[i]), end = static_cast<int64_t>(job.indptr[i + 1]);
-    constexpr int64_t W = 16;
-    for (int64_t j0 = 0; j0 < k; j0 += W) {
-      const int64_t w = std::min(W, k - j0);
-      Acc acc[W] = {};
-      for (int64_t p = begin; p < end; ++p) {
-        const Acc a = job.vals(p);
-        const Acc* xr = job.x + static_cast<int64_t>(idx[p]) * k + j0;
-        for (int64_t t = 0; t < w; ++t) acc[t] += a * xr[t];
+    Acc a[kTile] = {}, b[kTile] = {};
+    int64_t p = begin;
+    for (; p + 2 <= end; p += 2) {
+      const Acc va = job.vals(p), vb = job.vals(p + 1);
+      const Acc* xa = job.x + static_cast<int64_t>(idx[p]) * k + j0;
+      const Acc* xb = job.x + static_cast<int64_t>(idx[p + 1]) * k + j0;
+      for (int64_t t = 0; t < w; ++t) {
+        a[t] += va * xa[t];
+        b[t] += vb * xb[t];
       }
-      for (int64_t t = 0; t < w; ++t) job.store(i, j0 + t, acc[t]);
     }
-  }
+    if (p < end) {
+      const Acc va = job.vals(p);
+      const Acc* xa = job.x + static_cast<int64_t>(idx[p]) * k + j0;
+      for (int64_t t = 0; t < w; ++t) a[t] += va * xa[t];
+    }
+    for (int64_t t = 0; t < w; ++t) out[t] = a[t] + b[t];
+  });
 }
 
 #ifdef HTCORE_CSR_X86
@@ -260,43 +301,70 @@ void rows_vec(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
   }
 }
 
+// One row of A times G groups of 8 columns of X (j0..j0+8G), into out; Masked: the last group
+// is partial (masked loads never touch memory past X). Two sets of accumulators (even and odd
+// positions of the row), so consecutive FMAs into one register do not wait on each other.
+template <int G, bool Masked, class Ptr, class Idx, class V>
+void row_block(const Job<Ptr, Idx, V>& job, int64_t i, int64_t j0, int64_t w, float* out) {
+  const Idx* idx = job.indices;
+  const int64_t k = job.k;
+  __m256i mask[G];
+  for (int g = 0; g < G; ++g)
+    mask[g] = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(w - 8 * g)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  auto load = [&](const float* p, int g) { return Masked ? _mm256_maskload_ps(p, mask[g]) : _mm256_loadu_ps(p); };
+  __m256 a[G], b[G];
+  for (int g = 0; g < G; ++g) a[g] = b[g] = _mm256_setzero_ps();
+  const int64_t end = static_cast<int64_t>(job.indptr[i + 1]);
+  int64_t p = static_cast<int64_t>(job.indptr[i]);
+  for (; p + 2 <= end; p += 2) {
+    const __m256 va = _mm256_set1_ps(load_val(job.vals, p)), vb = _mm256_set1_ps(load_val(job.vals, p + 1));
+    const float* xa = job.x + static_cast<int64_t>(idx[p]) * k + j0;
+    const float* xb = job.x + static_cast<int64_t>(idx[p + 1]) * k + j0;
+    for (int g = 0; g < G; ++g) {
+      a[g] = _mm256_fmadd_ps(va, load(xa + 8 * g, g), a[g]);
+      b[g] = _mm256_fmadd_ps(vb, load(xb + 8 * g, g), b[g]);
+    }
+  }
+  if (p < end) {
+    const __m256 va = _mm256_set1_ps(load_val(job.vals, p));
+    const float* xa = job.x + static_cast<int64_t>(idx[p]) * k + j0;
+    for (int g = 0; g < G; ++g) a[g] = _mm256_fmadd_ps(va, load(xa + 8 * g, g), a[g]);
+  }
+  for (int g = 0; g < G; ++g) _mm256_store_ps(out + 8 * g, _mm256_add_ps(a[g], b[g]));
+}
+
 template <class Ptr, class Idx, class V>
 void rows(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
+  static_assert(kTile == 32, "row_block covers a tile as four groups of 8 columns");
   if (job.k == 1) return rows_vec(job, r0, r1);
-  const Idx* idx = job.indices;
-  const float* x = job.x;
-  const int64_t k = job.k;
-  alignas(32) float tmp[32];
-  for (int64_t i = r0; i < r1; ++i) {
-    const int64_t begin = static_cast<int64_t>(job.indptr[i]), end = static_cast<int64_t>(job.indptr[i + 1]);
-    int64_t j0 = 0;
-    for (; j0 + 32 <= k; j0 += 32) {
-      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-      for (int64_t p = begin; p < end; ++p) {
-        const __m256 a = _mm256_set1_ps(load_val(job.vals, p));
-        const float* xr = x + static_cast<int64_t>(idx[p]) * k + j0;
-        a0 = _mm256_fmadd_ps(a, _mm256_loadu_ps(xr), a0);
-        a1 = _mm256_fmadd_ps(a, _mm256_loadu_ps(xr + 8), a1);
-        a2 = _mm256_fmadd_ps(a, _mm256_loadu_ps(xr + 16), a2);
-        a3 = _mm256_fmadd_ps(a, _mm256_loadu_ps(xr + 24), a3);
-      }
-      _mm256_store_ps(tmp, a0);
-      _mm256_store_ps(tmp + 8, a1);
-      _mm256_store_ps(tmp + 16, a2);
-      _mm256_store_ps(tmp + 24, a3);
-      for (int64_t t = 0; t < 32; ++t) job.store(i, j0 + t, tmp[t]);
+  rows_tiled(job, r0, r1, [&](int64_t i, int64_t j0, int64_t w, float* out) {
+    if (w == 32) return row_block<4, false>(job, i, j0, w, out);
+    switch ((w + 7) / 8) {
+      case 1: return row_block<1, true>(job, i, j0, w, out);
+      case 2: return row_block<2, true>(job, i, j0, w, out);
+      case 3: return row_block<3, true>(job, i, j0, w, out);
+      default: return row_block<4, true>(job, i, j0, w, out);
     }
-    for (; j0 < k; j0 += 8) {  // the last < 32 columns, 8 at a time (masked loads never touch memory past X)
-      const int64_t w = std::min<int64_t>(8, k - j0);
-      const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(w)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-      __m256 a0 = _mm256_setzero_ps();
-      for (int64_t p = begin; p < end; ++p) {
-        const float* xr = x + static_cast<int64_t>(idx[p]) * k + j0;
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(load_val(job.vals, p)), _mm256_maskload_ps(xr, mask), a0);
-      }
-      _mm256_store_ps(tmp, a0);
-      for (int64_t t = 0; t < w; ++t) job.store(i, j0 + t, tmp[t]);
-    }
+  });
+}
+
+// dst[c * dst_stride + r] = src[r * src_stride + c] for r, c < 8.
+inline void transpose8x8(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * src_stride);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * dst_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * dst_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
   }
 }
 
@@ -319,19 +387,27 @@ bool cpu_has_avx2() {
 #endif
 }
 
-// dst (cols, k) = src (k, cols)^T, eight source rows at a time: eight read streams and 8-float
-// write runs. (Square tiles of 32 rows thrash L1 when the row stride is a multiple of 4 KiB.)
-// Serial on purpose: it costs ~1/nnz-per-column of the product, and one fork/join fewer per call
-// matters more on a loaded machine, where every join waits for the slowest thread to be scheduled.
+// Columns c0..c1 of dst (cols, k) = src (k, cols)^T, eight source rows at a time: eight read
+// streams and 8-float write runs. (Square tiles of 32 rows thrash L1 when the row stride is a
+// multiple of 4 KiB.) Each thread transposes its share of the columns inside the product's
+// parallel region, so a batch costs one fork/join and the workers never wait out a serial step.
+// With AVX2 (float only), full 8 x 8 blocks go through registers (avx2::transpose8x8).
 template <class T>
-void transpose(const T* src, int64_t k, int64_t cols, T* dst) {
+void transpose(const T* src, int64_t k, int64_t cols, int64_t c0, int64_t c1, T* dst, bool vectorised) {
   constexpr int64_t B = 8;
-  const int64_t blocks = (k + B - 1) / B;
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t r0 = b * B, r1 = std::min(k, r0 + B);
-    for (int64_t c = 0; c < cols; ++c)
+  for (int64_t r0 = 0; r0 < k; r0 += B) {
+    const int64_t r1 = std::min(k, r0 + B);
+    int64_t c = c0;
+#ifdef HTCORE_CSR_X86
+    if constexpr (std::is_same<T, float>::value) {
+      if (vectorised && r1 - r0 == B)
+        for (; c + B <= c1; c += B) avx2::transpose8x8(src + r0 * cols + c, cols, dst + c * k + r0, k);
+    }
+#endif
+    for (; c < c1; ++c)
       for (int64_t r = r0; r < r1; ++r) dst[c * k + r] = src[r * cols + c];
   }
+  (void)vectorised;
 }
 
 // The typed arguments of one call, passed down the dtype dispatch.
@@ -373,13 +449,9 @@ void run(const CsrRef& a, const Call& c) {
   const int64_t k = c.k;
   require_finite(static_cast<const Acc*>(c.x), a.cols * k, "X");
   if (c.bias) require_finite(static_cast<const Acc*>(c.bias), a.rows, "bias");
-  std::vector<Acc> scratch;
-  const Acc* xs = static_cast<const Acc*>(c.x);
-  if (c.x_batch_major && k > 1) {
-    scratch.resize(static_cast<size_t>(a.cols * k));
-    transpose(xs, k, a.cols, scratch.data());
-    xs = scratch.data();
-  }
+  const bool transposed = c.x_batch_major && k > 1;
+  std::unique_ptr<Acc[]> scratch(transposed ? new Acc[static_cast<size_t>(a.cols * k)] : nullptr);  // not zeroed
+  const Acc* xs = transposed ? scratch.get() : static_cast<const Acc*>(c.x);
   const Job<Ptr, Idx, V> job{static_cast<const Ptr*>(a.indptr),
                              static_cast<const Idx*>(a.indices),
                              Values<V>{static_cast<decltype(Values<V>::d)>(a.data), a.codebook},
@@ -407,12 +479,24 @@ void run(const CsrRef& a, const Call& c) {
 #endif
     rows_generic(job, bounds[part], bounds[part + 1]);
   };
+  auto transpose_part = [&](int part) {
+    if (transposed)
+      transpose(static_cast<const Acc*>(c.x), k, a.cols, a.cols * part / parts, a.cols * (part + 1) / parts, scratch.get(), vectorised);
+  };
   if (parts == 1) {
+    transpose_part(0);
     kernel(0);
     return;
   }
-#pragma omp parallel for schedule(static, 1) num_threads(parts)
-  for (int part = 0; part < parts; ++part) kernel(part);
+#pragma omp parallel num_threads(parts)
+  {
+    const int part = omp_get_thread_num();
+    transpose_part(part);
+    if (transposed) {
+#pragma omp barrier
+    }
+    kernel(part);
+  }
   (void)vectorised;
 }
 
