@@ -27,11 +27,15 @@ namespace htcore {
 namespace {
 
 // Each thread gets at least this many multiply-adds ((nnz + rows) * k), so a product under twice
-// this size runs on the calling thread with no fork/join. Measured on the 2-core EPYC under load
-// (see htcore/csr.py's docstring): a warm second thread speeds up a 64k-nnz SpMV 1.6x (20 -> 13 µs),
-// but a region whose worker has gone to sleep waits 5-15 ms for it on a loaded machine, so small
-// products (the batch-1 layers of a 784-1024-1024-10 MLP at 10%: 80k and 105k nnz) stay serial.
-constexpr int64_t kParallelGrain = 1 << 16;
+// this size runs on the calling thread with no fork/join. The product is one parallel region
+// (for A X^T the transpose of X included), so its fork/join is paid once. Measured on the 2-core
+// EPYC (Zen 4, libgomp, GOMP_SPINCOUNT=30000, interleaved against torch CSR): with the worker
+// still spinning, a region costs a few µs, so a second thread pays off from ~16k multiply-adds
+// (768x3072 at 1%, 24k nnz: 11.8 -> 10.7 µs; at 5%, 118k nnz: 33.6 -> 19.7 µs; the MLP
+// 784-1024-1024-10 at 10%, batch 1: 58 -> 37 µs). The trade-off: a worker that has gone to sleep
+// (idle longer than its spin count, or a core taken by another process) costs a wake-up of
+// 10 µs to, on a loaded machine, 1-2 ms, and a smaller grain exposes more small products to it.
+constexpr int64_t kParallelGrain = 1 << 13;
 
 // Output tiles of the batch (k > 1) kernels: kTileRows rows x kTile batch columns.
 constexpr int64_t kTile = 32, kTileRows = 8;
