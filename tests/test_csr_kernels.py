@@ -308,6 +308,27 @@ def test_short_rows_of_every_length(kernel_path, fmt):
     np.testing.assert_allclose(y[0], np.tanh(A.todense().astype(np.float64) @ x + np.arange(len(lengths))), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("fmt", ["f32-u16", "f16", "codebook", "f64"])
+def test_batch_tiles_of_every_width(restore_threads, kernel_path, fmt):
+    """Batches 2..41 (every width of the last 8-column group, 1..4 groups, and a second 32-column
+    tile) over 21 rows (a partial 8-row tile), X as (cols, k) with Y row-major (matmat) and as
+    (k, cols) with Y transposed (sparse_linear, bias and relu), at 1 and 2 threads."""
+    rng = np.random.default_rng(13)
+    A = as_format(topk_pattern(rng, 21, 300, 0.3), fmt)
+    bias = rng.standard_normal(21)
+    for k in range(2, 42):
+        X = rng.standard_normal((300, k))
+        results = []
+        for threads in (1, 2):
+            htcore.set_num_threads(threads)
+            results.append((A.matmat(X), sparse_linear(X.T, A, bias=bias, activation="relu")))
+        for a, b in zip(*results):
+            np.testing.assert_array_equal(a, b)
+        check_close(results[0][0], A, X)
+        relu_ref = lambda D, Xd, absolute=False: (Xd.T @ D.T + np.abs(bias)) if absolute else np.maximum(Xd.T @ D.T + bias, 0)
+        check_close(results[0][1], A, X, extra=relu_ref)
+
+
 def test_kernel_entry_refuses_wrapped_sizes_and_overlapping_outputs():
     """The private kernel checks its own sizes: a product that wraps around int64 or output strides
     whose rows and columns share elements raise instead of writing out of bounds or racing."""
