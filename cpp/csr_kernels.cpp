@@ -327,16 +327,14 @@ void rows_vec(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
 }
 
 // One row of A times G groups of 8 columns of X (j0..j0+8G), into out; Masked: the last group
-// is partial (masked loads never touch memory past X). Two sets of accumulators (even and odd
+// is partial (masked loads never touch memory past X; the others are plain loads). Two sets of accumulators (even and odd
 // positions of the row), so consecutive FMAs into one register do not wait on each other.
 template <int G, bool Masked, class Ptr, class Idx, class V>
 void row_block(const Job<Ptr, Idx, V>& job, int64_t i, int64_t j0, int64_t w, float* out) {
   const Idx* idx = job.indices;
   const int64_t k = job.k;
-  __m256i mask[G];
-  for (int g = 0; g < G; ++g)
-    mask[g] = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(w - 8 * g)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  auto load = [&](const float* p, int g) { return Masked ? _mm256_maskload_ps(p, mask[g]) : _mm256_loadu_ps(p); };
+  const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(w - 8 * (G - 1))), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  auto load = [&](const float* p, int g) { return Masked && g == G - 1 ? _mm256_maskload_ps(p, mask) : _mm256_loadu_ps(p); };
   __m256 a[G], b[G];
   for (int g = 0; g < G; ++g) a[g] = b[g] = _mm256_setzero_ps();
   const int64_t end = static_cast<int64_t>(job.indptr[i + 1]);
@@ -363,12 +361,12 @@ void rows(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
   static_assert(kTile == 32, "row_block covers a tile as four groups of 8 columns");
   if (job.k == 1) return rows_vec(job, r0, r1);
   rows_tiled(job, r0, r1, [&](int64_t i, int64_t j0, int64_t w, float* out) {
-    if (w == 32) return row_block<4, false>(job, i, j0, w, out);
+    const bool partial = w % 8 != 0;
     switch ((w + 7) / 8) {
-      case 1: return row_block<1, true>(job, i, j0, w, out);
-      case 2: return row_block<2, true>(job, i, j0, w, out);
-      case 3: return row_block<3, true>(job, i, j0, w, out);
-      default: return row_block<4, true>(job, i, j0, w, out);
+      case 1: return partial ? row_block<1, true>(job, i, j0, w, out) : row_block<1, false>(job, i, j0, w, out);
+      case 2: return partial ? row_block<2, true>(job, i, j0, w, out) : row_block<2, false>(job, i, j0, w, out);
+      case 3: return partial ? row_block<3, true>(job, i, j0, w, out) : row_block<3, false>(job, i, j0, w, out);
+      default: return partial ? row_block<4, true>(job, i, j0, w, out) : row_block<4, false>(job, i, j0, w, out);
     }
   });
 }
