@@ -246,6 +246,26 @@ def test_wrong_shapes_and_dtypes():
         sparse_linear(np.ones(40), A, bias=np.full(30, np.inf))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_finite_check_on_the_bits(dtype):
+    """X and bias are refused on NaN, Inf or -Inf anywhere (the kernel tests exponent bits), and
+    the extremes of the finite range (max, -max, smallest subnormal, -0.0) pass."""
+    A = CSRMatrix(np.ones(3, dtype), [0, 2, 36], [0, 2, 3], (2, 37))
+    info = np.finfo(dtype)
+    edge = np.array([info.max, -info.max, info.smallest_subnormal, -0.0] + [1.0] * 33, dtype)
+    np.testing.assert_array_equal(A.matvec(edge), [info.max, 1.0])  # max + subnormal, and x[36]
+    for bad in (np.nan, np.inf, -np.inf):
+        for pos in (0, 17, 36):
+            x = np.ones(37, dtype)
+            x[pos] = bad
+            with pytest.raises(ValueError, match="X contains non-finite"):
+                A.matvec(x)
+            with pytest.raises(ValueError, match="X contains non-finite"):
+                sparse_linear(np.stack([np.ones(37, dtype), x]), A)
+        with pytest.raises(ValueError, match="bias contains non-finite"):
+            sparse_linear(np.ones(37, dtype), A, bias=np.array([1.0, bad], dtype))
+
+
 def test_kernel_binding_rechecks_sizes():
     A = CSRMatrix(np.ones(2, np.float32), [0, 1], [0, 1, 2], (2, 2))
     with pytest.raises(ValueError, match="X must have"):
