@@ -543,7 +543,6 @@ void run(const CsrRef& a, const Call& c) {
     }
     kernel(part);
   }
-  (void)vectorised;
 }
 
 template <class Ptr, class Idx>
