@@ -1,7 +1,9 @@
 // CSR times dense kernels (see csr.hpp). Two implementations of the row-range kernel:
-//   generic: portable C++ (four partial sums for A x; 16-wide column blocks for A X),
-//   avx2:    AVX2+FMA+F16C intrinsics (8-wide FMAs over gathered x for A x; 32-wide FMA blocks for A X),
-//            compiled with a target pragma and chosen at run time with __builtin_cpu_supports.
+//   generic: portable C++ (four partial sums for A x; two partial sums per output for A X),
+//   avx2:    AVX2+FMA+F16C intrinsics (8-wide FMAs over gathered x for A x; FMAs over 8-wide
+//            groups of batch columns for A X), compiled with a target pragma and chosen at run
+//            time with __builtin_cpu_supports.
+// A X is computed in tiles of 8 rows x 32 batch columns (rows_tiled), stored at once.
 // float64 matrices always use the generic kernel (they are the reference format, not the fast one).
 #include <omp.h>
 
