@@ -16,9 +16,9 @@ GEMV 4 bytes and none. For a small layer that stays in cache, dense wins from ab
 Everything is computed in float32 (float64 CSR weights are converted when the layer is built).
 Inputs are (batch, ...) arrays. Internally activations are kept as (features, batch), so the
 kernels read each weight row once per batch and no transposes happen between layers.
-Threads: a layer runs on one thread unless it has at least 2 x 65,536 multiply-adds ((nnz + out)
+Threads: a layer runs on one thread unless it has at least 2 x 8,192 multiply-adds ((nnz + out)
 * batch, see `htcore.csr`), so a batch of 1 through an MLP of Fashion-MNIST size at 10% density
-never forks; larger layers and batches use `htcore.get_num_threads()` threads.
+runs its two large layers on `htcore.get_num_threads()` threads and the 10-output layer serially.
 """
 from __future__ import annotations
 
