@@ -60,7 +60,8 @@ _BLOCK_ELEMENTS = 1 << 21
 # one thread (Zen 4, numpy 2.4's OpenBLAS 0.3.31), LAPACK time / htcore time: 1.2 at M = 384, 1.2 at
 # 1024, 1.07 at 2048 (its triangle, 16 MiB, still in L3), 0.93 at 3072 (the unblocked reduction
 # then streams the matrix from memory every step; LAPACK's blocked dsytrd does not). From two
-# threads htcore's calls overlap and LAPACK's do not, so htcore's solver wins up to here. Only
+# threads (calls per matrix, time LAPACK / htcore): 3.0 at M = 384, where LAPACK's calls do not
+# overlap; 1.35, 0.87, 1.07, 1.39 at 512, 640, 768, 1024, where they do. Only
 # with its AVX2+FMA code path: the portable one is 3x slower (12.7 ms at M = 384).
 OWN_SOLVER_MAX_SIZE = 2048
 
