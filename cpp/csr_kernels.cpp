@@ -436,17 +436,21 @@ bool cpu_has_avx2() {
 #endif
 }
 
-// The calling thread's buffer for X^T, at least n elements, kept between calls: a fresh
-// allocation of a few hundred KiB is a fresh mmap whose page faults cost as much as the transpose
-// (768x3072 at 1%, batch 32: ~20 µs of ~100). It holds the largest cols x batch seen by the thread.
+// The buffer for X^T, at least n elements. Up to 4 MiB it is the calling thread's, kept between
+// calls: a fresh allocation of a few hundred KiB is a fresh mmap whose page faults cost as much as
+// the transpose (768x3072 at 1%, batch 32: ~20 µs of ~100). Larger ones go in `owned`, freed when
+// the call returns, so one big batch does not pin its memory for the life of the thread (and for
+// those the page faults are a small part of the product).
 template <class T>
-T* transpose_buffer(size_t n) {
-  thread_local std::vector<T> buffer;
-  if (buffer.size() < n) {
-    buffer = std::vector<T>();  // release the old one first
-    buffer.resize(n);
+T* transpose_buffer(size_t n, std::vector<T>& owned) {
+  constexpr size_t kKeptBytes = size_t(4) << 20;
+  if (n * sizeof(T) > kKeptBytes) {
+    owned.resize(n);
+    return owned.data();
   }
-  return buffer.data();
+  thread_local std::vector<T> kept;
+  if (kept.size() < n) kept.resize(n);
+  return kept.data();
 }
 
 // The typed arguments of one call, passed down the dtype dispatch.
@@ -497,7 +501,8 @@ void run(const CsrRef& a, const Call& c) {
   require_finite(static_cast<const Acc*>(c.x), a.cols * k, "X");
   if (c.bias) require_finite(static_cast<const Acc*>(c.bias), a.rows, "bias");
   const bool transposed = c.x_batch_major && k > 1;
-  Acc* scratch = transposed ? transpose_buffer<Acc>(static_cast<size_t>(a.cols * k)) : nullptr;
+  std::vector<Acc> owned;
+  Acc* scratch = transposed ? transpose_buffer<Acc>(static_cast<size_t>(a.cols * k), owned) : nullptr;
   const Acc* xs = transposed ? scratch : static_cast<const Acc*>(c.x);
   bool vectorised = false;
 #ifdef HTCORE_CSR_X86

@@ -361,3 +361,20 @@ def test_kernel_entry_refuses_wrapped_sizes_and_overlapping_outputs():
     two_rows = (np.zeros(3, np.int32), np.zeros(0, np.uint16), np.zeros(0, np.float32), None)
     with pytest.raises(ValueError, match="overlap"):
         _core.csr_spmm(*two_rows, 2, 1, np.ones(2, np.float32), 2, False, None, "none", np.zeros(4, np.float32), 1, 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transposed_input_beyond_the_kept_buffer(restore_threads, dtype):
+    """X^T of more than 4 MiB goes in a per-call buffer rather than the thread's kept one: both
+    sizes, one after the other at 1 and 2 threads, agree with the reference."""
+    rng = np.random.default_rng(21)
+    A = uniform_pattern(rng, 40, 4200, 0.01).astype(value_dtype=dtype)
+    big = (4 << 20) // (4200 * np.dtype(dtype).itemsize) + 1  # just over 4 MiB of X
+    for batch in (3, big, 5, big):
+        X = rng.standard_normal((batch, 4200)).astype(dtype)
+        results = []
+        for threads in (1, 2):
+            htcore.set_num_threads(threads)
+            results.append(sparse_linear(X, A))
+        np.testing.assert_array_equal(results[0], results[1])
+        check_close(results[0], A, X.T, extra=lambda D, Xd, absolute=False: Xd.T @ D.T)
