@@ -13,9 +13,9 @@ solver (`symmetric_eigenvalues`: Householder tridiagonalisation and root-free QL
 the GIL released) up to M = `OWN_SOLVER_MAX_SIZE` on CPUs with AVX2+FMA, and from LAPACK
 (``numpy.linalg.eigvalsh``) otherwise. htcore's solver exists because OpenBLAS runs its LAPACK
 eigensolvers one call at a time per process: with it, `htcore.analyze`'s worker threads compute
-two layers' eigenvalues on two cores at once. This costs N M^2 + O(M^3) flops instead of an SVD's ~4 N M^2 + O(M^3); the
-absolute error of each eigenvalue is about 1e-16 * M * lambda_max with either solver, far below
-WeightWatcher's 1e-5 cut for "zero" eigenvalues.
+two layers' eigenvalues on two cores at once. This costs N M^2 + O(M^3) flops instead of an
+SVD's ~4 N M^2 + O(M^3); the absolute error of each eigenvalue is about 1e-16 * M * lambda_max
+with either solver, far below WeightWatcher's 1e-5 cut for "zero" eigenvalues.
 
 The metrics follow weightwatcher 0.7.7 (``apply_esd``, ``fit_powerlaw``, ``apply_norm_metrics``)
 exactly; `spectral_metrics` documents each one.
@@ -61,8 +61,8 @@ _BLOCK_ELEMENTS = 1 << 21
 # 1024, 1.07 at 2048 (its triangle, 16 MiB, still in L3), 0.93 at 3072 (the unblocked reduction
 # then streams the matrix from memory every step; LAPACK's blocked dsytrd does not). From two
 # threads (calls per matrix, time LAPACK / htcore): 3.0 at M = 384, where LAPACK's calls do not
-# overlap; 1.35, 0.87, 1.07, 1.39 at 512, 640, 768, 1024, where they do. Only
-# with its AVX2+FMA code path: the portable one is 3x slower (12.7 ms at M = 384).
+# overlap; 1.35, 0.87, 1.07, 1.39 at 512, 640, 768, 1024, where they do. Only with its AVX2+FMA
+# code path: the portable one is 3x slower (12.7 ms at M = 384).
 OWN_SOLVER_MAX_SIZE = 2048
 
 
