@@ -111,6 +111,20 @@ bool has_dtype(const py::array& a) {
   return a.dtype().is(py::dtype::of<T>());
 }
 
+htcore::IndexType index_type(const py::array& indices) {
+  if (has_dtype<uint16_t>(indices)) return htcore::IndexType::u16;
+  if (has_dtype<int32_t>(indices)) return htcore::IndexType::i32;
+  throw htcore::type_error("indices must be uint16 or int32");
+}
+
+htcore::ValueType value_type(const py::array& data) {
+  if (has_dtype<float>(data)) return htcore::ValueType::f32;
+  if (has_dtype<double>(data)) return htcore::ValueType::f64;
+  if (data.dtype().kind() == 'f' && data.itemsize() == 2) return htcore::ValueType::f16;
+  if (has_dtype<uint8_t>(data)) return htcore::ValueType::code8;
+  throw htcore::type_error("data must be float32, float64, float16 or uint8 codes");
+}
+
 htcore::CsrRef csr_ref(const py::array& indptr, const py::array& indices, const py::array& data,
                        const py::object& codebook, int64_t rows, int64_t cols) {
   htcore::CsrRef a;
@@ -123,15 +137,9 @@ htcore::CsrRef csr_ref(const py::array& indptr, const py::array& indices, const 
   else if (has_dtype<int64_t>(indptr)) a.indptr_type = htcore::IndptrType::i64;
   else throw htcore::type_error("indptr must be int32 or int64");
   a.indices = contiguous_data(indices, "indices");
-  if (has_dtype<uint16_t>(indices)) a.index_type = htcore::IndexType::u16;
-  else if (has_dtype<int32_t>(indices)) a.index_type = htcore::IndexType::i32;
-  else throw htcore::type_error("indices must be uint16 or int32");
+  a.index_type = index_type(indices);
   a.data = contiguous_data(data, "data");
-  if (has_dtype<float>(data)) a.value_type = htcore::ValueType::f32;
-  else if (has_dtype<double>(data)) a.value_type = htcore::ValueType::f64;
-  else if (data.dtype().kind() == 'f' && data.itemsize() == 2) a.value_type = htcore::ValueType::f16;
-  else if (has_dtype<uint8_t>(data)) a.value_type = htcore::ValueType::code8;
-  else throw htcore::type_error("data must be float32, float64, float16 or uint8 codes");
+  a.value_type = value_type(data);
   if (a.value_type == htcore::ValueType::code8) {
     if (codebook.is_none()) throw htcore::type_error("uint8 codes need a codebook");
     const auto cb = codebook.cast<py::array>();
@@ -219,13 +227,11 @@ void sell_spmv(const py::array& perm, const py::array& slice_ptr, const py::arra
   a.entries = static_cast<int64_t>(data.size());
   htcore::require(static_cast<int64_t>(indices.size()) == a.entries, "SELL indices and data have different lengths");
   a.indices = contiguous_data(indices, "indices");
-  if (has_dtype<uint16_t>(indices)) a.index_type = htcore::IndexType::u16;
-  else if (has_dtype<int32_t>(indices)) a.index_type = htcore::IndexType::i32;
-  else throw htcore::type_error("indices must be uint16 or int32");
+  a.index_type = index_type(indices);
   a.data = contiguous_data(data, "data");
-  if (has_dtype<float>(data)) a.value_type = htcore::ValueType::f32;
-  else if (data.dtype().kind() == 'f' && data.itemsize() == 2) a.value_type = htcore::ValueType::f16;
-  else throw htcore::type_error("SELL data must be float32 or float16");
+  a.value_type = value_type(data);
+  if (a.value_type != htcore::ValueType::f32 && a.value_type != htcore::ValueType::f16)
+    throw htcore::type_error("SELL data must be float32 or float16");
   if (!has_dtype<float>(x) || !has_dtype<float>(out)) throw htcore::type_error("x and out must be float32");
   const auto* xp = static_cast<const float*>(contiguous_data(x, "x"));
   const float* bp = nullptr;

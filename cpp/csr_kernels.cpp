@@ -212,12 +212,7 @@ void rows_generic(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
 }
 
 #ifdef HTCORE_CSR_X86
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-#endif
+HTCORE_AVX2_BEGIN
 namespace avx2 {
 
 using namespace csr_simd::avx2;
@@ -310,11 +305,7 @@ void rows(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
 }
 
 }  // namespace avx2
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+HTCORE_AVX2_END
 #endif  // HTCORE_CSR_X86
 
 std::atomic<bool> g_avx2_enabled{true};

@@ -119,13 +119,17 @@ inline void check_row_pointers(const Ptr* indptr, int64_t rows, int64_t nnz) {
 }
 
 #ifdef HTCORE_CSR_X86
+// Functions between these two are compiled for AVX2+FMA+F16C (callers check the CPU first,
+// csr_uses_avx2), the rest of the build stays portable.
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#define HTCORE_AVX2_BEGIN _Pragma("clang attribute push(__attribute__((target(\"avx2,fma,f16c\"))), apply_to = function)")
+#define HTCORE_AVX2_END _Pragma("clang attribute pop")
 #else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
+#define HTCORE_AVX2_BEGIN _Pragma("GCC push_options") _Pragma("GCC target(\"avx2,fma,f16c\")")
+#define HTCORE_AVX2_END _Pragma("GCC pop_options")
 #endif
-// Callers check the CPU (csr_uses_avx2) before calling these.
+
+HTCORE_AVX2_BEGIN
 namespace avx2 {
 
 // x[idx[0..7]] by eight scalar loads, the indices read 64 bits at a time and split in registers:
@@ -168,11 +172,7 @@ inline float hsum(__m256 v) {
 }
 
 }  // namespace avx2
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+HTCORE_AVX2_END
 #endif  // HTCORE_CSR_X86
 
 }  // namespace csr_simd

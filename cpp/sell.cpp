@@ -115,8 +115,9 @@ void slices_generic(const SellJob<Idx, V>& job, int64_t s0, int64_t s1) {
 // wide, where one would make each FMA wait on the previous one. Measured with a C++ harness
 // (3000 calls, median, against the CSR kernel): 1 vs 4 accumulators 0.48 vs 0.53 of CSR's time at
 // 8 values per row, 0.80 vs 0.72 at 400 per row; the adaptive choice is within 3% of the best.
+HTCORE_AVX2_BEGIN
 template <class Idx, class V>
-__attribute__((target("avx2,fma,f16c"))) void slices_avx2(const SellJob<Idx, V>& job, int64_t s0, int64_t s1) {
+void slices_avx2(const SellJob<Idx, V>& job, int64_t s0, int64_t s1) {
   using namespace csr_simd::avx2;
   const Idx* I = job.idx;
   const float* x = job.x;
@@ -142,6 +143,7 @@ __attribute__((target("avx2,fma,f16c"))) void slices_avx2(const SellJob<Idx, V>&
     job.store(s, sums);
   }
 }
+HTCORE_AVX2_END
 #endif
 
 template <class Idx, class V>
