@@ -119,7 +119,7 @@ void slices_generic(const SellJob<Idx, V>& job, int64_t s0, int64_t s1) {
 // One accumulator for narrow slices; four (consecutive steps rotate through them) from 4 steps
 // wide, where one would make each FMA wait on the previous one. Measured with a C++ harness
 // (3000 calls, median, against the CSR kernel): 1 vs 4 accumulators 0.48 vs 0.53 of CSR's time at
-// 8 values per row, 0.80 vs 0.72 at 400 per row; the adaptive choice is within 3% of the best.
+// 8 values per row, 0.80 vs 0.75 at 410 per row (4096x4096 at 10%, in cache); the adaptive choice is within 3% of the best.
 HTCORE_AVX2_BEGIN
 template <class Idx, class V>
 void slices_avx2(const SellJob<Idx, V>& job, int64_t s0, int64_t s1) {
