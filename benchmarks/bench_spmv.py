@@ -46,6 +46,7 @@ import numpy as np
 
 import htcore
 from htcore import CSRMatrix, sparse_linear
+from htcore.sell import SellMatrix
 
 SIZES = [(768, 3072), (3072, 768), (4096, 4096), (11008, 4096)]
 DENSITIES = [0.01, 0.05, 0.10, 0.30]
@@ -53,6 +54,7 @@ PATTERNS = ["uniform", "student-t"]
 THREADS = [1, 2]
 STREAM_BYTES = 64 << 20
 FORMATS = ["f32-i32", "f32-u16", "f16-u16", "u8cb-u16"]
+SELL = "htcore sell f32-u16"  # the runtime's batch-1 layout for short rows (htcore.sell), batch 1 only
 PEERS = ["torch-csr", "mkl", "scipy", "numpy-dense", "torch-dense"]
 GAP = 0.002  # idle seconds before each block: longer than the pools' spinning (see the module docstring)
 
@@ -175,6 +177,9 @@ def spmv_methods(As: dict, S, W, x, streamed: bool) -> dict:
     m = {}
     for fmt, A in As.items():
         m[f"htcore {fmt}"] = [lambda A=A: A.matvec(x) for A in copies(lambda A=A: csr_copy(A), A.nbytes, streamed)]
+    base = As["f32-u16"]
+    m[SELL] = [lambda S=S: S._matvec(x, None, "none", np.empty(base.shape[0], np.float32))
+               for S in copies(lambda: SellMatrix(base), base.nbytes, streamed)]
     scis = copies(lambda: S.copy(), S.data.nbytes + S.indices.nbytes + S.indptr.nbytes, streamed)
     tors = [torch.sparse_csr_tensor(torch.from_numpy(s.indptr), torch.from_numpy(s.indices), torch.from_numpy(s.data),
                                     size=s.shape, check_invariants=False) for s in scis]
@@ -292,6 +297,8 @@ def run(args: argparse.Namespace) -> dict:
                             row["vs_scipy" + suffix] = us["scipy"] / ht
                             row["vs_torch_dense" + suffix] = us["torch-dense"] / ht
                             row["f16_speedup" + suffix] = ht / us["htcore f16-u16"]
+                            if SELL in us:
+                                row["sell_speedup" + suffix] = us["htcore f32-u16"] / us[SELL]
                             row["triad_fraction" + suffix] = traffic / ht * 1e6 / 1e9 / info["triad_GBps"][t]
                         rows.append(row)
                         print(_line(row), file=sys.stderr)
@@ -321,18 +328,20 @@ def markdown(res: dict) -> str:
     for r in res["mlp"]:
         out.append(f"| {r['batch']} | {r['threads']} | {r['htcore runtime (10%)']:.1f} ({r['htcore runtime (10%) p10']:.1f}) | "
                    f"{r['torch dense']:.1f} ({r['torch dense p10']:.1f}) | {r['speedup']:.2f} ({r['speedup_p10']:.2f}) |")
-    cols = [f"htcore {f}" for f in FORMATS] + PEERS
+    cols = [f"htcore {f}" for f in FORMATS] + [SELL] + PEERS
     out += ["", "## All cases (µs per call, median)", "",
             "Ratios: `best/ht` = min(MKL, torch CSR) / htcore f32-i32 (> 1: htcore faster); `scipy/ht`; "
             "`tdense/ht` = dense torch / htcore f32-i32; `f16` = f32-i32 / f16-u16 time; `triad` = htcore f32-i32 "
-            "bytes moved (matrix + x + y) per second / triad bandwidth; `load` = 1-minute load average after the case. Medians; the JSON file also has 10th percentiles.", "",
-            "| shape | density | pattern | batch | thr | mode | " + " | ".join(cols) + " | best/ht | scipy/ht | tdense/ht | f16 | triad | load |",
-            "|" + "---|" * (6 + len(cols) + 6)]
+            "bytes moved (matrix + x + y) per second / triad bandwidth; `sell` = htcore f32-u16 / htcore sell f32-u16 time "
+            "(SELL-8, the runtime's layout for batch 1 on short rows; batch 1 only); `load` = 1-minute load average after the case. Medians; the JSON file also has 10th percentiles.", "",
+            "| shape | density | pattern | batch | thr | mode | " + " | ".join(cols) + " | best/ht | scipy/ht | tdense/ht | f16 | sell | triad | load |",
+            "|" + "---|" * (6 + len(cols) + 7)]
     for r in res["rows"]:
+        sell = f"{r['sell_speedup']:.2f}" if "sell_speedup" in r else "–"
         out.append(f"| {r['shape']} | {r['density']:.0%} | {r['pattern']} | {r['batch']} | {r['threads']} | {r['mode']} | "
-                   + " | ".join(f"{r['us'][c]:.1f}" for c in cols)
+                   + " | ".join(f"{r['us'][c]:.1f}" if c in r["us"] else "–" for c in cols)
                    + f" | {r['vs_best_of_mkl_torch']:.2f} | {r['vs_scipy']:.2f} | {r['vs_torch_dense']:.2f} | "
-                   f"{r['f16_speedup']:.2f} | {r['triad_fraction']:.0%} | {r['load1']:.1f} |")
+                   f"{r['f16_speedup']:.2f} | {sell} | {r['triad_fraction']:.0%} | {r['load1']:.1f} |")
     return "\n".join(out) + "\n"
 
 

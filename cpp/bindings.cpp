@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <new>
 #include <type_traits>
@@ -15,6 +16,7 @@
 #include "csr.hpp"
 #include "errors.hpp"
 #include "parallel.hpp"
+#include "sell.hpp"
 #include "symmetric_eigenvalues.hpp"
 #include "tails.hpp"
 #include "topk.hpp"
@@ -109,6 +111,20 @@ bool has_dtype(const py::array& a) {
   return a.dtype().is(py::dtype::of<T>());
 }
 
+htcore::IndexType index_type(const py::array& indices) {
+  if (has_dtype<uint16_t>(indices)) return htcore::IndexType::u16;
+  if (has_dtype<int32_t>(indices)) return htcore::IndexType::i32;
+  throw htcore::type_error("indices must be uint16 or int32");
+}
+
+htcore::ValueType value_type(const py::array& data) {
+  if (has_dtype<float>(data)) return htcore::ValueType::f32;
+  if (has_dtype<double>(data)) return htcore::ValueType::f64;
+  if (data.dtype().kind() == 'f' && data.itemsize() == 2) return htcore::ValueType::f16;
+  if (has_dtype<uint8_t>(data)) return htcore::ValueType::code8;
+  throw htcore::type_error("data must be float32, float64, float16 or uint8 codes");
+}
+
 htcore::CsrRef csr_ref(const py::array& indptr, const py::array& indices, const py::array& data,
                        const py::object& codebook, int64_t rows, int64_t cols) {
   htcore::CsrRef a;
@@ -121,15 +137,9 @@ htcore::CsrRef csr_ref(const py::array& indptr, const py::array& indices, const 
   else if (has_dtype<int64_t>(indptr)) a.indptr_type = htcore::IndptrType::i64;
   else throw htcore::type_error("indptr must be int32 or int64");
   a.indices = contiguous_data(indices, "indices");
-  if (has_dtype<uint16_t>(indices)) a.index_type = htcore::IndexType::u16;
-  else if (has_dtype<int32_t>(indices)) a.index_type = htcore::IndexType::i32;
-  else throw htcore::type_error("indices must be uint16 or int32");
+  a.index_type = index_type(indices);
   a.data = contiguous_data(data, "data");
-  if (has_dtype<float>(data)) a.value_type = htcore::ValueType::f32;
-  else if (has_dtype<double>(data)) a.value_type = htcore::ValueType::f64;
-  else if (data.dtype().kind() == 'f' && data.itemsize() == 2) a.value_type = htcore::ValueType::f16;
-  else if (has_dtype<uint8_t>(data)) a.value_type = htcore::ValueType::code8;
-  else throw htcore::type_error("data must be float32, float64, float16 or uint8 codes");
+  a.value_type = value_type(data);
   if (a.value_type == htcore::ValueType::code8) {
     if (codebook.is_none()) throw htcore::type_error("uint8 codes need a codebook");
     const auto cb = codebook.cast<py::array>();
@@ -172,6 +182,73 @@ void csr_spmm(const py::array& indptr, const py::array& indices, const py::array
   const auto x_size = static_cast<int64_t>(x.size()), y_size = static_cast<int64_t>(out.size());
   py::gil_scoped_release release;
   htcore::csr_spmm(a, xp, x_size, k, x_batch_major, bp, bias_size, act, yp, y_size, out_row_stride, out_col_stride);
+}
+
+// ---- SELL-8 (marshalling) ----
+// (perm, slice_ptr, indices, data) of the SELL-8 layout of a float32/float16 CSR matrix; indices
+// and data keep the matrix's dtypes.
+py::tuple sell_build(const py::array& indptr, const py::array& indices, const py::array& data, int64_t rows, int64_t cols) {
+  const htcore::CsrRef a = csr_ref(indptr, indices, data, py::none(), rows, cols);
+  std::vector<int32_t> perm;
+  std::vector<int64_t> slice_ptr;
+  {
+    py::gil_scoped_release release;
+    htcore::sell_layout(a, perm, slice_ptr);
+  }
+  py::array_t<int32_t> perm_out(static_cast<py::ssize_t>(perm.size()));
+  std::copy(perm.begin(), perm.end(), perm_out.mutable_data());
+  py::array_t<int64_t> ptr_out(static_cast<py::ssize_t>(slice_ptr.size()));
+  std::copy(slice_ptr.begin(), slice_ptr.end(), ptr_out.mutable_data());
+  const std::vector<py::ssize_t> shape{static_cast<py::ssize_t>(slice_ptr.back())};
+  py::array idx_out(indices.dtype(), shape), val_out(data.dtype(), shape);
+  void* ip = idx_out.mutable_data();
+  void* vp = val_out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    htcore::sell_fill(a, perm, slice_ptr, ip, vp);
+  }
+  return py::make_tuple(perm_out, ptr_out, idx_out, val_out);
+}
+
+// out = act(A x + bias) for A in SELL-8 (arrays as sell_build returned them).
+void sell_spmv(const py::array& perm, const py::array& slice_ptr, const py::array& indices, const py::array& data,
+               int64_t rows, int64_t cols, const py::array& x, const py::object& bias, const std::string& activation,
+               py::array& out) {
+  htcore::SellRef a;
+  a.rows = rows;
+  a.cols = cols;
+  if (!has_dtype<int32_t>(perm)) throw htcore::type_error("perm must be int32");
+  if (!has_dtype<int64_t>(slice_ptr)) throw htcore::type_error("slice_ptr must be int64");
+  a.perm = static_cast<const int32_t*>(contiguous_data(perm, "perm"));
+  a.perm_size = static_cast<int64_t>(perm.size());
+  a.slice_ptr = static_cast<const int64_t*>(contiguous_data(slice_ptr, "slice_ptr"));
+  a.slice_ptr_size = static_cast<int64_t>(slice_ptr.size());
+  htcore::require(a.slice_ptr_size >= 1, "slice_ptr must have ceil(rows / 8) + 1 entries, got 0");
+  a.entries = static_cast<int64_t>(data.size());
+  htcore::require(static_cast<int64_t>(indices.size()) == a.entries, "SELL indices and data have different lengths");
+  a.indices = contiguous_data(indices, "indices");
+  a.index_type = index_type(indices);
+  a.data = contiguous_data(data, "data");
+  a.value_type = value_type(data);
+  if (a.value_type != htcore::ValueType::f32 && a.value_type != htcore::ValueType::f16)
+    throw htcore::type_error("SELL data must be float32 or float16");
+  if (!has_dtype<float>(x) || !has_dtype<float>(out)) throw htcore::type_error("x and out must be float32");
+  const auto* xp = static_cast<const float*>(contiguous_data(x, "x"));
+  const float* bp = nullptr;
+  int64_t bias_size = 0;
+  py::array b;
+  if (!bias.is_none()) {
+    b = bias.cast<py::array>();
+    if (!has_dtype<float>(b)) throw htcore::type_error("bias must be float32");
+    bp = static_cast<const float*>(contiguous_data(b, "bias"));
+    bias_size = static_cast<int64_t>(b.size());
+  }
+  if (!(out.flags() & py::array::c_style)) throw htcore::type_error("out must be C-contiguous");
+  auto* yp = static_cast<float*>(out.mutable_data());
+  const auto act = activation_code(activation);
+  const auto x_size = static_cast<int64_t>(x.size()), y_size = static_cast<int64_t>(out.size());
+  py::gil_scoped_release release;
+  htcore::sell_spmv(a, xp, x_size, bp, bias_size, act, yp, y_size);
 }
 
 // ---- top-k selection (marshalling) ----
@@ -344,6 +421,11 @@ PYBIND11_MODULE(_core, m) {
   m.def("csr_uses_avx2", &htcore::csr_uses_avx2);
   m.def("_csr_threads", &htcore::csr_threads, "rows"_a, "nnz"_a, "k"_a);
   m.def("_csr_enable_avx2", &htcore::csr_enable_avx2, "enabled"_a);
+
+  // ---- SELL-8 ----
+  m.def("sell_build", &sell_build, "indptr"_a, "indices"_a, "data"_a, "rows"_a, "cols"_a);
+  m.def("sell_spmv", &sell_spmv, "perm"_a, "slice_ptr"_a, "indices"_a, "data"_a, "rows"_a, "cols"_a, "x"_a, "bias"_a,
+        "activation"_a, "out"_a);
 
   // ---- symmetric eigenvalues ----
   m.def("symmetric_eigenvalues", &symmetric_eigenvalues, "a"_a, "max_sweeps"_a);

@@ -16,16 +16,14 @@
 #include <vector>
 
 #include "csr.hpp"
+#include "csr_simd.hpp"
 #include "errors.hpp"
 #include "parallel.hpp"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define HTCORE_CSR_X86 1
-#include <immintrin.h>
-#endif
-
 namespace htcore {
 namespace {
+
+using namespace csr_simd;
 
 // Each thread gets at least this many multiply-adds ((nnz + rows) * k), so a product under twice
 // this size runs on the calling thread with no fork/join. The product is one parallel region
@@ -40,59 +38,6 @@ constexpr int64_t kParallelGrain = 1 << 13;
 
 // Output tiles of the batch (k > 1) kernels: kTileRows rows x kTile batch columns.
 constexpr int64_t kTile = 32, kTileRows = 8;
-
-struct Half {
-  uint16_t bits;
-};
-
-// IEEE binary16 -> binary32, exact (used where F16C is not available).
-float half_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  uint32_t exp = (h >> 10) & 0x1fu;
-  uint32_t mant = h & 0x3ffu;
-  uint32_t bits;
-  if (exp == 0x1f) {
-    bits = sign | 0x7f800000u | (mant << 13);  // inf / nan
-  } else if (exp != 0) {
-    bits = sign | ((exp + 112) << 23) | (mant << 13);  // normal: rebias 15 -> 127
-  } else if (mant == 0) {
-    bits = sign;  // signed zero
-  } else {  // subnormal half: normalise
-    exp = 113;
-    while ((mant & 0x400u) == 0) {
-      mant <<= 1;
-      --exp;
-    }
-    bits = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
-  }
-  float out;
-  std::memcpy(&out, &bits, sizeof out);
-  return out;
-}
-
-// Value accessors: Values<V>(p) is the p-th stored value as the accumulator type. float and
-// double are stored as they are accumulated; Half and uint8 codes are specialised below.
-template <class V>
-struct Values {
-  using Acc = V;
-  const V* d;
-  const float* codebook;
-  V operator()(int64_t p) const { return d[p]; }
-};
-template <>
-struct Values<Half> {
-  using Acc = float;
-  const uint16_t* d;
-  const float* codebook;
-  float operator()(int64_t p) const { return half_to_float(d[p]); }
-};
-template <>
-struct Values<uint8_t> {
-  using Acc = float;
-  const uint8_t* d;
-  const float* codebook;
-  float operator()(int64_t p) const { return codebook[d[p]]; }
-};
 
 #ifdef HTCORE_CSR_X86
 // dst[c * dst_stride + r] = src[r * src_stride + c] for r, c < 8 (AVX2; callers check the CPU).
@@ -139,22 +84,6 @@ void transpose(const T* src, int64_t src_stride, int64_t n, int64_t c0, int64_t 
       for (int64_t r = r0; r < r1; ++r) dst[c * dst_stride + r] = src[r * src_stride + c];
   }
   (void)vectorised;
-}
-
-// gelu is the exact form x * Phi(x) = x/2 (1 + erf(x / sqrt 2)), torch's default.
-template <class T>
-inline T activate(T v, Activation act) {
-  switch (act) {
-    case Activation::relu:
-      return v < T(0) ? T(0) : v;
-    case Activation::gelu:
-      return T(0.5) * v * (T(1) + std::erf(v * T(0.70710678118654752440)));
-    case Activation::tanh:
-      return std::tanh(v);
-    case Activation::none:
-      break;
-  }
-  return v;
 }
 
 // Everything a row-range kernel needs, typed.
@@ -283,52 +212,10 @@ void rows_generic(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
 }
 
 #ifdef HTCORE_CSR_X86
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-#endif
+HTCORE_AVX2_BEGIN
 namespace avx2 {
 
-// x[idx[0..7]] by eight scalar loads, the indices read 64 bits at a time and split in registers:
-// fewer loads than one per index, and faster than vgatherdps on the CPUs measured (Zen 4).
-inline __m256 gather8(const float* x, const uint16_t* idx) {
-  uint64_t a, b;
-  std::memcpy(&a, idx, 8);
-  std::memcpy(&b, idx + 4, 8);
-  return _mm256_setr_ps(x[a & 0xffff], x[(a >> 16) & 0xffff], x[(a >> 32) & 0xffff], x[a >> 48], x[b & 0xffff],
-                        x[(b >> 16) & 0xffff], x[(b >> 32) & 0xffff], x[b >> 48]);
-}
-inline __m256 gather8(const float* x, const int32_t* idx) {
-  uint64_t a, b, c, d;  // four separate loads: one 32-byte copy would go through the stack
-  std::memcpy(&a, idx, 8);
-  std::memcpy(&b, idx + 2, 8);
-  std::memcpy(&c, idx + 4, 8);
-  std::memcpy(&d, idx + 6, 8);
-  return _mm256_setr_ps(x[static_cast<uint32_t>(a)], x[a >> 32], x[static_cast<uint32_t>(b)], x[b >> 32],
-                        x[static_cast<uint32_t>(c)], x[c >> 32], x[static_cast<uint32_t>(d)], x[d >> 32]);
-}
-
-inline __m256 load_val8(const Values<float>& v, int64_t p) { return _mm256_loadu_ps(v.d + p); }
-inline __m256 load_val8(const Values<Half>& v, int64_t p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v.d + p)));
-}
-inline __m256 load_val8(const Values<uint8_t>& v, int64_t p) {
-  const __m256i codes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(v.d + p)));
-  return _mm256_i32gather_ps(v.codebook, codes, 4);
-}
-
-inline float load_val(const Values<float>& v, int64_t p) { return v.d[p]; }
-inline float load_val(const Values<Half>& v, int64_t p) { return _cvtsh_ss(v.d[p]); }
-inline float load_val(const Values<uint8_t>& v, int64_t p) { return v.codebook[v.d[p]]; }
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
+using namespace csr_simd::avx2;
 
 // A x. After the 16-wide loop and one optional 8-wide step, the last 0..7 values of a row are one
 // masked 8-wide step (lanes past the row end get a zero value; they read the next row's entries,
@@ -418,11 +305,7 @@ void rows(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
 }
 
 }  // namespace avx2
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+HTCORE_AVX2_END
 #endif  // HTCORE_CSR_X86
 
 std::atomic<bool> g_avx2_enabled{true};
@@ -463,36 +346,6 @@ struct Call {
   void* y;
   int64_t rs, cs;
 };
-
-// Non-finite inputs are refused here, in one cheap pass, rather than in Python (where the check
-// costs more than a small product). A value is NaN or Inf when its exponent bits are all ones;
-// testing the bits vectorises (std::isfinite compiles to a scalar compare per value, ~1 cycle
-// each: 27 µs of a 100 µs batch-32 product over 3072 columns).
-template <class T>
-void require_finite(const T* v, int64_t n, const char* name) {
-  using Bits = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
-  constexpr Bits exponent = sizeof(T) == 4 ? Bits(0x7f800000u) : Bits(0x7ff0000000000000ull);
-  Bits bad = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    Bits b;
-    std::memcpy(&b, v + i, sizeof b);
-    bad |= (b & exponent) == exponent;
-  }
-  require(bad == 0, std::string(name) + " contains non-finite values (NaN or Inf)");
-}
-
-// O(rows) check that makes every row range [indptr[i], indptr[i+1]) lie inside the nnz arrays,
-// so a matrix built with CSRMatrix(check=False) can at worst raise, never read out of bounds
-// through its row pointers. (Column indices and codes are O(nnz) to check: CSRMatrix does that.)
-template <class Ptr>
-void check_row_pointers(const Ptr* indptr, int64_t rows, int64_t nnz) {
-  require(indptr[0] == 0, "indptr[0] must be 0, got " + std::to_string(static_cast<int64_t>(indptr[0])));
-  require(static_cast<int64_t>(indptr[rows]) == nnz, "indptr[-1] must equal nnz = " + std::to_string(nnz) + ", got " +
-                                                          std::to_string(static_cast<int64_t>(indptr[rows])));
-  bool monotone = true;
-  for (int64_t i = 0; i < rows; ++i) monotone &= indptr[i] <= indptr[i + 1];
-  require(monotone, "indptr must be non-decreasing");
-}
 
 template <class Ptr, class Idx, class V>
 void run(const CsrRef& a, const Call& c) {
