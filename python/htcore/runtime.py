@@ -26,9 +26,10 @@ SELL-8 copy of its weight (rows sorted by length, eight rows per SIMD step; `htc
 when the layer is constructed, and uses it for batches of 1; larger batches use the CSR kernel.
 It costs extra memory of about 1.0-1.15x the CSR matrix (values and indices padded by 0-5% on
 uniform and top-k patterns, plus 4 bytes of row order per row). The threshold and the kernel
-measurements behind it: `htcore.sell.MAX_MEAN_ROW_LENGTH`. Through the runtime (Python call included, interleaved A/B, 2-core Zen 4): one Linear 3072x768 at
-1% runs batch 1 in 0.60-0.62 of the CSR path's time on 1 thread (0.72-0.76 on 2), 1024x784 at 10%
-in 0.85 (0.88-0.91), the MLP 784-1024-1024-10 at 10% in 0.84-0.89 (0.86-0.90).
+measurements behind it: `htcore.sell.MAX_MEAN_ROW_LENGTH`. Through the runtime (Python call
+included, interleaved A/B, 2-core Zen 4): one Linear 3072x768 at 1% runs batch 1 in 0.60-0.62
+of the CSR path's time on 1 thread (0.72-0.76 on 2), 1024x784 at 10% in 0.85 (0.88-0.91), the
+MLP 784-1024-1024-10 at 10% in 0.84-0.89 (0.86-0.90).
 Weights are immutable once a layer is built: changing a CSRMatrix's arrays afterwards is not
 seen by the SELL-8 copy.
 """
