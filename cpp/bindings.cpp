@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <new>
 #include <type_traits>
+#include <utility>
 #include <vector>
 #include <string>
 
@@ -111,6 +112,22 @@ bool has_dtype(const py::array& a) {
   return a.dtype().is(py::dtype::of<T>());
 }
 
+// Data pointer and length of an optional C-contiguous array argument of `dtype` (None: null, 0).
+// The array is the caller's object (not a converted copy), so the pointer lives as long as it.
+std::pair<const void*, int64_t> optional_array(const py::object& obj, const py::dtype& dtype, const char* name) {
+  if (obj.is_none()) return {nullptr, 0};
+  if (!py::isinstance<py::array>(obj)) throw htcore::type_error(std::string(name) + " must be None or an array");
+  const auto arr = obj.cast<py::array>();
+  if (!arr.dtype().is(dtype)) throw htcore::type_error(std::string(name) + " must be " + std::string(py::str(dtype)));
+  return {contiguous_data(arr, name), static_cast<int64_t>(arr.size())};
+}
+
+// Data pointer of an output array, which must be C-contiguous and writeable.
+void* output_data(py::array& out) {
+  if (!(out.flags() & py::array::c_style)) throw htcore::type_error("out must be C-contiguous");
+  return out.mutable_data();
+}
+
 htcore::IndexType index_type(const py::array& indices) {
   if (has_dtype<uint16_t>(indices)) return htcore::IndexType::u16;
   if (has_dtype<int32_t>(indices)) return htcore::IndexType::i32;
@@ -167,17 +184,8 @@ void csr_spmm(const py::array& indptr, const py::array& indices, const py::array
   const py::dtype acc = a.value_type == htcore::ValueType::f64 ? py::dtype::of<double>() : py::dtype::of<float>();
   if (!x.dtype().is(acc) || !out.dtype().is(acc)) throw htcore::type_error("X and out must be " + std::string(py::str(acc)));
   const void* xp = contiguous_data(x, "X");
-  const void* bp = nullptr;
-  int64_t bias_size = 0;
-  py::array b;
-  if (!bias.is_none()) {
-    b = bias.cast<py::array>();
-    if (!b.dtype().is(acc)) throw htcore::type_error("bias must be " + std::string(py::str(acc)));
-    bp = contiguous_data(b, "bias");
-    bias_size = static_cast<int64_t>(b.size());
-  }
-  if (!(out.flags() & py::array::c_style)) throw htcore::type_error("out must be C-contiguous");
-  void* yp = out.mutable_data();
+  const auto [bp, bias_size] = optional_array(bias, acc, "bias");
+  void* yp = output_data(out);
   const auto act = activation_code(activation);
   const auto x_size = static_cast<int64_t>(x.size()), y_size = static_cast<int64_t>(out.size());
   py::gil_scoped_release release;
@@ -234,17 +242,9 @@ void sell_spmv(const py::array& perm, const py::array& slice_ptr, const py::arra
     throw htcore::type_error("SELL data must be float32 or float16");
   if (!has_dtype<float>(x) || !has_dtype<float>(out)) throw htcore::type_error("x and out must be float32");
   const auto* xp = static_cast<const float*>(contiguous_data(x, "x"));
-  const float* bp = nullptr;
-  int64_t bias_size = 0;
-  py::array b;
-  if (!bias.is_none()) {
-    b = bias.cast<py::array>();
-    if (!has_dtype<float>(b)) throw htcore::type_error("bias must be float32");
-    bp = static_cast<const float*>(contiguous_data(b, "bias"));
-    bias_size = static_cast<int64_t>(b.size());
-  }
-  if (!(out.flags() & py::array::c_style)) throw htcore::type_error("out must be C-contiguous");
-  auto* yp = static_cast<float*>(out.mutable_data());
+  const auto [bias_data, bias_size] = optional_array(bias, py::dtype::of<float>(), "bias");
+  const auto* bp = static_cast<const float*>(bias_data);
+  auto* yp = static_cast<float*>(output_data(out));
   const auto act = activation_code(activation);
   const auto x_size = static_cast<int64_t>(x.size()), y_size = static_cast<int64_t>(out.size());
   py::gil_scoped_release release;
