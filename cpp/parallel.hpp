@@ -5,6 +5,8 @@
 #pragma once
 #include <omp.h>
 
+#include <algorithm>
+
 namespace htcore {
 
 int num_threads();
@@ -16,11 +18,10 @@ template <class Ptr>
 void split_rows_by_nnz(const Ptr* indptr, long long n_rows, int parts, long long* bounds) {
   const long long nnz = static_cast<long long>(indptr[n_rows]);
   bounds[0] = 0;
-  long long row = 0;
-  for (int p = 1; p < parts; ++p) {
+  for (int p = 1; p < parts; ++p) {  // first row starting at or after nnz * p / parts (binary search)
     const long long target = nnz * p / parts;
-    while (row < n_rows && static_cast<long long>(indptr[row]) < target) ++row;
-    bounds[p] = row;
+    bounds[p] = std::lower_bound(indptr + bounds[p - 1], indptr + n_rows, target,
+                                 [](Ptr v, long long t) { return static_cast<long long>(v) < t; }) - indptr;
   }
   bounds[parts] = n_rows;
 }
