@@ -102,6 +102,7 @@ struct Job {
   int64_t nnz;  // length of indices/data: a fixed-width chunk starting at p may read up to here
   bool vectorised;  // the AVX2 kernels run (and store tiles through AVX2 transposes)
 
+  bool plain() const { return bias == nullptr && act == Activation::none; }
   void store(int64_t row, int64_t col, Acc v) const {
     y[row * y_row_stride + col * y_col_stride] = activate(bias ? v + bias[row] : v, act);
   }
@@ -229,7 +230,9 @@ using namespace csr_simd::avx2;
 // per row; eight rows' sums reduced by one hadd tree, or buffered and stored eight at a time,
 // 0.97-1.5x; one movzx load per uint16 index or vgatherdps instead of gather8, 1.1x and 1.5x
 // slower; BMI2 shifts, no change. About 3 ns per row remain (an empty row costs 2.9 ns).)
-template <class Ptr, class Idx, class V>
+// Plain: no bias and no activation, so each sum is stored as it is (a plain A x: the epilogue's
+// tests cost ~10% at 1% density, where a row is a handful of multiply-adds).
+template <bool Plain, class Ptr, class Idx, class V>
 void rows_vec(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
   const Idx* idx = job.indices;
   const float* x = job.x;
@@ -254,7 +257,11 @@ void rows_vec(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
     } else {
       for (; p < end; ++p) s += load_val(job.vals, p) * x[idx[p]];
     }
-    job.store(i, 0, hsum(_mm256_add_ps(acc0, acc1)) + s);
+    const float sum = hsum(_mm256_add_ps(acc0, acc1)) + s;
+    if constexpr (Plain)
+      job.y[i * job.y_row_stride] = sum;
+    else
+      job.store(i, 0, sum);
     begin = end;
   }
 }
@@ -292,7 +299,7 @@ void row_block(const Job<Ptr, Idx, V>& job, int64_t i, int64_t j0, int64_t w, fl
 template <class Ptr, class Idx, class V>
 void rows(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
   static_assert(kTile == 32, "row_block covers a tile as four groups of 8 columns");
-  if (job.k == 1) return rows_vec(job, r0, r1);
+  if (job.k == 1) return job.plain() ? rows_vec<true>(job, r0, r1) : rows_vec<false>(job, r0, r1);
   rows_tiled(job, r0, r1, [&](int64_t i, int64_t j0, int64_t w, float* out) {
     const bool partial = w % 8 != 0;
     switch ((w + 7) / 8) {

@@ -129,19 +129,23 @@ inline void check_row_pointers(const Ptr* indptr, int64_t rows, int64_t nnz) {
 #define HTCORE_AVX2_END _Pragma("GCC pop_options")
 #endif
 
+// The helpers below sit in every kernel's inner loop: a call (which GCC chose for gather8 once a
+// kernel had two instantiations) spills the accumulators around it and cost 25% at 1% density.
+#define HTCORE_ALWAYS_INLINE inline __attribute__((always_inline))
+
 HTCORE_AVX2_BEGIN
 namespace avx2 {
 
 // x[idx[0..7]] by eight scalar loads, the indices read 64 bits at a time and split in registers:
 // fewer loads than one per index, and faster than vgatherdps on the CPUs measured (Zen 4).
-inline __m256 gather8(const float* x, const uint16_t* idx) {
+HTCORE_ALWAYS_INLINE __m256 gather8(const float* x, const uint16_t* idx) {
   uint64_t a, b;
   std::memcpy(&a, idx, 8);
   std::memcpy(&b, idx + 4, 8);
   return _mm256_setr_ps(x[a & 0xffff], x[(a >> 16) & 0xffff], x[(a >> 32) & 0xffff], x[a >> 48], x[b & 0xffff],
                         x[(b >> 16) & 0xffff], x[(b >> 32) & 0xffff], x[b >> 48]);
 }
-inline __m256 gather8(const float* x, const int32_t* idx) {
+HTCORE_ALWAYS_INLINE __m256 gather8(const float* x, const int32_t* idx) {
   uint64_t a, b, c, d;  // four separate loads: one 32-byte copy would go through the stack
   std::memcpy(&a, idx, 8);
   std::memcpy(&b, idx + 2, 8);
@@ -151,20 +155,20 @@ inline __m256 gather8(const float* x, const int32_t* idx) {
                         x[static_cast<uint32_t>(c)], x[c >> 32], x[static_cast<uint32_t>(d)], x[d >> 32]);
 }
 
-inline __m256 load_val8(const Values<float>& v, int64_t p) { return _mm256_loadu_ps(v.d + p); }
-inline __m256 load_val8(const Values<Half>& v, int64_t p) {
+HTCORE_ALWAYS_INLINE __m256 load_val8(const Values<float>& v, int64_t p) { return _mm256_loadu_ps(v.d + p); }
+HTCORE_ALWAYS_INLINE __m256 load_val8(const Values<Half>& v, int64_t p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v.d + p)));
 }
-inline __m256 load_val8(const Values<uint8_t>& v, int64_t p) {
+HTCORE_ALWAYS_INLINE __m256 load_val8(const Values<uint8_t>& v, int64_t p) {
   const __m256i codes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(v.d + p)));
   return _mm256_i32gather_ps(v.codebook, codes, 4);
 }
 
-inline float load_val(const Values<float>& v, int64_t p) { return v.d[p]; }
-inline float load_val(const Values<Half>& v, int64_t p) { return _cvtsh_ss(v.d[p]); }
-inline float load_val(const Values<uint8_t>& v, int64_t p) { return v.codebook[v.d[p]]; }
+HTCORE_ALWAYS_INLINE float load_val(const Values<float>& v, int64_t p) { return v.d[p]; }
+HTCORE_ALWAYS_INLINE float load_val(const Values<Half>& v, int64_t p) { return _cvtsh_ss(v.d[p]); }
+HTCORE_ALWAYS_INLINE float load_val(const Values<uint8_t>& v, int64_t p) { return v.codebook[v.d[p]]; }
 
-inline float hsum(__m256 v) {
+HTCORE_ALWAYS_INLINE float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
