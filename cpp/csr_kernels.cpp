@@ -449,10 +449,13 @@ void csr_spmm(const CsrRef& a, const void* x, int64_t x_size, int64_t k, bool x_
   // Sizes are products of caller-given numbers: compute them with overflow checks, or a wrapped
   // product could pass a check and let the kernel index outside X or the output.
   int64_t x_needed;
-  require(!__builtin_mul_overflow(a.cols, k, &x_needed) && x_size == x_needed,
-          "X must have cols * k elements (cols = " + std::to_string(a.cols) + ", k = " + std::to_string(k) + "), got " +
-              std::to_string(x_size));
-  require(bias == nullptr || bias_size == a.rows, "bias must have rows = " + std::to_string(a.rows) + " elements, got " + std::to_string(bias_size));
+  require(!__builtin_mul_overflow(a.cols, k, &x_needed) && x_size == x_needed, [&] {
+    return "X must have cols * k elements (cols = " + std::to_string(a.cols) + ", k = " + std::to_string(k) +
+           "), got " + std::to_string(x_size);
+  });
+  require(bias == nullptr || bias_size == a.rows, [&] {
+    return "bias must have rows = " + std::to_string(a.rows) + " elements, got " + std::to_string(bias_size);
+  });
   require(y_row_stride >= 0 && y_col_stride >= 0, "output strides must be non-negative");
   if (k == 0) return;  // (zero rows still go through, so NaN/Inf in X raise whatever the shape)
   // Rows and columns of the output must not overlap: each element is written by exactly one thread.
@@ -464,8 +467,9 @@ void csr_spmm(const CsrRef& a, const void* x, int64_t x_size, int64_t k, bool x_
     const bool overflow = __builtin_mul_overflow(a.rows - 1, y_row_stride, &row_span) ||
                           __builtin_mul_overflow(k - 1, y_col_stride, &col_span) ||
                           __builtin_add_overflow(row_span, col_span, &last);
-    require(!overflow && last < y_size,
-            "output has " + std::to_string(y_size) + " elements, too few for the strided (rows, k) result");
+    require(!overflow && last < y_size, [&] {
+      return "output has " + std::to_string(y_size) + " elements, too few for the strided (rows, k) result";
+    });
     require(a.rows == 1 || k == 1 || y_row_stride >= k * y_col_stride || y_col_stride >= a.rows * y_row_stride,
             "output strides overlap: rows and columns of the result would share elements");
   }

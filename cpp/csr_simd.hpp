@@ -102,7 +102,7 @@ inline void require_finite(const T* v, int64_t n, const char* name) {
     std::memcpy(&b, v + i, sizeof b);
     bad |= (b & exponent) == exponent;
   }
-  require(bad == 0, std::string(name) + " contains non-finite values (NaN or Inf)");
+  require(bad == 0, [&] { return std::string(name) + " contains non-finite values (NaN or Inf)"; });
 }
 
 // O(rows) check that makes every row range [indptr[i], indptr[i+1]) lie inside the nnz arrays,
@@ -110,9 +110,12 @@ inline void require_finite(const T* v, int64_t n, const char* name) {
 // through its row pointers. (Column indices and codes are O(nnz) to check: CSRMatrix does that.)
 template <class Ptr>
 inline void check_row_pointers(const Ptr* indptr, int64_t rows, int64_t nnz) {
-  require(indptr[0] == 0, "indptr[0] must be 0, got " + std::to_string(static_cast<int64_t>(indptr[0])));
-  require(static_cast<int64_t>(indptr[rows]) == nnz, "indptr[-1] must equal nnz = " + std::to_string(nnz) + ", got " +
-                                                          std::to_string(static_cast<int64_t>(indptr[rows])));
+  require(indptr[0] == 0,
+          [&] { return "indptr[0] must be 0, got " + std::to_string(static_cast<int64_t>(indptr[0])); });
+  require(static_cast<int64_t>(indptr[rows]) == nnz, [&] {
+    return "indptr[-1] must equal nnz = " + std::to_string(nnz) + ", got " +
+           std::to_string(static_cast<int64_t>(indptr[rows]));
+  });
   Ptr decreasing = 0;  // an integer OR rather than `bool &=`, so the loop vectorises (int32 pointers)
   for (int64_t i = 0; i < rows; ++i) decreasing |= static_cast<Ptr>(indptr[i] > indptr[i + 1]);
   require(decreasing == 0, "indptr must be non-decreasing");

@@ -28,7 +28,7 @@ std::atomic<int> g_num_threads{default_num_threads()};
 int num_threads() { return g_num_threads.load(std::memory_order_relaxed); }
 
 void set_num_threads(int n) {
-  require(n >= 1, "num_threads must be >= 1, got " + std::to_string(n));
+  require(n >= 1, [&] { return "num_threads must be >= 1, got " + std::to_string(n); });
   g_num_threads.store(n, std::memory_order_relaxed);
 }
 

@@ -183,12 +183,14 @@ std::vector<Candidate> make_candidates(const double* u, long long m, double fixe
   std::vector<Candidate> out;
   if (!std::isnan(fixed_xmin)) {
     const long long i = std::lower_bound(u, u + m, fixed_xmin) - u;
-    require(i <= m - 2 || (i == m - 1 && u[i] > fixed_xmin),
-            "xmin = " + std::to_string(fixed_xmin) + " leaves fewer than 2 distinct tail values to fit");
+    require(i <= m - 2 || (i == m - 1 && u[i] > fixed_xmin), [&] {
+      return "xmin = " + std::to_string(fixed_xmin) + " leaves fewer than 2 distinct tail values to fit";
+    });
     out.push_back({i, fixed_xmin, std::log(fixed_xmin)});
     return out;
   }
-  require(m >= 2, "the power-law fit needs at least 2 distinct sample values, got " + std::to_string(m));
+  require(m >= 2,
+          [&] { return "the power-law fit needs at least 2 distinct sample values, got " + std::to_string(m); });
   if (grid <= 0 || grid >= m - 1) {
     out.reserve(static_cast<std::size_t>(m - 1));
     for (long long i = 0; i + 1 < m; ++i) out.push_back({i, u[i], std::log(u[i])});
@@ -210,7 +212,7 @@ PowerLawResult fit_powerlaw_of(const T* x, long long n, double xmax, double fixe
   const std::unique_ptr<double[]> sorted_copy = sorted_positive(x, n);
   double* sorted = sorted_copy.get();
   const long long used = std::upper_bound(sorted, sorted + n, xmax) - sorted;
-  require(used >= 2, "the power-law fit needs at least 2 samples <= xmax, got " + std::to_string(used));
+  require(used >= 2, [&] { return "the power-law fit needs at least 2 samples <= xmax, got " + std::to_string(used); });
   DistinctTail tail = distinct_values(sorted, used);
   std::vector<Candidate> candidates = make_candidates(sorted, tail.size(), fixed_xmin, grid);
   to_logs(sorted, tail);

@@ -24,7 +24,7 @@ int64_t row_length(const Ptr* indptr, int64_t r) {
 template <class Ptr>
 void layout(const Ptr* indptr, int64_t rows, int64_t nnz, std::vector<int32_t>& perm, std::vector<int64_t>& slice_ptr) {
   check_row_pointers(indptr, rows, nnz);
-  require(rows <= INT32_MAX, "SELL-8 needs rows < 2^31, got " + std::to_string(rows));
+  require(rows <= INT32_MAX, [&] { return "SELL-8 needs rows < 2^31, got " + std::to_string(rows); });
   // Counting sort by length, longest first; stable, so equal lengths keep their row order.
   int64_t longest = 0;
   for (int64_t r = 0; r < rows; ++r) longest = std::max(longest, row_length(indptr, r));
@@ -204,14 +204,22 @@ void sell_spmv(const SellRef& a, const float* x, int64_t x_size, const float* bi
   require_sell_values(a.value_type);
   require(a.rows >= 0 && a.cols >= 0, "shape must be non-negative");
   require(a.index_type != IndexType::u16 || a.cols <= 65536, "uint16 column indices need cols <= 65536");
-  require(a.perm_size == a.rows, "perm must have rows = " + std::to_string(a.rows) + " entries, got " + std::to_string(a.perm_size));
+  require(a.perm_size == a.rows, [&] {
+    return "perm must have rows = " + std::to_string(a.rows) + " entries, got " + std::to_string(a.perm_size);
+  });
   const int64_t slices = (a.rows + kSellLanes - 1) / kSellLanes;
-  require(a.slice_ptr_size == slices + 1, "slice_ptr must have ceil(rows / 8) + 1 = " + std::to_string(slices + 1) +
-                                              " entries, got " + std::to_string(a.slice_ptr_size));
-  require(x_size == a.cols, "x must have cols = " + std::to_string(a.cols) + " elements, got " + std::to_string(x_size));
-  require(bias == nullptr || bias_size == a.rows,
-          "bias must have rows = " + std::to_string(a.rows) + " elements, got " + std::to_string(bias_size));
-  require(y_size == a.rows, "out must have rows = " + std::to_string(a.rows) + " elements, got " + std::to_string(y_size));
+  require(a.slice_ptr_size == slices + 1, [&] {
+    return "slice_ptr must have ceil(rows / 8) + 1 = " + std::to_string(slices + 1) + " entries, got " +
+           std::to_string(a.slice_ptr_size);
+  });
+  require(x_size == a.cols,
+          [&] { return "x must have cols = " + std::to_string(a.cols) + " elements, got " + std::to_string(x_size); });
+  require(bias == nullptr || bias_size == a.rows, [&] {
+    return "bias must have rows = " + std::to_string(a.rows) + " elements, got " + std::to_string(bias_size);
+  });
+  require(y_size == a.rows, [&] {
+    return "out must have rows = " + std::to_string(a.rows) + " elements, got " + std::to_string(y_size);
+  });
   // Every slice must lie inside the arrays, in whole steps of 8, and every lane's row inside y.
   bool ok = a.slice_ptr[0] == 0 && a.slice_ptr[slices] == a.entries;
   for (int64_t s = 0; s < slices; ++s) {
@@ -219,7 +227,7 @@ void sell_spmv(const SellRef& a, const float* x, int64_t x_size, const float* bi
     ok &= w >= 0 && w % kSellLanes == 0;
   }
   require(ok, "slice_ptr must start at 0, end at the number of entries and step by multiples of 8");
-  require(a.rows <= INT32_MAX, "SELL-8 needs rows < 2^31, got " + std::to_string(a.rows));
+  require(a.rows <= INT32_MAX, [&] { return "SELL-8 needs rows < 2^31, got " + std::to_string(a.rows); });
   // 32-bit signed compares, so the loop vectorises (a 64-bit compare per entry cost ~2 µs of a
   // ~9 µs product at 3072 rows).
   const int32_t rows32 = static_cast<int32_t>(a.rows);

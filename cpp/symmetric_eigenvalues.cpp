@@ -384,8 +384,9 @@ bool symmetric_eigenvalues_uses_avx2() { return use_avx2(); }
 void symmetric_eigenvalues_enable_avx2(bool enabled) { g_avx2_enabled.store(enabled, std::memory_order_relaxed); }
 
 void symmetric_eigenvalues(const double* a, i64 n, double* out, int max_sweeps) {
-  require(n >= 0, "symmetric eigenvalues: n must be >= 0, got " + std::to_string(n));
-  require(max_sweeps >= 0, "symmetric eigenvalues: max_sweeps must be >= 0, got " + std::to_string(max_sweeps));
+  require(n >= 0, [&] { return "symmetric eigenvalues: n must be >= 0, got " + std::to_string(n); });
+  require(max_sweeps >= 0,
+          [&] { return "symmetric eigenvalues: max_sweeps must be >= 0, got " + std::to_string(max_sweeps); });
   if (n == 0) return;
   double amax = 0;
   for (i64 i = 0; i < n; ++i)

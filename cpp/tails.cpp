@@ -55,14 +55,14 @@ template <class LogAt>
 double log_moment_xi(TailMethod method, LogAt log_at, long long n, long long k) {
   double m1, m2;
   if (method == TailMethod::hill) {
-    require(k >= 1 && k <= n - 1, k_range_message("hill", k, n, 1, n - 1));
+    require(k >= 1 && k <= n - 1, [&] { return k_range_message("hill", k, n, 1, n - 1); });
     log_excess_moments(log_at, k, &m1, &m2);
-    require(m1 > 0, ties_message("hill", k));
+    require(m1 > 0, [&] { return ties_message("hill", k); });
     return m1;
   }
-  require(k >= 2 && k <= n - 1, k_range_message("moments", k, n, 2, n - 1));
+  require(k >= 2 && k <= n - 1, [&] { return k_range_message("moments", k, n, 2, n - 1); });
   log_excess_moments(log_at, k, &m1, &m2);
-  require(m2 > 0 && m1 * m1 != m2, ties_message("moments", k));
+  require(m2 > 0 && m1 * m1 != m2, [&] { return ties_message("moments", k); });
   return m1 + 1.0 - 0.5 / (1.0 - m1 * m1 / m2);
 }
 
@@ -70,9 +70,9 @@ double log_moment_xi(TailMethod method, LogAt log_at, long long n, long long k) 
 
 double tail_xi(TailMethod method, const double* sorted, long long n, long long k) {
   if (method != TailMethod::pickands) return log_moment_xi(method, sorted_log(sorted, n), n, k);
-  require(k >= 1 && k <= n / 4, k_range_message("pickands", k, n, 1, n / 4));  // (4 * k could overflow)
+  require(k >= 1 && k <= n / 4, [&] { return k_range_message("pickands", k, n, 1, n / 4); });  // (4 * k could overflow)
   const double a = sorted[n - k], b = sorted[n - 2 * k], c = sorted[n - 4 * k];
-  require(a > b && b > c, ties_message("pickands", k));
+  require(a > b && b > c, [&] { return ties_message("pickands", k); });
   return std::log((a - b) / (b - c)) / std::log(2.0);
 }
 
@@ -308,7 +308,7 @@ long long k_limit(long long nb, const DoubleBootstrapOptions& o) {
 DoubleBootstrap double_bootstrap(TailMethod method, const double* logs, long long n, std::uint64_t seed,
                                  const DoubleBootstrapOptions& o) {
   require(method != TailMethod::pickands, "the double bootstrap chooses k for hill or moments only");
-  require(n >= 20, "choosing k automatically needs at least 20 samples, got n = " + std::to_string(n));
+  require(n >= 20, [&] { return "choosing k automatically needs at least 20 samples, got n = " + std::to_string(n); });
   require(o.resamples >= 1, "resamples must be >= 1");
   DoubleBootstrap out;
   const double ln_n = std::log(static_cast<double>(n));

@@ -268,7 +268,7 @@ Selection select_impl(const std::vector<Segment<U>>& segments, const std::vector
   using F = Format<U>;
   const i64 n = total_count(segments);
   for (const i64 k : ks)
-    require(k >= 1 && k <= n, "k must be in [1, " + std::to_string(n) + "], got " + std::to_string(k));
+    require(k >= 1 && k <= n, [&] { return "k must be in [1, " + std::to_string(n) + "], got " + std::to_string(k); });
 
   Histogram<Sums> h0;
   histogram<U, Sums>(segments, 0, {}, h0);
@@ -630,7 +630,7 @@ Csr<U, Idx> csr_by_threshold(const U* w, i64 rows, i64 cols, std::uint64_t thres
 template <class U, class Idx>
 Csr<U, Idx> csr_matrix(const U* w, i64 rows, i64 cols, i64 k, const std::string& name) {
   const i64 n = rows * cols;
-  require(k >= 0 && k <= n, "k must be in [0, " + std::to_string(n) + "], got " + std::to_string(k));
+  require(k >= 0 && k <= n, [&] { return "k must be in [0, " + std::to_string(n) + "], got " + std::to_string(k); });
   if (k > 0 && k < n && n >= (i64(1) << 18)) {
     Csr<U, Idx> out(0, 0);
     if (sampled_topk<U, Idx>(w, rows, cols, k, name, out)) return out;
@@ -643,7 +643,8 @@ Csr<U, Idx> csr_matrix(const U* w, i64 rows, i64 cols, i64 k, const std::string&
 
 template <class U, class Idx>
 Csr<U, Idx> csr_rows(const U* w, i64 rows, i64 cols, i64 k, const std::string& name) {
-  require(k >= 0 && k <= cols, "k must be in [0, " + std::to_string(cols) + "], got " + std::to_string(k));
+  require(k >= 0 && k <= cols,
+          [&] { return "k must be in [0, " + std::to_string(cols) + "], got " + std::to_string(k); });
   Csr<U, Idx> out(static_cast<std::size_t>(rows * k), static_cast<std::size_t>(rows));
   for (i64 r = 0; r <= rows; ++r) out.indptr.data()[r] = r * k;
   U* data = out.data.data();
@@ -679,7 +680,8 @@ Csr<U, Idx> csr_rows(const U* w, i64 rows, i64 cols, i64 k, const std::string& n
 
 template <class U, class Idx>
 Csr<U, Idx> csr_cols(const U* w, i64 rows, i64 cols, i64 k, const std::string& name) {
-  require(k >= 0 && k <= rows, "k must be in [0, " + std::to_string(rows) + "], got " + std::to_string(k));
+  require(k >= 0 && k <= rows,
+          [&] { return "k must be in [0, " + std::to_string(rows) + "], got " + std::to_string(k); });
   // per column: threshold key and the last row whose tie is kept (ties go to the lowest rows)
   std::vector<U> threshold(static_cast<std::size_t>(cols), none_key<U>);
   std::vector<i64> last_tie_row(static_cast<std::size_t>(cols), -1);
