@@ -34,6 +34,7 @@ _INDPTR_DTYPES = (np.int32, np.int64)
 _INDEX_DTYPES = (np.uint16, np.int32)
 _VALUE_DTYPES = (np.float16, np.float32, np.float64)
 _CODE_DTYPES = (np.uint8, np.int8)
+_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)  # built once: dtype runs on every product
 ACTIVATIONS = ("relu", "gelu", "tanh")
 
 
@@ -135,7 +136,7 @@ class CSRMatrix:
     @property
     def dtype(self) -> np.dtype:
         """dtype of the values as computed with: float32 for codebook and float16 storage, else data's."""
-        return np.dtype(np.float64) if self.data.dtype == np.float64 else np.dtype(np.float32)
+        return _FLOAT64 if self.data.dtype == _FLOAT64 else _FLOAT32
 
     def values(self) -> np.ndarray:
         """The stored values as floats (codebook decoded to float32; other storage returned as is)."""
