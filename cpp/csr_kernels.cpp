@@ -61,28 +61,67 @@ __attribute__((target("avx2"))) void transpose8x8(const float* src, int64_t src_
 }
 #endif
 
-// dst[c * dst_stride + r] = src[r * src_stride + c] for rows r < n and columns c0 <= c < c1,
-// eight rows at a time: eight read streams and 8-value write runs. (Square tiles of 32 rows thrash
-// L1 when the row stride is a multiple of 4 KiB.) With AVX2 (vectorised; float only), full 8 x 8
-// blocks go through registers. Used for X^T (each thread transposes its share of the columns
-// inside the product's parallel region, so a batch costs one fork/join and the workers never
-// wait out a serial step) and to store output tiles into a transposed Y.
+// dst[c * dst_stride + r] = src[r * src_stride + c] for rows r < n and columns c0 <= c < c1, in
+// blocks of 8 x 8: eight read streams and 8-value write runs, columns outer, so the blocks that
+// fill one destination cache line (rows r0, r0 + 8, ...) are written one after another. (Square
+// tiles of 32 rows thrash L1 when the row stride is a multiple of 4 KiB; so did rows outer for a
+// transposed Y, whose 3072-float row stride maps a tile's 32 lines to one L1 set.) With AVX2
+// (vectorised; float only), full blocks go through registers. Used for X^T (each thread
+// transposes its share of the columns inside the product's parallel region, so a batch costs one
+// fork/join and the workers never wait out a serial step) and to store output tiles into a
+// transposed Y.
 template <class T>
 void transpose(const T* src, int64_t src_stride, int64_t n, int64_t c0, int64_t c1, T* dst, int64_t dst_stride,
                bool vectorised) {
   constexpr int64_t B = 8;
-  for (int64_t r0 = 0; r0 < n; r0 += B) {
-    const int64_t r1 = std::min(n, r0 + B);
-    int64_t c = c0;
+  for (int64_t cb = c0; cb < c1; cb += B) {
+    const int64_t ce = std::min(c1, cb + B);
+    for (int64_t r0 = 0; r0 < n; r0 += B) {
+      const int64_t r1 = std::min(n, r0 + B);
 #ifdef HTCORE_CSR_X86
-    if constexpr (std::is_same<T, float>::value) {
-      if (vectorised && r1 - r0 == B)
-        for (; c + B <= c1; c += B) transpose8x8(src + r0 * src_stride + c, src_stride, dst + c * dst_stride + r0, dst_stride);
-    }
+      if constexpr (std::is_same<T, float>::value) {
+        if (vectorised && r1 - r0 == B && ce - cb == B) {
+          transpose8x8(src + r0 * src_stride + cb, src_stride, dst + cb * dst_stride + r0, dst_stride);
+          continue;
+        }
+      }
 #endif
-    for (; c < c1; ++c)
-      for (int64_t r = r0; r < r1; ++r) dst[c * dst_stride + r] = src[r * src_stride + c];
+      for (int64_t c = cb; c < ce; ++c)
+        for (int64_t r = r0; r < r1; ++r) dst[c * dst_stride + r] = src[r * src_stride + c];
+    }
   }
+  (void)vectorised;
+}
+
+#ifdef HTCORE_CSR_X86
+// dst[r * dst_stride + c] = src[r * src_stride + c] for r < n, c < w (AVX2; callers check the CPU).
+// Source rows are read in whole groups of 8 (a tile row is kTile wide); stores past w are masked.
+__attribute__((target("avx2"))) void copy_rows_avx2(const float* src, int64_t src_stride, int64_t n, int64_t w,
+                                                    float* dst, int64_t dst_stride) {
+  const __m256i tail =
+      _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(w % 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  for (int64_t r = 0; r < n; ++r) {
+    const float* s = src + r * src_stride;
+    float* d = dst + r * dst_stride;
+    int64_t c = 0;
+    for (; c + 8 <= w; c += 8) _mm256_storeu_ps(d + c, _mm256_loadu_ps(s + c));
+    if (c < w) _mm256_maskstore_ps(d + c, tail, _mm256_loadu_ps(s + c));
+  }
+}
+#endif
+
+// dst[r * dst_stride + c] = src[r * src_stride + c] for r < n, c < w: the tile's rows into a
+// row-major Y. (GCC turns a copy loop into an inline `rep movsq`, ~40 cycles per 128-byte row on
+// Zen 4; a memcpy call per row was still a third of an empty 3072-row batch-32 product.)
+template <class T>
+void copy_rows(const T* src, int64_t src_stride, int64_t n, int64_t w, T* dst, int64_t dst_stride, bool vectorised) {
+#ifdef HTCORE_CSR_X86
+  if constexpr (std::is_same<T, float>::value) {
+    if (vectorised) return copy_rows_avx2(src, src_stride, n, w, dst, dst_stride);
+  }
+#endif
+  for (int64_t r = 0; r < n; ++r)
+    std::memcpy(dst + r * dst_stride, src + r * src_stride, static_cast<size_t>(w) * sizeof(T));
   (void)vectorised;
 }
 
@@ -129,13 +168,15 @@ struct Job {
     }
     Acc* out = y + i0 * y_row_stride + j0 * y_col_stride;
     if (y_row_stride == 1) return transpose(tile, kTile, n, 0, w, out, y_col_stride, vectorised);
+    if (y_col_stride == 1) return copy_rows(tile, kTile, n, w, out, y_row_stride, vectorised);
     for (int64_t r = 0; r < n; ++r)
       for (int64_t t = 0; t < w; ++t) out[r * y_row_stride + t * y_col_stride] = tile[r * kTile + t];
   }
 };
 
-// A X (k > 1) in tiles of kTileRows rows x kTile columns: block(i, j0, w, out) sums row i of A
-// times columns j0..j0+w of X into out[0..w), then the tile is stored at once (Job::store_tile).
+// A X (k > 1) in tiles of kTileRows rows x kTile columns: block(i0, n, j0, w, tile) sums rows
+// i0..i0+n of A times columns j0..j0+w of X into tile[r * kTile + t], then the tile is stored at
+// once (Job::store_tile).
 template <class Job, class Block>
 void rows_tiled(const Job& job, int64_t r0, int64_t r1, Block block) {
   using Acc = typename Job::Acc;
@@ -144,7 +185,7 @@ void rows_tiled(const Job& job, int64_t r0, int64_t r1, Block block) {
     const int64_t n = std::min(kTileRows, r1 - i0);
     for (int64_t j0 = 0; j0 < job.k; j0 += kTile) {
       const int64_t w = std::min(kTile, job.k - j0);
-      for (int64_t r = 0; r < n; ++r) block(i0 + r, j0, w, tile + r * kTile);
+      block(i0, n, j0, w, tile);
       job.store_tile(i0, n, j0, w, tile);
     }
   }
@@ -190,7 +231,7 @@ void rows_generic(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
   if (job.k == 1) return rows_generic_vec(job, r0, r1);
   const Idx* idx = job.indices;
   const int64_t k = job.k;
-  rows_tiled(job, r0, r1, [&](int64_t i, int64_t j0, int64_t w, Acc* out) {
+  auto row = [&](int64_t i, int64_t j0, int64_t w, Acc* out) {
     const int64_t begin = static_cast<int64_t>(job.indptr[i]), end = static_cast<int64_t>(job.indptr[i + 1]);
     Acc a[kTile] = {}, b[kTile] = {};
     int64_t p = begin;
@@ -209,6 +250,9 @@ void rows_generic(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
       for (int64_t t = 0; t < w; ++t) a[t] += va * xa[t];
     }
     for (int64_t t = 0; t < w; ++t) out[t] = a[t] + b[t];
+  };
+  rows_tiled(job, r0, r1, [&](int64_t i0, int64_t n, int64_t j0, int64_t w, Acc* tile) {
+    for (int64_t r = 0; r < n; ++r) row(i0 + r, j0, w, tile + r * kTile);
   });
 }
 
@@ -266,47 +310,59 @@ void rows_vec(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
   }
 }
 
-// One row of A times G groups of 8 columns of X (j0..j0+8G), into out; Masked: the last group
-// is partial (masked loads never touch memory past X; the others are plain loads). Two sets of accumulators (even and odd
-// positions of the row), so consecutive FMAs into one register do not wait on each other.
+// Rows i0..i0+n of A times G groups of 8 columns of X (j0..j0+8G), into tile[r * kTile + ...];
+// Masked: the last group is partial (masked loads never touch memory past X; the others are
+// plain loads). Two sets of accumulators (even and odd positions of the row), so consecutive FMAs
+// into one register do not wait on each other. The width is dispatched once per tile, not per
+// row, so the row loop keeps its accumulators in registers: at 1% density (~8 values per row) a
+// call per row, with its spills, cost as much as the sums.
 template <int G, bool Masked, class Ptr, class Idx, class V>
-void row_block(const Job<Ptr, Idx, V>& job, int64_t i, int64_t j0, int64_t w, float* out) {
+void tile_block(const Job<Ptr, Idx, V>& job, int64_t i0, int64_t n, int64_t j0, int64_t w, float* tile) {
   const Idx* idx = job.indices;
   const int64_t k = job.k;
-  const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(w - 8 * (G - 1))), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  auto load = [&](const float* p, int g) { return Masked && g == G - 1 ? _mm256_maskload_ps(p, mask) : _mm256_loadu_ps(p); };
-  __m256 a[G], b[G];
-  for (int g = 0; g < G; ++g) a[g] = b[g] = _mm256_setzero_ps();
-  const int64_t end = static_cast<int64_t>(job.indptr[i + 1]);
-  int64_t p = static_cast<int64_t>(job.indptr[i]);
-  for (; p + 2 <= end; p += 2) {
-    const __m256 va = _mm256_set1_ps(load_val(job.vals, p)), vb = _mm256_set1_ps(load_val(job.vals, p + 1));
-    const float* xa = job.x + static_cast<int64_t>(idx[p]) * k + j0;
-    const float* xb = job.x + static_cast<int64_t>(idx[p + 1]) * k + j0;
-    for (int g = 0; g < G; ++g) {
-      a[g] = _mm256_fmadd_ps(va, load(xa + 8 * g, g), a[g]);
-      b[g] = _mm256_fmadd_ps(vb, load(xb + 8 * g, g), b[g]);
+  const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(w - 8 * (G - 1))),
+                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  auto load = [&](const float* p, int g) {
+    return Masked && g == G - 1 ? _mm256_maskload_ps(p, mask) : _mm256_loadu_ps(p);
+  };
+  for (int64_t r = 0; r < n; ++r) {
+    __m256 a[G], b[G];
+    for (int g = 0; g < G; ++g) a[g] = b[g] = _mm256_setzero_ps();
+    const int64_t end = static_cast<int64_t>(job.indptr[i0 + r + 1]);
+    int64_t p = static_cast<int64_t>(job.indptr[i0 + r]);
+    for (; p + 2 <= end; p += 2) {
+      const __m256 va = _mm256_set1_ps(load_val(job.vals, p)), vb = _mm256_set1_ps(load_val(job.vals, p + 1));
+      const float* xa = job.x + static_cast<int64_t>(idx[p]) * k + j0;
+      const float* xb = job.x + static_cast<int64_t>(idx[p + 1]) * k + j0;
+      for (int g = 0; g < G; ++g) {
+        a[g] = _mm256_fmadd_ps(va, load(xa + 8 * g, g), a[g]);
+        b[g] = _mm256_fmadd_ps(vb, load(xb + 8 * g, g), b[g]);
+      }
     }
+    if (p < end) {
+      const __m256 va = _mm256_set1_ps(load_val(job.vals, p));
+      const float* xa = job.x + static_cast<int64_t>(idx[p]) * k + j0;
+      for (int g = 0; g < G; ++g) a[g] = _mm256_fmadd_ps(va, load(xa + 8 * g, g), a[g]);
+    }
+    for (int g = 0; g < G; ++g) _mm256_store_ps(tile + r * kTile + 8 * g, _mm256_add_ps(a[g], b[g]));
   }
-  if (p < end) {
-    const __m256 va = _mm256_set1_ps(load_val(job.vals, p));
-    const float* xa = job.x + static_cast<int64_t>(idx[p]) * k + j0;
-    for (int g = 0; g < G; ++g) a[g] = _mm256_fmadd_ps(va, load(xa + 8 * g, g), a[g]);
-  }
-  for (int g = 0; g < G; ++g) _mm256_store_ps(out + 8 * g, _mm256_add_ps(a[g], b[g]));
 }
 
 template <class Ptr, class Idx, class V>
 void rows(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
-  static_assert(kTile == 32, "row_block covers a tile as four groups of 8 columns");
+  static_assert(kTile == 32, "tile_block covers a tile as four groups of 8 columns");
   if (job.k == 1) return job.plain() ? rows_vec<true>(job, r0, r1) : rows_vec<false>(job, r0, r1);
-  rows_tiled(job, r0, r1, [&](int64_t i, int64_t j0, int64_t w, float* out) {
+  rows_tiled(job, r0, r1, [&](int64_t i0, int64_t n, int64_t j0, int64_t w, float* tile) {
     const bool partial = w % 8 != 0;
     switch ((w + 7) / 8) {
-      case 1: return partial ? row_block<1, true>(job, i, j0, w, out) : row_block<1, false>(job, i, j0, w, out);
-      case 2: return partial ? row_block<2, true>(job, i, j0, w, out) : row_block<2, false>(job, i, j0, w, out);
-      case 3: return partial ? row_block<3, true>(job, i, j0, w, out) : row_block<3, false>(job, i, j0, w, out);
-      default: return partial ? row_block<4, true>(job, i, j0, w, out) : row_block<4, false>(job, i, j0, w, out);
+      case 1:
+        return partial ? tile_block<1, true>(job, i0, n, j0, w, tile) : tile_block<1, false>(job, i0, n, j0, w, tile);
+      case 2:
+        return partial ? tile_block<2, true>(job, i0, n, j0, w, tile) : tile_block<2, false>(job, i0, n, j0, w, tile);
+      case 3:
+        return partial ? tile_block<3, true>(job, i0, n, j0, w, tile) : tile_block<3, false>(job, i0, n, j0, w, tile);
+      default:
+        return partial ? tile_block<4, true>(job, i0, n, j0, w, tile) : tile_block<4, false>(job, i0, n, j0, w, tile);
     }
   });
 }
