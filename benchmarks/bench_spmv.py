@@ -16,7 +16,8 @@ Grid: 768x3072, 3072x768, 4096x4096, 11008x4096 at 1/5/10/30% density, two patte
   load hits all of them alike; the table gives medians over the rounds.
 - Peers get their favourite layout (scipy/torch/MKL multiply (cols, batch) X^T prepared in
   advance); htcore is timed through its public API, sparse_linear(X, A) on (batch, cols) X, with
-  the transpose included.
+  both transposes included (X to X^T, and the result back to (batch, rows)), and also as
+  A.matmat(X^T) on the peers' own X^T (column "htcore f32-i32 A@XT").
 
 Thread pools: htcore, torch and MKL (its GNU threading layer) share this process's libgomp pool;
 numpy's OpenBLAS has its own. A pool whose workers are still spinning after one library's block
@@ -55,6 +56,7 @@ THREADS = [1, 2]
 STREAM_BYTES = 64 << 20
 FORMATS = ["f32-i32", "f32-u16", "f16-u16", "u8cb-u16"]
 SELL = "htcore sell f32-u16"  # the runtime's batch-1 layout for short rows (htcore.sell), batch 1 only
+SAME_LAYOUT = "htcore f32-i32 A@XT"  # batch > 1: A.matmat on the peers' prepared (cols, batch) X^T
 PEERS = ["torch-csr", "mkl", "scipy", "numpy-dense", "torch-dense"]
 GAP = 0.002  # idle seconds before each block: longer than the pools' spinning (see the module docstring)
 
@@ -201,6 +203,7 @@ def spmm_methods(As: dict, S, W, X) -> dict:
     T = torch.sparse_csr_tensor(torch.from_numpy(S.indptr), torch.from_numpy(S.indices), torch.from_numpy(S.data),
                                 size=S.shape, check_invariants=False)
     m = {f"htcore {fmt}": [lambda A=A: sparse_linear(X, A)] for fmt, A in As.items()}
+    m[SAME_LAYOUT] = [lambda: As["f32-i32"].matmat(XT)]
     m["torch-csr"] = [lambda: torch.mm(T, XTt)]
     m["mkl"] = [lambda: sparse_dot_mkl.dot_product_mkl(S, XT)]
     m["scipy"] = [lambda: S @ XT]
@@ -215,7 +218,7 @@ def check_outputs(methods: dict, batch: int, As: dict, x: np.ndarray) -> None:
     ref = np.asarray(methods["htcore f32-i32"][0]())
     for name, fns in methods.items():
         y = np.asarray(fns[0]())
-        y = y.T if batch > 1 and name in ("torch-csr", "mkl", "scipy") else y
+        y = y.T if batch > 1 and name in ("torch-csr", "mkl", "scipy", SAME_LAYOUT) else y
         want = ref
         if name in ("htcore f16-u16", "htcore u8cb-u16"):
             S = As[name.split()[1]].to_scipy()
@@ -328,12 +331,13 @@ def markdown(res: dict) -> str:
     for r in res["mlp"]:
         out.append(f"| {r['batch']} | {r['threads']} | {r['htcore runtime (10%)']:.1f} ({r['htcore runtime (10%) p10']:.1f}) | "
                    f"{r['torch dense']:.1f} ({r['torch dense p10']:.1f}) | {r['speedup']:.2f} ({r['speedup_p10']:.2f}) |")
-    cols = [f"htcore {f}" for f in FORMATS] + [SELL] + PEERS
+    cols = [f"htcore {f}" for f in FORMATS] + [SELL, SAME_LAYOUT] + PEERS
     out += ["", "## All cases (µs per call, median)", "",
             "Ratios: `best/ht` = min(MKL, torch CSR) / htcore f32-i32 (> 1: htcore faster); `scipy/ht`; "
             "`tdense/ht` = dense torch / htcore f32-i32; `f16` = f32-i32 / f16-u16 time; `triad` = htcore f32-i32 "
             "bytes moved (matrix + x + y) per second / triad bandwidth; `sell` = htcore f32-u16 / htcore sell f32-u16 time "
-            "(SELL-8, the runtime's layout for batch 1 on short rows; batch 1 only); `load` = 1-minute load average after the case. Medians; the JSON file also has 10th percentiles.", "",
+            "(SELL-8, the runtime's layout for batch 1 on short rows; batch 1 only); `A@XT` = A.matmat on the peers' "
+            "(cols, batch) X^T, no transposes (batch > 1 only); `load` = 1-minute load average after the case. Medians; the JSON file also has 10th percentiles.", "",
             "| shape | density | pattern | batch | thr | mode | " + " | ".join(cols) + " | best/ht | scipy/ht | tdense/ht | f16 | sell | triad | load |",
             "|" + "---|" * (6 + len(cols) + 7)]
     for r in res["rows"]:
@@ -378,6 +382,13 @@ def _targets_for(res: dict, threads: int, suffix: str, label: str) -> list:
     if f16:
         lines.append("- uint16+float16 vs int32+float32 at 4096x4096 10%: "
                      + ", ".join(f"{m}/{p} {v:.2f}x" for m, p, v in f16) + f" -> {verdict(min(v for *_, v in f16) >= 1.5)}")
+    batched = [r for r in rows if r["batch"] > 1]
+    if batched:
+        same = [min(r["us"]["mkl"], r["us"]["torch-csr"]) / r["us"][SAME_LAYOUT] for r in batched]
+        linear = [r["vs_best_of_mkl_torch"] for r in batched]
+        lines.append(f"- (no target) batch 32/256 vs the faster of MKL and torch CSR: A X^T in their layout "
+                     f"{min(same):.2f}x..{max(same):.2f}x (median {np.median(same):.2f}x, {sum(v >= 1 / 1.05 for v in same)}/"
+                     f"{len(same)} within 5%); sparse_linear with both transposes {min(linear):.2f}x..{max(linear):.2f}x")
     b32 = [r["vs_torch_dense"] for r in rows if r["batch"] == 32 and r["density"] == 0.10]
     if b32:
         lines.append(f"- batch 32 at 10% vs dense torch: {min(b32):.2f}x..{max(b32):.2f}x -> {verdict(min(b32) > 1)}")
