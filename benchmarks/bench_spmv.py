@@ -28,7 +28,7 @@ already set), and each block of a method's calls starts after a GAP of idle time
 pools' spinning) with one untimed call that wakes its pool: every method is timed with its own
 pool warm and nobody else's spinning. Same process, same machine state, interleaved.
 
-Usage: python benchmarks/bench_spmv.py [--quick] [--out benchmarks/results]
+Usage: python benchmarks/bench_spmv.py [--quick] [--budget SECONDS] [--out benchmarks/results]
 """
 from __future__ import annotations
 
@@ -259,8 +259,9 @@ def run(args: argparse.Namespace) -> dict:
 
     sizes = SIZES[::2] if args.quick else SIZES
     densities = [0.01, 0.10] if args.quick else DENSITIES
-    budget = 0.15 if args.quick else 0.25
+    budget = args.budget if args.budget else (0.15 if args.quick else 0.25)
     info = machine()
+    info["budget_s"] = budget
     info["triad_GBps"] = {}
     for t in THREADS:
         info["triad_GBps"][t] = triad(t)
@@ -323,7 +324,7 @@ def markdown(res: dict) -> str:
     out = ["# SpMV / SpMM benchmark (bench_spmv.py)", "",
            f"Machine: {m['cpu']}, {m['cores']} cores; htcore {m['htcore']} built with {m['build']['build_flags']} "
            f"({m['build']['compiler']}), AVX2 kernels: {m['avx2_kernels']}; torch {m['torch']}, scipy {m['scipy']}, "
-           f"numpy {m['numpy']}; pools {m['pool_settings']}, {m['gap_s'] * 1e3:.0f} ms idle gap before each block of calls. Load average at start {tuple(round(v, 1) for v in m['load_average_start'])}, "
+           f"numpy {m['numpy']}; pools {m['pool_settings']}, {m['gap_s'] * 1e3:.0f} ms idle gap before each block of calls, {m.get('budget_s', 0.25)} s of rounds per case. Load average at start {tuple(round(v, 1) for v in m['load_average_start'])}, "
            f"end {tuple(round(v, 1) for v in m['load_average_end'])} (machine shared; medians of interleaved rounds).",
            "", "STREAM triad (torch, 3 x 4 bytes/element): " + ", ".join(f"{t} thread(s) {v:.1f} GB/s" for t, v in m["triad_GBps"].items()),
            "", *_targets(res), "", "## MLP 784-1024-1024-10, all layers top-k 10% (runtime) vs dense torch", "",
@@ -401,6 +402,9 @@ def _targets_for(res: dict, threads: int, suffix: str, label: str) -> list:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="reduced grid (2 sizes, 1%% and 10%%, no batch 256)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds of interleaved rounds per case and thread count (default 0.25; 0.15 with --quick); "
+                             "more rounds average out a noisy host")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args()
     import warnings
