@@ -273,7 +273,11 @@ using namespace csr_simd::avx2;
 // 4-sum kernel for the whole matrix 1.35x / 1.6x / 2.3x slower; two masked steps 1.18x slower at 8
 // per row; eight rows' sums reduced by one hadd tree, or buffered and stored eight at a time,
 // 0.97-1.5x; one movzx load per uint16 index or vgatherdps instead of gather8, 1.1x and 1.5x
-// slower; BMI2 shifts, no change. About 3 ns per row remain (an empty row costs 2.9 ns).)
+// slower; BMI2 shifts, no change. About 3 ns per row remain (an empty row costs 2.9 ns). Also
+// tried on Zen 4, same harness: AVX-512 vgatherdps over 16 values, 1.6-1.8x slower; eight rows per
+// vector (one lane per row) with hardware gathers of values, indices and x, 3-4x slower;
+// vbroadcastss + blends instead of inserts to assemble x, software prefetch 256-2048 bytes ahead
+// (11008x4096 at 10%), and a separate branch for empty rows: within +-5%.)
 // Plain: no bias and no activation, so each sum is stored as it is (a plain A x: the epilogue's
 // tests cost ~10% at 1% density, where a row is a handful of multiply-adds).
 template <bool Plain, class Ptr, class Idx, class V>
