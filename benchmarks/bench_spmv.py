@@ -259,7 +259,7 @@ def run(args: argparse.Namespace) -> dict:
 
     sizes = SIZES[::2] if args.quick else SIZES
     densities = [0.01, 0.10] if args.quick else DENSITIES
-    budget = args.budget if args.budget else (0.15 if args.quick else 0.25)
+    budget = args.budget if args.budget is not None else (0.15 if args.quick else 0.25)
     info = machine()
     info["budget_s"] = budget
     info["triad_GBps"] = {}
@@ -324,7 +324,7 @@ def markdown(res: dict) -> str:
     out = ["# SpMV / SpMM benchmark (bench_spmv.py)", "",
            f"Machine: {m['cpu']}, {m['cores']} cores; htcore {m['htcore']} built with {m['build']['build_flags']} "
            f"({m['build']['compiler']}), AVX2 kernels: {m['avx2_kernels']}; torch {m['torch']}, scipy {m['scipy']}, "
-           f"numpy {m['numpy']}; pools {m['pool_settings']}, {m['gap_s'] * 1e3:.0f} ms idle gap before each block of calls, {m.get('budget_s', 0.25)} s of rounds per case. Load average at start {tuple(round(v, 1) for v in m['load_average_start'])}, "
+           f"numpy {m['numpy']}; pools {m['pool_settings']}, {m['gap_s'] * 1e3:.0f} ms idle gap before each block of calls, {m['budget_s']} s of rounds per case. Load average at start {tuple(round(v, 1) for v in m['load_average_start'])}, "
            f"end {tuple(round(v, 1) for v in m['load_average_end'])} (machine shared; medians of interleaved rounds).",
            "", "STREAM triad (torch, 3 x 4 bytes/element): " + ", ".join(f"{t} thread(s) {v:.1f} GB/s" for t, v in m["triad_GBps"].items()),
            "", *_targets(res), "", "## MLP 784-1024-1024-10, all layers top-k 10% (runtime) vs dense torch", "",
@@ -407,6 +407,8 @@ def main() -> None:
                              "more rounds average out a noisy host")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args()
+    if args.budget is not None and not args.budget > 0:
+        parser.error(f"--budget must be a positive number of seconds, got {args.budget}")
     import warnings
 
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
