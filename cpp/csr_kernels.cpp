@@ -445,8 +445,8 @@ template <class Ptr, class Idx, class V>
 void run(const CsrRef& a, const Call& c) {
   using Acc = typename Values<V>::Acc;
   const int64_t k = c.k;
-  require_finite(static_cast<const Acc*>(c.x), a.cols * k, "X");
-  if (c.bias) require_finite(static_cast<const Acc*>(c.bias), a.rows, "bias");
+  require_finite(static_cast<const Acc*>(c.x), a.cols * k, "X", cpu_has_avx2());
+  if (c.bias) require_finite(static_cast<const Acc*>(c.bias), a.rows, "bias", cpu_has_avx2());
   const bool transposed = c.x_batch_major && k > 1;
   std::vector<Acc> owned;
   Acc* scratch = transposed ? transpose_buffer<Acc>(static_cast<size_t>(a.cols * k), owned) : nullptr;

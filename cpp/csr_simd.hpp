@@ -88,12 +88,11 @@ inline T activate(T v, Activation act) {
   return v;
 }
 
-// Non-finite inputs are refused here, in one cheap pass, rather than in Python (where the check
-// costs more than a small product). A value is NaN or Inf when its exponent bits are all ones;
-// testing the bits vectorises (std::isfinite compiles to a scalar compare per value, ~1 cycle
-// each: 27 µs of a 100 µs batch-32 product over 3072 columns).
+// True when no value is NaN or Inf, i.e. none has all exponent bits set. Testing the bits
+// vectorises (std::isfinite compiles to a scalar compare per value, ~1 cycle each); the AVX2
+// version below is used where the CPU has it (require_finite).
 template <class T>
-inline void require_finite(const T* v, int64_t n, const char* name) {
+inline bool all_finite(const T* v, int64_t n) {
   using Bits = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
   constexpr Bits exponent = sizeof(T) == 4 ? Bits(0x7f800000u) : Bits(0x7ff0000000000000ull);
   Bits bad = 0;
@@ -102,7 +101,7 @@ inline void require_finite(const T* v, int64_t n, const char* name) {
     std::memcpy(&b, v + i, sizeof b);
     bad |= (b & exponent) == exponent;
   }
-  require(bad == 0, [&] { return std::string(name) + " contains non-finite values (NaN or Inf)"; });
+  return bad == 0;
 }
 
 // O(rows) check that makes every row range [indptr[i], indptr[i+1]) lie inside the nnz arrays,
@@ -171,6 +170,27 @@ HTCORE_ALWAYS_INLINE float load_val(const Values<float>& v, int64_t p) { return 
 HTCORE_ALWAYS_INLINE float load_val(const Values<Half>& v, int64_t p) { return _cvtsh_ss(v.d[p]); }
 HTCORE_ALWAYS_INLINE float load_val(const Values<uint8_t>& v, int64_t p) { return v.codebook[v.d[p]]; }
 
+// all_finite over 32 bytes per load, four loads per step (the portable loop compiles to 16-byte
+// steps: 15 µs for the 393 KB X of a batch-32 product over 3072 columns).
+template <class T>
+bool all_finite(const T* v, int64_t n) {
+  constexpr int64_t L = 32 / sizeof(T);  // values per load
+  const __m256i e = sizeof(T) == 4 ? _mm256_set1_epi32(0x7f800000) : _mm256_set1_epi64x(0x7ff0000000000000ll);
+  auto inf_or_nan = [&](int64_t i) {
+    const __m256i exponent = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + i)), e);
+    return sizeof(T) == 4 ? _mm256_cmpeq_epi32(exponent, e) : _mm256_cmpeq_epi64(exponent, e);
+  };
+  __m256i bad0 = _mm256_setzero_si256(), bad1 = bad0;
+  int64_t i = 0;
+  for (; i + 4 * L <= n; i += 4 * L) {
+    bad0 = _mm256_or_si256(bad0, _mm256_or_si256(inf_or_nan(i), inf_or_nan(i + L)));
+    bad1 = _mm256_or_si256(bad1, _mm256_or_si256(inf_or_nan(i + 2 * L), inf_or_nan(i + 3 * L)));
+  }
+  for (; i + L <= n; i += L) bad0 = _mm256_or_si256(bad0, inf_or_nan(i));
+  const __m256i bad = _mm256_or_si256(bad0, bad1);
+  return _mm256_testz_si256(bad, bad) && csr_simd::all_finite(v + i, n - i);
+}
+
 HTCORE_ALWAYS_INLINE float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -181,6 +201,21 @@ HTCORE_ALWAYS_INLINE float hsum(__m256 v) {
 }  // namespace avx2
 HTCORE_AVX2_END
 #endif  // HTCORE_CSR_X86
+
+// Non-finite inputs are refused here, in one cheap pass, rather than in Python (where the check
+// costs more than a small product). avx2: the CPU has AVX2 (csr_uses_avx2).
+template <class T>
+inline void require_finite(const T* v, int64_t n, const char* name, bool avx2) {
+  bool ok;
+#ifdef HTCORE_CSR_X86
+  if (avx2)
+    ok = avx2::all_finite(v, n);
+  else
+#endif
+    ok = all_finite(v, n);
+  (void)avx2;
+  require(ok, [&] { return std::string(name) + " contains non-finite values (NaN or Inf)"; });
+}
 
 }  // namespace csr_simd
 }  // namespace htcore

@@ -234,8 +234,8 @@ void sell_spmv(const SellRef& a, const float* x, int64_t x_size, const float* bi
   int32_t out_of_range = 0;
   for (int64_t i = 0; i < a.rows; ++i) out_of_range |= (a.perm[i] < 0) | (a.perm[i] >= rows32);
   require(out_of_range == 0, "perm must lie in [0, rows)");
-  require_finite(x, a.cols, "x");
-  if (bias) require_finite(bias, a.rows, "bias");
+  require_finite(x, a.cols, "x", csr_uses_avx2());
+  if (bias) require_finite(bias, a.rows, "bias", csr_uses_avx2());
   if (a.index_type == IndexType::u16) return dispatch_value<uint16_t>(a, x, bias, act, y);
   dispatch_value<int32_t>(a, x, bias, act, y);
 }

@@ -247,23 +247,25 @@ def test_wrong_shapes_and_dtypes():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_finite_check_on_the_bits(dtype):
+def test_finite_check_on_the_bits(kernel_path, dtype):
     """X and bias are refused on NaN, Inf or -Inf anywhere (the kernel tests exponent bits), and
-    the extremes of the finite range (max, -max, smallest subnormal, -0.0) pass."""
-    A = CSRMatrix(np.ones(3, dtype), [0, 2, 36], [0, 2, 3], (2, 37))
+    the extremes of the finite range (max, -max, smallest subnormal, -0.0) pass. 87 values put a
+    bad one in each part of the AVX2 check: the 4-load steps, the 1-load steps (positions 70 in
+    float32, 82 in float64) and the scalar tail."""
+    A = CSRMatrix(np.ones(3, dtype), [0, 2, 86], [0, 2, 3], (2, 87))
     info = np.finfo(dtype)
-    edge = np.array([info.max, -info.max, info.smallest_subnormal, -0.0] + [1.0] * 33, dtype)
-    np.testing.assert_array_equal(A.matvec(edge), [info.max, 1.0])  # max + subnormal, and x[36]
+    edge = np.array([info.max, -info.max, info.smallest_subnormal, -0.0] + [1.0] * 83, dtype)
+    np.testing.assert_array_equal(A.matvec(edge), [info.max, 1.0])  # max + subnormal, and x[86]
     for bad in (np.nan, np.inf, -np.inf):
-        for pos in (0, 17, 36):
-            x = np.ones(37, dtype)
+        for pos in (0, 40, 70, 82, 86):
+            x = np.ones(87, dtype)
             x[pos] = bad
             with pytest.raises(ValueError, match="X contains non-finite"):
                 A.matvec(x)
             with pytest.raises(ValueError, match="X contains non-finite"):
-                sparse_linear(np.stack([np.ones(37, dtype), x]), A)
+                sparse_linear(np.stack([np.ones(87, dtype), x]), A)
         with pytest.raises(ValueError, match="bias contains non-finite"):
-            sparse_linear(np.ones(37, dtype), A, bias=np.array([1.0, bad], dtype))
+            sparse_linear(np.ones(87, dtype), A, bias=np.array([1.0, bad], dtype))
 
 
 def test_kernel_binding_rechecks_sizes():
