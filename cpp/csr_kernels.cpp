@@ -186,13 +186,20 @@ struct Job {
 constexpr int64_t kChunkRows = 64, kChunkStride = kChunkRows + 16;
 constexpr size_t kChunkMaxBytes = size_t(1) << 20;
 
-template <class T>
-T* chunk_buffer(int64_t k) {
-  const size_t n = static_cast<size_t>(k) * kChunkStride;
-  if (n * sizeof(T) > kChunkMaxBytes) return nullptr;
+// At least n elements kept by the calling thread between calls (a fresh allocation of a few
+// hundred KiB is a fresh mmap whose page faults can cost as much as a small product). Use keeps
+// the buffers of different uses apart: the thread that transposes X also stores output chunks.
+template <class Use, class T>
+T* kept_buffer(size_t n) {
   thread_local std::vector<T> kept;
   if (kept.size() < n) kept.resize(n);
   return kept.data();
+}
+
+template <class T>
+T* chunk_buffer(int64_t k) {
+  const size_t n = static_cast<size_t>(k) * kChunkStride;
+  return n * sizeof(T) > kChunkMaxBytes ? nullptr : kept_buffer<struct OutputChunk, T>(n);
 }
 
 // A X (k > 1) in tiles of kTileRows rows x kTile columns: block(i0, n, j0, w, tile) sums rows
@@ -416,21 +423,16 @@ bool cpu_has_avx2() {
 #endif
 }
 
-// The buffer for X^T, at least n elements. Up to 4 MiB it is the calling thread's, kept between
-// calls: a fresh allocation of a few hundred KiB is a fresh mmap whose page faults cost as much as
-// the transpose (768x3072 at 1%, batch 32: ~20 µs of ~100). Larger ones go in `owned`, freed when
-// the call returns, so one big batch does not pin its memory for the life of the thread (and for
-// those the page faults are a small part of the product).
+// The buffer for X^T, at least n elements. Up to 4 MiB it is the calling thread's kept buffer
+// (fresh, its page faults cost as much as the transpose: 768x3072 at 1%, batch 32, ~20 µs of
+// ~100). Larger ones go in `owned`, freed when the call returns, so one big batch does not pin its
+// memory for the life of the thread (and for those the page faults are a small part of the product).
 template <class T>
 T* transpose_buffer(size_t n, std::vector<T>& owned) {
   constexpr size_t kKeptBytes = size_t(4) << 20;
-  if (n * sizeof(T) > kKeptBytes) {
-    owned.resize(n);
-    return owned.data();
-  }
-  thread_local std::vector<T> kept;
-  if (kept.size() < n) kept.resize(n);
-  return kept.data();
+  if (n * sizeof(T) <= kKeptBytes) return kept_buffer<struct TransposedX, T>(n);
+  owned.resize(n);
+  return owned.data();
 }
 
 // The typed arguments of one call, passed down the dtype dispatch.
@@ -448,15 +450,16 @@ template <class Ptr, class Idx, class V>
 void run(const CsrRef& a, const Call& c) {
   using Acc = typename Values<V>::Acc;
   const int64_t k = c.k;
-  require_finite(static_cast<const Acc*>(c.x), a.cols * k, "X", cpu_has_avx2());
-  if (c.bias) require_finite(static_cast<const Acc*>(c.bias), a.rows, "bias", cpu_has_avx2());
+  const bool avx2 = cpu_has_avx2();
+  require_finite(static_cast<const Acc*>(c.x), a.cols * k, "X", avx2);
+  if (c.bias) require_finite(static_cast<const Acc*>(c.bias), a.rows, "bias", avx2);
   const bool transposed = c.x_batch_major && k > 1;
   std::vector<Acc> owned;
   Acc* scratch = transposed ? transpose_buffer<Acc>(static_cast<size_t>(a.cols * k), owned) : nullptr;
   const Acc* xs = transposed ? scratch : static_cast<const Acc*>(c.x);
   bool vectorised = false;
 #ifdef HTCORE_CSR_X86
-  vectorised = !std::is_same<V, double>::value && cpu_has_avx2();
+  vectorised = !std::is_same<V, double>::value && avx2;
 #endif
   const Job<Ptr, Idx, V> job{static_cast<const Ptr*>(a.indptr),
                              static_cast<const Idx*>(a.indices),
