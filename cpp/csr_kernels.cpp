@@ -39,6 +39,14 @@ using namespace csr_simd;
 // still waits for a worker the scheduler has paused.)
 constexpr int64_t kParallelGrain = 1 << 13;
 
+// A x on a matrix of at least this many bytes of values and indices (more than a core's L2 on
+// the CPUs measured, so it comes from L3 or memory) prefetches kPrefetchAhead values ahead in its
+// 16-value loop. The hardware prefetchers stop at 4 KiB pages, and the index and value streams
+// cross one every 512-2048 values. Measured on Zen 4 (interleaved A/B, streamed copies): 4096x4096
+// at 10% 0.75-0.79 of the time, at 30% 0.80-0.85, 11008x4096 at 30% 0.80-0.90, 10% 0.91-1.02; on
+// a matrix that stays in L2 it cost 2-5% (768x3072 and 1024x784 at 10%), hence the size test.
+constexpr int64_t kPrefetchBytes = int64_t(2) << 20, kPrefetchAhead = 512;
+
 // Output tiles of the batch (k > 1) kernels: kTileRows rows x kTile batch columns.
 constexpr int64_t kTile = 32, kTileRows = 8;
 
@@ -139,6 +147,7 @@ struct Job {
   int64_t y_row_stride, y_col_stride;
   int64_t nnz;  // length of indices/data: a fixed-width chunk starting at p may read up to here
   bool vectorised;  // the AVX2 kernels run (and store tiles through AVX2 transposes)
+  bool prefetch;    // A x reads the arrays ahead in software (see kPrefetchBytes)
 
   bool plain() const { return bias == nullptr && act == Activation::none; }
   void store(int64_t row, int64_t col, Acc v) const {
@@ -313,11 +322,15 @@ using namespace csr_simd::avx2;
 // slower; BMI2 shifts, no change. About 3 ns per row remain (an empty row costs 2.9 ns). Also
 // tried on Zen 4, same harness: AVX-512 vgatherdps over 16 values, 1.6-1.8x slower; eight rows per
 // vector (one lane per row) with hardware gathers of values, indices and x, 3-4x slower;
-// vbroadcastss + blends instead of inserts to assemble x, software prefetch 256-2048 bytes ahead
-// (11008x4096 at 10%), and a separate branch for empty rows: within +-5%.)
+// vbroadcastss + blends instead of inserts to assemble x, and a separate branch for empty rows:
+// within +-5%. Rows sorted per call into buckets by length (empty, 1-8, 9-16, longer; 256-row
+// blocks) so each bucket's loop has no data-dependent branch: 1.25-1.5x slower, the sorting costs
+// more than the mispredictions it removes; at ~8 values a row the ~45 instructions of the gather
+// and the sum are the limit, not the branches.)
 // Plain: no bias and no activation, so each sum is stored as it is (a plain A x: the epilogue's
 // tests cost ~10% at 1% density, where a row is a handful of multiply-adds).
-template <bool Plain, class Ptr, class Idx, class V>
+// Prefetch: the matrix is too big for L2 (kPrefetchBytes).
+template <bool Plain, bool Prefetch, class Ptr, class Idx, class V>
 void rows_vec(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
   const Idx* idx = job.indices;
   const float* x = job.x;
@@ -328,6 +341,10 @@ void rows_vec(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     int64_t p = begin;
     for (; p + 16 <= end; p += 16) {
+      if constexpr (Prefetch) {
+        prefetch(job.vals.d, p + kPrefetchAhead);
+        prefetch(idx, p + kPrefetchAhead);
+      }
       acc0 = _mm256_fmadd_ps(load_val8(job.vals, p), gather8(x, idx + p), acc0);
       acc1 = _mm256_fmadd_ps(load_val8(job.vals, p + 8), gather8(x, idx + p + 8), acc1);
     }
@@ -392,7 +409,10 @@ void tile_block(const Job<Ptr, Idx, V>& job, int64_t i0, int64_t n, int64_t j0, 
 template <class Ptr, class Idx, class V>
 void rows(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
   static_assert(kTile == 32, "tile_block covers a tile as four groups of 8 columns");
-  if (job.k == 1) return job.plain() ? rows_vec<true>(job, r0, r1) : rows_vec<false>(job, r0, r1);
+  if (job.k == 1) {
+    if (job.prefetch) return job.plain() ? rows_vec<true, true>(job, r0, r1) : rows_vec<false, true>(job, r0, r1);
+    return job.plain() ? rows_vec<true, false>(job, r0, r1) : rows_vec<false, false>(job, r0, r1);
+  }
   rows_tiled(job, r0, r1, [&](int64_t i0, int64_t n, int64_t j0, int64_t w, float* tile) {
     const bool partial = w % 8 != 0;
     switch ((w + 7) / 8) {
@@ -472,7 +492,8 @@ void run(const CsrRef& a, const Call& c) {
                              c.rs,
                              c.cs,
                              a.nnz,
-                             vectorised};
+                             vectorised,
+                             a.nnz * static_cast<int64_t>(sizeof(Idx) + sizeof(V)) >= kPrefetchBytes};
   check_row_pointers(job.indptr, a.rows, a.nnz);
   const int parts = csr_threads(a.rows, a.nnz, k);
   std::vector<long long> bounds(parts + 1);

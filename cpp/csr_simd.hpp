@@ -157,6 +157,14 @@ HTCORE_ALWAYS_INLINE __m256 gather8(const float* x, const int32_t* idx) {
                         x[static_cast<uint32_t>(c)], x[c >> 32], x[static_cast<uint32_t>(d)], x[d >> 32]);
 }
 
+// Asks for the cache line holding a[i]. A prefetch never faults, so i may lie past the end of the
+// array; the address is computed as an integer, so no out-of-bounds pointer is formed.
+template <class T>
+HTCORE_ALWAYS_INLINE void prefetch(const T* a, int64_t i) {
+  _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(a) + static_cast<uintptr_t>(i) * sizeof(T)),
+               _MM_HINT_T0);
+}
+
 HTCORE_ALWAYS_INLINE __m256 load_val8(const Values<float>& v, int64_t p) { return _mm256_loadu_ps(v.d + p); }
 HTCORE_ALWAYS_INLINE __m256 load_val8(const Values<Half>& v, int64_t p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v.d + p)));

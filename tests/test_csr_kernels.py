@@ -330,6 +330,27 @@ def test_short_rows_of_every_length(kernel_path, fmt):
     np.testing.assert_allclose(y[0], np.tanh(A.todense().astype(np.float64) @ x + np.arange(len(lengths))), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("fmt", ["f32-i32", "f32-u16", "f16", "codebook"])
+def test_matvec_past_the_prefetch_size(restore_threads, kernel_path, fmt):
+    """A x on a matrix with more than 2 MiB of values and indices reads its arrays ahead in
+    software (the prefetches run past the end of the arrays on the last rows): the same sums as
+    the reference, plain and with a bias and an activation, identical at 1 and 2 threads."""
+    rng = np.random.default_rng(23)
+    A = as_format(topk_pattern(rng, 1500, 900, 0.6), fmt)
+    assert A.data.nbytes + A.indices.nbytes > 2 << 20
+    x = rng.standard_normal(900).astype(np.float32)
+    bias = rng.standard_normal(1500).astype(np.float32)
+    results = []
+    for threads in (1, 2):
+        htcore.set_num_threads(threads)
+        results.append((A.matvec(x), sparse_linear(x[None, :], A, bias=bias, activation="relu")[0]))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    check_close(results[0][0], A, x)
+    want = np.maximum(A.todense().astype(np.float64) @ x + bias, 0)
+    np.testing.assert_allclose(results[0][1], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
 @pytest.mark.parametrize("fmt", ["f32-u16", "f16", "codebook", "f64"])
 def test_batch_tiles_of_every_width(restore_threads, kernel_path, fmt):
     """Batches 2..41 (every width of the last 8-column group, 1..4 groups, and a second 32-column
