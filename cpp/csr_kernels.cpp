@@ -39,13 +39,18 @@ using namespace csr_simd;
 // still waits for a worker the scheduler has paused.)
 constexpr int64_t kParallelGrain = 1 << 13;
 
-// A x on a matrix of at least this many bytes of values and indices (more than a core's L2 on
-// the CPUs measured, so it comes from L3 or memory) prefetches kPrefetchAhead values ahead in its
-// 16-value loop. The hardware prefetchers stop at 4 KiB pages, and the index and value streams
-// cross one every 512-2048 values. Measured on Zen 4 (interleaved A/B, streamed copies): 4096x4096
-// at 10% 0.75-0.79 of the time, at 30% 0.80-0.85, 11008x4096 at 30% 0.80-0.90, 10% 0.91-1.02; on
-// a matrix that stays in L2 it cost 2-5% (768x3072 and 1024x784 at 10%), hence the size test.
-constexpr int64_t kPrefetchBytes = int64_t(2) << 20, kPrefetchAhead = 512;
+// A x prefetches kPrefetchAhead values ahead in its 16-value loop (the hardware prefetchers stop
+// at 4 KiB pages, and each stream crosses one every 512-2048 values) when the matrix has at least
+// kPrefetchBytes of values and indices (it comes from memory) and kPrefetchRow values per row on
+// average. Measured on Zen 4, interleaved A/B over 128 MiB of streamed copies, int32 + float32,
+// time with / without, 1 and 2 threads:
+//   helped: 4096x4096 at 30% (1228 per row) 0.70-0.93, at 15% (614) 0.62-0.85; 2048x4096 at 20%
+//           (819) 0.63-0.86; 1024x16384 at 10-30% 0.74-0.92; 11008x4096 at 30% 0.84-0.90;
+//   hurt:   768x3072 at 30% (5.6 MB, 921 per row) 1.02-1.12; 16384x1024 at 10-30% (102-307 per
+//           row) 1.02-1.12; in L2 (768x3072, 1024x784 at 10%) 1.02-1.05;
+//   mixed:  4096x4096 at 10% (409 per row) 0.83-1.25 between runs; 11008x4096 at 10% 0.92-1.16.
+// (A guess at why rows matter: short rows leave the hardware prefetchers time between rows.)
+constexpr int64_t kPrefetchBytes = int64_t(8) << 20, kPrefetchRow = 512, kPrefetchAhead = 512;
 
 // Output tiles of the batch (k > 1) kernels: kTileRows rows x kTile batch columns.
 constexpr int64_t kTile = 32, kTileRows = 8;
@@ -329,7 +334,7 @@ using namespace csr_simd::avx2;
 // and the sum are the limit, not the branches.)
 // Plain: no bias and no activation, so each sum is stored as it is (a plain A x: the epilogue's
 // tests cost ~10% at 1% density, where a row is a handful of multiply-adds).
-// Prefetch: the matrix is too big for L2 (kPrefetchBytes).
+// Prefetch: a big matrix with long rows (kPrefetchBytes).
 template <bool Plain, bool Prefetch, class Ptr, class Idx, class V>
 void rows_vec(const Job<Ptr, Idx, V>& job, int64_t r0, int64_t r1) {
   const Idx* idx = job.indices;
@@ -493,7 +498,8 @@ void run(const CsrRef& a, const Call& c) {
                              c.cs,
                              a.nnz,
                              vectorised,
-                             a.nnz * static_cast<int64_t>(sizeof(Idx) + sizeof(V)) >= kPrefetchBytes};
+                             a.nnz * static_cast<int64_t>(sizeof(Idx) + sizeof(V)) >= kPrefetchBytes &&
+                                 a.nnz >= kPrefetchRow * a.rows};
   check_row_pointers(job.indptr, a.rows, a.nnz);
   const int parts = csr_threads(a.rows, a.nnz, k);
   std::vector<long long> bounds(parts + 1);
@@ -510,6 +516,9 @@ void run(const CsrRef& a, const Call& c) {
     if (transposed)
       transpose(static_cast<const Acc*>(c.x), a.cols, k, a.cols * part / parts, a.cols * (part + 1) / parts, scratch, k, vectorised);
   };
+  // (Tried: each thread transposing all of X into its own buffer, so no barrier and no X^T rows
+  // read from the other core's cache: 0.83 of the time on 768x3072 at 1%, batch 32, 2 threads, but
+  // 1.0-1.26 at 0.1% and 10% and on batch 256, interleaved A/B; not kept.)
   if (parts == 1) {
     transpose_part(0);
     kernel(0);

@@ -330,16 +330,16 @@ def test_short_rows_of_every_length(kernel_path, fmt):
     np.testing.assert_allclose(y[0], np.tanh(A.todense().astype(np.float64) @ x + np.arange(len(lengths))), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("fmt", ["f32-i32", "f32-u16", "f16", "codebook"])
-def test_matvec_past_the_prefetch_size(restore_threads, kernel_path, fmt):
-    """A x on a matrix with more than 2 MiB of values and indices reads its arrays ahead in
-    software (the prefetches run past the end of the arrays on the last rows): the same sums as
-    the reference, plain and with a bias and an activation, identical at 1 and 2 threads."""
+@pytest.mark.parametrize("fmt", ["f32-i32", "f32-u16", "f16"])
+def test_matvec_with_software_prefetch(restore_threads, kernel_path, fmt):
+    """A x on a matrix with more than 8 MiB of values and indices and over 512 values per row
+    reads its arrays ahead in software (past the end of the arrays on the last rows): the same
+    sums as the reference, plain and with a bias and an activation, identical at 1 and 2 threads."""
     rng = np.random.default_rng(23)
-    A = as_format(topk_pattern(rng, 1500, 900, 0.6), fmt)
-    assert A.data.nbytes + A.indices.nbytes > 2 << 20
-    x = rng.standard_normal(900).astype(np.float32)
-    bias = rng.standard_normal(1500).astype(np.float32)
+    A = as_format(uniform_pattern(rng, 2000, 1800, 0.6), fmt)
+    assert A.data.nbytes + A.indices.nbytes > 8 << 20 and A.nnz > 512 * A.shape[0]
+    x = rng.standard_normal(1800).astype(np.float32)
+    bias = rng.standard_normal(2000).astype(np.float32)
     results = []
     for threads in (1, 2):
         htcore.set_num_threads(threads)
