@@ -476,9 +476,9 @@ void run(const CsrRef& a, const Call& c) {
   using Acc = typename Values<V>::Acc;
   const int64_t k = c.k;
   const bool avx2 = cpu_has_avx2();
-  require_finite(static_cast<const Acc*>(c.x), a.cols * k, "X", avx2);
-  if (c.bias) require_finite(static_cast<const Acc*>(c.bias), a.rows, "bias", avx2);
   const bool transposed = c.x_batch_major && k > 1;
+  if (!transposed) require_finite(static_cast<const Acc*>(c.x), a.cols * k, "X", avx2);
+  if (c.bias) require_finite(static_cast<const Acc*>(c.bias), a.rows, "bias", avx2);
   std::vector<Acc> owned;
   Acc* scratch = transposed ? transpose_buffer<Acc>(static_cast<size_t>(a.cols * k), owned) : nullptr;
   const Acc* xs = transposed ? scratch : static_cast<const Acc*>(c.x);
@@ -512,15 +512,24 @@ void run(const CsrRef& a, const Call& c) {
 #endif
     rows_generic(job, bounds[part], bounds[part + 1]);
   };
+  // A transposed X is checked for NaN/Inf by each thread on its share of X^T, just written and
+  // still in cache, rather than in a serial pass over X before the region; no thread starts the
+  // product until every share has passed. (sparse_linear, interleaved A/B: 0.98-1.0 of the time
+  // at batch 32, 0.95 on 768x3072 at 1%, batch 256, 2 threads.)
+  std::atomic<bool> x_finite{true};
   auto transpose_part = [&](int part) {
-    if (transposed)
-      transpose(static_cast<const Acc*>(c.x), a.cols, k, a.cols * part / parts, a.cols * (part + 1) / parts, scratch, k, vectorised);
+    if (!transposed) return;
+    const int64_t c0 = a.cols * part / parts, c1 = a.cols * (part + 1) / parts;
+    transpose(static_cast<const Acc*>(c.x), a.cols, k, c0, c1, scratch, k, vectorised);
+    if (!finite(scratch + c0 * k, (c1 - c0) * k, avx2)) x_finite.store(false, std::memory_order_relaxed);
   };
+  auto require_x_finite = [&] { require(x_finite.load(), "X contains non-finite values (NaN or Inf)"); };
   // (Tried: each thread transposing all of X into its own buffer, so no barrier and no X^T rows
   // read from the other core's cache: 0.83 of the time on 768x3072 at 1%, batch 32, 2 threads, but
   // 1.0-1.26 at 0.1% and 10% and on batch 256, interleaved A/B; not kept.)
   if (parts == 1) {
     transpose_part(0);
+    require_x_finite();
     kernel(0);
     return;
   }
@@ -531,8 +540,9 @@ void run(const CsrRef& a, const Call& c) {
     if (transposed) {
 #pragma omp barrier
     }
-    kernel(part);
+    if (x_finite.load(std::memory_order_relaxed)) kernel(part);
   }
+  require_x_finite();
 }
 
 template <class Ptr, class Idx>

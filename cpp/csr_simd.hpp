@@ -210,19 +210,21 @@ HTCORE_ALWAYS_INLINE float hsum(__m256 v) {
 HTCORE_AVX2_END
 #endif  // HTCORE_CSR_X86
 
+// True when v[0..n) has no NaN or Inf. avx2: the CPU has AVX2 (csr_uses_avx2).
+template <class T>
+inline bool finite(const T* v, int64_t n, bool avx2) {
+#ifdef HTCORE_CSR_X86
+  if (avx2) return avx2::all_finite(v, n);
+#endif
+  (void)avx2;
+  return all_finite(v, n);
+}
+
 // Non-finite inputs are refused here, in one cheap pass, rather than in Python (where the check
-// costs more than a small product). avx2: the CPU has AVX2 (csr_uses_avx2).
+// costs more than a small product).
 template <class T>
 inline void require_finite(const T* v, int64_t n, const char* name, bool avx2) {
-  bool ok;
-#ifdef HTCORE_CSR_X86
-  if (avx2)
-    ok = avx2::all_finite(v, n);
-  else
-#endif
-    ok = all_finite(v, n);
-  (void)avx2;
-  require(ok, [&] { return std::string(name) + " contains non-finite values (NaN or Inf)"; });
+  require(finite(v, n, avx2), [&] { return std::string(name) + " contains non-finite values (NaN or Inf)"; });
 }
 
 }  // namespace csr_simd

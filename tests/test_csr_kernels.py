@@ -268,6 +268,24 @@ def test_finite_check_on_the_bits(kernel_path, dtype):
             sparse_linear(np.ones(87, dtype), A, bias=np.array([1.0, bad], dtype))
 
 
+def test_non_finite_X_refused_in_every_threads_share(restore_threads, kernel_path):
+    """sparse_linear checks a batch's X after each thread has transposed its share of the columns:
+    a NaN or Inf in the first or last column of either share, in any batch row, raises at 1 and 2
+    threads, and the next clean call is right."""
+    rng = np.random.default_rng(24)
+    A = uniform_pattern(rng, 300, 200, 0.3)
+    X = rng.standard_normal((33, 200)).astype(np.float32)
+    for threads in (1, 2):
+        htcore.set_num_threads(threads)
+        for bad in (np.nan, -np.inf):
+            for row, col in ((0, 0), (32, 99), (5, 100), (32, 199)):
+                Xb = X.copy()
+                Xb[row, col] = bad
+                with pytest.raises(ValueError, match="X contains non-finite"):
+                    sparse_linear(Xb, A)
+        check_close(sparse_linear(X, A), A, X.T, extra=lambda D, Xd, absolute=False: Xd.T @ D.T)
+
+
 def test_kernel_binding_rechecks_sizes():
     A = CSRMatrix(np.ones(2, np.float32), [0, 1], [0, 1, 2], (2, 2))
     with pytest.raises(ValueError, match="X must have"):
