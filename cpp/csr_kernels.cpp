@@ -524,9 +524,12 @@ void run(const CsrRef& a, const Call& c) {
     if (!finite(scratch + c0 * k, (c1 - c0) * k, avx2)) x_finite.store(false, std::memory_order_relaxed);
   };
   auto require_x_finite = [&] { require(x_finite.load(), "X contains non-finite values (NaN or Inf)"); };
-  // (Tried: each thread transposing all of X into its own buffer, so no barrier and no X^T rows
-  // read from the other core's cache: 0.83 of the time on 768x3072 at 1%, batch 32, 2 threads, but
-  // 1.0-1.26 at 0.1% and 10% and on batch 256, interleaved A/B; not kept.)
+  // (Tried, interleaved A/B on 2 threads, not kept: each thread transposing all of X into its own
+  // buffer, so no X^T rows come from the other core's cache: 0.83 of the time on 768x3072 at 1%,
+  // batch 32, but 1.0-1.26 at 0.1% and 10% and on batch 256. Threads splitting the batch columns
+  // instead of the rows (each transposes and multiplies its own columns, reading all of A):
+  // 0.4-0.9 at batch 64-256 on most shapes, but 1.1-1.2 at batch 32 (half-width tiles) and
+  // 0.95-1.35 on 3072x768 at 10%, batch 256, with run-to-run swings of +-30%.)
   if (parts == 1) {
     transpose_part(0);
     require_x_finite();
