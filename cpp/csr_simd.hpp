@@ -222,9 +222,12 @@ inline bool finite(const T* v, int64_t n, bool avx2) {
 
 // Non-finite inputs are refused here, in one cheap pass, rather than in Python (where the check
 // costs more than a small product).
+inline std::string non_finite_message(const char* name) {
+  return std::string(name) + " contains non-finite values (NaN or Inf)";
+}
 template <class T>
 inline void require_finite(const T* v, int64_t n, const char* name, bool avx2) {
-  require(finite(v, n, avx2), [&] { return std::string(name) + " contains non-finite values (NaN or Inf)"; });
+  require(finite(v, n, avx2), [&] { return non_finite_message(name); });
 }
 
 }  // namespace csr_simd

@@ -21,10 +21,14 @@ from .csr import CSRMatrix
 MAX_MEAN_ROW_LENGTH = 128
 
 
+def _sell_values(A: CSRMatrix) -> bool:
+    """float32 or float16 values without a codebook: the value types the SELL-8 kernel reads."""
+    return A.codebook is None and A.data.dtype in (np.float32, np.float16)
+
+
 def sell_eligible(A: CSRMatrix) -> bool:
     """True when A has float32/float16 values (no codebook) and at most MAX_MEAN_ROW_LENGTH values per row."""
-    return (A.codebook is None and A.data.dtype in (np.float32, np.float16)
-            and A.nnz <= MAX_MEAN_ROW_LENGTH * A.shape[0])
+    return _sell_values(A) and A.nnz <= MAX_MEAN_ROW_LENGTH * A.shape[0]
 
 
 class SellMatrix:
@@ -40,7 +44,7 @@ class SellMatrix:
     def __init__(self, A: CSRMatrix):
         if not isinstance(A, CSRMatrix):
             raise TypeError(f"A must be a CSRMatrix, got {type(A).__name__}")
-        if A.codebook is not None or A.data.dtype not in (np.float32, np.float16):
+        if not _sell_values(A):
             raise TypeError(f"SELL-8 needs float32 or float16 values without a codebook, got {A.data.dtype}"
                             + (" codes" if A.codebook is not None else ""))
         self.shape = A.shape
