@@ -24,7 +24,7 @@ from htcore import CSRMatrix, load_compressed, save_compressed
 from htcore import _core
 from htcore.cli import main
 from htcore.runtime import Activation, CompressedModel, Linear
-from htcore.safetensors_io import SafetensorsFile, save_safetensors
+from htcore.io import SafetensorsFile, save_safetensors
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))

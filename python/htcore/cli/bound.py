@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 from ..datasets import Dataset, load_digits, load_fashion_mnist
-from ..model_file import load_compressed
+from ..runtime import load_compressed
 
 
 def load_data(spec: str) -> Dataset:
@@ -40,7 +40,7 @@ def load_data(spec: str) -> Dataset:
 def default_grid(model) -> list[dict]:
     """First layers at keep 2%, 5% or 10%, the output layer at 50% (a 10-way output layer does not
     survive heavy pruning), times 4, 8 or 16 codebook levels; biases rounded to float16."""
-    from ..compress import linear_names
+    from ..compression import linear_names
 
     names = linear_names(model)
     return [dict(per_layer={**{n: keep for n in names[:-1]}, names[-1]: 0.5}, levels=levels, bias_precision="float16")
@@ -63,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..certify import certify, search_bound
+    from ..certification import certify, search_bound
 
     model = load_compressed(args.model)
     data = load_data(args.data)

@@ -8,7 +8,7 @@ import platform
 
 from .. import _core
 from .._version import __version__
-from ..threads import get_num_threads
+from .._threads import get_num_threads
 
 OPTIONAL_PACKAGES = ["torch", "safetensors", "matplotlib", "sklearn", "powerlaw", "weightwatcher", "sparse_dot_mkl"]
 

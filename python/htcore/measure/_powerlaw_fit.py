@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
-from ._validation import as_float_array, check_int, make_rng
-from .tails import _kernel_dtype
+from .. import _core
+from .._validation import as_float_array, check_int, make_rng
+from ._tails import kernel_dtype
 
 __all__ = ["PowerLawFit", "fit_powerlaw"]
 
@@ -115,7 +115,7 @@ def fit_powerlaw(
     Raises ValueError for non-finite or non-positive samples, fewer than 2 distinct values
     <= xmax, or an xmin that leaves fewer than 2 distinct tail values.
     """
-    sample = as_float_array(x, "x", ndim=1, dtype=_kernel_dtype(x))
+    sample = as_float_array(x, "x", ndim=1, dtype=kernel_dtype(x))
     bad = int(np.count_nonzero(sample <= 0))
     if bad:
         raise ValueError(f"x must contain only positive values, got {bad} value(s) <= 0 out of {sample.size}")

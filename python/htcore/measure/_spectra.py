@@ -1,6 +1,6 @@
 """Empirical spectral densities (ESD) of weight matrices and WeightWatcher's per-layer metrics.
 
-Convention (WeightWatcher's, see DESIGN.md): for W of shape (N, M) the ESD is the set of
+Convention (WeightWatcher's; docs/conventions.md, "Spectra (ESD)"): for W of shape (N, M) the ESD is the set of
 eigenvalues lambda_i = sigma_i^2 of W^T W (the squared singular values of W), with no 1/N
 scaling; a layer with several matrices (conv kernel positions) pools all their eigenvalues.
 
@@ -30,11 +30,11 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from . import _core
-from ._concurrent import ordered_map
-from ._validation import as_float_array, check_int
-from .powerlaw_fit import fit_powerlaw
-from .threads import get_num_threads
+from .. import _core
+from .._concurrent import ordered_map
+from .._threads import get_num_threads
+from .._validation import as_float_array, check_int
+from ._powerlaw_fit import fit_powerlaw
 
 # WeightWatcher 0.7.7: eigenvalues <= EVALS_THRESH are dropped before the power-law fit, and layers
 # with fewer than DEFAULT_MIN_EVALS eigenvalues are not analysed.
@@ -75,7 +75,7 @@ def esd(matrices: np.ndarray | Iterable[np.ndarray]) -> np.ndarray:
     """
     if isinstance(matrices, np.ndarray):
         matrices = [matrices]
-    with _single_threaded_blas():
+    with single_threaded_blas():
         parts = [_gram_eigenvalues(w) for w in matrices]
     if not parts:
         raise ValueError("matrices must contain at least one 2-D array")
@@ -162,7 +162,7 @@ _controller = None
 
 
 @contextlib.contextmanager
-def _single_threaded_blas() -> Iterator[None]:
+def single_threaded_blas() -> Iterator[None]:
     """Limit the BLAS/LAPACK libraries numpy and scipy use to one thread while any thread is
     inside this context (needs threadpoolctl; without it the libraries keep their own setting).
 

@@ -24,8 +24,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._validation import check_int
-from .csr import CSRMatrix
+from .._validation import check_int
+from ..sparse import CSRMatrix
 
 _KIND_BITS = 3  # linear, flatten, relu, gelu, tanh, softmax (6 kinds)
 

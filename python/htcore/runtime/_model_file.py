@@ -24,10 +24,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ._version import __version__
-from .csr import CSRMatrix
-from .runtime import ACTIVATION_KINDS, Activation, CompressedModel, Flatten, Linear
-from .safetensors_io import SafetensorsFile, save_safetensors
+from .._version import __version__
+from ..io import SafetensorsFile, save_safetensors
+from ..sparse import CSRMatrix
+from ._model import ACTIVATION_KINDS, Activation, CompressedModel, Flatten, Linear
 
 FORMAT = "htcore-compressed-model"
 FORMAT_VERSION = 1

@@ -12,8 +12,8 @@ from typing import Optional
 
 import numpy as np
 
-from . import _core
-from .csr import CSRMatrix
+from .. import _core
+from ._csr import CSRMatrix
 
 #: Largest mean row length (nnz / rows) for which SELL-8 is used. A x time against the CSR kernel,
 #: measured with a standalone C++ harness (median of 3000 calls): 0.48-0.50 at 8 values per row,
@@ -58,8 +58,9 @@ class SellMatrix:
         """Bytes of the layout's arrays (padding and row order included)."""
         return sum(a.nbytes for a in (self.perm, self.slice_ptr, self.indices, self.data))
 
-    def _matvec(self, x: np.ndarray, bias: Optional[np.ndarray], activation: str, out: np.ndarray) -> np.ndarray:
-        """out = act(A x + bias) for contiguous float32 x (cols elements), bias (rows) and out (rows)."""
+    def matvec_into(self, x: np.ndarray, bias: Optional[np.ndarray], activation: str, out: np.ndarray) -> np.ndarray:
+        """out = act(A x + bias) for C-contiguous float32 x (cols elements), bias (rows, or None) and
+        out (rows); ``activation`` as in `CSRMatrix.product_into`. No checks beyond the kernel's. Returns ``out``."""
         _core.sell_spmv(self.perm, self.slice_ptr, self.indices, self.data, self.shape[0], self.shape[1],
                         x, bias, activation, out)
         return out

@@ -18,6 +18,8 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
+from ..errors import SafetensorsError
+
 # safetensors dtype code -> numpy dtype (little-endian). BF16 has no numpy dtype: it is widened
 # to float32 on read.
 _DTYPES: dict[str, np.dtype] = {
@@ -39,10 +41,6 @@ _CODES = {np.dtype(v).newbyteorder("<") if v.itemsize > 1 else np.dtype(v): k fo
 
 # A header larger than this is refused rather than parsed (the reference implementation uses 100 MB).
 MAX_HEADER_BYTES = 100_000_000
-
-
-class SafetensorsError(ValueError):
-    """A safetensors file is malformed, truncated or inconsistent."""
 
 
 class TensorInfo:

@@ -17,19 +17,16 @@ Everything is computed in float32 (float64 CSR weights are converted when the la
 Inputs are (batch, ...) arrays. Internally activations are kept as (features, batch), so the
 kernels read each weight row once per batch and no transposes happen between layers.
 Threads: a layer runs on one thread unless it has at least 2 x 8,192 multiply-adds ((nnz + out)
-* batch, see `htcore.csr`), so a batch of 1 through an MLP of Fashion-MNIST size at 10% density
+* batch, see `htcore.sparse.CSRMatrix`), so a batch of 1 through an MLP of Fashion-MNIST size at 10% density
 runs its two large layers on `htcore.get_num_threads()` threads and the 10-output layer serially.
 
 Batch 1 (A x) on short rows: a sparse Linear whose weight has float32 or float16 values (no
 codebook) and at most 128 values per row on average (nnz / out_features <= 128) also keeps a
-SELL-8 copy of its weight (rows sorted by length, eight rows per SIMD step; `htcore.sell`), built
-when the layer is constructed, and uses it for batches of 1; larger batches use the CSR kernel.
+SELL-8 copy of its weight (rows sorted by length, eight rows per SIMD step; `htcore.sparse.SellMatrix`),
+built when the layer is constructed, and uses it for batches of 1; larger batches use the CSR kernel.
 It costs extra memory of about 1.0-1.15x the CSR matrix (values and indices padded by 0-5% on
-uniform and top-k patterns, plus 4 bytes of row order per row). The threshold and the kernel
-measurements behind it: `htcore.sell.MAX_MEAN_ROW_LENGTH`. Through the runtime (Python call
-included, interleaved A/B, 2-core Zen 4): one Linear 3072x768 at 1% runs batch 1 in 0.60-0.62
-of the CSR path's time on 1 thread (0.72-0.76 on 2), 1024x784 at 10% in 0.85 (0.88-0.91), the
-MLP 784-1024-1024-10 at 10% in 0.84-0.89 (0.86-0.90).
+uniform and top-k patterns, plus 4 bytes of row order per row). Why and by how much it is faster:
+docs/performance.md, "SELL-8".
 Weights are immutable once a layer is built: changing a CSRMatrix's arrays afterwards is not
 seen by the SELL-8 copy.
 """
@@ -40,9 +37,8 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from ._validation import as_float_array
-from .csr import ACTIVATIONS, CSRMatrix, _kernel_input
-from .sell import SellMatrix, sell_eligible
+from .._validation import as_float_array
+from ..sparse import ACTIVATIONS, CSRMatrix, SellMatrix, as_kernel_array, sell_eligible
 
 ACTIVATION_KINDS = ACTIVATIONS + ("softmax",)
 
@@ -101,14 +97,14 @@ class Flatten:
     """(batch, d1, d2, ...) -> (batch, d1 * d2 * ...)."""
 
 
-Layer = Union[Linear, Activation, Flatten]
+RuntimeLayer = Union[Linear, Activation, Flatten]
 
 
 @dataclass(frozen=True)
 class _Step:
     """One step of the execution plan: a Linear with the activation fused into it, or a lone layer."""
 
-    layer: Layer
+    layer: RuntimeLayer
     activation: str = "none"
 
 
@@ -144,7 +140,7 @@ class CompressedModel:
         return next((l.in_features for l in self.layers if isinstance(l, Linear)), None)
 
     def __call__(self, X: Any) -> np.ndarray:
-        X = _kernel_input(X, "X", X.ndim if isinstance(X, np.ndarray) else None, np.float32)
+        X = as_kernel_array(X, "X", X.ndim if isinstance(X, np.ndarray) else None, np.float32)
         if not self._kernel_checks_input and X.size and not np.isfinite(X).all():
             raise ValueError("X contains non-finite values (NaN or Inf)")
         if X.ndim < 2:
@@ -186,10 +182,11 @@ class CompressedModel:
         """Convert a torch ``nn.Sequential`` (nested ones are flattened) of Linear, ReLU, GELU
         (approximate="none"), Tanh, Flatten (start_dim=1, end_dim=-1), Softmax (over the last
         dim), Dropout/Identity (skipped at inference) and ``htcore.nn.SparseLinear``. Dense
-        weights are copied as float32 (sparsify them with htcore.topk_sparsify elsewhere)."""
-        from .nn import layers_from_torch
+        weights are copied as float32 (sparsify them with htcore.topk_sparsify elsewhere).
+        Needs torch; the conversion is `htcore.nn.to_runtime_layers`."""
+        from ..nn import to_runtime_layers  # the one declared upward import (.importlinter): torch stays optional
 
-        return cls(layers_from_torch(module), metadata)
+        return cls(to_runtime_layers(module), metadata)
 
 
 def _plan(layers: list) -> list[_Step]:
@@ -213,9 +210,9 @@ def _linear(layer: Linear, h: np.ndarray, activation: str, batch_major: bool = F
     if layer.sparse:
         out = np.empty((layer.out_features, batch), np.float32)
         if batch == 1 and layer._sell is not None:  # (in, 1) and (1, in) are the same vector
-            layer._sell._matvec(np.ascontiguousarray(h.reshape(-1)), layer.bias, activation, out.reshape(-1))
+            layer._sell.matvec_into(np.ascontiguousarray(h.reshape(-1)), layer.bias, activation, out.reshape(-1))
             return out
-        return layer.weight._product(h, batch, layer.bias, activation, out, batch, 1, batch_major=batch_major)
+        return layer.weight.product_into(h, batch, layer.bias, activation, out, batch, 1, batch_major=batch_major)
     out = layer.weight @ (h.T if batch_major else h)
     if layer.bias is not None:
         out += layer.bias[:, None]
@@ -237,7 +234,7 @@ def _activate(h: np.ndarray, kind: str) -> np.ndarray:
     return e / e.sum(axis=0, keepdims=True)
 
 
-def _describe(layer: Layer) -> str:
+def _describe(layer: RuntimeLayer) -> str:
     if isinstance(layer, Linear):
         kind = "sparse" if layer.sparse else "dense"
         return f"Linear({layer.in_features}->{layer.out_features}, {kind}{', bias' if layer.bias is not None else ''})"

@@ -1,5 +1,5 @@
-"""`certify` and `search_bound`: generalization bounds for a compressed network from its own training
-error and its full description length (see `htcore.bounds` and `htcore.code_length`).
+"""`certify`: generalization bounds for a compressed network from its own training error and its
+full description length (see `htcore.bounds` and `htcore.code_length`).
 
 The (gamma, S) figures of Arora et al. (2018): gamma = max over the training set S of
 ||f(x) - g(x)||_inf between the outputs of the original net f and the compressed net g. Then every
@@ -14,9 +14,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .._validation import as_float_array, check_int, check_labels
 from . import bounds
-from ._validation import as_float_array, check_int, check_labels
-from .code_length import CodeLength, code_length
+from ._code_length import CodeLength, code_length
 
 _BATCH = 8192
 
@@ -166,46 +166,3 @@ def certify(compressed: Any, X_train: Any, y_train: Any, *, delta: float = 0.05,
         extra["test_error"] = float(np.mean(outputs(compressed, X_test).argmax(axis=1) != y_test))
     return BoundReport(m=m, delta=delta, train_error=train_error, code_bits=code.total_bits, code=code,
                        **forms, **extra)
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """The grid searched by `search_bound`: every setting with its report, and the tightest (kl)."""
-
-    settings: tuple[Mapping[str, Any], ...]
-    reports: tuple[BoundReport, ...]
-    best_index: int
-
-    @property
-    def best(self) -> BoundReport:
-        return self.reports[self.best_index]
-
-    @property
-    def best_settings(self) -> Mapping[str, Any]:
-        return self.settings[self.best_index]
-
-
-def search_bound(model: Any, X_train: Any, y_train: Any, *, grid: Sequence[Mapping[str, Any]], delta: float = 0.05,
-                 finetune: Mapping[str, Any] | None = None, X_test: Any = None, y_test: Any = None,
-                 with_original: bool = True, progress: bool = False) -> SearchResult:
-    """Compress ``model`` (a torch Sequential) with every setting in ``grid`` (dicts of `compress`
-    keywords: keep, per_layer, levels, bias_precision, and finetune to override the shared one),
-    certify each with ceil log2(len(grid)) search bits charged, and return all reports and the one
-    with the lowest kl bound. ``finetune`` is passed to every compression (unless the setting gives
-    its own), with (X_train, y_train) as training data; settings differing only in levels or
-    bias_precision share one pruning and fine-tuning (`htcore.compress.compress_grid`). ``progress``
-    shows a bar on stderr.
-    """
-    from ._progress import progress as progress_bar
-    from .compress import compress_grid
-
-    grid = tuple(dict(g) for g in grid)
-    check_int(len(grid), "len(grid)", low=1)
-    reports = []
-    compressed_models = compress_grid(model, grid, finetune=finetune, train_data=(X_train, y_train))
-    for _, compressed in progress_bar(compressed_models, enabled=progress, desc="search_bound", total=len(grid),
-                                      unit="setting"):
-        reports.append(certify(compressed, X_train, y_train, delta=delta, original=model if with_original else None,
-                               X_test=X_test, y_test=y_test, settings_tried=len(grid)))
-    best = int(np.argmin([r.kl for r in reports]))
-    return SearchResult(settings=grid, reports=tuple(reports), best_index=best)

@@ -1,6 +1,6 @@
 """Tail-index estimators of a positive sample: Hill, moments (Dekkers-Einmahl-de Haan), Pickands.
 
-Conventions (``../shared/DESIGN.md``): ``alpha`` is the tail index, P(X > x) ~ x^(-alpha), and
+Conventions (docs/conventions.md, "Tail index and pdf exponent"): ``alpha`` is the tail index, P(X > x) ~ x^(-alpha), and
 ``xi = 1 / alpha``. This is NOT the power-law pdf exponent (p(x) ~ x^(-a), a = alpha + 1) that the
 ``powerlaw`` package and WeightWatcher call "alpha"; see :func:`htcore.fit_powerlaw` for that.
 
@@ -56,8 +56,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
-from ._validation import as_float_array, check_fraction, check_int, make_rng
+from .. import _core
+from .._validation import as_float_array, check_fraction, check_int, make_rng
 
 # Double-bootstrap settings (Voitalov et al.'s defaults, plus htcore's cap on the k range).
 _DBS_RESAMPLES = 500
@@ -105,13 +105,13 @@ def element_sample(W: Any) -> np.ndarray:
     return mags[mags > 0]
 
 
-def _kernel_dtype(x: Any) -> type:
+def kernel_dtype(x: Any) -> type:
     """float32 stays float32 (the kernels widen it exactly, without a float64 copy); the rest is float64."""
     return np.float32 if np.asarray(x).dtype == np.float32 else np.float64
 
 
 def _positive_sample(x: Any) -> np.ndarray:
-    arr = as_float_array(x, "x", ndim=1, dtype=_kernel_dtype(x))
+    arr = as_float_array(x, "x", ndim=1, dtype=kernel_dtype(x))
     bad = int(np.count_nonzero(arr <= 0))
     if bad:
         raise ValueError(

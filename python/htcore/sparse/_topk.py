@@ -26,9 +26,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import _core
-from ._validation import FLOAT_DTYPES, as_float_array, check_fraction, check_int
-from .csr import CSRMatrix
+from .. import _core
+from .._validation import FLOAT_DTYPES, as_float_array, check_fraction, check_int
+from ._csr import CSRMatrix
 
 _MODES = ("matrix", "row", "col")
 _SELECT_NOTHING = 2**64 - 1  # a threshold key above every finite |w|

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .report import LayerReport, ModelReport
+    from ._report import LayerReport, ModelReport
 
 
 def plot_report(report: "ModelReport", directory: str | os.PathLike) -> list[str]:

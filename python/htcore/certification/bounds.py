@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import check_int
+from .._validation import check_int
 
 FORMS = ("kl", "binomial", "hoeffding", "catoni")
 

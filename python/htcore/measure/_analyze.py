@@ -7,16 +7,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._concurrent import ordered_map
-from ._progress import progress as progress_bar
-from ._validation import check_fraction
-from .layers import Layer, load_layers
-from .powerlaw_fit import fit_powerlaw
-from .report import ElementTails, LayerReport, ModelReport
-from .spectra import _single_threaded_blas, esd, spectral_metrics, splits_into_blocks
-from .tails import element_sample, hill
-from .threads import get_num_threads
-from .topk import compressibility_curve
+from .._concurrent import ordered_map
+from .._progress import progress as progress_bar
+from .._threads import get_num_threads
+from .._validation import check_fraction
+from ..errors import DegenerateSampleWarning
+from ..io import Layer, load_layers
+from ..sparse import compressibility_curve
+from ._powerlaw_fit import fit_powerlaw
+from ._report import ElementTails, LayerReport, ModelReport
+from ._spectra import esd, single_threaded_blas, spectral_metrics, splits_into_blocks
+from ._tails import element_sample, hill
 
 DEFAULT_KEEPS = (0.01, 0.05, 0.1, 0.25, 0.5)
 # Element fits scan every distinct |w| as xmin up to this many samples, a log-spaced grid of
@@ -50,7 +51,7 @@ def analyze(
         metrics: ``alpha`` is WeightWatcher's alpha, the **pdf exponent** of the ESD's power-law tail
         (not a tail index), with ``xmin``, ``xmax``, ``ks_distance``, ``num_spikes``,
         ``alpha_weighted``, ``log_norm``, ``log_spectral_norm``, ``stable_rank``
-        (see `htcore.spectra.spectral_metrics`). Conv kernels pool one ESD over kernel positions.
+        (see `htcore.measure.spectral_metrics`). Conv kernels pool one ESD over kernel positions.
     elements : measure the tail of |w| over all entries of the tensor (zeros dropped): the Hill
         tail index alpha (P(|w| > x) ~ x^-alpha) at the double-bootstrap k with its 95% CI
         (`htcore.hill`, seed 0) and the Clauset power-law fit's tail index (`htcore.fit_powerlaw`;
@@ -64,7 +65,7 @@ def analyze(
     Threads: the ESDs of up to ``htcore.get_num_threads()`` small layers are computed concurrently
     (one BLAS thread each, and htcore's own eigenvalue solver, whose calls overlap where LAPACK's
     do not) while this thread takes the layers in order; a big layer
-    (more than 2^21 entries, such as an embedding; `htcore.spectra.splits_into_blocks`) is computed
+    (more than 2^21 entries, such as an embedding; `htcore.measure._spectra.splits_into_blocks`) is computed
     alone, its Gram row blocks shared between the threads. So at most one big tensor and a few
     small ones are read at a time. Every number is identical at any thread count.
     """
@@ -75,7 +76,7 @@ def analyze(
     else:
         pairs = ((layer, None) for layer in layers)
     rows = []
-    with _single_threaded_blas():  # entered here, around the workers' ESDs (see its docstring)
+    with single_threaded_blas():  # entered here, around the workers' ESDs (see its docstring)
         for layer, evals in progress_bar(pairs, enabled=progress, desc="htcore analyze", unit="layer"):
             rows.append(_layer_report(layer, evals, elements=elements, keeps=keeps))
             del layer, evals  # release the tensor before the next big one is read
@@ -126,7 +127,7 @@ def _element_tails(name: str, sample: np.ndarray) -> ElementTails | None:
         h = hill(sample, random_state=0)
         fit = fit_powerlaw(sample, candidates=None if sample.size <= ELEMENT_FIT_EXACT_MAX else ELEMENT_FIT_CANDIDATES)
     except ValueError as exc:  # e.g. heavily quantized weights whose ties leave no estimate
-        warnings.warn(f"{name}: no element tail estimate ({exc})", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"{name}: no element tail estimate ({exc})", DegenerateSampleWarning, stacklevel=3)
         return None
     return ElementTails(
         n=int(sample.size),

@@ -4,7 +4,7 @@ public API (each step below is what a user would type).
 1. **Train** a ReLU MLP with torch (`htcore.datasets`, `htcore.train.train_mlp`).
 2. **Analyze** its heavy tails (`htcore.analyze` -> `ModelReport`, with its PNG plots).
 3. **Compress and certify**: a small grid of per-layer keep fractions x codebook levels, each
-   setting compressed (`htcore.compress.compress_grid`: `htcore.compress` per setting, sharing the
+   setting compressed (`htcore.compression.compress_grid`: `htcore.compress` per setting, sharing the
    fine-tuning between settings that differ only in levels) and certified (`htcore.certify`, with
    the grid size charged in the code length, so picking the best setting afterwards is paid for).
    This loop is what `htcore.search_bound` does; it is spelled out to keep the chosen model.
@@ -35,7 +35,7 @@ import numpy as np
 
 import htcore
 
-from ._validation import check_fraction, check_int
+from .._validation import check_fraction, check_int
 
 DATASETS = ("digits", "fashion-mnist")
 DELTA = 0.05  # bounds hold with probability >= 1 - DELTA
@@ -159,7 +159,7 @@ def _analyze(figures: dict, model: Any, out: Path, progress: bool) -> None:
 
 def _compress_certify(figures: dict, model: Any, data: Any, preset: Preset, candidates: list, seed: int,
                       progress: bool):
-    from htcore.compress import compress_grid, linear_names
+    from htcore.compression import compress_grid, linear_names
     from tqdm.auto import tqdm
 
     linears = linear_names(model)  # the keys of compress's per_layer
@@ -224,7 +224,7 @@ def _median_seconds(dense: Any, sparse: Any, calls: int) -> tuple[float, float]:
 # ---- step 5: the report -----------------------------------------------------------------------
 
 def _write_report(figures: dict, out: Path) -> None:
-    from .html_report import Section, write_html
+    from ._html_report import Section, write_html
 
     figures["plots"] = figures["tails"]["plots"] + [_plot_bound(figures, out), _plot_runtime(figures, out)]
     figures["files"] = ["report.html", "report.json", "model.safetensors", "inputs.npy", *figures["plots"]]

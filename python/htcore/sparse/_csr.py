@@ -1,7 +1,7 @@
 """`CSRMatrix`: htcore's compressed sparse row matrix, the output of top-k selection and the input
 of the runtime kernels.
 
-Storage (chosen for CPU bandwidth, see DESIGN.md "Runtime"):
+Storage (chosen for CPU bandwidth; docs/performance.md, "CSR kernels"):
 - ``indptr``: int32, or int64 when nnz >= 2**31; length rows + 1, starts at 0, non-decreasing.
 - ``indices``: column of each stored value; uint16 when the matrix has <= 65536 columns, else int32
   (int64 accepted and narrowed). Within a row, columns are strictly increasing.
@@ -27,8 +27,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import _core
-from ._validation import as_float_array
+from .. import _core
+from .._validation import as_float_array
 
 _INDPTR_DTYPES = (np.int32, np.int64)
 _INDEX_DTYPES = (np.uint16, np.int32)
@@ -219,26 +219,29 @@ class CSRMatrix:
     def matvec(self, x: Any, out: Optional[np.ndarray] = None) -> np.ndarray:
         """y = A x for a vector x of length cols. float32 (float64 for float64 matrices);
         ``out`` (C-contiguous, that dtype, shape (rows,)) receives the result if given."""
-        x = _kernel_input(x, "x", 1, self.dtype)
+        x = as_kernel_array(x, "x", 1, self.dtype)
         if x.shape[0] != self.shape[1]:
             raise ValueError(f"x has {x.shape[0]} entries but the matrix has {self.shape[1]} columns")
-        return self._product(x, 1, None, "none", _output(out, (self.shape[0],), self.dtype, x), 1, 1)
+        return self.product_into(x, 1, None, "none", _output(out, (self.shape[0],), self.dtype, x), 1, 1)
 
     def matmat(self, X: Any, out: Optional[np.ndarray] = None) -> np.ndarray:
         """Y = A X for X of shape (cols, k); Y has shape (rows, k). ``out`` as in `matvec`."""
-        X = _kernel_input(X, "X", 2, self.dtype)
+        X = as_kernel_array(X, "X", 2, self.dtype)
         if X.shape[0] != self.shape[1]:
             raise ValueError(f"X has {X.shape[0]} rows but the matrix has {self.shape[1]} columns")
         k = X.shape[1]
-        return self._product(X, k, None, "none", _output(out, (self.shape[0], k), self.dtype, X), k, 1)
+        return self.product_into(X, k, None, "none", _output(out, (self.shape[0], k), self.dtype, X), k, 1)
 
     def __matmul__(self, other: Any) -> np.ndarray:
         return self.matvec(other) if np.ndim(other) == 1 else self.matmat(other)
 
-    def _product(self, x: np.ndarray, k: int, bias: Optional[np.ndarray], activation: str, out: np.ndarray,
+    def product_into(self, x: np.ndarray, k: int, bias: Optional[np.ndarray], activation: str, out: np.ndarray,
                  row_stride: int, col_stride: int, batch_major: bool = False) -> np.ndarray:
-        """out[i*row_stride + j*col_stride] = act((A X)[i, j] + bias[i]) for validated, contiguous X
-        of shape (cols, k), or X^T of shape (k, cols) when ``batch_major``."""
+        """The raw product for runtimes that manage their own buffers (no checks beyond the kernel's):
+        out[i*row_stride + j*col_stride] = act((A X)[i, j] + bias[i]) for a C-contiguous X of shape
+        (cols, k) in this matrix's compute dtype, or X^T of shape (k, cols) when ``batch_major``.
+        ``activation`` is "none" or one of `ACTIVATIONS`; ``out`` must hold rows * k elements.
+        Returns ``out``."""
         _core.csr_spmm(self.indptr, self.indices, self.data, self.codebook, self.shape[0], self.shape[1],
                        x, k, batch_major, bias, activation, out, row_stride, col_stride)
         return out
@@ -265,26 +268,27 @@ def sparse_linear(X: Any, A: CSRMatrix, bias: Any = None, activation: Optional[s
     """
     if not isinstance(A, CSRMatrix):
         raise TypeError(f"A must be a CSRMatrix, got {type(A).__name__}")
-    X = _kernel_input(X, "X", (1, 2), A.dtype)
+    X = as_kernel_array(X, "X", (1, 2), A.dtype)
     out_features, in_features = A.shape
     if X.shape[-1] != in_features:
         raise ValueError(f"X has {X.shape[-1]} features but A has {in_features} columns (A is (out, in) = {A.shape})")
     if bias is not None:
-        bias = _kernel_input(bias, "bias", 1, A.dtype)
+        bias = as_kernel_array(bias, "bias", 1, A.dtype)
         if bias.shape[0] != out_features:
             raise ValueError(f"bias has {bias.shape[0]} entries but A has {out_features} rows")
     if activation is not None and activation not in ACTIVATIONS:
         raise ValueError(f"activation must be None or one of {ACTIVATIONS}, got {activation!r}")
     act = activation or "none"
     if X.ndim == 1:
-        return A._product(X, 1, bias, act, np.empty(out_features, A.dtype), 1, 1)
+        return A.product_into(X, 1, bias, act, np.empty(out_features, A.dtype), 1, 1)
     batch = X.shape[0]
     out = np.empty((batch, out_features), A.dtype)
-    return A._product(X, batch, bias, act, out, 1, out_features, batch_major=True)
+    return A.product_into(X, batch, bias, act, out, 1, out_features, batch_major=True)
 
 
-def _kernel_input(x: Any, name: str, ndim: Any, dtype: np.dtype) -> np.ndarray:
-    """``x`` as a C-contiguous array of the kernel's dtype. Arrays already in that form pass
+def as_kernel_array(x: Any, name: str, ndim: Any, dtype: np.dtype) -> np.ndarray:
+    """``x`` as a C-contiguous array of the kernel's ``dtype`` with ``ndim`` dimensions (an int, a tuple
+    of allowed ones, or None for any), ready for `CSRMatrix.product_into`. Arrays already in that form pass
     straight through (this runs on every product, so it must cost far less than a small SpMV);
     the kernels themselves refuse NaN and Inf."""
     dims = (ndim,) if isinstance(ndim, int) else ndim

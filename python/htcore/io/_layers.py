@@ -24,7 +24,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from .safetensors_io import SafetensorsFile
+from ._safetensors import SafetensorsFile
 
 KINDS = ("linear", "conv", "embedding", "other")
 

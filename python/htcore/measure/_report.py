@@ -1,6 +1,6 @@
 """The per-layer table `htcore.analyze` returns, and its CSV / JSON / markdown / pandas / plot outputs.
 
-Column conventions (see DESIGN.md). ``alpha`` is WeightWatcher's alpha: the **pdf exponent** of the
+Column conventions (docs/conventions.md). ``alpha`` is WeightWatcher's alpha: the **pdf exponent** of the
 power-law tail fitted to the layer's ESD (eigenvalues of W^T W), so it compares directly with
 ``weightwatcher``'s tables. Element columns are tail indices of |w| (P(|w| > x) ~ x^-alpha, pdf
 exponent = tail index + 1) and say so in their names.
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .spectra import SpectralMetrics
+from ._spectra import SpectralMetrics
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class ModelReport:
     """Per-layer heavy-tail analysis of a model (the result of `htcore.analyze`).
 
     Columns: ``name``, ``kind``, ``shape``, ``num_params``; spectral (WeightWatcher 0.7.7
-    definitions, `htcore.spectra.SpectralMetrics`): ``num_evals``, ``alpha`` (ESD pdf exponent),
+    definitions, `htcore.measure.SpectralMetrics`): ``num_evals``, ``alpha`` (ESD pdf exponent),
     ``xmin``, ``xmax``, ``ks_distance``, ``num_spikes``, ``alpha_weighted``, ``log_norm``,
     ``log_spectral_norm``, ``stable_rank``; elements (`ElementTails`): ``element_n``,
     ``element_tail_index`` (Hill) with ``element_tail_index_ci_low/high`` and ``element_hill_k``,
@@ -197,7 +197,7 @@ class ModelReport:
         """Write PNGs to ``directory`` (created if needed) and return their paths: one per layer
         (ESD on log-log axes with the fitted power-law tail; CCDF of |w| with the Hill fit) and
         ``compressibility.png`` (relative error vs keep, every layer). Needs matplotlib."""
-        from .plots import plot_report
+        from ._plots import plot_report
 
         return plot_report(self, directory)
 

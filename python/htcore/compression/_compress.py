@@ -17,40 +17,18 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ._validation import as_float_array, check_fraction, check_int
-from .csr import CSRMatrix
-from .train import as_training_tensors, fit
+from .._validation import check_fraction, check_int
+from ..runtime import CompressedModel, Linear
+from ..sparse import CSRMatrix, topk_sparsify
+from ..train import as_training_tensors, fit
+from ._codebook import kmeans_1d
 
-_KMEANS_MAX_ITER = 300
 
+def _as_sequential(model: Any) -> Any:
+    """`htcore.nn.to_torch`, imported on first use so that ``import htcore`` never imports torch."""
+    from ..nn import to_torch
 
-def kmeans_1d(values: Any, levels: int) -> tuple[np.ndarray, np.ndarray]:
-    """One-dimensional k-means with the deterministic quantile init described in the module docstring.
-
-    Returns ``(codebook, assignment)``: the sorted distinct centres (float64, at most ``levels`` of
-    them; empty clusters are dropped) and, per value, the index of its nearest centre (int64).
-    """
-    values = as_float_array(values, "values", ndim=1, dtype=np.float64)
-    levels = check_int(levels, "levels", low=1)
-    if values.size == 0:
-        return np.zeros(0), np.zeros(0, np.int64)
-    centres = np.unique(np.quantile(values, (np.arange(levels) + 0.5) / levels))
-    order = np.argsort(values, kind="stable")
-    sorted_vals = values[order]
-    for _ in range(_KMEANS_MAX_ITER):
-        # nearest centre by the midpoints between sorted centres (exact for 1-D)
-        assign_sorted = np.searchsorted((centres[1:] + centres[:-1]) / 2.0, sorted_vals, side="right")
-        sums = np.bincount(assign_sorted, weights=sorted_vals, minlength=centres.size)
-        counts = np.bincount(assign_sorted, minlength=centres.size)
-        used = counts > 0
-        new = sums[used] / counts[used]
-        if new.size == centres.size and np.array_equal(new, centres):
-            break
-        centres = new
-    assign_sorted = np.searchsorted((centres[1:] + centres[:-1]) / 2.0, sorted_vals, side="right")
-    assignment = np.empty(values.size, np.int64)
-    assignment[order] = assign_sorted
-    return centres, assignment
+    return to_torch(model)
 
 
 def _linear_layers(model: Any) -> list[tuple[str, Any]]:
@@ -68,38 +46,7 @@ def _linear_layers(model: Any) -> list[tuple[str, Any]]:
 
 def linear_names(model: Any) -> list[str]:
     """Names of the Linear layers of a torch Sequential or runtime model, the keys of ``per_layer``."""
-    return [name for name, _ in _linear_layers(as_sequential(model))]
-
-
-def as_sequential(model: Any) -> Any:
-    """``model`` as a torch ``nn.Sequential``: returned as is when it is one; a runtime
-    `CompressedModel` (e.g. from `htcore.load_compressed`) is rebuilt layer by layer (sparse weights
-    densified, float32)."""
-    import torch
-    import torch.nn as nn
-
-    from . import runtime
-
-    if isinstance(model, nn.Sequential):
-        return model
-    if not isinstance(model, runtime.CompressedModel):
-        raise TypeError(f"model must be a torch.nn.Sequential or a htcore CompressedModel, got {type(model).__name__}")
-    activations = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "softmax": lambda: nn.Softmax(dim=-1)}
-    modules = []
-    for layer in model.layers:
-        if isinstance(layer, runtime.Linear):
-            weight = layer.weight.todense() if layer.sparse else layer.weight
-            linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-            with torch.no_grad():
-                linear.weight.copy_(torch.from_numpy(np.array(weight, np.float32)))
-                if layer.bias is not None:
-                    linear.bias.copy_(torch.from_numpy(np.array(layer.bias)))
-            modules.append(linear)
-        elif isinstance(layer, runtime.Activation):
-            modules.append(activations[layer.kind]())
-        else:
-            modules.append(nn.Flatten())
-    return nn.Sequential(*modules).eval()
+    return [name for name, _ in _linear_layers(_as_sequential(model))]
 
 
 def _keep_fractions(names: list[str], keep: Any, per_layer: Mapping[Any, Any] | None) -> dict[str, float]:
@@ -159,7 +106,7 @@ def compress(model: Any, *, keep: float | None = None, per_layer: Mapping[Any, f
              levels: int | None = None, finetune: Mapping[str, Any] | None = None,
              train_data: tuple[Any, Any] | None = None, bias_precision: str = "float32") -> Any:
     """Compress a ``torch.nn.Sequential`` of Linear/activation/Flatten layers (or a dense runtime
-    `CompressedModel`, see `as_sequential`) into a runtime model.
+    `CompressedModel`, rebuilt by `htcore.nn.to_torch`) into a runtime model.
 
     Parameters
     ----------
@@ -187,7 +134,7 @@ def compress(model: Any, *, keep: float | None = None, per_layer: Mapping[Any, f
         levels = check_int(levels, "levels", low=1, high=256)
     if bias_precision not in ("float32", "float16"):
         raise ValueError(f"bias_precision must be 'float32' or 'float16', got {bias_precision!r}")
-    return _finish(_prune(as_sequential(model), keep, per_layer, finetune, train_data), levels, bias_precision)
+    return _finish(_prune(_as_sequential(model), keep, per_layer, finetune, train_data), levels, bias_precision)
 
 
 def compress_grid(model: Any, grid: Sequence[Mapping[str, Any]], *, finetune: Mapping[str, Any] | None = None,
@@ -196,7 +143,7 @@ def compress_grid(model: Any, grid: Sequence[Mapping[str, Any]], *, finetune: Ma
     ``grid`` (``finetune`` and ``train_data`` are the defaults for settings that do not give their own),
     pruning and fine-tuning once per distinct (keep, per_layer, finetune): settings that differ only
     in ``levels`` or ``bias_precision`` share that work. Results equal separate `compress` calls."""
-    model = as_sequential(model)
+    model = _as_sequential(model)
     cache: dict[str, _Pruned] = {}
     for settings in grid:
         kwargs = {"finetune": finetune, "train_data": train_data, **settings}
@@ -223,8 +170,6 @@ class _Pruned:
 def _prune(model: Any, keep: Any = None, per_layer: Any = None, finetune: Any = None, train_data: Any = None) -> _Pruned:
     """Stage 1: validate, keep the top-k entries, fine-tune with the mask fixed."""
     import torch
-
-    from . import topk_sparsify
 
     fractions = _keep_fractions([name for name, _ in _linear_layers(model)], keep, per_layer)
     settings = None if finetune is None else _check_finetune(finetune)
@@ -266,7 +211,7 @@ def _finish(pruned: _Pruned, levels: int | None, bias_precision: str) -> Any:
     """Stage 2 (on a copy of the stage-1 model): quantise, shared-weight fine-tune, round biases, build."""
     import torch
 
-    from . import runtime
+    from ..nn import to_runtime_layers
 
     model = copy.deepcopy(pruned.model)
     linears = dict(_linear_layers(model))
@@ -288,10 +233,10 @@ def _finish(pruned: _Pruned, levels: int | None, bias_precision: str) -> Any:
                 if module.bias is not None:
                     module.bias.copy_(module.bias.half().float())
 
-    layers = list(runtime.CompressedModel.from_torch(model).layers)
+    layers = to_runtime_layers(model)
     linear_names = iter(name for name, _ in _linear_layers(model))
     for position, layer in enumerate(layers):
-        if not isinstance(layer, runtime.Linear):
+        if not isinstance(layer, Linear):
             continue
         name = next(linear_names)
         if name not in masks:
@@ -305,7 +250,7 @@ def _finish(pruned: _Pruned, levels: int | None, bias_precision: str) -> Any:
         else:
             weight = linears[name].weight.detach().numpy().astype(np.float32)
             csr = CSRMatrix(weight[rows, cols], cols, indptr, mask.shape)
-        layers[position] = runtime.Linear(csr, layer.bias)
+        layers[position] = Linear(csr, layer.bias)
     metadata = {"compress": {"keep": dict(pruned.fractions), "levels": levels,
                              "finetune": settings, "bias_precision": bias_precision}}
-    return runtime.CompressedModel(layers, metadata=metadata)
+    return CompressedModel(layers, metadata=metadata)
