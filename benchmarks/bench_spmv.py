@@ -190,7 +190,7 @@ def spmv_methods(As: dict, S, W, x, streamed: bool) -> dict:
     m["mkl"] = [lambda s=s: sparse_dot_mkl.dot_product_mkl(s, x) for s in scis]
     m["scipy"] = [lambda s=s: s @ x for s in scis]
     m["numpy-dense"] = [lambda D=D: D @ x for D in dens]
-    m["torch-dense"] = [lambda D=torch.from_numpy(D): torch.mv(D, xt) for D in dens]
+    m["torch-dense"] = [lambda D=D: torch.mv(D, xt) for D in map(torch.from_numpy, dens)]
     return m
 
 

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 import htcore
-from htcore.measure import DEFAULT_KEEPS, analyze_layer
 from htcore.io import save_safetensors
-from htcore.measure import esd, spectral_metrics
+from htcore.measure import DEFAULT_KEEPS, analyze_layer, esd, spectral_metrics
 
 
 def weights(seed=0):

@@ -8,8 +8,7 @@ import scipy.sparse as sp
 import scipy.special
 
 import htcore
-from htcore import CSRMatrix, sparse_linear
-from htcore import _core
+from htcore import CSRMatrix, _core, sparse_linear
 
 FORMATS = {
     "f32-u16": dict(),

@@ -20,11 +20,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import htcore
-from htcore import CSRMatrix, load_compressed, save_compressed
-from htcore import _core
+from htcore import CSRMatrix, _core, load_compressed, save_compressed
 from htcore.cli import main
-from htcore.runtime import Activation, CompressedModel, Linear
 from htcore.io import SafetensorsFile, save_safetensors
+from htcore.runtime import Activation, CompressedModel, Linear
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))

@@ -2,7 +2,6 @@
 reference, with both kernel paths; its use inside runtime.Linear; malformed layouts raise."""
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 import htcore
 from htcore import CSRMatrix, _core, load_compressed, save_compressed

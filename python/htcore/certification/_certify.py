@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from .._validation import as_float_array, check_int, check_labels
+from .._validation import as_float_array, check_labels
 from . import bounds
 from ._code_length import CodeLength, code_length
 

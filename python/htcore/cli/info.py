@@ -7,8 +7,8 @@ import json
 import platform
 
 from .. import _core
-from .._version import __version__
 from .._threads import get_num_threads
+from .._version import __version__
 
 OPTIONAL_PACKAGES = ["torch", "safetensors", "matplotlib", "sklearn", "powerlaw", "weightwatcher", "sparse_dot_mkl"]
 

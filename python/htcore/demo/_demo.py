@@ -159,8 +159,9 @@ def _analyze(figures: dict, model: Any, out: Path, progress: bool) -> None:
 
 def _compress_certify(figures: dict, model: Any, data: Any, preset: Preset, candidates: list, seed: int,
                       progress: bool):
-    from htcore.compression import compress_grid, linear_names
     from tqdm.auto import tqdm
+
+    from htcore.compression import compress_grid, linear_names
 
     linears = linear_names(model)  # the keys of compress's per_layer
     grid = [dict(per_layer=dict(zip(linears, keeps)), levels=levels, bias_precision="float16")
@@ -198,7 +199,7 @@ def _deploy_and_time(figures: dict, model: Any, compressed: Any, data: Any, out:
         for batch in TIMING_BATCHES:
             X = np.resize(data.X_test, (batch, data.X_test.shape[1]))  # repeats samples if batch > n_test
             Xt = torch.from_numpy(X)
-            dense_s, sparse_s = _median_seconds(lambda: model(Xt), lambda: runtime(X), calls=max(10, 1024 // batch))
+            dense_s, sparse_s = _median_seconds(lambda Xt=Xt: model(Xt), lambda X=X: runtime(X), calls=max(10, 1024 // batch))
             rows.append({"batch": batch, "dense_torch_ms": dense_s * 1e3, "htcore_ms": sparse_s * 1e3,
                          "speedup": dense_s / sparse_s})
     figures["runtime"] = {"threads": threads, "repeats": TIMING_REPEATS, "batches": rows,
