@@ -186,10 +186,12 @@ def _torch_load(path: str) -> Mapping:
 
 def _from_npz(path: str) -> Iterator[tuple]:
     try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise ValueError("not an .npz archive")
-        arrays = {name: archive[name] for name in archive.files}
+        # Our own handle: np.load leaves its file open when the zip directory is corrupt.
+        with open(path, "rb") as f:
+            archive = np.load(f, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise ValueError("not an .npz archive")
+            arrays = {name: archive[name] for name in archive.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path}: not a readable .npz archive of numeric arrays (pickled objects are refused): {_reason(exc)}") from None
     return _from_mapping(arrays)
