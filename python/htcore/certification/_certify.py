@@ -83,6 +83,7 @@ class BoundReport:
 
 def outputs(model: Any, X: np.ndarray) -> np.ndarray:
     """Outputs (n, classes) of a torch module, a runtime CompressedModel or any callable, in batches."""
+    torch: Any
     try:
         import torch
     except ImportError:  # torch is optional: then the model is a runtime model or a callable
@@ -147,7 +148,7 @@ def certify(compressed: Any, X_train: Any, y_train: Any, *, delta: float = 0.05,
     check_labels(y_train, m, "y_train", n_classes=g_scores.shape[1])
     errors = int(np.sum(g_scores.argmax(axis=1) != y_train))
     train_error = errors / m
-    forms = {form: bounds.occam_bound(train_error, m, code.total_bits, delta, form=form) for form in bounds.FORMS}
+    forms: dict[str, Any] = {form: bounds.occam_bound(train_error, m, code.total_bits, delta, form=form) for form in bounds.FORMS}
     extra: dict[str, Any] = {}
     if original is not None:
         f_scores = outputs(original, X_train)

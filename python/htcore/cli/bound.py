@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_compressed(args.model)
     data = load_data(args.data)
-    test = dict(X_test=data.X_test, y_test=data.y_test) if data.X_test is not None else {}
+    test: dict[str, Any] = dict(X_test=data.X_test, y_test=data.y_test) if data.X_test is not None else {}
     if args.search:
         result = search_bound(model, data.X_train, data.y_train, grid=default_grid(model), delta=args.delta,
                               finetune=dict(epochs=3), progress=not args.json, **test)

@@ -67,7 +67,7 @@ def _check_finetune(finetune: Mapping[str, Any]) -> dict[str, Any]:
     unknown = set(finetune) - allowed
     if unknown:
         raise ValueError(f"finetune has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
-    out = {"epochs": check_int(finetune.get("epochs", 3), "finetune['epochs']", low=0),
+    out: dict[str, Any] = {"epochs": check_int(finetune.get("epochs", 3), "finetune['epochs']", low=0),
            "batch_size": check_int(finetune.get("batch_size", 128), "finetune['batch_size']", low=1),
            "codebook_epochs": check_int(finetune.get("codebook_epochs", 1), "finetune['codebook_epochs']", low=0),
            "seed": check_int(finetune.get("seed", 0), "finetune['seed']", low=0)}
@@ -164,7 +164,7 @@ class _Pruned:
     masks: dict
     fractions: dict
     settings: dict | None
-    data: tuple | None
+    data: tuple[Any, Any] | None  # (X, y) training tensors when fine-tuning
 
 
 def _prune(model: Any, keep: Any = None, per_layer: Any = None, finetune: Any = None, train_data: Any = None) -> _Pruned:
@@ -193,6 +193,7 @@ def _prune(model: Any, keep: Any = None, per_layer: Any = None, finetune: Any = 
             linears[name].weight.mul_(torch.from_numpy(mask.astype(np.float32)))
 
     if settings is not None:
+        assert data is not None  # made above whenever there are settings
         tensor_masks = [(linears[name].weight, torch.from_numpy(mask.astype(np.float32))) for name, mask in masks.items()]
 
         def reapply() -> None:
@@ -224,6 +225,7 @@ def _finish(pruned: _Pruned, levels: int | None, bias_precision: str) -> Any:
             book, assignment = kmeans_1d(values, levels)
             quantised[name] = (book, assignment, mask)
         if settings is not None:
+            assert pruned.data is not None  # stage 1 kept the training data for fine-tuning
             model.train()
             quantised = _shared_weight_finetune(model, quantised, *pruned.data, settings)
     model.eval()

@@ -125,6 +125,7 @@ def _train(figures: dict, dataset: str, preset: Preset, seed: int):
     from htcore.train import train_mlp
 
     data = load_digits(random_state=seed) if dataset == "digits" else load_fashion_mnist()
+    assert data.X_test is not None and data.y_test is not None  # both loaders return a test split
     model = train_mlp(data.X_train, data.y_train, hidden=preset.hidden, epochs=preset.epochs, lr=preset.lr, seed=seed)
     figures["data"] = {"m": int(data.y_train.size), "n_test": int(data.y_test.size),
                        "features": int(data.X_train.shape[1]), "classes": int(data.y_train.max()) + 1}
@@ -164,7 +165,7 @@ def _compress_certify(figures: dict, model: Any, data: Any, preset: Preset, cand
     from htcore.compression import compress_grid, linear_names
 
     linears = linear_names(model)  # the keys of compress's per_layer
-    grid = [dict(per_layer=dict(zip(linears, keeps)), levels=levels, bias_precision="float16")
+    grid: list[dict[str, Any]] = [dict(per_layer=dict(zip(linears, keeps)), levels=levels, bias_precision="float16")
             for keeps in candidates for levels in preset.levels]
     finetune = {**preset.finetune, "seed": seed}
     models, reports = [], []

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -71,6 +71,7 @@ def analyze(
     """
     keeps = _check_keeps(keeps)
     layers = load_layers(source, include=include, exclude=exclude)
+    pairs: Iterable[tuple[Layer, np.ndarray | None]]
     if spectral:
         pairs = ordered_map(_layer_esd, layers, workers=get_num_threads(), exclusive=_big_layer)
     else:
@@ -100,7 +101,6 @@ def _big_layer(layer: Layer) -> bool:
 
 def _layer_report(layer: Layer, evals: np.ndarray | None, *, elements: bool, keeps: Sequence[float]) -> LayerReport:
     """The row of ``layer`` given its ESD (None: no spectral metrics)."""
-    spectral = evals is not None
     element_tails = ccdf = None
     if elements:
         sample = element_sample(layer.weight)
@@ -114,7 +114,7 @@ def _layer_report(layer: Layer, evals: np.ndarray | None, *, elements: bool, kee
         name=layer.name,
         kind=layer.kind,
         shape=layer.shape,
-        spectral=spectral_metrics(evals) if spectral else None,
+        spectral=spectral_metrics(evals) if evals is not None else None,
         elements=element_tails,
         rel_error=rel_error,
         evals=evals,

@@ -23,7 +23,7 @@ counts those above xmax).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -64,7 +64,7 @@ def _optional_positive(value: Any, name: str) -> float | None:
         return None
     if isinstance(value, bool) or not np.isscalar(value) or not np.isreal(value):
         raise TypeError(f"{name} must be a positive number or None, got {value!r}")
-    value = float(value)
+    value = float(cast(Any, value))  # a real scalar: checked just above
     if not (np.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive finite number, got {value}")
     return value

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..runtime import Activation, CompressedModel, Flatten, Linear, RuntimeLayer
+from ..sparse import CSRMatrix
 from ._sparse_linear import SparseLinear
 
 # Runtime activation kind -> a fresh torch module computing it. The reverse direction is
@@ -83,7 +84,7 @@ def to_torch(model: Any) -> nn.Sequential:
     modules: list[nn.Module] = []
     for layer in model.layers:
         if isinstance(layer, Linear):
-            weight = layer.weight.todense() if layer.sparse else layer.weight
+            weight = layer.weight.todense() if isinstance(layer.weight, CSRMatrix) else layer.weight
             linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
             with torch.no_grad():
                 linear.weight.copy_(torch.from_numpy(np.array(weight, np.float32)))

@@ -18,6 +18,8 @@ class SparseLinear(nn.Module):
     outputs carry no gradient. ``bias`` (optional) is kept as a float32 buffer.
     """
 
+    bias: Optional[torch.Tensor]
+
     def __init__(self, weight: CSRMatrix, bias: Any = None):
         super().__init__()
         if not isinstance(weight, CSRMatrix):

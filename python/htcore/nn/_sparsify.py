@@ -78,15 +78,16 @@ def sparsify_model(
         unknown = sorted(set(keeps) - known)
         if unknown:
             raise ValueError(f"keep names modules that are not nn.Linear in the model: {unknown[:5]}")
+        every = None
     else:
         keeps = None
-        keep = check_fraction(keep, "keep")
+        every = check_fraction(keep, "keep")
     selected = _selector(include)
     changed, skipped = [], []
     for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear):
             continue
-        fraction = keeps.get(name) if keeps is not None else keep
+        fraction = keeps.get(name) if keeps is not None else every
         if fraction is None or not selected(name, module):
             skipped.append(name)
             continue

@@ -207,7 +207,7 @@ def _linear(layer: Linear, h: np.ndarray, activation: str, batch_major: bool = F
     features, batch = (h.shape[1], h.shape[0]) if batch_major else h.shape
     if features != layer.in_features:
         raise ValueError(f"a Linear layer expects {layer.in_features} input features, got {features}")
-    if layer.sparse:
+    if isinstance(layer.weight, CSRMatrix):
         out = np.empty((layer.out_features, batch), np.float32)
         if batch == 1 and layer._sell is not None:  # (in, 1) and (1, in) are the same vector
             layer._sell.matvec_into(np.ascontiguousarray(h.reshape(-1)), layer.bias, activation, out.reshape(-1))

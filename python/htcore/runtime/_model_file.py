@@ -27,7 +27,7 @@ import numpy as np
 from .._version import __version__
 from ..io import SafetensorsFile, save_safetensors
 from ..sparse import CSRMatrix
-from ._model import ACTIVATION_KINDS, Activation, CompressedModel, Flatten, Linear
+from ._model import ACTIVATION_KINDS, Activation, CompressedModel, Flatten, Linear, RuntimeLayer
 
 FORMAT = "htcore-compressed-model"
 FORMAT_VERSION = 1
@@ -51,7 +51,8 @@ def save_compressed(path: str | os.PathLike, model: Any, provenance: Optional[di
             architecture.append({"type": "linear", "storage": "csr" if layer.sparse else "dense",
                                  "shape": list(layer.weight.shape), "bias": layer.bias is not None})
             w = layer.weight
-            if layer.sparse:
+            parts: dict[str, np.ndarray]
+            if isinstance(w, CSRMatrix):
                 parts = {"indptr": w.indptr, "indices": w.indices, "data": w.data}
                 if w.codebook is not None:
                     parts["codebook"] = w.codebook
@@ -82,7 +83,7 @@ def load_compressed(path: str | os.PathLike) -> CompressedModel:
         meta = _parse_metadata(f.metadata, where)
         tensors = {name: f[name] for name in f}
     expected: set[str] = set()
-    layers = []
+    layers: list[RuntimeLayer] = []
     for i, spec in enumerate(meta["architecture"]):
         at = f"{where}: architecture[{i}]"
         kind = _field(spec, "type", str, at)

@@ -75,6 +75,7 @@ class CSRMatrix:
     """
 
     __slots__ = ("data", "indices", "indptr", "shape", "codebook")
+    codebook: Optional[np.ndarray]
 
     def __init__(
         self,
@@ -212,7 +213,8 @@ class CSRMatrix:
         if values.dtype not in (torch.float16, torch.float32, torch.float64):
             values = values.to(torch.float32)
         indices = t.col_indices().numpy()
-        return cls(values.numpy(), indices, t.crow_indices().numpy(), tuple(t.shape),
+        rows, cols = t.shape
+        return cls(values.numpy(), indices, t.crow_indices().numpy(), (rows, cols),
                    index_dtype=np.int32 if indices.dtype == np.int32 else None)
 
     # ---- products ----
@@ -286,7 +288,7 @@ def sparse_linear(X: Any, A: CSRMatrix, bias: Any = None, activation: Optional[s
     return A.product_into(X, batch, bias, act, out, 1, out_features, batch_major=True)
 
 
-def as_kernel_array(x: Any, name: str, ndim: Any, dtype: np.dtype) -> np.ndarray:
+def as_kernel_array(x: Any, name: str, ndim: Any, dtype: np.dtype | type) -> np.ndarray:
     """``x`` as a C-contiguous array of the kernel's ``dtype`` with ``ndim`` dimensions (an int, a tuple
     of allowed ones, or None for any), ready for `CSRMatrix.product_into`. Arrays already in that form pass
     straight through (this runs on every product, so it must cost far less than a small SpMV);
