@@ -11,7 +11,7 @@
 // thread whatever is asked, and the table says how many it used). The same x, X and matrix are
 // used on every call, so everything the product touches stays in cache when it fits (4096x4096
 // at 10% is 13 MiB in float32 + int32, inside the 32 MiB L3 of the machine the notes come from).
-// The grid is walked --rounds times (default 3); in each round every (case, thread count) gets 3
+// The grid is walked --rounds times (default 5); in each round every (case, thread count) gets 3
 // warm-up calls, then up to reps / rounds timed calls or budget / rounds seconds, whichever ends
 // first. The table shows the median and the 10th percentile of all per-call times. Unless
 // GOMP_SPINCOUNT or OMP_WAIT_POLICY is set, the program runs itself again with GOMP_SPINCOUNT=30000,
@@ -182,9 +182,9 @@ Sell make_sell(const htcore::CsrRef& a) {
 }
 
 struct Options {
-  int reps = 1500;        // timed calls per (case, thread count), over all rounds
-  double budget = 0.3;    // seconds per (case, thread count), over all rounds
-  int rounds = 3;         // passes over the whole grid; each takes its share of reps and budget
+  int reps = 2500;        // timed calls per (case, thread count), over all rounds
+  double budget = 0.5;    // seconds per (case, thread count), over all rounds
+  int rounds = 5;         // passes over the whole grid; each takes its share of reps and budget
   std::vector<int> threads{1, 2};
   std::string out = KERNEL_BENCH_RESULTS;
 };
@@ -447,6 +447,16 @@ int main(int argc, char** argv) {
         "and Y (rows, 32) row-major (CSRMatrix.matmat); `X A^T, batch 32` = X (32, cols) and Y "
         "(32, rows), the blocked transpose of X included (sparse_linear). Whole run: "
      << fmt(wall, 0) << " s.\n\n";
+
+  int contended = 0, measured = 0;
+  for (const auto& row : timings)
+    for (const Timing& t : row) {
+      ++measured;
+      contended += t.median_us > 1.2 * t.p10_us;
+    }
+  md << "Noise: in " << contended << " of " << measured
+     << " (case, thread count) pairs the median is more than 1.2x the p10, a sign that other jobs took "
+        "the cores during part of that case; their medians overstate the kernel's time.\n\n";
 
   md << "| shape, density | values/row | op | values / columns |";
   for (int t : o.threads) md << " " << t << " thr: median µs (p10) | thr |";
