@@ -36,6 +36,7 @@ _VALUE_DTYPES = (np.float16, np.float32, np.float64)
 _CODE_DTYPES = (np.uint8, np.int8)
 _FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)  # built once: dtype runs on every product
 ACTIVATIONS = ("relu", "gelu", "tanh")
+_ACTIVATION_CODES = dict(_core.Activation.__members__)  # "none" and ACTIVATIONS -> kernel enum
 
 
 def index_dtype_for(n_cols: int) -> np.dtype:
@@ -239,8 +240,10 @@ class CSRMatrix:
                  row_stride: int, col_stride: int, batch_major: bool = False) -> np.ndarray:
         """out[i*row_stride + j*col_stride] = act((A X)[i, j] + bias[i]) for validated, contiguous X
         of shape (cols, k), or X^T of shape (k, cols) when ``batch_major``."""
-        _core.csr_spmm(self.indptr, self.indices, self.data, self.codebook, self.shape[0], self.shape[1],
-                       x, k, batch_major, bias, activation, out, row_stride, col_stride)
+        _core.csr_spmm(indptr=self.indptr, indices=self.indices, data=self.data, codebook=self.codebook,
+                       rows=self.shape[0], cols=self.shape[1], x=x, k=k, x_batch_major=batch_major, bias=bias,
+                       activation=_ACTIVATION_CODES[activation], out=out, out_row_stride=row_stride,
+                       out_col_stride=col_stride)
         return out
 
     def __repr__(self) -> str:

@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from . import _core
-from .csr import CSRMatrix
+from .csr import _ACTIVATION_CODES, CSRMatrix
 
 #: Largest mean row length (nnz / rows) for which SELL-8 is used. A x time against the CSR kernel,
 #: measured with a standalone C++ harness (median of 3000 calls): 0.48-0.50 at 8 values per row,
@@ -48,7 +48,8 @@ class SellMatrix:
             raise TypeError(f"SELL-8 needs float32 or float16 values without a codebook, got {A.data.dtype}"
                             + (" codes" if A.codebook is not None else ""))
         self.shape = A.shape
-        arrays = _core.sell_build(A.indptr, A.indices, A.data, A.shape[0], A.shape[1])
+        layout = _core.sell_build(indptr=A.indptr, indices=A.indices, data=A.data, rows=A.shape[0], cols=A.shape[1])
+        arrays = (layout.perm, layout.slice_ptr, layout.indices, layout.data)
         for a in arrays:
             a.flags.writeable = False
         self.perm, self.slice_ptr, self.indices, self.data = arrays
@@ -60,6 +61,7 @@ class SellMatrix:
 
     def _matvec(self, x: np.ndarray, bias: Optional[np.ndarray], activation: str, out: np.ndarray) -> np.ndarray:
         """out = act(A x + bias) for contiguous float32 x (cols elements), bias (rows) and out (rows)."""
-        _core.sell_spmv(self.perm, self.slice_ptr, self.indices, self.data, self.shape[0], self.shape[1],
-                        x, bias, activation, out)
+        _core.sell_spmv(perm=self.perm, slice_ptr=self.slice_ptr, indices=self.indices, data=self.data,
+                        rows=self.shape[0], cols=self.shape[1], x=x, bias=bias,
+                        activation=_ACTIVATION_CODES[activation], out=out)
         return out

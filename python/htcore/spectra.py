@@ -109,7 +109,7 @@ def _gram_eigenvalues(w: np.ndarray) -> np.ndarray:
 def _gram_spectrum(gram: np.ndarray) -> np.ndarray:
     """Eigenvalues of a finite float64 Gram matrix, from the solver `OWN_SOLVER_MAX_SIZE` picks."""
     if gram.shape[0] <= OWN_SOLVER_MAX_SIZE and _core.symmetric_eigenvalues_uses_avx2():
-        return _core.symmetric_eigenvalues(gram, _MAX_SWEEPS)
+        return _core.symmetric_eigenvalues(a=gram, max_sweeps=_MAX_SWEEPS)
     return np.linalg.eigvalsh(gram)
 
 
@@ -136,7 +136,7 @@ def symmetric_eigenvalues(matrix: np.ndarray, *, max_sweeps: int = _MAX_SWEEPS) 
     a = as_float_array(matrix, "matrix", ndim=2, dtype=np.float64)
     if a.shape[0] != a.shape[1]:
         raise ValueError(f"matrix must be square, got shape {a.shape}")
-    return _core.symmetric_eigenvalues(a, check_int(max_sweeps, "max_sweeps", low=0, high=1_000_000))
+    return _core.symmetric_eigenvalues(a=a, max_sweeps=check_int(max_sweeps, "max_sweeps", low=0, high=1_000_000))
 
 
 def _block_rows(shape: tuple[int, ...]) -> int:

@@ -24,4 +24,4 @@ def set_num_threads(n: int) -> None:
         raise TypeError(f"num_threads must be an integer, got {type(n).__name__}") from None
     if n < 1:
         raise ValueError(f"num_threads must be >= 1, got {n}")
-    _core.set_num_threads(n)
+    _core.set_num_threads(n=n)

@@ -26,11 +26,11 @@ def collect() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "compiler": build["compiler"],
-        "build_flags": build["build_flags"],
-        "openmp": build["openmp_version"],
+        "compiler": build.compiler,
+        "build_flags": build.build_flags,
+        "openmp": build.openmp_version,
         "threads": get_num_threads(),
-        "simd": list(build["simd"]),
+        "simd": list(build.simd),
         "optional": {name: importlib.util.find_spec(name) is not None for name in OPTIONAL_PACKAGES},
     }
 
