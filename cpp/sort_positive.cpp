@@ -72,7 +72,7 @@ void msd_sort(double* a, double* b, std::size_t m) {
 }
 
 template <class T>
-std::unique_ptr<double[]> sort_widened(const T* x, long long n) {
+std::unique_ptr<double[]> sort_widened(const T* x, std::int64_t n) {
   const std::size_t size = static_cast<std::size_t>(n);
   std::unique_ptr<double[]> out(new double[size]);
   if (size < (1u << 14)) {
@@ -144,7 +144,7 @@ std::unique_ptr<double[]> sort_widened(const T* x, long long n) {
 
 }  // namespace
 
-std::unique_ptr<double[]> sorted_positive(const double* x, long long n) { return sort_widened(x, n); }
-std::unique_ptr<double[]> sorted_positive(const float* x, long long n) { return sort_widened(x, n); }
+std::unique_ptr<double[]> sorted_positive(const double* x, std::int64_t n) { return sort_widened(x, n); }
+std::unique_ptr<double[]> sorted_positive(const float* x, std::int64_t n) { return sort_widened(x, n); }
 
 }  // namespace htcore

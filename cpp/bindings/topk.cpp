@@ -41,16 +41,16 @@ const U* bits_of(const py::array& a) {
 
 // Hands a kernel's buffer to numpy without copying.
 template <class T>
-py::array to_numpy(topk::Buffer<T>&& buffer, const py::dtype& dtype) {
-  auto* owned = new topk::Buffer<T>(std::move(buffer));
-  py::capsule owner(owned, [](void* p) { delete static_cast<topk::Buffer<T>*>(p); });
+py::array to_numpy(Buffer<T>&& buffer, const py::dtype& dtype) {
+  auto* owned = new Buffer<T>(std::move(buffer));
+  py::capsule owner(owned, [](void* p) { delete static_cast<Buffer<T>*>(p); });
   return py::array(dtype, {static_cast<py::ssize_t>(owned->size)}, {static_cast<py::ssize_t>(sizeof(T))},
                    owned->data(), owner);
 }
 
 template <class U>
-std::vector<topk::Segment<U>> segments_of(const py::list& arrays) {
-  std::vector<topk::Segment<U>> segments;
+std::vector<TopkSegment<U>> segments_of(const py::list& arrays) {
+  std::vector<TopkSegment<U>> segments;
   for (const auto& item : arrays) {
     const auto a = item.cast<py::array>();
     segments.push_back({bits_of<U>(a), static_cast<std::int64_t>(a.size())});
@@ -80,13 +80,13 @@ TopkCsrArrays csr_arrays(const py::array& w, Build&& build) {
   return finish(without_gil(std::int32_t{}));
 }
 
-topk::Selection select(const py::list& arrays, const std::vector<std::int64_t>& ks, bool sums,
+TopkSelection select(const py::list& arrays, const std::vector<std::int64_t>& ks, bool sums,
                        const std::string& name) {
-  return with_float_bits<topk::Selection>(arrays[0].cast<py::array>(), [&](auto tag) {
+  return with_float_bits<TopkSelection>(arrays[0].cast<py::array>(), [&](auto tag) {
     using U = decltype(tag);
     const auto segments = segments_of<U>(arrays);
     py::gil_scoped_release release;
-    return topk::select<U>(segments, ks, sums, name);
+    return topk_select<U>(segments, ks, sums, name);
   });
 }
 
@@ -95,7 +95,7 @@ std::int64_t k_for_rel_error(const py::list& arrays, double max_rel_error, const
     using U = decltype(tag);
     const auto segments = segments_of<U>(arrays);
     py::gil_scoped_release release;
-    return topk::k_for_rel_error<U>(segments, max_rel_error, name);
+    return topk_k_for_rel_error<U>(segments, max_rel_error, name);
   });
 }
 
@@ -103,7 +103,7 @@ TopkCsrArrays csr_threshold(const py::array& w, std::uint64_t key, std::int64_t 
   return with_float_bits<TopkCsrArrays>(w, [&](auto tag) {
     using U = decltype(tag);
     return csr_arrays<U>(w, [&](auto idx, const U* x, std::int64_t rows, std::int64_t cols) {
-      return topk::csr_by_threshold<U, decltype(idx)>(x, rows, cols, key, tie_budget);
+      return topk_csr_threshold<U, decltype(idx)>(x, rows, cols, key, tie_budget);
     });
   });
 }
@@ -112,7 +112,7 @@ TopkCsrArrays csr_matrix(const py::array& w, std::int64_t k, const std::string& 
   return with_float_bits<TopkCsrArrays>(w, [&](auto tag) {
     using U = decltype(tag);
     return csr_arrays<U>(w, [&](auto idx, const U* x, std::int64_t rows, std::int64_t cols) {
-      return topk::csr_matrix<U, decltype(idx)>(x, rows, cols, k, name);
+      return topk_csr_matrix<U, decltype(idx)>(x, rows, cols, k, name);
     });
   });
 }
@@ -123,8 +123,8 @@ TopkCsrArrays csr_per_group(const py::array& w, std::int64_t k, TopkGroup by, co
     using U = decltype(tag);
     return csr_arrays<U>(w, [&](auto idx, const U* x, std::int64_t rows, std::int64_t cols) {
       using Idx = decltype(idx);
-      return by == TopkGroup::row ? topk::csr_rows<U, Idx>(x, rows, cols, k, name)
-                                  : topk::csr_cols<U, Idx>(x, rows, cols, k, name);
+      return by == TopkGroup::row ? topk_csr_rows<U, Idx>(x, rows, cols, k, name)
+                                  : topk_csr_cols<U, Idx>(x, rows, cols, k, name);
     });
   });
 }
@@ -136,18 +136,18 @@ void register_topk(py::module_& m) {
       .value("row", TopkGroup::row, "k in every row, ties to the lowest column.")
       .value("col", TopkGroup::col, "k in every column, ties to the lowest row.");
 
-  py::class_<topk::Selected>(m, "TopkTarget", "The k-th largest |x| for one requested k (see topk_select).")
-      .def_readonly("key", &topk::Selected::key, "Bits of |x| at the threshold, as an unsigned integer.")
-      .def_readonly("value", &topk::Selected::value, "|x| at the threshold, as a float (exact).")
-      .def_readonly("greater", &topk::Selected::greater, "Entries with |x| > value.")
-      .def_readonly("ties", &topk::Selected::ties, "Entries with |x| == value.")
-      .def_readonly("tail_sq", &topk::Selected::tail_sq,
+  py::class_<TopkTarget>(m, "TopkTarget", "The k-th largest |x| for one requested k (see topk_select).")
+      .def_readonly("key", &TopkTarget::key, "Bits of |x| at the threshold, as an unsigned integer.")
+      .def_readonly("value", &TopkTarget::value, "|x| at the threshold, as a float (exact).")
+      .def_readonly("greater", &TopkTarget::greater, "Entries with |x| > value.")
+      .def_readonly("ties", &TopkTarget::ties, "Entries with |x| == value.")
+      .def_readonly("tail_sq", &TopkTarget::tail_sq,
                     "Sum of x^2 over the entries not among the top k, in the scaled units of total_sq (only with "
                     "sums; only ratios to total_sq are meaningful).");
 
-  py::class_<topk::Selection>(m, "TopkSelection", "Result of topk_select.")
-      .def_readonly("targets", &topk::Selection::targets, "One TopkTarget per requested k, in the order of ks.")
-      .def_readonly("total_sq", &topk::Selection::total_sq,
+  py::class_<TopkSelection>(m, "TopkSelection", "Result of topk_select.")
+      .def_readonly("targets", &TopkSelection::targets, "One TopkTarget per requested k, in the order of ks.")
+      .def_readonly("total_sq", &TopkSelection::total_sq,
                     "Sum of x^2 over all entries, in scaled units (only with sums).");
 
   py::class_<TopkCsrArrays>(m, "TopkCsr", "CSR arrays of a top-k selection (owned by numpy, no copies made).")
