@@ -27,29 +27,20 @@ using namespace detail;
 
 // Each thread gets at least this many multiply-adds ((nnz + rows) * k), so a product under twice
 // this size runs on the calling thread with no fork/join. The product is one parallel region
-// (for A X^T the transpose of X included), so its fork/join is paid once. Measured on the 2-core
-// EPYC (Zen 4, libgomp, GOMP_SPINCOUNT=30000, interleaved against torch CSR): with the worker
-// still spinning, a region costs a few µs, so a second thread pays off from ~16k multiply-adds
-// (768x3072 at 1%, 24k nnz: 11.8 -> 10.7 µs; at 5%, 118k nnz: 33.6 -> 19.7 µs; the MLP
-// 784-1024-1024-10 at 10%, batch 1: 58 -> 37 µs). The trade-off: a worker that has gone to sleep
-// (idle longer than its spin count, or a core taken by another process) costs a wake-up of
-// 10 µs to, on a loaded machine, 1-2 ms, and a smaller grain exposes more small products to it.
-// (Rows dealt out in 4 chunks per thread from an atomic counter, so a slowed thread takes fewer,
-// measured no better, idle or next to a busy process: 0.94-1.07x. The region's closing barrier
-// still waits for a worker the scheduler has paused.)
+// (for A X^T the transpose of X included), so its fork/join is paid once. While the worker still
+// spins a region costs a few µs, so a second thread pays off from about twice this size; a worker
+// that has gone to sleep (or whose core another process holds) costs a wake-up, and a smaller
+// grain would expose more small products to it. Rows are split statically: dealing them out from
+// an atomic counter was no better (the region's closing barrier still waits for a paused worker).
+// Measured: docs/performance.md, "CSR kernels".
 constexpr std::int64_t kParallelGrain = 1 << 13;
 
 // A x prefetches kPrefetchAhead values ahead in its 16-value loop (the hardware prefetchers stop
 // at 4 KiB pages, and each stream crosses one every 512-2048 values) when the matrix has at least
 // kPrefetchBytes of values and indices (it comes from memory) and kPrefetchRow values per row on
-// average. Measured on Zen 4, interleaved A/B over 128 MiB of streamed copies, int32 + float32,
-// time with / without, 1 and 2 threads:
-//   helped: 4096x4096 at 30% (1228 per row) 0.70-0.93, at 15% (614) 0.62-0.85; 2048x4096 at 20%
-//           (819) 0.63-0.86; 1024x16384 at 10-30% 0.74-0.92; 11008x4096 at 30% 0.84-0.90;
-//   hurt:   768x3072 at 30% (5.6 MB, 921 per row) 1.02-1.12; 16384x1024 at 10-30% (102-307 per
-//           row) 1.02-1.12; in L2 (768x3072, 1024x784 at 10%) 1.02-1.05;
-//   mixed:  4096x4096 at 10% (409 per row) 0.83-1.25 between runs; 11008x4096 at 10% 0.92-1.16.
-// (A guess at why rows matter: short rows leave the hardware prefetchers time between rows.)
+// average: it helps long rows streamed from memory and costs a little on short rows and on
+// matrices in cache (a guess at why rows matter: short rows leave the hardware prefetchers time).
+// Measured: docs/performance.md, "CSR kernels".
 constexpr std::int64_t kPrefetchBytes = std::int64_t(8) << 20, kPrefetchRow = 512, kPrefetchAhead = 512;
 
 // Output tiles of the batch (k > 1) kernels: kTileRows rows x kTile batch columns.
@@ -82,8 +73,9 @@ __attribute__((target("avx2"))) void transpose8x8(const float* src, std::int64_t
 // L1 when the row stride is a multiple of 4 KiB.) With AVX2 (vectorised; float only), full 8 x 8
 // blocks go through registers. Used for X^T (each thread transposes its share of the columns
 // inside the product's parallel region, so a batch costs one fork/join and the workers never
-// wait out a serial step) and to store output tiles for a transposed Y (see kChunkRows). (Columns
-// outer instead measured 2-8% slower, interleaved A/B.)
+// wait out a serial step) and to store output tiles for a transposed Y (see kChunkRows). Rows
+// outer: columns outer was slower.
+// Measured: docs/performance.md, "CSR kernels".
 template <class T>
 void transpose(const T* src, std::int64_t src_stride, std::int64_t n, std::int64_t c0, std::int64_t c1, T* dst, std::int64_t dst_stride,
                bool vectorised) {
@@ -123,8 +115,9 @@ __attribute__((target("avx2"))) void copy_rows_avx2(const float* src, std::int64
 #endif
 
 // dst[r * dst_stride + c] = src[r * src_stride + c] for r < n, c < w: the tile's rows into a
-// row-major Y. (GCC turns a copy loop into an inline `rep movsq`, ~40 cycles per 128-byte row on
-// Zen 4; a memcpy call per row was still a third of an empty 3072-row batch-32 product.)
+// row-major Y. With AVX2 the copy is explicit: GCC turns a copy loop into a slow inline
+// `rep movsq`, and a memcpy call per short row costs more than the copy.
+// Measured: docs/performance.md, "CSR kernels".
 template <class T>
 void copy_rows(const T* src, std::int64_t src_stride, std::int64_t n, std::int64_t w, T* dst, std::int64_t dst_stride, bool vectorised) {
 #ifdef HTCORE_CSR_X86
@@ -190,13 +183,11 @@ struct Job {
 // X A^T (torch's Linear) writes Y transposed: row stride 1, column stride rows, so a tile's
 // results for one batch column go to a row of Y, and the k rows of Y are 4 * rows bytes apart.
 // Stored straight there, a tile's 32-byte pieces went to k cache lines that all fall in one L1
-// set when 4 * rows is a multiple of 4 KiB (1024, 3072, 4096 rows; 2.5x slower than an unaligned
-// stride, and a second thread did not help). So tiles are transposed into a chunk buffer of
-// kChunkRows columns whose row stride is off the 4 KiB grid, and each chunk goes to Y as k
-// contiguous runs of whole cache lines. (3072x768, batch 32, interleaved A/B on Zen 4: an empty
-// matrix 61 -> 31 us, 1% density 76 -> 60 us, 5% 178 -> 163 us; 768 or 784 rows, unchanged.)
-// Each thread keeps its buffer between calls; past kChunkMaxBytes (k > 3276 in float32) tiles go
-// straight to Y.
+// set when 4 * rows is a multiple of 4 KiB (1024, 3072, 4096 rows; a second thread does not help).
+// So tiles are transposed into a chunk buffer of kChunkRows columns whose row stride is off the
+// 4 KiB grid, and each chunk goes to Y as k contiguous runs of whole cache lines. Each thread
+// keeps its buffer between calls; past kChunkMaxBytes (k > 3276 in float32) tiles go straight to Y.
+// Measured: docs/performance.md, "CSR kernels".
 constexpr std::int64_t kChunkRows = 64, kChunkStride = kChunkRows + 16;
 constexpr std::size_t kChunkMaxBytes = std::size_t(1) << 20;
 
@@ -312,24 +303,14 @@ HTCORE_AVX2_BEGIN
 // A x. After the 16-wide loop and one optional 8-wide step, the last 0..7 values of a row are one
 // masked 8-wide step (lanes past the row end get a zero value; they read the next row's entries,
 // which are valid columns) instead of a scalar loop whose data-dependent exit mispredicts: short
-// rows (1% density, ~8 values) were dominated by such mispredictions (3072x768 1%: 18.6 -> 15.5 µs).
+// rows (1% density, ~8 values) were dominated by such mispredictions.
 // Empty rows skip it. Within 8 values of the end of the arrays a scalar loop finishes the row.
-// (Tried and slower here: always two masked steps, hardware gathers, 4 accumulators, a scalar loop
-// for rows < 12, half the lanes as scalar FMAs. Measured again with a C++ harness, p10 of 3000
-// calls, 3072x768 with Poisson(8) rows / 768x3072 Poisson(31) / 1024x784 Poisson(78): a scalar
-// 4-sum kernel for the whole matrix 1.35x / 1.6x / 2.3x slower; two masked steps 1.18x slower at 8
-// per row; eight rows' sums reduced by one hadd tree, or buffered and stored eight at a time,
-// 0.97-1.5x; one movzx load per uint16 index or vgatherdps instead of gather8, 1.1x and 1.5x
-// slower; BMI2 shifts, no change. About 3 ns per row remain (an empty row costs 2.9 ns). Also
-// tried on Zen 4, same harness: AVX-512 vgatherdps over 16 values, 1.6-1.8x slower; eight rows per
-// vector (one lane per row) with hardware gathers of values, indices and x, 3-4x slower;
-// vbroadcastss + blends instead of inserts to assemble x, and a separate branch for empty rows:
-// within +-5%. Rows sorted per call into buckets by length (empty, 1-8, 9-16, longer; 256-row
-// blocks) so each bucket's loop has no data-dependent branch: 1.25-1.5x slower, the sorting costs
-// more than the mispredictions it removes; at ~8 values a row the ~45 instructions of the gather
-// and the sum are the limit, not the branches.)
+// The alternatives tried (more masked steps or accumulators, hardware or AVX-512 gathers, one row
+// per lane, rows bucketed by length) were slower: at ~8 values a row the gather and the sum are
+// the limit, not the branches.
+// Measured: docs/performance.md, "CSR kernels".
 // Plain: no bias and no activation, so each sum is stored as it is (a plain A x: the epilogue's
-// tests cost ~10% at 1% density, where a row is a handful of multiply-adds).
+// tests are a visible part of a row of a handful of multiply-adds).
 // Prefetch: a big matrix with long rows (kPrefetchBytes).
 template <bool Plain, bool Prefetch, class Ptr, class Idx, class V>
 void rows_vec(const Job<Ptr, Idx, V>& job, std::int64_t r0, std::int64_t r1) {
@@ -444,9 +425,9 @@ bool cpu_has_avx2() {
 }
 
 // The buffer for X^T, at least n elements. Up to 4 MiB it is the calling thread's kept buffer
-// (fresh, its page faults cost as much as the transpose: 768x3072 at 1%, batch 32, ~20 µs of
-// ~100). Larger ones go in `owned`, freed when the call returns, so one big batch does not pin its
-// memory for the life of the thread (and for those the page faults are a small part of the product).
+// (a fresh one's page faults would cost about as much as the transpose). Larger ones go in
+// `owned`, freed when the call returns, so one big batch does not pin its memory for the life of
+// the thread (and for those the page faults are a small part of the product).
 template <class T>
 T* transpose_buffer(std::size_t n, std::vector<T>& owned) {
   constexpr std::size_t kKeptBytes = std::size_t(4) << 20;
@@ -509,8 +490,8 @@ void run(const CsrRef& a, const Call& c) {
   };
   // A transposed X is checked for NaN/Inf by each thread on its share of X^T, just written and
   // still in cache, rather than in a serial pass over X before the region; no thread starts the
-  // product until every share has passed. (sparse_linear, interleaved A/B: 0.98-1.0 of the time
-  // at batch 32, 0.95 on 768x3072 at 1%, batch 256, 2 threads.)
+  // product until every share has passed.
+  // Measured: docs/performance.md, "CSR kernels".
   std::atomic<bool> x_finite{true};
   auto transpose_part = [&](int part) {
     if (!transposed) return;
@@ -519,12 +500,9 @@ void run(const CsrRef& a, const Call& c) {
     if (!finite(scratch + c0 * k, (c1 - c0) * k, avx2)) x_finite.store(false, std::memory_order_relaxed);
   };
   auto require_x_finite = [&] { require(x_finite.load(), [] { return non_finite_message("X"); }); };
-  // (Tried, interleaved A/B on 2 threads, not kept: each thread transposing all of X into its own
-  // buffer, so no X^T rows come from the other core's cache: 0.83 of the time on 768x3072 at 1%,
-  // batch 32, but 1.0-1.26 at 0.1% and 10% and on batch 256. Threads splitting the batch columns
-  // instead of the rows (each transposes and multiplies its own columns, reading all of A):
-  // 0.4-0.9 at batch 64-256 on most shapes, but 1.1-1.2 at batch 32 (half-width tiles) and
-  // 0.95-1.35 on 3072x768 at 10%, batch 256, with run-to-run swings of +-30%.)
+  // Threads split the rows and share one X^T: each thread transposing all of X, or threads
+  // splitting the batch columns instead, won on some shapes and lost on others, so neither was kept.
+  // Measured: docs/performance.md, "CSR kernels".
   if (parts == 1) {
     transpose_part(0);
     require_x_finite();

@@ -117,9 +117,8 @@ void slices_generic(const SellJob<Idx, V>& job, std::int64_t s0, std::int64_t s1
 
 #ifdef HTCORE_CSR_X86
 // One accumulator for narrow slices; four (consecutive steps rotate through them) from 4 steps
-// wide, where one would make each FMA wait on the previous one. Measured with a C++ harness
-// (3000 calls, median, against the CSR kernel): 1 vs 4 accumulators 0.48 vs 0.53 of CSR's time at
-// 8 values per row, 0.80 vs 0.75 at 410 per row (4096x4096 at 10%, in cache); the adaptive choice is within 3% of the best.
+// wide, where one would make each FMA wait on the previous one (narrow slices are faster with one).
+// Measured: docs/performance.md, "SELL-8".
 HTCORE_AVX2_BEGIN
 template <class Idx, class V>
 void slices_avx2(const SellJob<Idx, V>& job, std::int64_t s0, std::int64_t s1) {
@@ -227,8 +226,8 @@ void sell_spmv(const SellRef& a, const float* x, std::int64_t x_size, const floa
   }
   require(ok, "slice_ptr must start at 0, end at the number of entries and step by multiples of 8");
   require(a.rows <= INT32_MAX, [&] { return "SELL-8 needs rows < 2^31, got " + std::to_string(a.rows); });
-  // 32-bit signed compares, so the loop vectorises (a 64-bit compare per entry cost ~2 µs of a
-  // ~9 µs product at 3072 rows).
+  // 32-bit signed compares, so the loop vectorises (a 64-bit compare per entry is a visible part
+  // of a small product).
   const std::int32_t rows32 = static_cast<std::int32_t>(a.rows);
   std::int32_t out_of_range = 0;
   for (std::int64_t i = 0; i < a.rows; ++i) out_of_range |= (a.perm[i] < 0) | (a.perm[i] >= rows32);

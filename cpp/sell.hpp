@@ -11,8 +11,8 @@
 //   a gather of x and an FMA, with no per-row branch;
 // - results leave a slice through perm: each output row is written once, bias indexed by the
 //   original row.
-// Sorting keeps the padding small (measured 1.00-1.05x the nnz on uniform and Student-t top-k
-// patterns). Values are float32 or float16 (accumulated in float32); indices uint16 or int32.
+// Sorting keeps the padding small on top-k patterns (measured: docs/performance.md, "SELL-8").
+// Values are float32 or float16 (accumulated in float32); indices uint16 or int32.
 // Slices are split between threads by padded entries (split_rows_by_nnz on slice_ptr); each
 // output is computed by one thread in a fixed order, so results are bitwise identical at any
 // thread count. The AVX2 path is the CSR kernels' (same switch: csr_uses_avx2/csr_enable_avx2).
