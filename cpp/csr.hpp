@@ -6,8 +6,8 @@
 // A's values are float64, else float32.
 //
 // X is (cols, k) row-major, or (k, cols) row-major with x_batch_major (torch's Linear input; it
-// is then transposed into a scratch buffer by a blocked transpose first). Y[i, j] is written at y[i * y_row_stride + j * y_col_stride], so the
-// same kernel serves A x (k = 1), A X (Y row-major) and torch's Linear X A^T (Y transposed).
+// is then transposed into a scratch buffer by a blocked transpose first). Y[i, j] is written at y[i * y_row_stride + j
+// * y_col_stride], so the same kernel serves A x (k = 1), A X (Y row-major) and torch's Linear X A^T (Y transposed).
 //
 // Rows are split between threads by nnz (split_rows_by_nnz). Every output element is computed by
 // one thread in a fixed order, so results are bitwise identical at any thread count. On x86-64
@@ -39,8 +39,9 @@ struct CsrRef {
 // Y = act(A X + bias). x has x_size = cols * k elements, bias is null or has bias_size = rows
 // elements, y (y_size elements) holds the strided (rows, k) result. Throws std::invalid_argument
 // on inconsistent sizes.
-void csr_spmm(const CsrRef& a, const void* x, std::int64_t x_size, std::int64_t k, bool x_batch_major, const void* bias, std::int64_t bias_size,
-              Activation act, void* y, std::int64_t y_size, std::int64_t y_row_stride, std::int64_t y_col_stride);
+void csr_spmm(const CsrRef& a, const void* x, std::int64_t x_size, std::int64_t k, bool x_batch_major, const void* bias,
+              std::int64_t bias_size, Activation act, void* y, std::int64_t y_size, std::int64_t y_row_stride,
+              std::int64_t y_col_stride);
 
 // Threads one product uses: num_threads(), but no more than one per kParallelGrain multiply-adds
 // ((nnz + rows) * k), so a small product runs on the calling thread without a fork/join.

@@ -48,7 +48,8 @@ constexpr std::int64_t kTile = 32, kTileRows = 8;
 
 #ifdef HTCORE_CSR_X86
 // dst[c * dst_stride + r] = src[r * src_stride + c] for r, c < 8 (AVX2; callers check the CPU).
-__attribute__((target("avx2"))) void transpose8x8(const float* src, std::int64_t src_stride, float* dst, std::int64_t dst_stride) {
+__attribute__((target("avx2"))) void transpose8x8(const float* src, std::int64_t src_stride, float* dst,
+                                                  std::int64_t dst_stride) {
   __m256 r[8], t[8];
   for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * src_stride);
   for (int i = 0; i < 8; i += 2) {
@@ -77,8 +78,8 @@ __attribute__((target("avx2"))) void transpose8x8(const float* src, std::int64_t
 // outer: columns outer was slower.
 // Measured: docs/performance.md, "CSR kernels".
 template <class T>
-void transpose(const T* src, std::int64_t src_stride, std::int64_t n, std::int64_t c0, std::int64_t c1, T* dst, std::int64_t dst_stride,
-               bool vectorised) {
+void transpose(const T* src, std::int64_t src_stride, std::int64_t n, std::int64_t c0, std::int64_t c1, T* dst,
+               std::int64_t dst_stride, bool vectorised) {
   constexpr std::int64_t kBlock = 8;
   for (std::int64_t r0 = 0; r0 < n; r0 += kBlock) {
     const std::int64_t r1 = std::min(n, r0 + kBlock);
@@ -100,8 +101,8 @@ void transpose(const T* src, std::int64_t src_stride, std::int64_t n, std::int64
 // dst[r * dst_stride + c] = src[r * src_stride + c] for r < n, c < w (AVX2; callers check the CPU).
 // Source rows are read in whole groups of 8 (tile and chunk rows are that wide); stores past w
 // are masked.
-__attribute__((target("avx2"))) void copy_rows_avx2(const float* src, std::int64_t src_stride, std::int64_t n, std::int64_t w,
-                                                    float* dst, std::int64_t dst_stride) {
+__attribute__((target("avx2"))) void copy_rows_avx2(const float* src, std::int64_t src_stride, std::int64_t n,
+                                                    std::int64_t w, float* dst, std::int64_t dst_stride) {
   const __m256i tail =
       _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(w % 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   for (std::int64_t r = 0; r < n; ++r) {
@@ -119,7 +120,8 @@ __attribute__((target("avx2"))) void copy_rows_avx2(const float* src, std::int64
 // `rep movsq`, and a memcpy call per short row costs more than the copy.
 // Measured: docs/performance.md, "CSR kernels".
 template <class T>
-void copy_rows(const T* src, std::int64_t src_stride, std::int64_t n, std::int64_t w, T* dst, std::int64_t dst_stride, bool vectorised) {
+void copy_rows(const T* src, std::int64_t src_stride, std::int64_t n, std::int64_t w, T* dst, std::int64_t dst_stride,
+               bool vectorised) {
 #ifdef HTCORE_CSR_X86
   if constexpr (std::is_same<T, float>::value) {
     if (vectorised) return copy_rows_avx2(src, src_stride, n, w, dst, dst_stride);
@@ -144,8 +146,8 @@ struct Job {
   Acc* y;
   std::int64_t y_row_stride, y_col_stride;
   std::int64_t nnz;  // length of indices/data: a fixed-width chunk starting at p may read up to here
-  bool vectorised;  // the AVX2 kernels run (and store tiles through AVX2 transposes)
-  bool prefetch;    // A x reads the arrays ahead in software (see kPrefetchBytes)
+  bool vectorised;   // the AVX2 kernels run (and store tiles through AVX2 transposes)
+  bool prefetch;     // A x reads the arrays ahead in software (see kPrefetchBytes)
 
   bool plain() const { return bias == nullptr && act == Activation::none; }
   void store(std::int64_t row, std::int64_t col, Acc v) const {
@@ -223,10 +225,8 @@ void rows_tiled(const Job& job, std::int64_t r0, std::int64_t r1, Block block) {
         const std::int64_t w = std::min(kTile, job.k - j0);
         block(i0, n, j0, w, tile);
         job.finish_tile(i0, n, w, tile);
-        if (chunk)
-          transpose(tile, kTile, n, 0, w, chunk + j0 * kChunkStride + (i0 - c0), kChunkStride, job.vectorised);
-        else
-          job.store_tile(i0, n, j0, w, tile);
+        if (chunk) transpose(tile, kTile, n, 0, w, chunk + j0 * kChunkStride + (i0 - c0), kChunkStride, job.vectorised);
+        else job.store_tile(i0, n, j0, w, tile);
       }
     }
     if (chunk) copy_rows(chunk, kChunkStride, job.k, c1 - c0, job.y + c0, job.y_col_stride, job.vectorised);
@@ -274,7 +274,8 @@ void rows_generic(const Job<Ptr, Idx, V>& job, std::int64_t r0, std::int64_t r1)
   const Idx* idx = job.indices;
   const std::int64_t k = job.k;
   auto row = [&](std::int64_t i, std::int64_t j0, std::int64_t w, Acc* out) {
-    const std::int64_t begin = static_cast<std::int64_t>(job.indptr[i]), end = static_cast<std::int64_t>(job.indptr[i + 1]);
+    const std::int64_t begin = static_cast<std::int64_t>(job.indptr[i]),
+                       end = static_cast<std::int64_t>(job.indptr[i + 1]);
     Acc a[kTile] = {}, b[kTile] = {};
     std::int64_t p = begin;
     for (; p + 2 <= end; p += 2) {
@@ -342,10 +343,8 @@ void rows_vec(const Job<Ptr, Idx, V>& job, std::int64_t r0, std::int64_t r1) {
       for (; p < end; ++p) s += load_val(job.vals, p) * x[idx[p]];
     }
     const float sum = hsum(_mm256_add_ps(acc0, acc1)) + s;
-    if constexpr (Plain)
-      job.y[i * job.y_row_stride] = sum;
-    else
-      job.store(i, 0, sum);
+    if constexpr (Plain) job.y[i * job.y_row_stride] = sum;
+    else job.store(i, 0, sum);
     begin = end;
   }
 }
@@ -357,7 +356,8 @@ void rows_vec(const Job<Ptr, Idx, V>& job, std::int64_t r0, std::int64_t r1) {
 // row, so the row loop keeps its accumulators in registers: at 1% density (~8 values per row) a
 // call per row, with its spills, cost as much as the sums.
 template <int G, bool Masked, class Ptr, class Idx, class V>
-void tile_block(const Job<Ptr, Idx, V>& job, std::int64_t i0, std::int64_t n, std::int64_t j0, std::int64_t w, float* tile) {
+void tile_block(const Job<Ptr, Idx, V>& job, std::int64_t i0, std::int64_t n, std::int64_t j0, std::int64_t w,
+                float* tile) {
   const Idx* idx = job.indices;
   const std::int64_t k = job.k;
   const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(w - 8 * (G - 1))),
@@ -417,7 +417,8 @@ std::atomic<bool> g_avx2_enabled{true};
 
 bool cpu_has_avx2() {
 #ifdef HTCORE_CSR_X86
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  static const bool ok =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   return ok && g_avx2_enabled.load(std::memory_order_relaxed);
 #else
   return false;
@@ -462,20 +463,20 @@ void run(const CsrRef& a, const Call& c) {
 #ifdef HTCORE_CSR_X86
   vectorised = !std::is_same<V, double>::value && avx2;
 #endif
-  const Job<Ptr, Idx, V> job{static_cast<const Ptr*>(a.indptr),
-                             static_cast<const Idx*>(a.indices),
-                             Values<V>{static_cast<decltype(Values<V>::d)>(a.data), a.codebook},
-                             xs,
-                             k,
-                             static_cast<const Acc*>(c.bias),
-                             c.act,
-                             static_cast<Acc*>(c.y),
-                             c.rs,
-                             c.cs,
-                             a.nnz,
-                             vectorised,
-                             a.nnz * static_cast<std::int64_t>(sizeof(Idx) + sizeof(V)) >= kPrefetchBytes &&
-                                 a.nnz >= kPrefetchRow * a.rows};
+  const Job<Ptr, Idx, V> job{
+      static_cast<const Ptr*>(a.indptr),
+      static_cast<const Idx*>(a.indices),
+      Values<V>{static_cast<decltype(Values<V>::d)>(a.data), a.codebook},
+      xs,
+      k,
+      static_cast<const Acc*>(c.bias),
+      c.act,
+      static_cast<Acc*>(c.y),
+      c.rs,
+      c.cs,
+      a.nnz,
+      vectorised,
+      a.nnz * static_cast<std::int64_t>(sizeof(Idx) + sizeof(V)) >= kPrefetchBytes && a.nnz >= kPrefetchRow * a.rows};
   check_row_pointers(job.indptr, a.rows, a.nnz);
   const int parts = csr_threads(a.rows, a.nnz, k);
   std::vector<std::int64_t> bounds(parts + 1);
@@ -549,8 +550,9 @@ int csr_threads(std::int64_t rows, std::int64_t nnz, std::int64_t k) {
 
 void csr_enable_avx2(bool enabled) { g_avx2_enabled.store(enabled, std::memory_order_relaxed); }
 
-void csr_spmm(const CsrRef& a, const void* x, std::int64_t x_size, std::int64_t k, bool x_batch_major, const void* bias, std::int64_t bias_size,
-              Activation act, void* y, std::int64_t y_size, std::int64_t y_row_stride, std::int64_t y_col_stride) {
+void csr_spmm(const CsrRef& a, const void* x, std::int64_t x_size, std::int64_t k, bool x_batch_major, const void* bias,
+              std::int64_t bias_size, Activation act, void* y, std::int64_t y_size, std::int64_t y_row_stride,
+              std::int64_t y_col_stride) {
   require(a.rows >= 0 && a.cols >= 0 && a.nnz >= 0 && k >= 0, "shape, nnz and k must be non-negative");
   require(a.index_type != IndexType::u16 || a.cols <= 65536, "uint16 column indices need cols <= 65536");
   require(a.value_type != ValueType::code8 || (a.codebook != nullptr && a.codebook_size >= 1 && a.codebook_size <= 256),

@@ -35,7 +35,7 @@ inline float half_to_float(std::uint16_t h) {
     bits = sign | ((exp + 112) << 23) | (mant << 13);  // normal: rebias 15 -> 127
   } else if (mant == 0) {
     bits = sign;  // signed zero
-  } else {  // subnormal half: normalise
+  } else {        // subnormal half: normalise
     exp = 113;
     while ((mant & 0x400u) == 0) {
       mant <<= 1;
@@ -76,14 +76,10 @@ struct Values<std::uint8_t> {
 template <class T>
 inline T activate(T v, Activation act) {
   switch (act) {
-    case Activation::relu:
-      return v < T(0) ? T(0) : v;
-    case Activation::gelu:
-      return T(0.5) * v * (T(1) + std::erf(v * T(0.70710678118654752440)));
-    case Activation::tanh:
-      return std::tanh(v);
-    case Activation::none:
-      break;
+    case Activation::relu: return v < T(0) ? T(0) : v;
+    case Activation::gelu: return T(0.5) * v * (T(1) + std::erf(v * T(0.70710678118654752440)));
+    case Activation::tanh: return std::tanh(v);
+    case Activation::none: break;
   }
   return v;
 }
@@ -124,7 +120,8 @@ inline void check_row_pointers(const Ptr* indptr, std::int64_t rows, std::int64_
 // Functions between these two are compiled for AVX2+FMA+F16C (callers check the CPU first,
 // csr_uses_avx2), the rest of the build stays portable.
 #if defined(__clang__)
-#define HTCORE_AVX2_BEGIN _Pragma("clang attribute push(__attribute__((target(\"avx2,fma,f16c\"))), apply_to = function)")
+#define HTCORE_AVX2_BEGIN \
+  _Pragma("clang attribute push(__attribute__((target(\"avx2,fma,f16c\"))), apply_to = function)")
 #define HTCORE_AVX2_END _Pragma("clang attribute pop")
 #else
 #define HTCORE_AVX2_BEGIN _Pragma("GCC push_options") _Pragma("GCC target(\"avx2,fma,f16c\")")
@@ -159,8 +156,9 @@ HTCORE_ALWAYS_INLINE __m256 gather8(const float* x, const std::int32_t* idx) {
 // array; the address is computed as an integer, so no out-of-bounds pointer is formed.
 template <class T>
 HTCORE_ALWAYS_INLINE void prefetch(const T* a, std::int64_t i) {
-  _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(a) + static_cast<std::uintptr_t>(i) * sizeof(T)),
-               _MM_HINT_T0);
+  _mm_prefetch(
+      reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(a) + static_cast<std::uintptr_t>(i) * sizeof(T)),
+      _MM_HINT_T0);
 }
 
 HTCORE_ALWAYS_INLINE __m256 load_val8(const Values<float>& v, std::int64_t p) { return _mm256_loadu_ps(v.d + p); }

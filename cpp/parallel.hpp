@@ -22,7 +22,8 @@ void split_rows_by_nnz(const Ptr* indptr, std::int64_t n_rows, int parts, std::i
   for (int p = 1; p < parts; ++p) {  // first row starting at or after nnz * p / parts (binary search)
     const std::int64_t target = nnz * p / parts;
     bounds[p] = std::lower_bound(indptr + bounds[p - 1], indptr + n_rows, target,
-                                 [](Ptr v, std::int64_t t) { return static_cast<std::int64_t>(v) < t; }) - indptr;
+                                 [](Ptr v, std::int64_t t) { return static_cast<std::int64_t>(v) < t; }) -
+                indptr;
   }
   bounds[parts] = n_rows;
 }

@@ -39,7 +39,7 @@ constexpr double kBoundSlack = 1e-14;
 // ranks and logs. The logs overwrite the sorted copy (see distinct_values), so the values
 // themselves are gone once the candidates are chosen.
 struct DistinctTail {
-  std::vector<std::int64_t> below;  // samples strictly below u_j
+  std::vector<std::int64_t> below;    // samples strictly below u_j
   const double* log_value = nullptr;  // ln u_j
   std::int64_t n = 0;
   std::int64_t size() const { return static_cast<std::int64_t>(below.size()); }
@@ -68,9 +68,9 @@ void to_logs(double* values, DistinctTail& t) {
 }
 
 struct Candidate {
-  std::int64_t i;      // first distinct value in the tail
-  double xmin;      // need not be a sample value when fixed by the user
-  double log_xmin;  // ln xmin
+  std::int64_t i;           // first distinct value in the tail
+  double xmin;              // need not be a sample value when fixed by the user
+  double log_xmin;          // ln xmin
   long double log_sum = 0;  // sum of ln x over the samples >= u_i (set by add_log_sums)
 };
 
@@ -91,8 +91,7 @@ class TailModel {
  public:
   TailModel(const DistinctTail& t, const Candidate& c, double log_xmax) : t_(t), c_(c) {
     n_tail_ = t.n - t.below[static_cast<std::size_t>(c.i)];
-    const long double log_sum = c.log_sum -
-                                static_cast<long double>(n_tail_) * static_cast<long double>(c.log_xmin);
+    const long double log_sum = c.log_sum - static_cast<long double>(n_tail_) * static_cast<long double>(c.log_xmin);
     exponent_ = static_cast<double>(1.0L + static_cast<long double>(n_tail_) / log_sum);
     const double z = std::isfinite(log_xmax) ? -std::expm1((1.0 - exponent_) * (log_xmax - c.log_xmin)) : 1.0;
     inv_z_ = 1.0 / z;
@@ -105,7 +104,8 @@ class TailModel {
     return -std::expm1((1.0 - exponent_) * (t_.log_value[j] - c_.log_xmin)) * inv_z_;
   }
   double empirical(std::int64_t j) const {
-    return static_cast<double>(t_.below[static_cast<std::size_t>(j)] - t_.below[static_cast<std::size_t>(c_.i)]) * inv_n_;
+    return static_cast<double>(t_.below[static_cast<std::size_t>(j)] - t_.below[static_cast<std::size_t>(c_.i)]) *
+           inv_n_;
   }
 
  private:
@@ -123,15 +123,16 @@ void atomic_min(std::atomic<double>& target, double value) {
 
 // Exact KS distance of a candidate, or +inf as soon as it provably exceeds tau.
 // `hint` holds indices where recent candidates had their maximum; it is updated.
-double ks_distance_or_prune(const TailModel& model, std::int64_t first, std::int64_t last, const std::atomic<double>& tau,
-                            std::int64_t& hint) {
+double ks_distance_or_prune(const TailModel& model, std::int64_t first, std::int64_t last,
+                            const std::atomic<double>& tau, std::int64_t& hint) {
   const double bound = tau.load(std::memory_order_relaxed);
   if (hint > first && hint <= last) {
     if (std::fabs(model.fitted(hint) - model.empirical(hint)) > bound) return kInf;
   }
   // Coarse pass.
   const std::int64_t span = last - first;
-  const std::int64_t stride = std::max<std::int64_t>(1, static_cast<std::int64_t>(std::sqrt(static_cast<double>(span))));
+  const std::int64_t stride =
+      std::max<std::int64_t>(1, static_cast<std::int64_t>(std::sqrt(static_cast<double>(span))));
   std::vector<std::int64_t> points;
   for (std::int64_t j = first; j < last; j += stride) points.push_back(j);
   points.push_back(last);
@@ -226,7 +227,8 @@ PowerLawResult fit_powerlaw_of(const T* x, std::int64_t n, double xmax, double f
   std::int64_t best_c = -1;
   // A first pass over every stride-th candidate finds a small tau early, so that the full pass
   // prunes most candidates after one or a few points.
-  const std::int64_t stride = std::max<std::int64_t>(1, static_cast<std::int64_t>(std::sqrt(static_cast<double>(count)) / 4));
+  const std::int64_t stride =
+      std::max<std::int64_t>(1, static_cast<std::int64_t>(std::sqrt(static_cast<double>(count)) / 4));
   // Small fits run on one thread: waking a team costs more than they take.
   const bool parallel = static_cast<double>(count) * std::sqrt(static_cast<double>(last + 1)) > 2e5;
 #pragma omp parallel num_threads(htcore::num_threads()) if (parallel)

@@ -22,7 +22,8 @@ std::int64_t row_length(const Ptr* indptr, std::int64_t r) {
 }
 
 template <class Ptr>
-void layout(const Ptr* indptr, std::int64_t rows, std::int64_t nnz, std::vector<std::int32_t>& perm, std::vector<std::int64_t>& slice_ptr) {
+void layout(const Ptr* indptr, std::int64_t rows, std::int64_t nnz, std::vector<std::int32_t>& perm,
+            std::vector<std::int64_t>& slice_ptr) {
   check_row_pointers(indptr, rows, nnz);
   require(rows <= INT32_MAX, [&] { return "SELL-8 needs rows < 2^31, got " + std::to_string(rows); });
   // Counting sort by length, longest first; stable, so equal lengths keep their row order.
@@ -42,7 +43,8 @@ void layout(const Ptr* indptr, std::int64_t rows, std::int64_t nnz, std::vector<
 // Raw copies: Bits is the value's storage (std::uint32_t for float32, std::uint16_t for float16); zero bits
 // are +0.0 in both.
 template <class Ptr, class Idx, class Bits>
-void fill(const CsrRef& a, const std::vector<std::int32_t>& perm, const std::vector<std::int64_t>& slice_ptr, Idx* idx, Bits* val) {
+void fill(const CsrRef& a, const std::vector<std::int32_t>& perm, const std::vector<std::int64_t>& slice_ptr, Idx* idx,
+          Bits* val) {
   const auto* indptr = static_cast<const Ptr*>(a.indptr);
   const auto* src_idx = static_cast<const Idx*>(a.indices);
   const auto* src_val = static_cast<const Bits*>(a.data);
@@ -68,8 +70,8 @@ void fill(const CsrRef& a, const std::vector<std::int32_t>& perm, const std::vec
 }
 
 template <class Ptr>
-void fill_typed(const CsrRef& a, const std::vector<std::int32_t>& perm, const std::vector<std::int64_t>& slice_ptr, void* idx,
-                void* val) {
+void fill_typed(const CsrRef& a, const std::vector<std::int32_t>& perm, const std::vector<std::int64_t>& slice_ptr,
+                void* idx, void* val) {
   const bool half = a.value_type == ValueType::f16;
   if (a.index_type == IndexType::u16) {
     if (half) return fill<Ptr>(a, perm, slice_ptr, static_cast<std::uint16_t*>(idx), static_cast<std::uint16_t*>(val));
@@ -151,8 +153,13 @@ HTCORE_AVX2_END
 
 template <class Idx, class V>
 void run(const SellRef& a, const float* x, const float* bias, Activation act, float* y) {
-  const SellJob<Idx, V> job{a, static_cast<const Idx*>(a.indices),
-                            Values<V>{static_cast<decltype(Values<V>::d)>(a.data), nullptr}, x, bias, act, y};
+  const SellJob<Idx, V> job{a,
+                            static_cast<const Idx*>(a.indices),
+                            Values<V>{static_cast<decltype(Values<V>::d)>(a.data), nullptr},
+                            x,
+                            bias,
+                            act,
+                            y};
   const std::int64_t slices = a.slice_ptr_size - 1;
   const bool vectorised = csr_uses_avx2();
   const int parts = csr_threads(a.rows, a.entries, 1);
@@ -184,21 +191,23 @@ void require_sell_values(ValueType t) {
 
 void sell_layout(const CsrRef& a, std::vector<std::int32_t>& perm, std::vector<std::int64_t>& slice_ptr) {
   require(a.rows >= 0 && a.cols >= 0 && a.nnz >= 0, "shape and nnz must be non-negative");
-  if (a.indptr_type == IndptrType::i32) return layout(static_cast<const std::int32_t*>(a.indptr), a.rows, a.nnz, perm, slice_ptr);
+  if (a.indptr_type == IndptrType::i32)
+    return layout(static_cast<const std::int32_t*>(a.indptr), a.rows, a.nnz, perm, slice_ptr);
   layout(static_cast<const std::int64_t*>(a.indptr), a.rows, a.nnz, perm, slice_ptr);
 }
 
-void sell_fill(const CsrRef& a, const std::vector<std::int32_t>& perm, const std::vector<std::int64_t>& slice_ptr, void* indices,
-               void* data) {
+void sell_fill(const CsrRef& a, const std::vector<std::int32_t>& perm, const std::vector<std::int64_t>& slice_ptr,
+               void* indices, void* data) {
   require_sell_values(a.value_type);
-  require(static_cast<std::int64_t>(perm.size()) == a.rows && static_cast<std::int64_t>(slice_ptr.size()) == (a.rows + 7) / 8 + 1,
+  require(static_cast<std::int64_t>(perm.size()) == a.rows &&
+              static_cast<std::int64_t>(slice_ptr.size()) == (a.rows + 7) / 8 + 1,
           "perm and slice_ptr do not match the matrix (use sell_layout)");
   if (a.indptr_type == IndptrType::i32) return fill_typed<std::int32_t>(a, perm, slice_ptr, indices, data);
   fill_typed<std::int64_t>(a, perm, slice_ptr, indices, data);
 }
 
-void sell_spmv(const SellRef& a, const float* x, std::int64_t x_size, const float* bias, std::int64_t bias_size, Activation act,
-               float* y, std::int64_t y_size) {
+void sell_spmv(const SellRef& a, const float* x, std::int64_t x_size, const float* bias, std::int64_t bias_size,
+               Activation act, float* y, std::int64_t y_size) {
   require_sell_values(a.value_type);
   require(a.rows >= 0 && a.cols >= 0, "shape must be non-negative");
   require(a.index_type != IndexType::u16 || a.cols <= 65536, "uint16 column indices need cols <= 65536");

@@ -43,13 +43,13 @@ void sell_layout(const CsrRef& a, std::vector<std::int32_t>& perm, std::vector<s
 
 // Fills indices and data (slice_ptr.back() entries each, of a's index and value types) from a,
 // given the layout sell_layout returned. a must have float32 or float16 values.
-void sell_fill(const CsrRef& a, const std::vector<std::int32_t>& perm, const std::vector<std::int64_t>& slice_ptr, void* indices,
-               void* data);
+void sell_fill(const CsrRef& a, const std::vector<std::int32_t>& perm, const std::vector<std::int64_t>& slice_ptr,
+               void* indices, void* data);
 
 // y = act(A x + bias) for A in SELL-8: x has cols elements, bias null or rows, y rows. Checks the
 // sizes, the slice pointers (O(slices)) and that perm lies in [0, rows) (O(rows)); throws
 // std::invalid_argument otherwise.
-void sell_spmv(const SellRef& a, const float* x, std::int64_t x_size, const float* bias, std::int64_t bias_size, Activation act,
-               float* y, std::int64_t y_size);
+void sell_spmv(const SellRef& a, const float* x, std::int64_t x_size, const float* bias, std::int64_t bias_size,
+               Activation act, float* y, std::int64_t y_size);
 
 }  // namespace htcore

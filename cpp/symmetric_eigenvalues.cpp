@@ -33,7 +33,6 @@
 namespace htcore {
 namespace {
 
-
 // One fused pass of step k: the rank-2 update A -= v w^T + w v^T of the leading k x k block
 // (the previous reflector) and the product y = A' x with the updated block A' (this step's).
 struct Pass {
@@ -116,7 +115,8 @@ inline double update_entry(double a, double vr, double wr, double vj, double wj)
 // Columns j..j+C-1 of the leading block, whole: columns() above their diagonal block, then the
 // C x C triangle at the diagonal, in the same order for every C.
 template <class K, int C>
-inline __attribute__((always_inline)) void update_and_multiply(double* a, std::int64_t ld, std::int64_t j, const Pass& p) {
+inline __attribute__((always_inline)) void update_and_multiply(double* a, std::int64_t ld, std::int64_t j,
+                                                               const Pass& p) {
   double* cols[C];
   for (int t = 0; t < C; ++t) cols[t] = a + (j + t) * ld;
   double s[C];
@@ -159,12 +159,12 @@ double householder(const double* col, std::int64_t k, double* v, double* off_dia
 // Householder reduction of the column-major upper triangle `a` (n x n, column stride ld) to the
 // tridiagonal (d[0..n), e[0..n-1)); `a` is overwritten. scratch holds 4 n doubles.
 template <class K>
-inline __attribute__((always_inline)) void tridiagonalise_impl(double* a, std::int64_t n, std::int64_t ld, double* d, double* e,
-                                                                double* scratch) {
-  double* v = scratch;          // previous reflector, rows 0..k
-  double* w = scratch + n;      // its w, rows 0..k
-  double* vn = scratch + 2 * n; // this step's reflector
-  double* wn = scratch + 3 * n; // this step's A v, then its w
+inline __attribute__((always_inline)) void tridiagonalise_impl(double* a, std::int64_t n, std::int64_t ld, double* d,
+                                                               double* e, double* scratch) {
+  double* v = scratch;                       // previous reflector, rows 0..k
+  double* w = scratch + n;                   // its w, rows 0..k
+  double* vn = scratch + 2 * n;              // this step's reflector
+  double* wn = scratch + 3 * n;              // this step's A v, then its w
   std::fill(scratch, scratch + 2 * n, 0.0);  // no previous reflector: the first pass only multiplies
   for (std::int64_t k = n - 1; k >= 1; --k) {
     double* col = a + k * ld;
@@ -199,8 +199,8 @@ void tridiagonalise_generic(double* a, std::int64_t n, std::int64_t ld, double* 
 }
 
 #ifdef HTCORE_EIG_X86
-__attribute__((target("avx2,fma"), flatten)) void tridiagonalise_avx2(double* a, std::int64_t n, std::int64_t ld, double* d, double* e,
-                                                             double* scratch) {
+__attribute__((target("avx2,fma"), flatten)) void tridiagonalise_avx2(double* a, std::int64_t n, std::int64_t ld,
+                                                                      double* d, double* e, double* scratch) {
   tridiagonalise_impl<Avx2>(a, n, ld, d, e, scratch);
 }
 #endif
@@ -305,7 +305,8 @@ void tridiagonal_eigenvalues(double* d, double* e, std::int64_t n, int max_sweep
         }
         if (sweeps == max_total)
           throw std::domain_error("symmetric eigenvalues: the QL iteration did not converge in " +
-                                  std::to_string(max_total) + " sweeps (max_sweeps=" + std::to_string(max_sweeps) + ")");
+                                  std::to_string(max_total) + " sweeps (max_sweeps=" + std::to_string(max_sweeps) +
+                                  ")");
         ++sweeps;
         const double sigma = shift(d[l], d[l + 1], e[l]);
         double c = 1, s = 0, gamma = d[mm] - sigma, p = gamma * gamma;
@@ -313,7 +314,7 @@ void tridiagonal_eigenvalues(double* d, double* e, std::int64_t n, int max_sweep
           const double bb = e[i], r = p + bb;
           if (i != mm - 1) e[i + 1] = s * r;
           const double oldc = c, inverse_c = r / p;  // p / r and r / p side by side: no division
-          c = p / r;                                   // waits for another on the critical path
+          c = p / r;                                 // waits for another on the critical path
           s = bb / r;
           const double oldgam = gamma, alpha = d[i];
           gamma = c * (alpha - sigma) - s * oldgam;
@@ -344,7 +345,8 @@ void tridiagonal_eigenvalues(double* d, double* e, std::int64_t n, int max_sweep
         }
         if (sweeps == max_total)
           throw std::domain_error("symmetric eigenvalues: the QR iteration did not converge in " +
-                                  std::to_string(max_total) + " sweeps (max_sweeps=" + std::to_string(max_sweeps) + ")");
+                                  std::to_string(max_total) + " sweeps (max_sweeps=" + std::to_string(max_sweeps) +
+                                  ")");
         ++sweeps;
         const double sigma = shift(d[l], d[l - 1], e[l - 1]);
         double c = 1, s = 0, gamma = d[mm] - sigma, p = gamma * gamma;
@@ -352,7 +354,7 @@ void tridiagonal_eigenvalues(double* d, double* e, std::int64_t n, int max_sweep
           const double bb = e[i], r = p + bb;
           if (i != mm) e[i - 1] = s * r;
           const double oldc = c, inverse_c = r / p;  // p / r and r / p side by side: no division
-          c = p / r;                                   // waits for another on the critical path
+          c = p / r;                                 // waits for another on the critical path
           s = bb / r;
           const double oldgam = gamma, alpha = d[i + 1];
           gamma = c * (alpha - sigma) - s * oldgam;
@@ -392,7 +394,8 @@ void symmetric_eigenvalues(const double* a, std::int64_t n, double* out, int max
     for (std::int64_t j = 0; j <= i; ++j) {
       const double x = a[i * n + j];
       if (!std::isfinite(x))
-        fail("symmetric eigenvalues: matrix has a non-finite entry at (" + std::to_string(i) + ", " + std::to_string(j) + ")");
+        fail("symmetric eigenvalues: matrix has a non-finite entry at (" + std::to_string(i) + ", " +
+             std::to_string(j) + ")");
       amax = std::max(amax, std::abs(x));
     }
   if (amax == 0) {

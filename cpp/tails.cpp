@@ -18,8 +18,8 @@ namespace htcore {
 namespace {
 
 std::string k_range_message(const char* what, std::int64_t k, std::int64_t n, std::int64_t k_min, std::int64_t k_max) {
-  return std::string(what) + " needs " + std::to_string(k_min) + " <= k <= " + std::to_string(k_max) + " for n = " + std::to_string(n) +
-         " samples, got k = " + std::to_string(k);
+  return std::string(what) + " needs " + std::to_string(k_min) + " <= k <= " + std::to_string(k_max) +
+         " for n = " + std::to_string(n) + " samples, got k = " + std::to_string(k);
 }
 
 // Means over the top k of (ln X_(i) - ln X_(k+1))^j for j = 1, 2; log_at(i) = ln X_(i+1).
@@ -203,7 +203,8 @@ void add_amse_terms(const double* d, const double* inv_k, std::int64_t k_max, do
     } else {
       s3 += x * x * x;
       const double m3 = s3 * ik - 3.0 * r * s2 * ik + 3.0 * r * r * s1 * ik - r * r * r;
-      if (m2 <= 0 || m3 == 0 || std::fabs(1.0 - m1 * m1 / m2) < 1e-10 || std::fabs(1.0 - m1 * m2 / m3) < 1e-10) continue;
+      if (m2 <= 0 || m3 == 0 || std::fabs(1.0 - m1 * m1 / m2) < 1e-10 || std::fabs(1.0 - m1 * m2 / m3) < 1e-10)
+        continue;
       const double xi2 = m1 + 1.0 - 0.5 / (1.0 - m1 * m1 / m2);
       const double xi3 = std::sqrt(0.5 * m2) + 1.0 - (2.0 / 3.0) / (1.0 - m1 * m2 / m3);
       term = (xi2 - xi3) * (xi2 - xi3);
@@ -267,13 +268,15 @@ std::int64_t argmin_k(const std::vector<double>& mean, std::int64_t k_lo, std::i
 
 // Voitalov's moments_dbs_prefactor (asymptotic constants of the moments estimator).
 double moments_prefactor(double xi, std::int64_t n1, std::int64_t k1) {
-  const double rho = std::log(static_cast<double>(k1)) / (2.0 * std::log(static_cast<double>(k1)) - 2.0 * std::log(static_cast<double>(n1)));
+  const double rho = std::log(static_cast<double>(k1)) /
+                     (2.0 * std::log(static_cast<double>(k1)) - 2.0 * std::log(static_cast<double>(n1)));
   double v_sq, v_bar_sq, b, b_bar;
   if (xi >= 0) {
     v_sq = 1.0 + xi * xi;
     v_bar_sq = 0.25 * (1.0 + xi * xi);
   } else {
-    v_sq = (1.0 - xi) * (1.0 - xi) * (1.0 - 2.0 * xi) * (6.0 * xi * xi - xi + 1.0) / ((1.0 - 3.0 * xi) * (1.0 - 4.0 * xi));
+    v_sq =
+        (1.0 - xi) * (1.0 - xi) * (1.0 - 2.0 * xi) * (6.0 * xi * xi - xi + 1.0) / ((1.0 - 3.0 * xi) * (1.0 - 4.0 * xi));
     const double num = 1 - 8 * xi + 48 * xi * xi - 154 * std::pow(xi, 3) + 263 * std::pow(xi, 4) -
                        222 * std::pow(xi, 5) + 72 * std::pow(xi, 6);
     const double den = (1.0 - 2 * xi) * (1 - 3 * xi) * (1 - 4 * xi) * (1 - 5 * xi) * (1 - 6 * xi);
@@ -281,7 +284,8 @@ double moments_prefactor(double xi, std::int64_t n1, std::int64_t k1) {
   }
   if (xi < rho) {
     b = (1.0 - xi) * (1.0 - 2.0 * xi) / ((1.0 - rho - xi) * (1.0 - rho - 2.0 * xi));
-    b_bar = 0.5 * (-rho * (1.0 - xi) * (1.0 - xi)) / ((1.0 - xi - rho) * (1.0 - 2.0 * xi - rho) * (1.0 - 3.0 * xi - rho));
+    b_bar =
+        0.5 * (-rho * (1.0 - xi) * (1.0 - xi)) / ((1.0 - xi - rho) * (1.0 - 2.0 * xi - rho) * (1.0 - 3.0 * xi - rho));
   } else if (xi < 0) {
     b = 1.0 / (1.0 - xi);
     b_bar = (1.0 - 2.0 * xi - std::sqrt((1.0 - xi) * (1.0 - 2.0 * xi))) / ((1.0 - xi) * (1.0 - 2.0 * xi));
@@ -299,7 +303,9 @@ double moments_prefactor(double xi, std::int64_t n1, std::int64_t k1) {
 // large k estimates well.
 std::int64_t k_limit(std::int64_t nb, const DoubleBootstrapOptions& o) {
   std::int64_t k = std::llround(o.eps_stop * static_cast<double>(nb)) - 1;
-  if (o.cap_factor > 0) k = std::min(k, static_cast<std::int64_t>(o.cap_factor * std::cbrt(static_cast<double>(nb) * static_cast<double>(nb))));
+  if (o.cap_factor > 0)
+    k = std::min(
+        k, static_cast<std::int64_t>(o.cap_factor * std::cbrt(static_cast<double>(nb) * static_cast<double>(nb))));
   return std::clamp<std::int64_t>(k, 2, nb - 1);
 }
 
@@ -314,7 +320,8 @@ DoubleBootstrap double_bootstrap(TailMethod method, const double* logs, std::int
   const double ln_n = std::log(static_cast<double>(n));
   const double eps_b = 0.5 * (1.0 + std::log(std::floor(o.t * static_cast<double>(n))) / ln_n);
   out.n1 = static_cast<std::int64_t>(std::pow(static_cast<double>(n), eps_b));
-  out.n2 = static_cast<std::int64_t>(static_cast<double>(out.n1) * static_cast<double>(out.n1) / static_cast<double>(n));
+  out.n2 =
+      static_cast<std::int64_t>(static_cast<double>(out.n1) * static_cast<double>(out.n1) / static_cast<double>(n));
   const std::int64_t k1_max = k_limit(out.n1, o), k2_max = k_limit(out.n2, o);
 
   const auto mean1 = mean_amse(method, logs, n, out.n1, k1_max, o.resamples, seed, 1);
@@ -338,7 +345,8 @@ DoubleBootstrap double_bootstrap(TailMethod method, const double* logs, std::int
       // Danielsson et al. (2001)'s own constant. (Voitalov's hill_dbs uses Qi's, which is larger and
       // picked k about 1.3x too large for Student-t tails here: the Hill bias then exceeded the
       // width of the 95% interval.)
-      const double rho = std::pow(std::log(k1) / (2.0 * std::log(n1) - std::log(k1)), 2.0 * (std::log(n1) - std::log(k1)) / std::log(n1));
+      const double rho = std::pow(std::log(k1) / (2.0 * std::log(n1) - std::log(k1)),
+                                  2.0 * (std::log(n1) - std::log(k1)) / std::log(n1));
       k_star = std::round(ratio * rho);
     } else {
       const std::int64_t k_n = static_cast<std::int64_t>(std::floor(std::sqrt(static_cast<double>(n))));

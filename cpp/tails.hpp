@@ -30,7 +30,7 @@ double tail_xi_from_logs(TailMethod method, const double* logs, std::int64_t n, 
 
 // Danielsson, de Haan, Peng & de Vries (2001) double bootstrap as in Voitalov et al. (2019).
 struct DoubleBootstrap {
-  std::int64_t k_star = 0;  // chosen number of order statistics
+  std::int64_t k_star = 0;      // chosen number of order statistics
   std::int64_t k1 = 0, k2 = 0;  // AMSE minimisers in the two bootstrap stages
   std::int64_t n1 = 0, n2 = 0;  // bootstrap sample sizes
 };

@@ -23,7 +23,9 @@ constexpr std::int64_t kChunkEntries = std::int64_t(1) << 16;
 // than it saves.
 int threads_for(std::int64_t entries) { return entries >= (std::int64_t(1) << 20) ? htcore::num_threads() : 1; }
 
-std::int64_t rows_per_chunk(std::int64_t cols) { return std::max<std::int64_t>(1, kChunkEntries / std::max<std::int64_t>(cols, 1)); }
+std::int64_t rows_per_chunk(std::int64_t cols) {
+  return std::max<std::int64_t>(1, kChunkEntries / std::max<std::int64_t>(cols, 1));
+}
 
 // IEEE layout and the radix digits used per level (most significant first). The first digit
 // always covers the whole exponent, so every first-level bucket holds a single exponent and the
@@ -189,8 +191,8 @@ void histogram(const std::vector<TopkSegment<U>>& segments, int level, const std
 // passes read a small buffer instead of the whole input. Otherwise the input is used as is.
 template <class U>
 std::vector<TopkSegment<U>> narrow_to_buckets(const std::vector<TopkSegment<U>>& segments,
-                                          const std::vector<std::uint64_t>& level0_count, const std::vector<U>& buckets,
-                                          std::vector<std::vector<U>>& storage) {
+                                              const std::vector<std::uint64_t>& level0_count,
+                                              const std::vector<U>& buckets, std::vector<std::vector<U>>& storage) {
   const std::int64_t n = total_count(segments);
   std::uint64_t wanted = 0;
   for (const U b : buckets) wanted += level0_count[b];
@@ -263,7 +265,8 @@ std::size_t bin_of_rank(const std::vector<std::uint64_t>& count, std::size_t bas
 }
 
 template <class U, bool Sums>
-TopkSelection select_impl(const std::vector<TopkSegment<U>>& segments, const std::vector<std::int64_t>& ks, const std::string& name) {
+TopkSelection select_impl(const std::vector<TopkSegment<U>>& segments, const std::vector<std::int64_t>& ks,
+                          const std::string& name) {
   using F = Format<U>;
   const std::int64_t n = total_count(segments);
   for (const std::int64_t k : ks)
@@ -400,7 +403,8 @@ void compact_if(const U* row, std::int64_t cols, std::int64_t want, U* d, Idx* i
 
 // A row's entries with key > t and its first `ties` of `row_ties` entries with key == t.
 template <class U, class Idx>
-void compact_row(const U* row, std::int64_t cols, U t, std::int64_t ties, std::int64_t row_ties, U* d, Idx* ix, std::int64_t want) {
+void compact_row(const U* row, std::int64_t cols, U t, std::int64_t ties, std::int64_t row_ties, U* d, Idx* ix,
+                 std::int64_t want) {
   if (want == 0) return;
   if (ties == 0) return compact_if(row, cols, want, d, ix, [t](U key) { return key > t; });
   if (ties == row_ties) return compact_if(row, cols, want, d, ix, [t](U key) { return key >= t; });
@@ -417,12 +421,13 @@ void compact_row(const U* row, std::int64_t cols, U t, std::int64_t ties, std::i
 
 template <class U>
 TopkSelection topk_select(const std::vector<TopkSegment<U>>& segments, const std::vector<std::int64_t>& ks, bool sums,
-                 const std::string& name) {
+                          const std::string& name) {
   return sums ? select_impl<U, true>(segments, ks, name) : select_impl<U, false>(segments, ks, name);
 }
 
 template <class U>
-std::int64_t topk_k_for_rel_error(const std::vector<TopkSegment<U>>& segments, double max_rel_error, const std::string& name) {
+std::int64_t topk_k_for_rel_error(const std::vector<TopkSegment<U>>& segments, double max_rel_error,
+                                  const std::string& name) {
   using F = Format<U>;
   const std::int64_t n = total_count(segments);
   Histogram<true> h0;
@@ -449,7 +454,8 @@ std::int64_t topk_k_for_rel_error(const std::vector<TopkSegment<U>>& segments, d
   }
   if (bucket == h0.count.size()) return 0;
   // remaining budget in integer units of this bucket's exponent (exact from here on)
-  u128 left = static_cast<u128>(std::floor(std::ldexp(std::max(budget - cum, 0.0), -scale.unit(bucket_exponent<U>(bucket)))));
+  u128 left =
+      static_cast<u128>(std::floor(std::ldexp(std::max(budget - cum, 0.0), -scale.unit(bucket_exponent<U>(bucket)))));
   U prefix = static_cast<U>(bucket);
   std::vector<std::vector<U>> storage;
   const auto narrowed = narrow_to_buckets<U>(segments, h0.count, {prefix}, storage);
@@ -479,8 +485,8 @@ namespace {
 // CSR of the entries with key > t plus, in row-major order, the first `tie_budget` with key == t,
 // given each row's counts of both.
 template <class U, class Idx>
-TopkCsr<U, Idx> fill_csr(const U* w, std::int64_t rows, std::int64_t cols, U t, std::int64_t tie_budget, const std::vector<std::int64_t>& greater,
-                     const std::vector<std::int64_t>& row_ties) {
+TopkCsr<U, Idx> fill_csr(const U* w, std::int64_t rows, std::int64_t cols, U t, std::int64_t tie_budget,
+                         const std::vector<std::int64_t>& greater, const std::vector<std::int64_t>& row_ties) {
   std::vector<std::int64_t> ties(static_cast<std::size_t>(rows));
   std::int64_t left = std::max<std::int64_t>(tie_budget, 0);
   TopkCsr<U, Idx> out(0, static_cast<std::size_t>(rows));
@@ -496,7 +502,7 @@ TopkCsr<U, Idx> fill_csr(const U* w, std::int64_t rows, std::int64_t cols, U t, 
   out.indices = Buffer<Idx>(static_cast<std::size_t>(indptr[rows]));
   U* data = out.data.data();
   Idx* indices = out.indices.data();
-#pragma omp parallel for schedule(dynamic, rows_per_chunk(cols)) num_threads(threads_for(rows * cols))
+#pragma omp parallel for schedule(dynamic, rows_per_chunk(cols)) num_threads(threads_for(rows* cols))
   for (std::int64_t r = 0; r < rows; ++r)
     compact_row(w + r * cols, cols, t, ties[r], row_ties[r], data + indptr[r], indices + indptr[r],
                 indptr[r + 1] - indptr[r]);
@@ -530,7 +536,8 @@ std::pair<U, U> sampled_bracket(const U* w, std::int64_t n, std::int64_t k) {
 // having changed nothing, when the bracket misses or holds more than an eighth of W (heavy ties),
 // so the caller takes the general path; the result never depends on which path ran.
 template <class U, class Idx>
-bool sampled_topk(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k, const std::string& name, TopkCsr<U, Idx>& out) {
+bool sampled_topk(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k, const std::string& name,
+                  TopkCsr<U, Idx>& out) {
   const std::int64_t n = rows * cols;
   const auto [lo, hi] = sampled_bracket(w, n, k);
   const U width = static_cast<U>(hi - lo);
@@ -608,10 +615,11 @@ bool sampled_topk(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t
 }  // namespace
 
 template <class U, class Idx>
-TopkCsr<U, Idx> topk_csr_threshold(const U* w, std::int64_t rows, std::int64_t cols, std::uint64_t threshold, std::int64_t tie_budget) {
+TopkCsr<U, Idx> topk_csr_threshold(const U* w, std::int64_t rows, std::int64_t cols, std::uint64_t threshold,
+                                   std::int64_t tie_budget) {
   const U t = threshold > kNoneKey<U> ? kNoneKey<U> : static_cast<U>(threshold);
   std::vector<std::int64_t> greater(static_cast<std::size_t>(rows)), row_ties(static_cast<std::size_t>(rows));
-#pragma omp parallel for schedule(dynamic, rows_per_chunk(cols)) num_threads(threads_for(rows * cols))
+#pragma omp parallel for schedule(dynamic, rows_per_chunk(cols)) num_threads(threads_for(rows* cols))
   for (std::int64_t r = 0; r < rows; ++r) {
     const U* row = w + r * cols;
     std::int64_t g = 0, e = 0;
@@ -627,7 +635,8 @@ TopkCsr<U, Idx> topk_csr_threshold(const U* w, std::int64_t rows, std::int64_t c
 }
 
 template <class U, class Idx>
-TopkCsr<U, Idx> topk_csr_matrix(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k, const std::string& name) {
+TopkCsr<U, Idx> topk_csr_matrix(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k,
+                                const std::string& name) {
   const std::int64_t n = rows * cols;
   require(k >= 0 && k <= n, [&] { return "k must be in [0, " + std::to_string(n) + "], got " + std::to_string(k); });
   if (k > 0 && k < n && n >= (std::int64_t(1) << 18)) {
@@ -635,13 +644,15 @@ TopkCsr<U, Idx> topk_csr_matrix(const U* w, std::int64_t rows, std::int64_t cols
     if (sampled_topk<U, Idx>(w, rows, cols, k, name, out)) return out;
   }
   const std::vector<TopkSegment<U>> whole{{w, n}};
-  const TopkSelection sel = topk_select<U>(whole, k > 0 ? std::vector<std::int64_t>{k} : std::vector<std::int64_t>{}, false, name);
+  const TopkSelection sel =
+      topk_select<U>(whole, k > 0 ? std::vector<std::int64_t>{k} : std::vector<std::int64_t>{}, false, name);
   if (k == 0) return topk_csr_threshold<U, Idx>(w, rows, cols, kNoneKey<U>, 0);
   return topk_csr_threshold<U, Idx>(w, rows, cols, sel.targets[0].key, k - sel.targets[0].greater);
 }
 
 template <class U, class Idx>
-TopkCsr<U, Idx> topk_csr_rows(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k, const std::string& name) {
+TopkCsr<U, Idx> topk_csr_rows(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k,
+                              const std::string& name) {
   require(k >= 0 && k <= cols,
           [&] { return "k must be in [0, " + std::to_string(cols) + "], got " + std::to_string(k); });
   TopkCsr<U, Idx> out(static_cast<std::size_t>(rows * k), static_cast<std::size_t>(rows));
@@ -649,7 +660,7 @@ TopkCsr<U, Idx> topk_csr_rows(const U* w, std::int64_t rows, std::int64_t cols, 
   U* data = out.data.data();
   Idx* indices = out.indices.data();
   bool finite = true;
-#pragma omp parallel num_threads(threads_for(rows * cols)) reduction(&& : finite)
+#pragma omp parallel num_threads(threads_for(rows* cols)) reduction(&& : finite)
   {
     std::vector<U> keys(static_cast<std::size_t>(cols));
 #pragma omp for schedule(dynamic, rows_per_chunk(cols))
@@ -678,7 +689,8 @@ TopkCsr<U, Idx> topk_csr_rows(const U* w, std::int64_t rows, std::int64_t cols, 
 }
 
 template <class U, class Idx>
-TopkCsr<U, Idx> topk_csr_cols(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k, const std::string& name) {
+TopkCsr<U, Idx> topk_csr_cols(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k,
+                              const std::string& name) {
   require(k >= 0 && k <= rows,
           [&] { return "k must be in [0, " + std::to_string(rows) + "], got " + std::to_string(k); });
   // per column: threshold key and the last row whose tie is kept (ties go to the lowest rows)
@@ -687,7 +699,7 @@ TopkCsr<U, Idx> topk_csr_cols(const U* w, std::int64_t rows, std::int64_t cols, 
   constexpr std::int64_t kBlock = 16;  // columns gathered together, so reads stay row-contiguous
   const std::int64_t n_blocks = (cols + kBlock - 1) / kBlock;
   bool finite = true;
-#pragma omp parallel num_threads(threads_for(rows * cols)) reduction(&& : finite)
+#pragma omp parallel num_threads(threads_for(rows* cols)) reduction(&& : finite)
   {
     std::vector<U> gathered(static_cast<std::size_t>(kBlock * rows)), work(static_cast<std::size_t>(rows));
 #pragma omp for schedule(dynamic, 1)
@@ -721,7 +733,7 @@ TopkCsr<U, Idx> topk_csr_cols(const U* w, std::int64_t rows, std::int64_t cols, 
   TopkCsr<U, Idx> out(static_cast<std::size_t>(cols * k), static_cast<std::size_t>(rows));
   std::int64_t* indptr = out.indptr.data();
   indptr[0] = 0;
-#pragma omp parallel for schedule(dynamic, rows_per_chunk(cols)) num_threads(threads_for(rows * cols))
+#pragma omp parallel for schedule(dynamic, rows_per_chunk(cols)) num_threads(threads_for(rows* cols))
   for (std::int64_t r = 0; r < rows; ++r) {
     const U* row = w + r * cols;
     std::int64_t kept = 0;
@@ -734,7 +746,7 @@ TopkCsr<U, Idx> topk_csr_cols(const U* w, std::int64_t rows, std::int64_t cols, 
   for (std::int64_t r = 0; r < rows; ++r) indptr[r + 1] += indptr[r];
   U* data = out.data.data();
   Idx* indices = out.indices.data();
-#pragma omp parallel for schedule(dynamic, rows_per_chunk(cols)) num_threads(threads_for(rows * cols))
+#pragma omp parallel for schedule(dynamic, rows_per_chunk(cols)) num_threads(threads_for(rows* cols))
   for (std::int64_t r = 0; r < rows; ++r) {
     const U* row = w + r * cols;
     std::int64_t pos = indptr[r];
@@ -750,14 +762,19 @@ TopkCsr<U, Idx> topk_csr_cols(const U* w, std::int64_t rows, std::int64_t cols, 
   return out;
 }
 
-#define HTCORE_TOPK_VALUE(U)                                                                                  \
-  template TopkSelection topk_select<U>(const std::vector<TopkSegment<U>>&, const std::vector<std::int64_t>&, bool, const std::string&); \
+#define HTCORE_TOPK_VALUE(U)                                                                                        \
+  template TopkSelection topk_select<U>(const std::vector<TopkSegment<U>>&, const std::vector<std::int64_t>&, bool, \
+                                        const std::string&);                                                        \
   template std::int64_t topk_k_for_rel_error<U>(const std::vector<TopkSegment<U>>&, double, const std::string&);
-#define HTCORE_TOPK_CSR(U, Idx)                                                                        \
-  template TopkCsr<U, Idx> topk_csr_threshold<U, Idx>(const U*, std::int64_t, std::int64_t, std::uint64_t, std::int64_t);               \
-  template TopkCsr<U, Idx> topk_csr_matrix<U, Idx>(const U*, std::int64_t, std::int64_t, std::int64_t, const std::string&);                \
-  template TopkCsr<U, Idx> topk_csr_rows<U, Idx>(const U*, std::int64_t, std::int64_t, std::int64_t, const std::string&);                  \
-  template TopkCsr<U, Idx> topk_csr_cols<U, Idx>(const U*, std::int64_t, std::int64_t, std::int64_t, const std::string&);
+#define HTCORE_TOPK_CSR(U, Idx)                                                                            \
+  template TopkCsr<U, Idx> topk_csr_threshold<U, Idx>(const U*, std::int64_t, std::int64_t, std::uint64_t, \
+                                                      std::int64_t);                                       \
+  template TopkCsr<U, Idx> topk_csr_matrix<U, Idx>(const U*, std::int64_t, std::int64_t, std::int64_t,     \
+                                                   const std::string&);                                    \
+  template TopkCsr<U, Idx> topk_csr_rows<U, Idx>(const U*, std::int64_t, std::int64_t, std::int64_t,       \
+                                                 const std::string&);                                      \
+  template TopkCsr<U, Idx> topk_csr_cols<U, Idx>(const U*, std::int64_t, std::int64_t, std::int64_t,       \
+                                                 const std::string&);
 
 HTCORE_TOPK_VALUE(std::uint16_t)
 HTCORE_TOPK_VALUE(std::uint32_t)

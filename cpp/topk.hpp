@@ -55,7 +55,7 @@ struct TopkTarget {
 
 struct TopkSelection {
   std::vector<TopkTarget> targets;  // one per requested k, same order
-  double total_sq = 0.0;          // sum of x^2 over all entries (only with sums)
+  double total_sq = 0.0;            // sum of x^2 over all entries (only with sums)
 };
 
 // Finds, for every k in ks (each in [1, n]), the k-th largest |x|. Always reads every entry once
@@ -65,30 +65,34 @@ struct TopkSelection {
 // are meaningful.
 template <class U>
 TopkSelection topk_select(const std::vector<TopkSegment<U>>& segments, const std::vector<std::int64_t>& ks, bool sums,
-                 const std::string& name);
+                          const std::string& name);
 
 // The smallest k whose tail (entries outside the top k) has sum of squares <= max_rel_error^2 times
 // the total: ||W - W_k||_F <= max_rel_error ||W||_F. Throws on NaN/Inf like select.
 template <class U>
-std::int64_t topk_k_for_rel_error(const std::vector<TopkSegment<U>>& segments, double max_rel_error, const std::string& name);
+std::int64_t topk_k_for_rel_error(const std::vector<TopkSegment<U>>& segments, double max_rel_error,
+                                  const std::string& name);
 
 // Keeps every entry with key > threshold and, in row-major order, the first `tie_budget` entries
 // with key == threshold. Input must be finite (select has checked it).
 template <class U, class Idx>
 TopkCsr<U, Idx> topk_csr_threshold(const U* w, std::int64_t rows, std::int64_t cols, std::uint64_t threshold,
-                             std::int64_t tie_budget);
+                                   std::int64_t tie_budget);
 
 // Keeps the k largest |x| of the matrix (k <= rows * cols), ties to the lowest flat index.
 // Usually two passes over W (sample-select), else selection plus two passes.
 template <class U, class Idx>
-TopkCsr<U, Idx> topk_csr_matrix(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k, const std::string& name);
+TopkCsr<U, Idx> topk_csr_matrix(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k,
+                                const std::string& name);
 
 // Keeps the k largest |x| of every row (k <= cols), ties to the lowest column.
 template <class U, class Idx>
-TopkCsr<U, Idx> topk_csr_rows(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k, const std::string& name);
+TopkCsr<U, Idx> topk_csr_rows(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k,
+                              const std::string& name);
 
 // Keeps the k largest |x| of every column (k <= rows), ties to the lowest row.
 template <class U, class Idx>
-TopkCsr<U, Idx> topk_csr_cols(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k, const std::string& name);
+TopkCsr<U, Idx> topk_csr_cols(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k,
+                              const std::string& name);
 
 }  // namespace htcore

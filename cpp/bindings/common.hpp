@@ -27,7 +27,7 @@ void register_errors(py::module_& m);  // exception translation and its test hoo
 void register_system(py::module_& m);  // threads and build information
 void register_tails(py::module_& m);
 void register_topk(py::module_& m);
-void register_csr(py::module_& m);   // also binds Activation, used by register_sell
+void register_csr(py::module_& m);  // also binds Activation, used by register_sell
 void register_sell(py::module_& m);
 void register_spectra(py::module_& m);
 
@@ -101,12 +101,9 @@ inline CsrRef csr_ref(const py::array& indptr, const py::array& indices, const p
   a.nnz = static_cast<std::int64_t>(data.size());
   require(indptr.size() == rows + 1 && indices.size() == a.nnz, "CSR arrays have inconsistent lengths");
   a.indptr = contiguous_data(indptr, "indptr");
-  if (has_dtype<std::int32_t>(indptr))
-    a.indptr_type = IndptrType::i32;
-  else if (has_dtype<std::int64_t>(indptr))
-    a.indptr_type = IndptrType::i64;
-  else
-    throw type_error("indptr must be int32 or int64");
+  if (has_dtype<std::int32_t>(indptr)) a.indptr_type = IndptrType::i32;
+  else if (has_dtype<std::int64_t>(indptr)) a.indptr_type = IndptrType::i64;
+  else throw type_error("indptr must be int32 or int64");
   a.indices = contiguous_data(indices, "indices");
   a.index_type = index_type(indices);
   a.data = contiguous_data(data, "data");
@@ -128,8 +125,7 @@ inline Activation checked(Activation act) {
     case Activation::none:
     case Activation::relu:
     case Activation::gelu:
-    case Activation::tanh:
-      return act;
+    case Activation::tanh: return act;
   }
   fail("activation must be none, relu, gelu or tanh, got " + std::to_string(static_cast<int>(act)));
 }

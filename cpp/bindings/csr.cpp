@@ -31,9 +31,9 @@ void register_csr(py::module_& m) {
       .value("gelu", Activation::gelu, "Exact GELU, v * Phi(v) = v/2 (1 + erf(v / sqrt 2)) (torch's default).")
       .value("tanh", Activation::tanh, "tanh(v).");
 
-  m.def("csr_spmm", &spmm, py::arg("indptr"), py::arg("indices"), py::arg("data"), py::arg("codebook"),
-        py::arg("rows"), py::arg("cols"), py::arg("x"), py::arg("k"), py::arg("x_batch_major"), py::arg("bias"),
-        py::arg("activation"), py::arg("out"), py::arg("out_row_stride"), py::arg("out_col_stride"),
+  m.def("csr_spmm", &spmm, py::arg("indptr"), py::arg("indices"), py::arg("data"), py::arg("codebook"), py::arg("rows"),
+        py::arg("cols"), py::arg("x"), py::arg("k"), py::arg("x_batch_major"), py::arg("bias"), py::arg("activation"),
+        py::arg("out"), py::arg("out_row_stride"), py::arg("out_col_stride"),
         "out[i * out_row_stride + j * out_col_stride] = activation((A X)[i, j] + bias[i]) for the (rows, cols) CSR "
         "matrix A = (indptr int32/int64, indices uint16/int32, data float32/float64/float16, or uint8 codes into a "
         "float32 codebook of 1 to 256 levels; codebook None otherwise). x holds X as (cols, k), or as (k, cols) "

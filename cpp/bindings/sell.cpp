@@ -77,16 +77,17 @@ void register_sell(py::module_& m) {
       .def_readonly("perm", &SellArrays::perm, "int32, rows entries: original row of each lane (rows longest first).")
       .def_readonly("slice_ptr", &SellArrays::slice_ptr,
                     "int64, ceil(rows / 8) + 1 entries: start of each slice in indices and data.")
-      .def_readonly("indices", &SellArrays::indices,
-                    "Columns, slice by slice, column-major within a slice (padding included); the matrix's index dtype.")
-      .def_readonly("data", &SellArrays::data, "Values laid out like indices (padding is 0); the matrix's value dtype.");
+      .def_readonly(
+          "indices", &SellArrays::indices,
+          "Columns, slice by slice, column-major within a slice (padding included); the matrix's index dtype.")
+      .def_readonly("data", &SellArrays::data,
+                    "Values laid out like indices (padding is 0); the matrix's value dtype.");
 
-  m.def("sell_build", &build, py::arg("indptr"), py::arg("indices"), py::arg("data"), py::arg("rows"),
-        py::arg("cols"),
+  m.def("sell_build", &build, py::arg("indptr"), py::arg("indices"), py::arg("data"), py::arg("rows"), py::arg("cols"),
         "SELL-8 layout of the (rows, cols) CSR matrix with C-contiguous indptr (int32/int64), indices (uint16/int32) "
         "and float32 or float16 data. Row pointers are re-checked (ValueError).");
-  m.def("sell_spmv", &spmv, py::arg("perm"), py::arg("slice_ptr"), py::arg("indices"), py::arg("data"),
-        py::arg("rows"), py::arg("cols"), py::arg("x"), py::arg("bias"), py::arg("activation"), py::arg("out"),
+  m.def("sell_spmv", &spmv, py::arg("perm"), py::arg("slice_ptr"), py::arg("indices"), py::arg("data"), py::arg("rows"),
+        py::arg("cols"), py::arg("x"), py::arg("bias"), py::arg("activation"), py::arg("out"),
         "out = activation(A x + bias) for A in SELL-8 (the arrays sell_build returned). x (cols values), bias (None "
         "or rows values) and out (rows values) are C-contiguous float32. Sizes, slice pointers, perm and finiteness "
         "of x and bias are re-checked (ValueError), dtypes too (TypeError). Releases the GIL; bitwise identical at "

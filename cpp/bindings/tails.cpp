@@ -1,6 +1,6 @@
 // Tail estimators and the power-law fit (tails.hpp).
-#include "common.hpp"
 #include "tails.hpp"
+#include "common.hpp"
 
 namespace htcore {
 namespace {
@@ -9,8 +9,7 @@ TailMethod checked(TailMethod method) {
   switch (method) {
     case TailMethod::hill:
     case TailMethod::moments:
-    case TailMethod::pickands:
-      return method;
+    case TailMethod::pickands: return method;
   }
   fail("tail method must be hill, moments or pickands, got " + std::to_string(static_cast<int>(method)));
 }
@@ -47,18 +46,20 @@ void register_tails(py::module_& m) {
       .value("moments", TailMethod::moments, "Dekkers, Einmahl & de Haan (1989) moments estimator: 2 <= k <= n - 1.")
       .value("pickands", TailMethod::pickands, "Pickands (1975): 1 <= k <= n / 4.");
 
-  py::class_<DoubleBootstrap>(m, "DoubleBootstrap",
-                              "The double bootstrap's choice of k (Danielsson et al. 2001, as in Voitalov et al. 2019).")
+  py::class_<DoubleBootstrap>(
+      m, "DoubleBootstrap", "The double bootstrap's choice of k (Danielsson et al. 2001, as in Voitalov et al. 2019).")
       .def_readonly("k_star", &DoubleBootstrap::k_star, "Chosen number of upper order statistics.")
       .def_readonly("k1", &DoubleBootstrap::k1, "AMSE minimiser of the first stage (samples of size n1).")
       .def_readonly("k2", &DoubleBootstrap::k2, "AMSE minimiser of the second stage (samples of size n2).")
       .def_readonly("n1", &DoubleBootstrap::n1, "First-stage bootstrap sample size.")
       .def_readonly("n2", &DoubleBootstrap::n2, "Second-stage bootstrap sample size (n1^2 / n).");
 
-  py::class_<SecondOrder>(m, "SecondOrder",
-                          "Second-order tail parameters in Hall's class, U(t) = C t^xi (1 + xi beta t^rho / rho + ...); "
-                          "the Hill bias at k is xi beta (n/k)^rho / (1 - rho).")
-      .def_readonly("rho", &SecondOrder::rho, "rho < 0 (Fraga Alves, Gomes & de Haan 2003), capped at rho_max; NaN if undefined.")
+  py::class_<SecondOrder>(
+      m, "SecondOrder",
+      "Second-order tail parameters in Hall's class, U(t) = C t^xi (1 + xi beta t^rho / rho + ...); "
+      "the Hill bias at k is xi beta (n/k)^rho / (1 - rho).")
+      .def_readonly("rho", &SecondOrder::rho,
+                    "rho < 0 (Fraga Alves, Gomes & de Haan 2003), capped at rho_max; NaN if undefined.")
       .def_readonly("beta", &SecondOrder::beta, "beta (Gomes & Martins 2002) at that rho; NaN if undefined.")
       .def_readonly("k1", &SecondOrder::k1, "Order statistics used, floor(n^0.995).");
 

@@ -22,14 +22,10 @@ struct TopkCsrArrays {
 template <class R, class F>
 R with_float_bits(const py::array& a, F&& f) {
   switch (a.itemsize()) {
-    case 2:
-      return f(std::uint16_t{});
-    case 4:
-      return f(std::uint32_t{});
-    case 8:
-      return f(std::uint64_t{});
-    default:
-      throw type_error("expected a float16, float32 or float64 array");
+    case 2: return f(std::uint16_t{});
+    case 4: return f(std::uint32_t{});
+    case 8: return f(std::uint64_t{});
+    default: throw type_error("expected a float16, float32 or float64 array");
   }
 }
 
@@ -44,8 +40,8 @@ template <class T>
 py::array to_numpy(Buffer<T>&& buffer, const py::dtype& dtype) {
   auto* owned = new Buffer<T>(std::move(buffer));
   py::capsule owner(owned, [](void* p) { delete static_cast<Buffer<T>*>(p); });
-  return py::array(dtype, {static_cast<py::ssize_t>(owned->size)}, {static_cast<py::ssize_t>(sizeof(T))},
-                   owned->data(), owner);
+  return py::array(dtype, {static_cast<py::ssize_t>(owned->size)}, {static_cast<py::ssize_t>(sizeof(T))}, owned->data(),
+                   owner);
 }
 
 template <class U>
@@ -80,8 +76,7 @@ TopkCsrArrays csr_arrays(const py::array& w, Build&& build) {
   return finish(without_gil(std::int32_t{}));
 }
 
-TopkSelection select(const py::list& arrays, const std::vector<std::int64_t>& ks, bool sums,
-                       const std::string& name) {
+TopkSelection select(const py::list& arrays, const std::vector<std::int64_t>& ks, bool sums, const std::string& name) {
   return with_float_bits<TopkSelection>(arrays[0].cast<py::array>(), [&](auto tag) {
     using U = decltype(tag);
     const auto segments = segments_of<U>(arrays);
@@ -152,7 +147,8 @@ void register_topk(py::module_& m) {
 
   py::class_<TopkCsrArrays>(m, "TopkCsr", "CSR arrays of a top-k selection (owned by numpy, no copies made).")
       .def_readonly("data", &TopkCsrArrays::data, "Kept values, bit for bit, in the input's dtype.")
-      .def_readonly("indices", &TopkCsrArrays::indices, "Column of each kept value: uint16 if cols <= 65536, else int32.")
+      .def_readonly("indices", &TopkCsrArrays::indices,
+                    "Column of each kept value: uint16 if cols <= 65536, else int32.")
       .def_readonly("indptr", &TopkCsrArrays::indptr, "Row pointers, int64, rows + 1 entries.")
       .def_readonly("ties_taken", &TopkCsrArrays::ties_taken,
                     "topk_csr_threshold only: entries equal to the threshold that were kept (else 0).");
