@@ -175,8 +175,8 @@ def _estimate(method: str, x: Any, k: int | None, ci: float, random_state: Any) 
     out = _core.tail_estimate(x=sample, method=_TAIL_METHODS[method], k=k_arg, seed=seed,
                               resamples=_DBS_RESAMPLES, eps_stop=_DBS_EPS_STOP, cap_factor=_DBS_CAP_FACTOR,
                               rho_max=_RHO_MAX)
-    xi, k_used = float(out.xi), int(out.k)
-    bias = _xi_bias(method, xi, n, k_used, float(out.second_order.rho), float(out.second_order.beta)) if k is None else 0.0
+    xi, k_used, second = float(out.xi), int(out.k), out.second_order
+    bias = _xi_bias(method, xi, n, k_used, float(second.rho), float(second.beta)) if k is None else 0.0
     half = NormalDist().inv_cdf(0.5 + level / 2) * float(np.hypot(_xi_std(method, xi) / np.sqrt(k_used), bias))
     xi_low, xi_high = xi - half, xi + half
     return TailEstimate(

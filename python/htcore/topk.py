@@ -187,8 +187,9 @@ def sparsify_global(weights: Mapping[str, Any], keep: float | None = None, *, k:
     out = {}
     for (name, original), a in zip(arrays.items(), selected):
         csr = _core.topk_csr_threshold(w=a, key=key, tie_budget=tie_budget)
-        tie_budget -= csr.ties_taken
-        out[name] = CSRMatrix(csr.data.astype(original.dtype, copy=False), csr.indices, csr.indptr, a.shape, check=False)
+        data, indices, indptr, taken = csr.data, csr.indices, csr.indptr, csr.ties_taken
+        tie_budget -= taken
+        out[name] = CSRMatrix(data.astype(original.dtype, copy=False), indices, indptr, a.shape, check=False)
     return out
 
 
