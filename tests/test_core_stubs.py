@@ -7,11 +7,11 @@ import re
 
 import pytest
 
+import htcore
 from htcore import _core
 
-PACKAGE = pathlib.Path(_core.__file__).resolve().parent
-STUB = pathlib.Path(__file__).resolve().parent.parent / "python" / "htcore" / "_core.pyi"
-CPP = STUB.parent.parent.parent / "cpp"
+STUB = pathlib.Path(htcore.__file__).parent / "_core.pyi"  # next to the package imported, installed or not
+CPP = pathlib.Path(__file__).resolve().parent.parent / "cpp"  # the source tree, when the tests run from it
 ENUM_MEMBERS = {"name", "value", "__members__"}  # what pybind11 gives every enum, stubbed once per enum
 
 
