@@ -48,11 +48,11 @@ def model() -> CompressedModel:
 
 
 @pytest.fixture
-def kernel_spy(monkeypatch):
+def kernel_spy(patch_kernel):
     """Counts calls of the CSR kernel, to prove a refused file never reached it."""
     calls = []
     original = _core.csr_spmm
-    monkeypatch.setattr(_core, "csr_spmm", lambda *a, **k: (calls.append(1), original(*a, **k))[1])
+    patch_kernel("csr_spmm", lambda *a, **k: (calls.append(1), original(*a, **k))[1])
     return calls
 
 

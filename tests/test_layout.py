@@ -6,8 +6,6 @@ import sys
 
 import pytest
 
-import htcore
-
 PACKAGES = ["sparse", "io", "runtime", "nn", "measure", "compression", "certification", "demo", "cli"]
 APPS = {"htcore.cli", "htcore.demo", "htcore.datasets"}
 PYTHON_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "python")

@@ -148,7 +148,7 @@ def test_malformed_layouts_raise():
     S = SellMatrix(A)
     x, out = np.ones(50, np.float32), np.empty(37, np.float32)
     good = dict(perm=S.perm, slice_ptr=S.slice_ptr, indices=S.indices, data=S.data, rows=37, cols=50, x=x, bias=None,
-                activation="none", out=out)
+                activation=_core.Activation.none, out=out)
 
     def call(**change):
         _core.sell_spmv(**{**good, **change})
@@ -196,7 +196,7 @@ def test_malformed_layouts_raise():
     with pytest.raises(TypeError):
         call(out=np.empty((37, 2), np.float32)[:, 0])
     with pytest.raises(ValueError, match="activation"):
-        call(activation="swish")
+        call(activation=_core.Activation(7))  # an integer that names no activation
     bad = A.indptr.copy()
     bad[5] = bad[6] + 1  # not monotone: the builder refuses it
     with pytest.raises(ValueError, match="non-decreasing"):

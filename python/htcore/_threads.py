@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import operator
 
-from . import _core
+from ._core import get_num_threads as kernel_get_num_threads
+from ._core import set_num_threads as kernel_set_num_threads
 
 
 def get_num_threads() -> int:
     """Number of threads htcore's kernels use."""
-    return int(_core.get_num_threads())
+    return int(kernel_get_num_threads())
 
 
 def set_num_threads(n: int) -> None:
@@ -24,4 +25,4 @@ def set_num_threads(n: int) -> None:
         raise TypeError(f"num_threads must be an integer, got {type(n).__name__}") from None
     if n < 1:
         raise ValueError(f"num_threads must be >= 1, got {n}")
-    _core.set_num_threads(n)
+    kernel_set_num_threads(n=n)

@@ -27,7 +27,8 @@ from typing import Any, cast
 
 import numpy as np
 
-from .. import _core
+from .._core import PowerLawResult
+from .._core import fit_powerlaw as kernel_fit_powerlaw
 from .._validation import as_float_array, check_int, make_rng
 from ._tails import kernel_dtype
 
@@ -70,18 +71,18 @@ def _optional_positive(value: Any, name: str) -> float | None:
     return value
 
 
-def _fit(sample: np.ndarray, xmin: float | None, xmax: float | None, grid: int) -> dict:
-    return _core.fit_powerlaw(
-        sample, np.inf if xmax is None else xmax, np.nan if xmin is None else xmin, grid
+def _fit(sample: np.ndarray, xmin: float | None, xmax: float | None, grid: int) -> PowerLawResult:
+    return kernel_fit_powerlaw(
+        x=sample, xmax=np.inf if xmax is None else xmax, xmin=np.nan if xmin is None else xmin, grid=grid
     )
 
 
 def _synthetic(
-    rng: np.random.Generator, body: np.ndarray, n: int, fit: dict, xmax: float | None
+    rng: np.random.Generator, body: np.ndarray, n: int, fit: PowerLawResult, xmax: float | None
 ) -> np.ndarray:
     """Clauset's semi-parametric resample: body values redrawn from the data, tail from the fit."""
-    a, xmin = fit["pdf_exponent"], fit["xmin"]
-    n_tail = int(rng.binomial(n, fit["n_tail"] / n)) if body.size else n
+    a, xmin = fit.pdf_exponent, fit.xmin
+    n_tail = int(rng.binomial(n, fit.n_tail / n)) if body.size else n
     u = rng.random(n_tail)
     z = 1.0 if xmax is None else -np.expm1((1.0 - a) * np.log(xmax / xmin))
     tail = xmin * np.exp(-np.log1p(-u * z) / (a - 1.0))
@@ -132,19 +133,19 @@ def fit_powerlaw(
         rng = make_rng(random_state)
         sample = sample.astype(np.float64, copy=False)  # compared with float64 xmin/xmax below
         kept = sample if xmax is None else sample[sample <= xmax]
-        body = kept[kept < fit["xmin"]]
+        body = kept[kept < fit.xmin]
         hits = 0
         for _ in range(reps):
             synthetic = _synthetic(rng, body, kept.size, fit, xmax)
-            hits += _fit(synthetic, xmin, xmax, grid)["ks_distance"] >= fit["ks_distance"]
+            hits += _fit(synthetic, xmin, xmax, grid).ks_distance >= fit.ks_distance
         p_value = hits / reps
-    a, n_tail = float(fit["pdf_exponent"]), int(fit["n_tail"])
+    a, n_tail = float(fit.pdf_exponent), int(fit.n_tail)
     return PowerLawFit(
         pdf_exponent=a,
         alpha=a - 1.0,
-        xmin=float(fit["xmin"]),
+        xmin=float(fit.xmin),
         xmax=xmax,
-        ks_distance=float(fit["ks_distance"]),
+        ks_distance=float(fit.ks_distance),
         n_tail=n_tail,
         sigma=float((a - 1.0) / np.sqrt(n_tail)),
         p_value=p_value,

@@ -30,8 +30,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .. import _core
 from .._concurrent import ordered_map
+from .._core import symmetric_eigenvalues as kernel_symmetric_eigenvalues
+from .._core import symmetric_eigenvalues_uses_avx2
 from .._threads import get_num_threads
 from .._validation import as_float_array, check_int
 from ._powerlaw_fit import fit_powerlaw
@@ -108,8 +109,8 @@ def _gram_eigenvalues(w: np.ndarray) -> np.ndarray:
 
 def _gram_spectrum(gram: np.ndarray) -> np.ndarray:
     """Eigenvalues of a finite float64 Gram matrix, from the solver `OWN_SOLVER_MAX_SIZE` picks."""
-    if gram.shape[0] <= OWN_SOLVER_MAX_SIZE and _core.symmetric_eigenvalues_uses_avx2():
-        return _core.symmetric_eigenvalues(gram, _MAX_SWEEPS)
+    if gram.shape[0] <= OWN_SOLVER_MAX_SIZE and symmetric_eigenvalues_uses_avx2():
+        return kernel_symmetric_eigenvalues(a=gram, max_sweeps=_MAX_SWEEPS)
     return np.linalg.eigvalsh(gram)
 
 
@@ -136,7 +137,7 @@ def symmetric_eigenvalues(matrix: np.ndarray, *, max_sweeps: int = _MAX_SWEEPS) 
     a = as_float_array(matrix, "matrix", ndim=2, dtype=np.float64)
     if a.shape[0] != a.shape[1]:
         raise ValueError(f"matrix must be square, got shape {a.shape}")
-    return _core.symmetric_eigenvalues(a, check_int(max_sweeps, "max_sweeps", low=0, high=1_000_000))
+    return kernel_symmetric_eigenvalues(a=a, max_sweeps=check_int(max_sweeps, "max_sweeps", low=0, high=1_000_000))
 
 
 def _block_rows(shape: tuple[int, ...]) -> int:

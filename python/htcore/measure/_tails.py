@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import _core
+from .._core import TailMethod, tail_estimate
 from .._validation import as_float_array, check_fraction, check_int, make_rng
 
 # Double-bootstrap settings (Voitalov et al.'s defaults, plus htcore's cap on the k range).
@@ -66,6 +66,7 @@ _DBS_CAP_FACTOR = 3.0
 _AUTO_K_MIN_N = 20
 # Cap on the estimated second-order parameter rho (see the module docstring).
 _RHO_MAX = -0.25
+_TAIL_METHODS = dict(TailMethod.__members__)  # "hill", "moments", "pickands" -> kernel enum
 
 __all__ = ["TailEstimate", "element_sample", "hill", "moments", "pickands"]
 
@@ -171,9 +172,11 @@ def _estimate(method: str, x: Any, k: int | None, ci: float, random_state: Any) 
         if not k_min <= k_arg <= k_max:
             raise ValueError(f"{method} needs {k_min} <= k <= {k_max} for n = {n} samples, got k = {k_arg}")
     seed = int(make_rng(random_state).integers(0, 2**63))
-    out = _core.tail_estimate(sample, method, k_arg, seed, _DBS_RESAMPLES, _DBS_EPS_STOP, _DBS_CAP_FACTOR, _RHO_MAX)
-    xi, k_used = float(out["xi"]), int(out["k"])
-    bias = _xi_bias(method, xi, n, k_used, float(out["rho"]), float(out["beta"])) if k is None else 0.0
+    out = tail_estimate(x=sample, method=_TAIL_METHODS[method], k=k_arg, seed=seed,
+                              resamples=_DBS_RESAMPLES, eps_stop=_DBS_EPS_STOP, cap_factor=_DBS_CAP_FACTOR,
+                              rho_max=_RHO_MAX)
+    xi, k_used, second = float(out.xi), int(out.k), out.second_order
+    bias = _xi_bias(method, xi, n, k_used, float(second.rho), float(second.beta)) if k is None else 0.0
     half = NormalDist().inv_cdf(0.5 + level / 2) * float(np.hypot(_xi_std(method, xi) / np.sqrt(k_used), bias))
     xi_low, xi_high = xi - half, xi + half
     return TailEstimate(

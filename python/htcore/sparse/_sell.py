@@ -12,8 +12,8 @@ from typing import Optional
 
 import numpy as np
 
-from .. import _core
-from ._csr import CSRMatrix
+from .._core import sell_build, sell_spmv
+from ._csr import ACTIVATION_CODES, CSRMatrix
 
 #: Largest mean row length (nnz / rows) for which SELL-8 is used. A x time against the CSR kernel,
 #: measured with a standalone C++ harness (median of 3000 calls): 0.48-0.50 at 8 values per row,
@@ -48,7 +48,8 @@ class SellMatrix:
             raise TypeError(f"SELL-8 needs float32 or float16 values without a codebook, got {A.data.dtype}"
                             + (" codes" if A.codebook is not None else ""))
         self.shape = A.shape
-        arrays = _core.sell_build(A.indptr, A.indices, A.data, A.shape[0], A.shape[1])
+        layout = sell_build(indptr=A.indptr, indices=A.indices, data=A.data, rows=A.shape[0], cols=A.shape[1])
+        arrays = (layout.perm, layout.slice_ptr, layout.indices, layout.data)
         for a in arrays:
             a.flags.writeable = False
         self.perm, self.slice_ptr, self.indices, self.data = arrays
@@ -61,6 +62,7 @@ class SellMatrix:
     def matvec_into(self, x: np.ndarray, bias: Optional[np.ndarray], activation: str, out: np.ndarray) -> np.ndarray:
         """out = act(A x + bias) for C-contiguous float32 x (cols elements), bias (rows, or None) and
         out (rows); ``activation`` as in `CSRMatrix.product_into`. No checks beyond the kernel's. Returns ``out``."""
-        _core.sell_spmv(self.perm, self.slice_ptr, self.indices, self.data, self.shape[0], self.shape[1],
-                        x, bias, activation, out)
+        # Positional on purpose, as in `CSRMatrix.product_into` (the batch-1 path's fixed cost).
+        sell_spmv(self.perm, self.slice_ptr, self.indices, self.data, self.shape[0], self.shape[1],
+                        x, bias, ACTIVATION_CODES[activation], out)
         return out

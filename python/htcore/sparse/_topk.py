@@ -26,12 +26,21 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .. import _core
+from .._core import (
+    TopkCsr,
+    TopkGroup,
+    topk_csr_matrix,
+    topk_csr_per_group,
+    topk_csr_threshold,
+    topk_k_for_rel_error,
+    topk_select,
+)
 from .._validation import FLOAT_DTYPES, as_float_array, check_fraction, check_int
 from ._csr import CSRMatrix
 
 _MODES = ("matrix", "row", "col")
 _SELECT_NOTHING = 2**64 - 1  # a threshold key above every finite |w|
+_GROUPS = dict(TopkGroup.__members__)  # "row", "col" -> kernel enum
 
 
 @dataclass(frozen=True)
@@ -100,9 +109,8 @@ def _as_weights(x: Any, name: str, ndim: int | None) -> np.ndarray:
     return as_float_array(arr, name, ndim=ndim, dtype=dtype, finite=False)
 
 
-def _csr(parts: tuple, shape: tuple[int, int]) -> CSRMatrix:
-    data, indices, indptr = parts[:3]
-    return CSRMatrix(data, indices, indptr, shape, check=False)
+def _csr(parts: TopkCsr, shape: tuple[int, int]) -> CSRMatrix:
+    return CSRMatrix(parts.data, parts.indices, parts.indptr, shape, check=False)
 
 
 def topk_sparsify(
@@ -149,11 +157,11 @@ def topk_sparsify(
         k = check_int(k, "k", low=0, high=group)
     else:
         max_rel_error = check_fraction(max_rel_error, "max_rel_error", include_zero=True)
-        k = _core.topk_k_for_rel_error([W], max_rel_error, "W")
+        k = topk_k_for_rel_error(arrays=[W], max_rel_error=max_rel_error, name="W")
 
     if mode != "matrix":
-        return _csr(_core.topk_csr_per_group(W, k, mode, "W"), W.shape)
-    return _csr(_core.topk_csr_matrix(W, k, "W"), W.shape)
+        return _csr(topk_csr_per_group(w=W, k=k, by=_GROUPS[mode], name="W"), W.shape)
+    return _csr(topk_csr_matrix(w=W, k=k, name="W"), W.shape)
 
 
 def sparsify_global(weights: Mapping[str, Any], keep: float | None = None, *, k: int | None = None) -> dict[str, CSRMatrix]:
@@ -177,16 +185,17 @@ def sparsify_global(weights: Mapping[str, Any], keep: float | None = None, *, k:
     # exact comparisons need one bit format: widening float16 -> float32 -> float64 is exact
     selected = [a if a.dtype == common else a.astype(common) for a in arrays.values()]
     try:  # also checks every entry is finite, even for k = 0
-        selection = _core.topk_select(selected, [k] if k > 0 else [], False, "weights")
+        selection = topk_select(arrays=selected, ks=[k] if k > 0 else [], sums=False, name="weights")
     except ValueError:
         for name, a in arrays.items():
             if not np.isfinite(a).all():
                 raise ValueError(f"weights[{name!r}] contains non-finite values (NaN or Inf)") from None
         raise
-    key, tie_budget = (selection["key"][0], k - selection["greater"][0]) if k > 0 else (_SELECT_NOTHING, 0)
+    key, tie_budget = (selection.targets[0].key, k - selection.targets[0].greater) if k > 0 else (_SELECT_NOTHING, 0)
     out = {}
     for (name, original), a in zip(arrays.items(), selected):
-        data, indices, indptr, taken = _core.topk_csr_threshold(a, key, tie_budget)
+        csr = topk_csr_threshold(w=a, key=key, tie_budget=tie_budget)
+        data, indices, indptr, taken = csr.data, csr.indices, csr.indptr, csr.ties_taken
         tie_budget -= taken
         out[name] = CSRMatrix(data.astype(original.dtype, copy=False), indices, indptr, a.shape, check=False)
     return out
@@ -199,8 +208,8 @@ def topk_threshold(x: Any, k: int) -> TopkThreshold:
     """
     x = _as_weights(x, "x", ndim=None).reshape(-1)
     k = check_int(k, "k", low=1, high=x.size)
-    selection = _core.topk_select([x], [k], False, "x")
-    return TopkThreshold(value=selection["value"][0], k=k, greater=selection["greater"][0], ties=selection["ties"][0])
+    target = topk_select(arrays=[x], ks=[k], sums=False, name="x").targets[0]
+    return TopkThreshold(value=target.value, k=k, greater=target.greater, ties=target.ties)
 
 
 def compressibility_curve(W: Any, keeps: Any) -> CompressibilityCurve:
@@ -214,9 +223,9 @@ def compressibility_curve(W: Any, keeps: Any) -> CompressibilityCurve:
     keeps_arr = np.asarray(keeps, dtype=np.float64).reshape(-1)
     ks = np.array([k_for_keep(check_fraction(v, "keeps", include_zero=True), W.size) for v in keeps_arr], dtype=np.int64)
     positive = ks > 0
-    selection = _core.topk_select([W], ks[positive].tolist(), True, "W")
-    total = selection["total_sq"]
+    selection = topk_select(arrays=[W], ks=ks[positive].tolist(), sums=True, name="W")
+    total = selection.total_sq
     tail = np.full(ks.shape, total, dtype=np.float64)
-    tail[positive] = selection["tail_sq"]
+    tail[positive] = [target.tail_sq for target in selection.targets]
     rel_error = np.sqrt(tail / total) if total > 0 else np.zeros(ks.shape)
     return CompressibilityCurve(keeps=keeps_arr, k=ks, rel_error=rel_error)
