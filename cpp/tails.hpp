@@ -1,6 +1,6 @@
 // Tail estimators of a positive sample and the continuous power-law fit.
 //
-// Conventions (see ../shared/DESIGN.md): X_(1) >= X_(2) >= ... >= X_(n) are the order statistics.
+// Conventions (docs/conventions.md): X_(1) >= X_(2) >= ... >= X_(n) are the order statistics.
 // The estimators return xi = 1 / alpha, where alpha is the tail index, P(X > x) ~ x^(-alpha).
 // The power-law fit returns the pdf exponent a = alpha + 1, p(x) ~ x^(-a) (what the `powerlaw`
 // package and WeightWatcher call "alpha").

@@ -49,21 +49,16 @@ MIN_EVALS = 8
 _BLOCK_ELEMENTS = 1 << 21
 # BLAS/LAPACK run on one thread here. Threaded BLAS sums in a thread-count-dependent order (the
 # last bits of the eigenvalues, and so possibly the chosen xmin, would change with the thread
-# count), and on a loaded 2-core machine it was slower anyway: the 30522x384 Gram took 0.28 s on
-# one thread and 0.8-1.2 s on two (OpenBLAS threads busy-wait for a core), a 384x384 eigvalsh 10x
-# longer. htcore's own kernels (fits, Hill, top-k) use htcore's thread count, and so do the
-# Gram blocks here and `htcore.analyze`'s layers (each on a one-BLAS-thread worker).
-# Measured with numpy 2.4's OpenBLAS 0.3.31: GEMMs (the Gram) and Cholesky from two threads run
-# side by side (1.9 cores), but its eigvalsh/svd/qr (reference LAPACK) calls run one at a time per
-# process (1.0 core; two processes do overlap). Hence htcore's own eigenvalue solver below.
+# count), and on a loaded 2-core machine it was slower anyway (OpenBLAS threads busy-wait for a
+# core). htcore's own kernels (fits, Hill, top-k) use htcore's thread count, and so do the Gram
+# blocks here and `htcore.analyze`'s layers (each on a one-BLAS-thread worker). OpenBLAS runs its
+# LAPACK eigensolvers one call at a time per process: hence htcore's own solver below.
+# Figures for both: docs/performance.md, "Spectra".
 
-# Largest Gram matrix whose eigenvalues come from htcore's solver rather than LAPACK. Measured on
-# one thread (Zen 4, numpy 2.4's OpenBLAS 0.3.31), LAPACK time / htcore time: 1.2 at M = 384, 1.2 at
-# 1024, 1.07 at 2048 (its triangle, 16 MiB, still in L3), 0.93 at 3072 (the unblocked reduction
-# then streams the matrix from memory every step; LAPACK's blocked dsytrd does not). From two
-# threads (calls per matrix, time LAPACK / htcore): 3.0 at M = 384, where LAPACK's calls do not
-# overlap; 1.35, 0.87, 1.07, 1.39 at 512, 640, 768, 1024, where they do. Only with its AVX2+FMA
-# code path: the portable one is 3x slower (12.7 ms at M = 384).
+# Largest Gram matrix whose eigenvalues come from htcore's solver rather than LAPACK: beyond it
+# the solver's unblocked reduction streams the matrix from memory every step and LAPACK's blocked
+# one wins. Used only with the AVX2+FMA code path (the portable one is ~3x slower).
+# Figures: docs/performance.md, "Spectra".
 OWN_SOLVER_MAX_SIZE = 2048
 
 

@@ -14,10 +14,9 @@ kernels: rows are split between threads by nnz, the GIL is released, and every o
 is summed by one thread in a fixed order, so results are bitwise identical at any thread count.
 Threads: each thread gets at least 8,192 multiply-adds ((nnz + rows) * batch), so a product below
 twice that (an SpMV with < ~16k stored values) runs on the calling thread with no fork/join; larger
-ones use `htcore.get_num_threads()`. Measured on a 2-core machine: with the second thread still
-spinning, a parallel region costs a few µs, and a 24k-nnz SpMV already gains (11.8 -> 10.7 µs); a
-worker that has gone to sleep (or whose core another process holds) costs a wake-up of 10 µs to
-1-2 ms on a loaded machine. Call ``htcore.set_num_threads(1)`` where that latency matters more.
+ones use `htcore.get_num_threads()`. A worker that has gone to sleep, or whose core another process
+holds, costs a wake-up of up to 1-2 ms on a loaded machine: call ``htcore.set_num_threads(1)`` where
+that latency matters more (figures: docs/performance.md, "Threads and forking").
 float16 and codebook values are accumulated in float32; float64 matrices compute in float64.
 """
 from __future__ import annotations

@@ -15,9 +15,8 @@ import numpy as np
 from .._core import sell_build, sell_spmv
 from ._csr import ACTIVATION_CODES, CSRMatrix
 
-#: Largest mean row length (nnz / rows) for which SELL-8 is used. A x time against the CSR kernel,
-#: measured with a standalone C++ harness (median of 3000 calls): 0.48-0.50 at 8 values per row,
-#: 0.78-0.82 at 78, ~0.91 at 307, and slower than CSR at 410 once the matrix leaves the cache.
+#: Largest mean row length (nnz / rows) for which SELL-8 is used: past it SELL-8 stops beating the
+#: CSR kernel once the matrix leaves the cache (docs/performance.md, "SELL-8").
 MAX_MEAN_ROW_LENGTH = 128
 
 
