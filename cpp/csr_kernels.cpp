@@ -510,14 +510,17 @@ void run(const CsrRef& a, const Call& c) {
     kernel(0);
     return;
   }
+  // The team may be smaller than asked (OMP_THREAD_LIMIT, OMP_DYNAMIC, a caller's own parallel
+  // region): each thread takes every team-size-th part, so every part runs, each on one thread.
 #pragma omp parallel num_threads(parts)
   {
-    const int part = omp_get_thread_num();
-    transpose_part(part);
+    const int first = omp_get_thread_num(), step = omp_get_num_threads();
+    for (int part = first; part < parts; part += step) transpose_part(part);
     if (transposed) {
 #pragma omp barrier
     }
-    if (x_finite.load(std::memory_order_relaxed)) kernel(part);
+    if (x_finite.load(std::memory_order_relaxed))
+      for (int part = first; part < parts; part += step) kernel(part);
   }
   require_x_finite();
 }

@@ -173,8 +173,9 @@ void run(const SellRef& a, const float* x, const float* bias, Activation act, fl
     slices_generic(job, bounds[part], bounds[part + 1]);
   };
   if (parts == 1) return kernel(0);
+  // The team may be smaller than asked (see csr_spmm): each thread takes every team-size-th part.
 #pragma omp parallel num_threads(parts)
-  kernel(omp_get_thread_num());
+  for (int part = omp_get_thread_num(); part < parts; part += omp_get_num_threads()) kernel(part);
 }
 
 template <class Idx>

@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import htcore
@@ -53,3 +54,32 @@ def test_default_ignores_torch_lowering_openmp_first():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     threads, cores = out.stdout.split()
     assert threads == cores
+
+
+def test_every_kernel_is_complete_when_openmp_gives_fewer_threads_than_asked(tmp_path):
+    """OMP_THREAD_LIMIT=1 (like OMP_DYNAMIC, or a caller's own parallel region) hands every team one
+    thread although htcore asks for two: each kernel must still compute all of its parts, and give
+    the same bits as a normal one-thread run."""
+    script = """
+import sys, numpy as np, htcore
+from htcore.sparse import SellMatrix
+htcore.set_num_threads(int(sys.argv[1]))
+rng = np.random.default_rng(0)
+A = htcore.topk_sparsify(rng.standard_normal((3000, 2000)).astype(np.float32), 0.3)
+X = rng.standard_normal((2000, 16)).astype(np.float32)
+S = SellMatrix(htcore.topk_sparsify(rng.standard_normal((20000, 784)).astype(np.float32), 0.05))
+x = rng.standard_normal(784).astype(np.float32)
+sell = np.empty(20000, np.float32)
+S.matvec_into(x, None, "relu", sell)
+sample = np.abs(rng.standard_t(2, 400_000))
+np.savez(sys.argv[2], spmv=A @ X[:, 0], spmm=A.matmat(X), linear=htcore.sparse_linear(X.T, A, activation="relu"),
+         sell=sell, topk=A.data, hill=htcore.hill(sample, random_state=0).alpha,
+         fit=htcore.fit_powerlaw(sample[:50_000]).pdf_exponent)
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")}
+    subprocess.run([sys.executable, "-c", script, "1", str(tmp_path / "one.npz")], env=env, check=True)
+    subprocess.run([sys.executable, "-c", script, "2", str(tmp_path / "limited.npz")],
+                   env={**env, "OMP_THREAD_LIMIT": "1"}, check=True)
+    one, limited = np.load(tmp_path / "one.npz"), np.load(tmp_path / "limited.npz")
+    for name in one.files:
+        assert np.array_equal(one[name], limited[name]), name
