@@ -1,0 +1,557 @@
+// Sparse 2-D convolution (see conv2d.hpp).
+// DESIGN: (filled in from the measurements in benchmarks/conv/results.md)
+//
+// Both loops work on a zero-padded copy of the input (no copy without padding), so no bounds test
+// is left inside them, and on the weights decoded once per call into float32 values and input
+// offsets (off = ci * Hp * Wp + ky * dh * Wp + kx * dw in the padded group planes), so the loops
+// are the same for every value, index and row-pointer type. With stride 1, output (oy, ox) is
+// position j = oy * Wp + ox of a "padded-width" plane, and a kept weight contributes
+// w * xp[off + j] to every j < L = (H_out - 1) * Wp + W_out: one contiguous run, whatever the
+// kernel size, padding or dilation (the columns ox >= W_out are computed and dropped).
+//   direct: per (image, output channel), an accumulator plane of L floats; each kept weight (4 at
+//           a time) streams through it (acc[j] += w * xp[off + j]); then bias + activation.
+//   tiled:  (Elsen et al. 2020) tiles of 64 positions held in 8 AVX2 registers; for each tile,
+//           each output channel of the thread's share runs over its kept weights (broadcast w,
+//           load xp[off + j0 ..], FMA). The 1x1 convolution is the plain SpMM out = W X (CHW).
+// Other strides: direct, with a per-row loop.
+// Each output element is a chain of FMAs (or multiply-adds, portable build) in CSR order starting
+// from 0, then + bias, then the activation: both loops give bitwise the same result, at any
+// thread count.
+#include "conv2d.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <string>
+#include <vector>
+
+#include "csr.hpp"
+#include "csr_simd.hpp"
+#include "errors.hpp"
+#include "parallel.hpp"
+
+namespace htcore {
+namespace {
+
+using namespace csr_simd;
+
+std::atomic<bool> g_ignore_grain{false};
+
+// Positions per tile of the tiled loop (8 AVX2 registers).
+constexpr int64_t kConvTile = 64;
+
+// The shape of one call, with the derived sizes.
+struct Geometry {
+  int64_t n, c_in, h, w, c_out, kh, kw, sh, sw, ph, pw, dh, dw, groups;
+  int64_t cin_g, cout_g, ho, wo, hp, wp;
+  int64_t plane_in;   // hp * wp
+  int64_t plane_out;  // ho * wo
+  int64_t run;        // stride 1: L = (ho - 1) * wp + wo
+};
+
+// The weights of one call, decoded: row co's kept weights are p in [ptr[co], ptr[co + 1]),
+// value val[p], input offset off[p] in its group's padded planes.
+struct Decoded {
+  std::vector<int64_t> ptr;
+  std::vector<float> val;
+  std::vector<int64_t> off;
+};
+
+template <class Ptr, class Idx, class V>
+void decode(const CsrRef& a, const Geometry& g, Decoded& d) {
+  const Ptr* indptr = static_cast<const Ptr*>(a.indptr);
+  const Idx* indices = static_cast<const Idx*>(a.indices);
+  check_row_pointers(indptr, a.rows, a.nnz);
+  const Values<V> vals{static_cast<decltype(Values<V>::d)>(a.data), a.codebook};
+  d.ptr.resize(static_cast<size_t>(a.rows) + 1);
+  for (int64_t i = 0; i <= a.rows; ++i) d.ptr[i] = static_cast<int64_t>(indptr[i]);
+  d.val.resize(static_cast<size_t>(a.nnz));
+  d.off.resize(static_cast<size_t>(a.nnz));
+  const int64_t khw = g.kh * g.kw;
+  int64_t bad_index = 0, bad_code = 0;  // ORed flags: the loop has no early exit
+  for (int64_t p = 0; p < a.nnz; ++p) {
+    const int64_t c = static_cast<int64_t>(indices[p]);
+    bad_index |= static_cast<int64_t>(c < 0 || c >= a.cols);
+    if constexpr (std::is_same<V, uint8_t>::value)
+      bad_code |= static_cast<int64_t>(static_cast<const uint8_t*>(a.data)[p] >= a.codebook_size);
+    const int64_t cc = c < 0 || c >= a.cols ? 0 : c;
+    const int64_t ci = cc / khw, ky = (cc / g.kw) % g.kh, kx = cc % g.kw;
+    d.off[p] = ci * g.plane_in + ky * g.dh * g.wp + kx * g.dw;
+    d.val[p] = bad_code ? 0.0f : static_cast<float>(vals(p));
+  }
+  require(bad_index == 0, [&] {
+    return "weight column indices must lie in [0, (C_in / groups) * kh * kw) = [0, " + std::to_string(a.cols) + ")";
+  });
+  require(bad_code == 0, [&] {
+    return "weight codes must be smaller than the codebook size " + std::to_string(a.codebook_size);
+  });
+}
+
+template <class Ptr, class Idx>
+void decode_value(const CsrRef& a, const Geometry& g, Decoded& d) {
+  switch (a.value_type) {
+    case ValueType::f32: return decode<Ptr, Idx, float>(a, g, d);
+    case ValueType::f16: return decode<Ptr, Idx, Half>(a, g, d);
+    case ValueType::code8: return decode<Ptr, Idx, uint8_t>(a, g, d);
+    case ValueType::f64: break;
+  }
+  throw type_error("conv2d weight values must be float32, float16 or uint8 codes, not float64");
+}
+
+template <class Ptr>
+void decode_index(const CsrRef& a, const Geometry& g, Decoded& d) {
+  if (a.index_type == IndexType::u16) return decode_value<Ptr, uint16_t>(a, g, d);
+  decode_value<Ptr, int32_t>(a, g, d);
+}
+
+// At least n floats kept by the calling thread between calls (a fresh allocation of a few hundred
+// KiB is an mmap whose page faults cost as much as a small convolution). Use keeps buffers apart.
+template <class Use>
+float* kept_floats(size_t n) {
+  thread_local std::vector<float> kept;
+  if (kept.size() < n) kept.resize(n);
+  return kept.data();
+}
+
+// The bias + activation epilogue over n values, the activation chosen once (the loops vectorise).
+inline void finish(float* v, int64_t n, float b, Activation act) {
+  if (b != 0.0f)
+    for (int64_t i = 0; i < n; ++i) v[i] += b;
+  auto each = [&](auto f) {
+    for (int64_t i = 0; i < n; ++i) v[i] = f(v[i]);
+  };
+  switch (act) {
+    case Activation::relu: each([](float x) { return activate(x, Activation::relu); }); break;
+    case Activation::gelu: each([](float x) { return activate(x, Activation::gelu); }); break;
+    case Activation::tanh: each([](float x) { return activate(x, Activation::tanh); }); break;
+    case Activation::none: break;
+  }
+}
+
+// Copies the padded-width plane acc (row stride wp) into out (ho x wo), bias + activation applied.
+inline void store_plane(const Geometry& g, float* acc, int64_t acc_stride, float* out, float b, Activation act) {
+  for (int64_t oy = 0; oy < g.ho; ++oy) {
+    float* row = acc + oy * acc_stride;
+    finish(row, g.wo, b, act);
+    std::copy(row, row + g.wo, out + oy * g.wo);
+  }
+}
+
+// Everything the loops need.
+struct Job {
+  Geometry g;
+  const Decoded* d;
+  const float* xp;  // padded input, (n, c_in, hp, wp)
+  const float* bias;
+  Activation act;
+  float* y;
+  bool avx2;
+
+  const float* x_group(int64_t n, int64_t co) const { return xp + (n * g.c_in + (co / g.cout_g) * g.cin_g) * g.plane_in; }
+  float* y_plane(int64_t n, int64_t co) const { return y + (n * g.c_out + co) * g.plane_out; }
+  float b(int64_t co) const { return bias ? bias[co] : 0.0f; }
+};
+
+// ---- portable loops ----
+
+// Direct, any stride: acc (ho x wo) += w * xp[off + oy * sh * wp + ox * sw].
+void direct_generic(const Job& job, int64_t n, int64_t co, float* acc) {
+  const Geometry& g = job.g;
+  const float* xg = job.x_group(n, co);
+  std::fill(acc, acc + g.plane_out, 0.0f);
+  for (int64_t p = job.d->ptr[co]; p < job.d->ptr[co + 1]; ++p) {
+    const float w = job.d->val[p];
+    const float* xr = xg + job.d->off[p];
+    for (int64_t oy = 0; oy < g.ho; ++oy) {
+      const float* xs = xr + oy * g.sh * g.wp;
+      float* a = acc + oy * g.wo;
+      if (g.sw == 1)
+        for (int64_t ox = 0; ox < g.wo; ++ox) a[ox] += w * xs[ox];
+      else
+        for (int64_t ox = 0; ox < g.wo; ++ox) a[ox] += w * xs[ox * g.sw];
+    }
+  }
+  store_plane(g, acc, g.wo, job.y_plane(n, co), job.b(co), job.act);
+}
+
+// Direct, stride 1, portable: acc (padded width, L values) += w * xp[off + j].
+void direct_s1_generic(const Job& job, int64_t n, int64_t co, float* acc) {
+  const Geometry& g = job.g;
+  const float* xg = job.x_group(n, co);
+  const int64_t L = g.run;
+  std::fill(acc, acc + L, 0.0f);
+  for (int64_t p = job.d->ptr[co]; p < job.d->ptr[co + 1]; ++p) {
+    const float w = job.d->val[p];
+    const float* xr = xg + job.d->off[p];
+    for (int64_t j = 0; j < L; ++j) acc[j] += w * xr[j];
+  }
+  store_plane(g, acc, g.wp, job.y_plane(n, co), job.b(co), job.act);
+}
+
+// Stores tile positions j0 .. j0 + w of a padded-width plane (tile[t] is position j0 + t) into the
+// output plane, dropping the columns ox >= wo.
+inline void store_tile(const Job& job, int64_t n, int64_t co, int64_t j0, int64_t w, float* tile) {
+  const Geometry& g = job.g;
+  finish(tile, w, job.b(co), job.act);
+  float* out = job.y_plane(n, co);
+  if (g.wp == g.wo) {
+    std::copy(tile, tile + w, out + j0);
+    return;
+  }
+  int64_t oy = j0 / g.wp, ox = j0 % g.wp;
+  for (int64_t t = 0; t < w;) {
+    const int64_t take = std::min(w - t, g.wp - ox);  // to the end of this padded row
+    if (ox < g.wo) std::copy(tile + t, tile + t + std::min(take, g.wo - ox), out + oy * g.wo + ox);
+    t += take;
+    ox = 0;
+    ++oy;
+  }
+}
+
+void tiled_generic(const Job& job, int64_t n, int64_t co, int64_t j0, int64_t w) {
+  float tile[kConvTile] = {};
+  const float* xg = job.x_group(n, co) + j0;
+  for (int64_t p = job.d->ptr[co]; p < job.d->ptr[co + 1]; ++p) {
+    const float v = job.d->val[p];
+    const float* xr = xg + job.d->off[p];
+    for (int64_t t = 0; t < w; ++t) tile[t] += v * xr[t];
+  }
+  store_tile(job, n, co, j0, w, tile);
+}
+
+#ifdef HTCORE_CSR_X86
+HTCORE_AVX2_BEGIN
+namespace avx2 {
+
+HTCORE_ALWAYS_INLINE __m256i tail_mask(int64_t r) {  // lanes < r
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(r)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// Direct, stride 1: four kept weights per pass over the accumulator plane (one load and one
+// store of acc per four FMAs; each position's FMAs still run in CSR order).
+void direct_s1(const Job& job, int64_t n, int64_t co, float* acc) {
+  const Geometry& g = job.g;
+  const float* xg = job.x_group(n, co);
+  const int64_t L = g.run, full = L & ~int64_t(7);
+  const __m256i mask = tail_mask(L - full);
+  std::fill(acc, acc + L, 0.0f);
+  const int64_t* off = job.d->off.data();
+  const float* val = job.d->val.data();
+  int64_t p = job.d->ptr[co];
+  const int64_t end = job.d->ptr[co + 1];
+  for (; p + 4 <= end; p += 4) {
+    const __m256 w0 = _mm256_set1_ps(val[p]), w1 = _mm256_set1_ps(val[p + 1]), w2 = _mm256_set1_ps(val[p + 2]),
+                 w3 = _mm256_set1_ps(val[p + 3]);
+    const float *x0 = xg + off[p], *x1 = xg + off[p + 1], *x2 = xg + off[p + 2], *x3 = xg + off[p + 3];
+    int64_t j = 0;
+    for (; j < full; j += 8) {
+      __m256 a = _mm256_loadu_ps(acc + j);
+      a = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x0 + j), a);
+      a = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x1 + j), a);
+      a = _mm256_fmadd_ps(w2, _mm256_loadu_ps(x2 + j), a);
+      a = _mm256_fmadd_ps(w3, _mm256_loadu_ps(x3 + j), a);
+      _mm256_storeu_ps(acc + j, a);
+    }
+    if (j < L) {
+      __m256 a = _mm256_maskload_ps(acc + j, mask);
+      a = _mm256_fmadd_ps(w0, _mm256_maskload_ps(x0 + j, mask), a);
+      a = _mm256_fmadd_ps(w1, _mm256_maskload_ps(x1 + j, mask), a);
+      a = _mm256_fmadd_ps(w2, _mm256_maskload_ps(x2 + j, mask), a);
+      a = _mm256_fmadd_ps(w3, _mm256_maskload_ps(x3 + j, mask), a);
+      _mm256_maskstore_ps(acc + j, mask, a);
+    }
+  }
+  for (; p < end; ++p) {
+    const __m256 w0 = _mm256_set1_ps(val[p]);
+    const float* x0 = xg + off[p];
+    int64_t j = 0;
+    for (; j < full; j += 8) _mm256_storeu_ps(acc + j, _mm256_fmadd_ps(w0, _mm256_loadu_ps(x0 + j), _mm256_loadu_ps(acc + j)));
+    if (j < L)
+      _mm256_maskstore_ps(acc + j, mask,
+                          _mm256_fmadd_ps(w0, _mm256_maskload_ps(x0 + j, mask), _mm256_maskload_ps(acc + j, mask)));
+  }
+  store_plane(g, acc, g.wp, job.y_plane(n, co), job.b(co), job.act);
+}
+
+// Tiled: positions j0 .. j0 + w (w <= 8 G) of output channel co in G registers. Masked: the last
+// register is partial (masked loads never read past the input's planes).
+template <int G, bool Masked>
+void tile_row(const Job& job, int64_t n, int64_t co, int64_t j0, int64_t w) {
+  const __m256i mask = tail_mask(w - 8 * (G - 1));
+  __m256 a[G];
+  for (int i = 0; i < G; ++i) a[i] = _mm256_setzero_ps();
+  const float* xg = job.x_group(n, co) + j0;
+  const int64_t* off = job.d->off.data();
+  const float* val = job.d->val.data();
+  const int64_t end = job.d->ptr[co + 1];
+  for (int64_t p = job.d->ptr[co]; p < end; ++p) {
+    const __m256 v = _mm256_set1_ps(val[p]);
+    const float* xr = xg + off[p];
+    for (int i = 0; i < G; ++i)
+      a[i] = _mm256_fmadd_ps(v, Masked && i == G - 1 ? _mm256_maskload_ps(xr + 8 * i, mask) : _mm256_loadu_ps(xr + 8 * i),
+                             a[i]);
+  }
+  alignas(32) float tile[kConvTile];
+  for (int i = 0; i < G; ++i) _mm256_store_ps(tile + 8 * i, a[i]);
+  store_tile(job, n, co, j0, w, tile);
+}
+
+template <int G>
+void tile_row_g(const Job& job, int64_t n, int64_t co, int64_t j0, int64_t w) {
+  if (w % 8) return tile_row<G, true>(job, n, co, j0, w);
+  tile_row<G, false>(job, n, co, j0, w);
+}
+
+void tiled(const Job& job, int64_t n, int64_t co, int64_t j0, int64_t w) {
+  static_assert(kConvTile == 64, "tiles are up to 8 registers");
+  switch ((w + 7) / 8) {
+    case 1: return tile_row_g<1>(job, n, co, j0, w);
+    case 2: return tile_row_g<2>(job, n, co, j0, w);
+    case 3: return tile_row_g<3>(job, n, co, j0, w);
+    case 4: return tile_row_g<4>(job, n, co, j0, w);
+    case 5: return tile_row_g<5>(job, n, co, j0, w);
+    case 6: return tile_row_g<6>(job, n, co, j0, w);
+    case 7: return tile_row_g<7>(job, n, co, j0, w);
+    default: return tile_row_g<8>(job, n, co, j0, w);
+  }
+}
+
+}  // namespace avx2
+HTCORE_AVX2_END
+#endif  // HTCORE_CSR_X86
+
+// Items t in [t0, t1) are (image, output channel) pairs t = n * c_out + co.
+void run_direct(const Job& job, int64_t t0, int64_t t1) {
+  const Geometry& g = job.g;
+  const bool s1 = g.sh == 1 && g.sw == 1;
+  float* acc = kept_floats<struct DirectAcc>(static_cast<size_t>(s1 ? g.run : g.plane_out));
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t n = t / g.c_out, co = t % g.c_out;
+    if (!s1) {
+      direct_generic(job, n, co, acc);
+      continue;
+    }
+#ifdef HTCORE_CSR_X86
+    if (job.avx2) {
+      avx2::direct_s1(job, n, co, acc);
+      continue;
+    }
+#endif
+    direct_s1_generic(job, n, co, acc);
+  }
+}
+
+// Stride 1 only. Per image: tiles outer, the share's output channels inner (the tile's input
+// stays in cache across channels).
+void run_tiled(const Job& job, int64_t t0, int64_t t1) {
+  const Geometry& g = job.g;
+  for (int64_t t = t0; t < t1;) {
+    const int64_t n = t / g.c_out, c0 = t % g.c_out, c1 = std::min(g.c_out, c0 + (t1 - t));
+    for (int64_t j0 = 0; j0 < g.run; j0 += kConvTile) {
+      const int64_t w = std::min(kConvTile, g.run - j0);
+      for (int64_t co = c0; co < c1; ++co) {
+#ifdef HTCORE_CSR_X86
+        if (job.avx2) {
+          avx2::tiled(job, n, co, j0, w);
+          continue;
+        }
+#endif
+        tiled_generic(job, n, co, j0, w);
+      }
+    }
+    t += c1 - c0;
+  }
+}
+
+// Copies planes [q0, q1) of x (each h x w) into xp with a zero border (each hp x wp).
+void pad_planes(const Geometry& g, const float* x, float* xp, int64_t q0, int64_t q1) {
+  for (int64_t q = q0; q < q1; ++q) {
+    const float* src = x + q * g.h * g.w;
+    float* dst = xp + q * g.plane_in;
+    std::fill(dst, dst + g.ph * g.wp, 0.0f);
+    for (int64_t r = 0; r < g.h; ++r) {
+      float* d = dst + (g.ph + r) * g.wp;
+      std::fill(d, d + g.pw, 0.0f);
+      std::copy(src + r * g.w, src + (r + 1) * g.w, d + g.pw);
+      std::fill(d + g.pw + g.w, d + g.wp, 0.0f);
+    }
+    std::fill(dst + (g.ph + g.h) * g.wp, dst + g.plane_in, 0.0f);
+  }
+}
+
+// a * b into *out; false on int64 overflow.
+inline bool mul(int64_t a, int64_t b, int64_t* out) { return !__builtin_mul_overflow(a, b, out); }
+
+Geometry geometry(const Conv2dParams& p) {
+  require(p.batch >= 0, [&] { return "batch must be >= 0, got " + std::to_string(p.batch); });
+  require(p.in_channels >= 1, [&] { return "in_channels must be >= 1, got " + std::to_string(p.in_channels); });
+  require(p.out_channels >= 1, [&] { return "out_channels must be >= 1, got " + std::to_string(p.out_channels); });
+  require(p.height >= 1 && p.width >= 1, [&] {
+    return "input height and width must be >= 1, got " + std::to_string(p.height) + " x " + std::to_string(p.width);
+  });
+  require(p.kernel_h >= 1 && p.kernel_w >= 1, [&] {
+    return "kernel size must be >= 1, got " + std::to_string(p.kernel_h) + " x " + std::to_string(p.kernel_w);
+  });
+  require(p.stride_h >= 1 && p.stride_w >= 1, [&] {
+    return "stride must be >= 1, got (" + std::to_string(p.stride_h) + ", " + std::to_string(p.stride_w) + ")";
+  });
+  require(p.padding_h >= 0 && p.padding_w >= 0, [&] {
+    return "padding must be >= 0, got (" + std::to_string(p.padding_h) + ", " + std::to_string(p.padding_w) + ")";
+  });
+  require(p.dilation_h >= 1 && p.dilation_w >= 1, [&] {
+    return "dilation must be >= 1, got (" + std::to_string(p.dilation_h) + ", " + std::to_string(p.dilation_w) + ")";
+  });
+  require(p.groups >= 1, [&] { return "groups must be >= 1, got " + std::to_string(p.groups); });
+  require(p.in_channels % p.groups == 0 && p.out_channels % p.groups == 0, [&] {
+    return "groups = " + std::to_string(p.groups) + " must divide in_channels = " + std::to_string(p.in_channels) +
+           " and out_channels = " + std::to_string(p.out_channels);
+  });
+  Geometry g{};
+  g.n = p.batch, g.c_in = p.in_channels, g.h = p.height, g.w = p.width, g.c_out = p.out_channels;
+  g.kh = p.kernel_h, g.kw = p.kernel_w, g.sh = p.stride_h, g.sw = p.stride_w, g.ph = p.padding_h, g.pw = p.padding_w;
+  g.dh = p.dilation_h, g.dw = p.dilation_w, g.groups = p.groups;
+  g.cin_g = g.c_in / g.groups, g.cout_g = g.c_out / g.groups;
+  // Padded size and the dilated kernel's extent, overflow-checked (caller-given numbers).
+  int64_t span_h, span_w;
+  const bool overflow = __builtin_mul_overflow(g.ph, 2, &g.hp) || __builtin_add_overflow(g.hp, g.h, &g.hp) ||
+                        __builtin_mul_overflow(g.pw, 2, &g.wp) || __builtin_add_overflow(g.wp, g.w, &g.wp) ||
+                        !mul(g.dh, g.kh - 1, &span_h) || !mul(g.dw, g.kw - 1, &span_w) ||
+                        !mul(g.hp, g.wp, &g.plane_in);
+  require(!overflow, "conv2d sizes overflow int64 (padding, dilation or input size too large)");
+  require(span_h < g.hp && span_w < g.wp, [&] {
+    return "kernel extent dilation * (kernel - 1) + 1 = " + std::to_string(span_h + 1) + " x " +
+           std::to_string(span_w + 1) + " exceeds the padded input " + std::to_string(g.hp) + " x " +
+           std::to_string(g.wp) + ": the output would be empty";
+  });
+  g.ho = (g.hp - span_h - 1) / g.sh + 1;
+  g.wo = (g.wp - span_w - 1) / g.sw + 1;
+  g.plane_out = g.ho * g.wo;
+  g.run = (g.ho - 1) * g.wp + g.wo;
+  return g;
+}
+
+}  // namespace
+
+void conv2d_ignore_parallel_grain(bool ignore) { g_ignore_grain.store(ignore, std::memory_order_relaxed); }
+
+void conv2d_output_size(const Conv2dParams& p, int64_t* out_h, int64_t* out_w) {
+  const Geometry g = geometry(p);
+  *out_h = g.ho;
+  *out_w = g.wo;
+}
+
+void sparse_conv2d(const CsrRef& weight, const float* x, int64_t x_size, const Conv2dParams& p, const float* bias,
+                   int64_t bias_size, Activation act, float* y, int64_t y_size, Conv2dAlgo algo) {
+  const Geometry g = geometry(p);
+  int64_t cols, x_needed, y_needed, xp_needed;
+  require(mul(g.cin_g, g.kh, &cols) && mul(cols, g.kw, &cols), "weight columns (C_in / groups) * kh * kw overflow int64");
+  require(weight.rows == g.c_out && weight.cols == cols, [&] {
+    return "weight must be a (C_out, (C_in / groups) * kh * kw) = (" + std::to_string(g.c_out) + ", " +
+           std::to_string(cols) + ") matrix, got (" + std::to_string(weight.rows) + ", " + std::to_string(weight.cols) +
+           ")";
+  });
+  require(weight.nnz >= 0, "weight nnz must be non-negative");
+  require(weight.index_type != IndexType::u16 || weight.cols <= 65536, "uint16 column indices need cols <= 65536");
+  require(weight.value_type != ValueType::code8 ||
+              (weight.codebook != nullptr && weight.codebook_size >= 1 && weight.codebook_size <= 256),
+          "codebook values need a codebook of 1 to 256 levels");
+  require(weight.indptr != nullptr && (weight.nnz == 0 || (weight.indices != nullptr && weight.data != nullptr)),
+          "weight arrays must not be null");
+  require(mul(g.n, g.c_in, &x_needed) && mul(x_needed, g.h, &x_needed) && mul(x_needed, g.w, &x_needed),
+          "input size N * C_in * H * W overflows int64");
+  require(x_size == x_needed, [&] {
+    return "x must have N * C_in * H * W = " + std::to_string(x_needed) + " elements, got " + std::to_string(x_size);
+  });
+  require(bias == nullptr || bias_size == g.c_out, [&] {
+    return "bias must have C_out = " + std::to_string(g.c_out) + " elements, got " + std::to_string(bias_size);
+  });
+  require(mul(g.n, g.c_out, &y_needed) && mul(y_needed, g.plane_out, &y_needed),
+          "output size N * C_out * H_out * W_out overflows int64");
+  require(y_size == y_needed, [&] {
+    return "output must have N * C_out * H_out * W_out = " + std::to_string(g.n) + " * " + std::to_string(g.c_out) +
+           " * " + std::to_string(g.ho) + " * " + std::to_string(g.wo) + " = " + std::to_string(y_needed) +
+           " elements, got " + std::to_string(y_size);
+  });
+  require(mul(g.n, g.c_in, &xp_needed) && mul(xp_needed, g.plane_in, &xp_needed),
+          "padded input size N * C_in * (H + 2 ph) * (W + 2 pw) overflows int64");
+  require((x != nullptr || x_needed == 0) && (y != nullptr || y_needed == 0), "x and the output must not be null");
+
+  Decoded d;
+  if (weight.indptr_type == IndptrType::i32)
+    decode_index<int32_t>(weight, g, d);
+  else
+    decode_index<int64_t>(weight, g, d);
+  const bool avx2 = csr_uses_avx2();
+  if (bias) require_finite(bias, g.c_out, "bias", avx2);
+  if (g.n == 0) return;
+
+  const bool stride1 = g.sh == 1 && g.sw == 1;
+  const bool use_tiled = stride1 && algo != Conv2dAlgo::direct;  // automatic: see the top of this file
+  const bool padded = g.ph > 0 || g.pw > 0;
+  std::vector<float> owned;
+  float* xp = nullptr;
+  if (padded) {
+    constexpr int64_t kKeptBytes = int64_t(4) << 20;
+    if (xp_needed * int64_t(sizeof(float)) <= kKeptBytes) {
+      xp = kept_floats<struct PaddedInput>(static_cast<size_t>(xp_needed));
+    } else {
+      owned.resize(static_cast<size_t>(xp_needed));
+      xp = owned.data();
+    }
+  }
+  const Job job{g, &d, padded ? xp : x, bias, act, y, avx2};
+
+  // (image, output channel) items, split between threads by kept weights (+1 per item for its
+  // stores), as csr_spmm splits rows by nnz. Threads: csr_threads's grain on (nnz + rows) * H_out W_out.
+  const int64_t items = g.n * g.c_out;
+  int64_t all_nnz;
+  if (!mul(g.n, weight.nnz, &all_nnz)) all_nnz = INT64_MAX / 2;
+  const int threads = g_ignore_grain.load(std::memory_order_relaxed) ? num_threads()
+                                                                      : csr_threads(items, all_nnz, g.plane_out);
+  const int parts = static_cast<int>(std::min<int64_t>(threads, items));
+  std::vector<long long> bounds(parts + 1);
+  if (parts > 1) {
+    std::vector<int64_t> prefix(static_cast<size_t>(items) + 1);
+    const int64_t per_image = weight.nnz + g.c_out;
+    for (int64_t t = 0; t <= items; ++t) {
+      const int64_t n = t / g.c_out, co = t % g.c_out;
+      prefix[t] = n * per_image + d.ptr[co] + co;
+    }
+    split_rows_by_nnz(prefix.data(), items, parts, bounds.data());
+  } else {
+    bounds[0] = 0, bounds[1] = items;
+  }
+  auto compute = [&](int part) {
+    if (use_tiled)
+      run_tiled(job, bounds[part], bounds[part + 1]);
+    else
+      run_direct(job, bounds[part], bounds[part + 1]);
+  };
+  // Each thread pads (or, without padding, only checks) its share of the input planes; no thread
+  // computes until every share has passed the NaN/Inf check.
+  std::atomic<bool> x_finite{true};
+  const int64_t planes = g.n * g.c_in;
+  auto prepare = [&](int part) {
+    const int64_t q0 = planes * part / parts, q1 = planes * (part + 1) / parts;
+    if (!finite(x + q0 * g.h * g.w, (q1 - q0) * g.h * g.w, avx2)) x_finite.store(false, std::memory_order_relaxed);
+    if (padded) pad_planes(g, x, xp, q0, q1);
+  };
+  auto require_x_finite = [&] { require(x_finite.load(), [] { return non_finite_message("x"); }); };
+  if (parts == 1) {
+    prepare(0);
+    require_x_finite();
+    compute(0);
+    return;
+  }
+#pragma omp parallel num_threads(parts)
+  {
+    const int part = omp_get_thread_num();
+    prepare(part);
+#pragma omp barrier
+    if (x_finite.load(std::memory_order_relaxed)) compute(part);
+  }
+  require_x_finite();
+}
+
+}  // namespace htcore
