@@ -115,9 +115,9 @@ float* kept_floats(size_t n) {
 }
 
 // The bias + activation epilogue over n values, the activation chosen once (the loops vectorise).
-inline void finish(float* v, int64_t n, float b, Activation act) {
-  if (b != 0.0f)
-    for (int64_t i = 0; i < n; ++i) v[i] += b;
+inline void finish(float* v, int64_t n, const float* b, Activation act) {
+  if (b)
+    for (int64_t i = 0; i < n; ++i) v[i] += *b;
   auto each = [&](auto f) {
     for (int64_t i = 0; i < n; ++i) v[i] = f(v[i]);
   };
@@ -130,7 +130,7 @@ inline void finish(float* v, int64_t n, float b, Activation act) {
 }
 
 // Copies the padded-width plane acc (row stride wp) into out (ho x wo), bias + activation applied.
-inline void store_plane(const Geometry& g, float* acc, int64_t acc_stride, float* out, float b, Activation act) {
+inline void store_plane(const Geometry& g, float* acc, int64_t acc_stride, float* out, const float* b, Activation act) {
   for (int64_t oy = 0; oy < g.ho; ++oy) {
     float* row = acc + oy * acc_stride;
     finish(row, g.wo, b, act);
@@ -150,7 +150,7 @@ struct Job {
 
   const float* x_group(int64_t n, int64_t co) const { return xp + (n * g.c_in + (co / g.cout_g) * g.cin_g) * g.plane_in; }
   float* y_plane(int64_t n, int64_t co) const { return y + (n * g.c_out + co) * g.plane_out; }
-  float b(int64_t co) const { return bias ? bias[co] : 0.0f; }
+  const float* b(int64_t co) const { return bias ? bias + co : nullptr; }
 };
 
 // ---- portable loops ----
@@ -191,9 +191,10 @@ void direct_s1_generic(const Job& job, int64_t n, int64_t co, float* acc) {
 
 // Stores tile positions j0 .. j0 + w of a padded-width plane (tile[t] is position j0 + t) into the
 // output plane, dropping the columns ox >= wo.
-inline void store_tile(const Job& job, int64_t n, int64_t co, int64_t j0, int64_t w, float* tile) {
+// finished: bias and activation already applied.
+inline void store_tile(const Job& job, int64_t n, int64_t co, int64_t j0, int64_t w, float* tile, bool finished = false) {
   const Geometry& g = job.g;
-  finish(tile, w, job.b(co), job.act);
+  if (!finished) finish(tile, w, job.b(co), job.act);
   float* out = job.y_plane(n, co);
   if (g.wp == g.wo) {
     std::copy(tile, tile + w, out + j0);
@@ -292,9 +293,29 @@ void tile_row(const Job& job, int64_t n, int64_t co, int64_t j0, int64_t w) {
       a[i] = _mm256_fmadd_ps(v, Masked && i == G - 1 ? _mm256_maskload_ps(xr + 8 * i, mask) : _mm256_loadu_ps(xr + 8 * i),
                              a[i]);
   }
+  // Epilogue in registers for no activation and relu (relu as v < 0 ? 0 : v, like activate(): -0 stays -0).
+  const bool in_registers = job.act == Activation::none || job.act == Activation::relu;
+  if (in_registers) {
+    if (job.bias) {
+      const __m256 b = _mm256_set1_ps(job.bias[co]);
+      for (int i = 0; i < G; ++i) a[i] = _mm256_add_ps(a[i], b);
+    }
+    if (job.act == Activation::relu)
+      for (int i = 0; i < G; ++i) a[i] = _mm256_andnot_ps(_mm256_cmp_ps(a[i], _mm256_setzero_ps(), _CMP_LT_OQ), a[i]);
+    if (job.g.wp == job.g.wo) {  // the output plane is the padded-width plane: store straight into it
+      float* out = job.y_plane(n, co) + j0;
+      for (int i = 0; i < G; ++i) {
+        if (Masked && i == G - 1)
+          _mm256_maskstore_ps(out + 8 * i, mask, a[i]);
+        else
+          _mm256_storeu_ps(out + 8 * i, a[i]);
+      }
+      return;
+    }
+  }
   alignas(32) float tile[kConvTile];
   for (int i = 0; i < G; ++i) _mm256_store_ps(tile + 8 * i, a[i]);
-  store_tile(job, n, co, j0, w, tile);
+  store_tile(job, n, co, j0, w, tile, in_registers);
 }
 
 template <int G>
@@ -346,10 +367,14 @@ void run_direct(const Job& job, int64_t t0, int64_t t1) {
 // stays in cache across channels).
 void run_tiled(const Job& job, int64_t t0, int64_t t1) {
   const Geometry& g = job.g;
+  // The run's 8-value vectors dealt evenly over ceil(L / 64) tiles: a short last tile would be one
+  // FMA chain per kept weight, latency-bound, as slow as a full tile (L = 196: 64+64+64+4 -> 56+56+56+28).
+  const int64_t vectors = (g.run + 7) / 8, tiles = (g.run + kConvTile - 1) / kConvTile;
   for (int64_t t = t0; t < t1;) {
     const int64_t n = t / g.c_out, c0 = t % g.c_out, c1 = std::min(g.c_out, c0 + (t1 - t));
-    for (int64_t j0 = 0; j0 < g.run; j0 += kConvTile) {
-      const int64_t w = std::min(kConvTile, g.run - j0);
+    for (int64_t tile = 0; tile < tiles; ++tile) {
+      const int64_t j0 = 8 * (vectors * tile / tiles), j1 = std::min(g.run, 8 * (vectors * (tile + 1) / tiles));
+      const int64_t w = j1 - j0;
       for (int64_t co = c0; co < c1; ++co) {
 #ifdef HTCORE_CSR_X86
         if (job.avx2) {

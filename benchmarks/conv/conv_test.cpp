@@ -1,7 +1,8 @@
 // Standalone test and timing harness for htcore::sparse_conv2d (cpp/conv2d.cpp).
 //
 //   conv_test [--cases N] [--seed S]      random shapes against a float64 reference (default)
-//   conv_test --bench [--budget SEC]      direct vs tiled vs the dense weight, interleaved
+//   conv_test --bench [--budget SEC] [--layer SUBSTRING] [--threads T]
+//                                         direct vs tiled vs the dense weight, interleaved
 //
 // Test: every case runs both loops (direct, tiled) and the automatic choice, with the AVX2 path
 // on and off, at 1 and 2 threads (the parallel grain ignored, so small shapes split too); each
@@ -363,17 +364,19 @@ struct Layer {
   int64_t c_in, c_out, hw, k, pad;
 };
 
-int run_bench(double budget) {
+int run_bench(double budget, const std::string& filter, const std::vector<int>& thread_counts) {
   const Layer layers[] = {{"LeNet conv1 1->8 5x5 28x28", 1, 8, 28, 5, 0},     {"LeNet conv2 8->16 5x5 12x12", 8, 16, 12, 5, 0},
                           {"VGG 32->64 3x3 14x14 p1", 32, 64, 14, 3, 1},      {"VGG 64->128 3x3 7x7 p1", 64, 128, 7, 3, 1},
-                          {"VGG 64->128 3x3 14x14 p1", 64, 128, 14, 3, 1},    {"1x1 64->128 7x7", 64, 128, 7, 1, 0}};
+                          {"VGG 64->128 3x3 14x14 p1", 64, 128, 14, 3, 1},    {"1x1 64->128 7x7", 64, 128, 7, 1, 0},
+                          {"1x1 64->128 14x14", 64, 128, 14, 1, 0},           {"VGG 16->32 3x3 28x28 p1", 16, 32, 28, 3, 1}};
   std::printf("| layer | sparsity | batch | threads | direct us | tiled us | tiled/direct | dense(tiled) us |\n");
   std::printf("|---|---|---|---|---|---|---|---|\n");
   rng.seed(1);
   for (const Layer& L : layers)
+    if (std::string(L.name).find(filter) != std::string::npos)
     for (double sp : {0.7, 0.8, 0.9, 0.95})
       for (int64_t batch : {1, 32})
-        for (int threads : {1, 2}) {
+        for (int threads : thread_counts) {
           Conv2dParams p;
           p.batch = batch, p.in_channels = L.c_in, p.out_channels = L.c_out, p.height = p.width = L.hw;
           p.kernel_h = p.kernel_w = L.k, p.padding_h = p.padding_w = L.pad;
@@ -426,19 +429,23 @@ int main(int argc, char** argv) {
   uint64_t seed = 12345;
   bool bench = false;
   double budget = 0.3;
+  std::string filter;
+  std::vector<int> thread_counts = {1, 2};
   for (int i = 1; i < argc; ++i) {
     const std::string s = argv[i];
     if (s == "--bench") bench = true;
     else if (s == "--cases" && i + 1 < argc) cases = std::atoi(argv[++i]);
     else if (s == "--seed" && i + 1 < argc) seed = std::strtoull(argv[++i], nullptr, 10);
     else if (s == "--budget" && i + 1 < argc) budget = std::atof(argv[++i]);
+    else if (s == "--layer" && i + 1 < argc) filter = argv[++i];
+    else if (s == "--threads" && i + 1 < argc) thread_counts = {std::atoi(argv[++i])};
     else {
-      std::printf("usage: %s [--cases N] [--seed S] | --bench [--budget SEC]\n", argv[0]);
+      std::printf("usage: %s [--cases N] [--seed S] | --bench [--budget SEC] [--layer SUBSTRING] [--threads T]\n", argv[0]);
       return 2;
     }
   }
   std::printf("AVX2 path: %s\n", csr_uses_avx2() ? "yes" : "no");
-  if (bench) return run_bench(budget);
+  if (bench) return run_bench(budget, filter, thread_counts);
   const int failures = run_tests(cases, seed) + run_error_tests();
   std::printf("%s\n", failures ? "FAILED" : "ALL PASSED");
   return failures ? 1 : 0;
