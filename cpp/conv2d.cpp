@@ -40,6 +40,10 @@ std::atomic<bool> g_ignore_grain{false};
 
 // Positions per tile of the tiled loop (8 AVX2 registers).
 constexpr int64_t kConvTile = 64;
+// automatic picks the tiled loop (stride 1) when the output plane has no padded columns
+// (W_out == W + 2 pw: 1x1 kernels without padding, whose tiles store straight into the output) or
+// the kept weights per output channel average at least this many (results.md).
+constexpr int64_t kTiledMinPerRow = 12;
 
 // The shape of one call, with the derived sizes.
 struct Geometry {
@@ -363,29 +367,27 @@ void run_direct(const Job& job, int64_t t0, int64_t t1) {
   }
 }
 
-// Stride 1 only. Per image: tiles outer, the share's output channels inner (the tile's input
-// stays in cache across channels).
+// Stride 1 only. Each (image, output channel) item's tiles in turn, so each output plane is
+// written front to back. (Tiles outer and the share's channels inner, as Elsen et al. do to keep
+// the tile's input in L1, measured 1.2-1.5x slower at batch 32 on 1x1 64->128 14x14 (each tile
+// writes pieces of 128 planes) and no faster at batch 1; blocks of 4 or 16 channels in between.)
 void run_tiled(const Job& job, int64_t t0, int64_t t1) {
   const Geometry& g = job.g;
   // The run's 8-value vectors dealt evenly over ceil(L / 64) tiles: a short last tile would be one
   // FMA chain per kept weight, latency-bound, as slow as a full tile (L = 196: 64+64+64+4 -> 56+56+56+28).
   const int64_t vectors = (g.run + 7) / 8, tiles = (g.run + kConvTile - 1) / kConvTile;
-  for (int64_t t = t0; t < t1;) {
-    const int64_t n = t / g.c_out, c0 = t % g.c_out, c1 = std::min(g.c_out, c0 + (t1 - t));
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t n = t / g.c_out, co = t % g.c_out;
     for (int64_t tile = 0; tile < tiles; ++tile) {
       const int64_t j0 = 8 * (vectors * tile / tiles), j1 = std::min(g.run, 8 * (vectors * (tile + 1) / tiles));
-      const int64_t w = j1 - j0;
-      for (int64_t co = c0; co < c1; ++co) {
 #ifdef HTCORE_CSR_X86
-        if (job.avx2) {
-          avx2::tiled(job, n, co, j0, w);
-          continue;
-        }
-#endif
-        tiled_generic(job, n, co, j0, w);
+      if (job.avx2) {
+        avx2::tiled(job, n, co, j0, j1 - j0);
+        continue;
       }
+#endif
+      tiled_generic(job, n, co, j0, j1 - j0);
     }
-    t += c1 - c0;
   }
 }
 
@@ -512,7 +514,10 @@ void sparse_conv2d(const CsrRef& weight, const float* x, int64_t x_size, const C
   if (g.n == 0) return;
 
   const bool stride1 = g.sh == 1 && g.sw == 1;
-  const bool use_tiled = stride1 && algo != Conv2dAlgo::direct;  // automatic: see the top of this file
+  // automatic: see the top of this file and benchmarks/conv/results.md.
+  const bool use_tiled = stride1 && (algo == Conv2dAlgo::tiled ||
+                                     (algo == Conv2dAlgo::automatic &&
+                                      (g.wp == g.wo || weight.nnz >= kTiledMinPerRow * weight.rows)));
   const bool padded = g.ph > 0 || g.pw > 0;
   std::vector<float> owned;
   float* xp = nullptr;

@@ -369,8 +369,8 @@ int run_bench(double budget, const std::string& filter, const std::vector<int>& 
                           {"VGG 32->64 3x3 14x14 p1", 32, 64, 14, 3, 1},      {"VGG 64->128 3x3 7x7 p1", 64, 128, 7, 3, 1},
                           {"VGG 64->128 3x3 14x14 p1", 64, 128, 14, 3, 1},    {"1x1 64->128 7x7", 64, 128, 7, 1, 0},
                           {"1x1 64->128 14x14", 64, 128, 14, 1, 0},           {"VGG 16->32 3x3 28x28 p1", 16, 32, 28, 3, 1}};
-  std::printf("| layer | sparsity | batch | threads | direct us | tiled us | tiled/direct | dense(tiled) us |\n");
-  std::printf("|---|---|---|---|---|---|---|---|\n");
+  std::printf("| layer | sparsity | batch | threads | direct us | tiled us | tiled/direct | dense(tiled) us | rounds |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|\n");
   rng.seed(1);
   for (const Layer& L : layers)
     if (std::string(L.name).find(filter) != std::string::npos)
@@ -393,30 +393,36 @@ int run_bench(double budget, const std::string& filter, const std::vector<int>& 
               [&] { sparse_conv2d(a, x.data(), x.size(), p, nullptr, 0, Activation::relu, y.data(), y.size(), Conv2dAlgo::direct); },
               [&] { sparse_conv2d(a, x.data(), x.size(), p, nullptr, 0, Activation::relu, y.data(), y.size(), Conv2dAlgo::tiled); },
               [&] { sparse_conv2d(ad, x.data(), x.size(), p, nullptr, 0, Activation::relu, y.data(), y.size(), Conv2dAlgo::tiled); }};
-          std::vector<double> t[3];
-          // rounds: each times every variant once (a block of calls of ~2 ms), interleaved
+          // Rounds: each times every variant once (a block of calls of ~1 ms), in alternating order
+          // (ABC, CBA); the ratio is the median of the per-round ratios (adjacent blocks see the
+          // same machine load), the times are medians over rounds.
+          std::vector<double> t[3], ratio;
           for (auto& f : fns) f();
           int reps = 1;
           {
             const double t0 = now();
             fns[0]();
             const double one = now() - t0;
-            reps = static_cast<int>(std::max(1.0, std::min(1000.0, 0.002 / std::max(one, 1e-7))));
+            reps = static_cast<int>(std::max(1.0, std::min(1000.0, 0.001 / std::max(one, 1e-7))));
           }
           const double end = now() + budget;
-          for (int round = 0; round < 200 && (round < 5 || now() < end); ++round)
-            for (int v = 0; v < 3; ++v) {
+          for (int round = 0; round < 400 && (round < 7 || now() < end); ++round) {
+            for (int k = 0; k < 3; ++k) {
+              const int v = round % 2 ? 2 - k : k;
               const double t0 = now();
               for (int r = 0; r < reps; ++r) fns[v]();
               t[v].push_back((now() - t0) / reps);
             }
-          double med[3];
-          for (int v = 0; v < 3; ++v) {
-            std::sort(t[v].begin(), t[v].end());
-            med[v] = t[v][t[v].size() / 2] * 1e6;
+            ratio.push_back(t[1].back() / t[0].back());
           }
-          std::printf("| %s | %.0f%% | %lld | %d | %.1f | %.1f | %.2f | %.1f |\n", L.name, sp * 100, (long long)batch,
-                      threads, med[0], med[1], med[1] / med[0], med[2]);
+          auto median = [](std::vector<double> v) {
+            std::sort(v.begin(), v.end());
+            return v[v.size() / 2];
+          };
+          double med[3];
+          for (int v = 0; v < 3; ++v) med[v] = median(t[v]) * 1e6;
+          std::printf("| %s | %.0f%% | %lld | %d | %.1f | %.1f | %.2f | %.1f | %zu |\n", L.name, sp * 100, (long long)batch,
+                      threads, med[0], med[1], median(ratio), med[2], ratio.size());
           std::fflush(stdout);
         }
   return 0;
