@@ -72,19 +72,22 @@ def to_csr(flat):
 
 
 def interleaved(methods, budget, min_rounds=5, max_rounds=300):
-    """methods: name -> callable. Returns name -> median seconds per call."""
+    """methods: name -> callable. Rounds time every method once each (a block of calls of ~1 ms),
+    in alternating order. Returns (name -> median seconds per call, name -> per-round times, rounds)."""
     reps = {}
     for name, f in methods.items():
         f()
         t0 = time.perf_counter()
         f()
         one = time.perf_counter() - t0
-        reps[name] = max(1, min(1000, int(0.002 / max(one, 1e-7))))
+        reps[name] = max(1, min(1000, int(0.001 / max(one, 1e-7))))
     times = {name: [] for name in methods}
+    names = list(methods)
     end = time.perf_counter() + budget
     rounds = 0
     while rounds < min_rounds or (time.perf_counter() < end and rounds < max_rounds):
-        for name, f in methods.items():
+        for name in names if rounds % 2 == 0 else names[::-1]:
+            f = methods[name]
             f()  # wakes this method's pool
             time.sleep(GAP)
             f()
@@ -93,7 +96,12 @@ def interleaved(methods, budget, min_rounds=5, max_rounds=300):
                 f()
             times[name].append((time.perf_counter() - t0) / reps[name])
         rounds += 1
-    return {name: statistics.median(t) for name, t in times.items()}, rounds
+    return {name: statistics.median(t) for name, t in times.items()}, times, rounds
+
+
+def paired(times, a, b):
+    """Median over rounds of time[a] / time[b] (the two blocks of one round saw the same machine load)."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b]))
 
 
 def main():
@@ -142,15 +150,21 @@ def main():
                     for threads in (1, 2):
                         lib.htconv_set_num_threads(threads)
                         torch.set_num_threads(threads)
-                        med, rounds = interleaved(
+                        med, times, rounds = interleaved(
                             {"direct": kernel(1), "tiled": kernel(2), "torch dense": torch_f}, args.budget)
+                        # the rule conv2d.cpp's automatic choice applies (stride 1 here)
+                        auto = "tiled" if (pad == 0 and k == 1) or len(val) >= 10 * cout else "direct"
+                        best = min(("direct", "tiled"), key=lambda m: med[m])
                         row = dict(layer=name, sparsity=sp, batch=batch, threads=threads, nnz=int(len(val)),
-                                   rounds=rounds, **{k2: v * 1e6 for k2, v in med.items()})
+                                   rounds=rounds, **{k2: v * 1e6 for k2, v in med.items()},
+                                   tiled_over_direct=paired(times, "tiled", "direct"),
+                                   torch_over_auto=paired(times, "torch dense", auto), auto=auto,
+                                   auto_over_best=paired(times, auto, best))
                         rows.append(row)
                         print(f"{name:26s} {sp:.0%} b{batch:<3d} t{threads}  direct {row['direct']:9.1f} us  "
                               f"tiled {row['tiled']:9.1f} us  torch {row['torch dense']:9.1f} us  "
-                              f"tiled/direct {row['tiled'] / row['direct']:.2f}  torch/best "
-                              f"{row['torch dense'] / min(row['direct'], row['tiled']):.2f}", flush=True)
+                              f"tiled/direct {row['tiled_over_direct']:.2f}  auto={auto} auto/best {row['auto_over_best']:.2f}  "
+                              f"torch/auto {row['torch_over_auto']:.2f}  ({rounds} rounds)", flush=True)
     meta = dict(torch=torch.__version__, python=platform.python_version(), machine=platform.processor() or platform.machine(),
                 cpus=os.cpu_count(), load_start=load0, load_end=os.getloadavg(), budget=args.budget,
                 gomp_spincount=os.environ.get("GOMP_SPINCOUNT"))
@@ -158,13 +172,15 @@ def main():
         with open(args.out.replace(".md", ".json"), "w") as fh:
             json.dump(dict(meta=meta, rows=rows), fh, indent=1)
         with open(args.out, "w") as fh:
-            fh.write(f"Interleaved medians (us per call), {meta}\n\n")
-            fh.write("| layer | sparsity | batch | threads | direct | tiled | torch dense | tiled/direct | torch/tiled |\n")
-            fh.write("|---|---|---|---|---|---|---|---|---|\n")
+            fh.write(f"Interleaved rounds; times are medians over rounds (us per call), ratios are medians of the "
+                     f"per-round ratios. {meta}\n\n")
+            fh.write("| layer | sparsity | batch | threads | direct | tiled | torch dense | tiled/direct | auto | "
+                     "auto/best | torch/auto | rounds |\n")
+            fh.write("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
             for r in rows:
                 fh.write(f"| {r['layer']} | {r['sparsity']:.0%} | {r['batch']} | {r['threads']} | {r['direct']:.1f} | "
-                         f"{r['tiled']:.1f} | {r['torch dense']:.1f} | {r['tiled'] / r['direct']:.2f} | "
-                         f"{r['torch dense'] / r['tiled']:.2f} |\n")
+                         f"{r['tiled']:.1f} | {r['torch dense']:.1f} | {r['tiled_over_direct']:.2f} | {r['auto']} | "
+                         f"{r['auto_over_best']:.2f} | {r['torch_over_auto']:.2f} | {r['rounds']} |\n")
 
 
 if __name__ == "__main__":
