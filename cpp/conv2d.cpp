@@ -1,5 +1,9 @@
 // Sparse 2-D convolution (see conv2d.hpp).
-// DESIGN: (filled in from the measurements in benchmarks/conv/results.md)
+// Design, chosen by measurement (benchmarks/conv/results.md, interleaved A/B, 1 thread): the tiled
+// loop (accumulators in registers) is 1.9-3.4x faster than the direct loop on 1x1 layers and
+// 1.1-1.3x on 3x3 7x7 ones, ties on larger planes, and loses 1.1-1.5x only when output channels
+// keep few weights (LeNet conv1: 2-8), so `automatic` takes tiled for stride 1 unless the output
+// has padded columns and channels keep < 10 weights on average; direct for other strides.
 //
 // Both loops work on a zero-padded copy of the input (no copy without padding), so no bounds test
 // is left inside them, and on the weights decoded once per call into float32 values and input
@@ -10,9 +14,10 @@
 // kernel size, padding or dilation (the columns ox >= W_out are computed and dropped).
 //   direct: per (image, output channel), an accumulator plane of L floats; each kept weight (4 at
 //           a time) streams through it (acc[j] += w * xp[off + j]); then bias + activation.
-//   tiled:  (Elsen et al. 2020) tiles of 64 positions held in 8 AVX2 registers; for each tile,
-//           each output channel of the thread's share runs over its kept weights (broadcast w,
-//           load xp[off + j0 ..], FMA). The 1x1 convolution is the plain SpMM out = W X (CHW).
+//   tiled:  (after Elsen et al. 2020) per (image, output channel), tiles of up to 64 positions
+//           held in 8 AVX2 registers, each running over the channel's kept weights (broadcast w,
+//           load xp[off + j0 ..], FMA); bias + relu in registers. The 1x1 convolution is then
+//           the plain SpMM out = W X in CHW layout, its tiles stored straight into the output.
 // Other strides: direct, with a per-row loop.
 // Each output element is a chain of FMAs (or multiply-adds, portable build) in CSR order starting
 // from 0, then + bias, then the activation: both loops give bitwise the same result, at any

@@ -71,7 +71,7 @@ def to_csr(flat):
     return indptr, np.concatenate(idx).astype(np.uint16), np.concatenate(val).astype(np.float32)
 
 
-def interleaved(methods, budget, min_rounds=5, max_rounds=300):
+def interleaved(methods, budget, min_rounds=11, max_rounds=300):
     """methods: name -> callable. Rounds time every method once each (a block of calls of ~1 ms),
     in alternating order. Returns (name -> median seconds per call, name -> per-round times, rounds)."""
     reps = {}
