@@ -2,23 +2,23 @@
 // Design, chosen by measurement (benchmarks/conv/results.md, interleaved A/B, 1 thread): the tiled
 // loop (accumulators in registers) is 1.9-3.4x faster than the direct loop on 1x1 layers and
 // 1.1-1.3x on 3x3 7x7 ones, ties on larger planes, and loses 1.1-1.5x only when output channels
-// keep few weights (LeNet conv1: 2-8), so `automatic` takes tiled for stride 1 unless the output
-// has padded columns and channels keep < 10 weights on average; direct for other strides.
+// keep few weights (LeNet conv1: 2-8), so `automatic` takes tiled unless the output has padded
+// columns and channels keep < 10 weights on average.
 //
-// Both loops work on a zero-padded copy of the input (no copy without padding), so no bounds test
-// is left inside them, and on the weights decoded once per call into float32 values and input
-// offsets (off = ci * Hp * Wp + ky * dh * Wp + kx * dw in the padded group planes), so the loops
-// are the same for every value, index and row-pointer type. With stride 1, output (oy, ox) is
-// position j = oy * Wp + ox of a "padded-width" plane, and a kept weight contributes
-// w * xp[off + j] to every j < L = (H_out - 1) * Wp + W_out: one contiguous run, whatever the
-// kernel size, padding or dilation (the columns ox >= W_out are computed and dropped).
+// Both loops work on a prepared copy of the input (zero-padded, and at stride > 1 split into
+// sh * sw phase planes: see prepare_planes; no copy at stride 1 without padding), so every stride
+// is stride 1 and no bounds test is left inside the loops, and on the weights decoded once per
+// call into float32 values and input offsets (see decode), so the loops are the same for every
+// value, index and row-pointer type. Output (oy, ox) is position j = oy * Wq + ox of a
+// "padded-width" plane (Wq = the prepared row length), and a kept weight contributes
+// w * xp[off + j] to every j < L = (H_out - 1) * Wq + W_out: one contiguous run, whatever the
+// kernel size, padding, stride or dilation (the columns ox >= W_out are computed and dropped).
 //   direct: per (image, output channel), an accumulator plane of L floats; each kept weight (4 at
 //           a time) streams through it (acc[j] += w * xp[off + j]); then bias + activation.
 //   tiled:  (after Elsen et al. 2020) per (image, output channel), tiles of up to 64 positions
 //           held in 8 AVX2 registers, each running over the channel's kept weights (broadcast w,
 //           load xp[off + j0 ..], FMA); bias + relu in registers. The 1x1 convolution is then
 //           the plain SpMM out = W X in CHW layout, its tiles stored straight into the output.
-// Other strides: direct, with a per-row loop.
 // Each output element is a chain of FMAs (or multiply-adds, portable build) in CSR order starting
 // from 0, then + bias, then the activation: both loops give bitwise the same result, at any
 // thread count.
@@ -45,8 +45,8 @@ std::atomic<bool> g_ignore_grain{false};
 
 // Positions per tile of the tiled loop (8 AVX2 registers).
 constexpr int64_t kConvTile = 64;
-// automatic picks the tiled loop (stride 1) when the output plane has no padded columns
-// (W_out == W + 2 pw: 1x1 kernels without padding, whose tiles store straight into the output) or
+// automatic picks the tiled loop when the output plane has no padded columns (W_out == Wq: 1x1
+// kernels without padding, whose tiles store straight into the output) or
 // the kept weights per output channel average at least this many (results.md).
 constexpr int64_t kTiledMinPerRow = 10;
 
@@ -54,9 +54,22 @@ constexpr int64_t kTiledMinPerRow = 10;
 struct Geometry {
   int64_t n, c_in, h, w, c_out, kh, kw, sh, sw, ph, pw, dh, dw, groups;
   int64_t cin_g, cout_g, ho, wo, hp, wp;
-  int64_t plane_in;   // hp * wp
+  // The prepared input: each channel's padded plane split into sh * sw phase planes of hq x wq,
+  // phase (a, b) holding padded rows a, a + sh, ... and columns b, b + sw, ... (one phase, the
+  // padded plane itself, at stride 1).
+  int64_t hq, wq;
+  int64_t phase;      // hq * wq
+  int64_t plane_in;   // sh * sw * phase: one channel of the prepared input
   int64_t plane_out;  // ho * wo
-  int64_t run;        // stride 1: L = (ho - 1) * wp + wo
+  int64_t run;        // L = (ho - 1) * wq + wo
+
+  // True when some tap (ky, kx) reads phase (a, b): (ky dh) % sh == a and (kx dw) % sw == b.
+  bool phase_used(int64_t a, int64_t b) const {
+    bool row = false, col = false;
+    for (int64_t ky = 0; ky < kh && !row; ++ky) row = (ky * dh) % sh == a;
+    for (int64_t kx = 0; kx < kw && !col; ++kx) col = (kx * dw) % sw == b;
+    return row && col;
+  }
 };
 
 // The weights of one call, decoded: row co's kept weights are p in [ptr[co], ptr[co + 1]),
@@ -86,7 +99,10 @@ void decode(const CsrRef& a, const Geometry& g, Decoded& d) {
   int64_t c = 0;
   for (int64_t ci = 0; ci < g.cin_g; ++ci)
     for (int64_t ky = 0; ky < g.kh; ++ky)
-      for (int64_t kx = 0; kx < g.kw; ++kx) d.col_off[c++] = ci * g.plane_in + ky * g.dh * g.wp + kx * g.dw;
+      for (int64_t kx = 0; kx < g.kw; ++kx) {
+        const int64_t dy = ky * g.dh, dx = kx * g.dw;  // the tap's shift in the padded plane
+        d.col_off[c++] = ci * g.plane_in + ((dy % g.sh) * g.sw + dx % g.sw) * g.phase + (dy / g.sh) * g.wq + dx / g.sw;
+      }
   const uint64_t cols = static_cast<uint64_t>(a.cols);
   uint64_t bad_index = 0;  // ORed flags: the loop has no early exit
   for (int64_t p = 0; p < a.nnz; ++p) {
@@ -163,7 +179,7 @@ inline void store_plane(const Geometry& g, float* acc, int64_t acc_stride, float
 struct Job {
   Geometry g;
   const Decoded* d;
-  const float* xp;  // padded input, (n, c_in, hp, wp)
+  const float* xp;  // prepared input, (n, c_in, sh * sw, hq, wq)
   const float* bias;
   Activation act;
   float* y;
@@ -176,28 +192,8 @@ struct Job {
 
 // ---- portable loops ----
 
-// Direct, any stride: acc (ho x wo) += w * xp[off + oy * sh * wp + ox * sw].
+// Direct, portable: acc (padded width, L values) += w * xp[off + j].
 void direct_generic(const Job& job, int64_t n, int64_t co, float* acc) {
-  const Geometry& g = job.g;
-  const float* xg = job.x_group(n, co);
-  std::fill(acc, acc + g.plane_out, 0.0f);
-  for (int64_t p = job.d->ptr[co]; p < job.d->ptr[co + 1]; ++p) {
-    const float w = job.d->val[p];
-    const float* xr = xg + job.d->off[p];
-    for (int64_t oy = 0; oy < g.ho; ++oy) {
-      const float* xs = xr + oy * g.sh * g.wp;
-      float* a = acc + oy * g.wo;
-      if (g.sw == 1)
-        for (int64_t ox = 0; ox < g.wo; ++ox) a[ox] += w * xs[ox];
-      else
-        for (int64_t ox = 0; ox < g.wo; ++ox) a[ox] += w * xs[ox * g.sw];
-    }
-  }
-  store_plane(g, acc, g.wo, job.y_plane(n, co), job.b(co), job.act);
-}
-
-// Direct, stride 1, portable: acc (padded width, L values) += w * xp[off + j].
-void direct_s1_generic(const Job& job, int64_t n, int64_t co, float* acc) {
   const Geometry& g = job.g;
   const float* xg = job.x_group(n, co);
   const int64_t L = g.run;
@@ -207,7 +203,7 @@ void direct_s1_generic(const Job& job, int64_t n, int64_t co, float* acc) {
     const float* xr = xg + job.d->off[p];
     for (int64_t j = 0; j < L; ++j) acc[j] += w * xr[j];
   }
-  store_plane(g, acc, g.wp, job.y_plane(n, co), job.b(co), job.act);
+  store_plane(g, acc, g.wq, job.y_plane(n, co), job.b(co), job.act);
 }
 
 // Stores tile positions j0 .. j0 + w of a padded-width plane (tile[t] is position j0 + t) into the
@@ -217,13 +213,13 @@ inline void store_tile(const Job& job, int64_t n, int64_t co, int64_t j0, int64_
   const Geometry& g = job.g;
   if (!finished) finish(tile, w, job.b(co), job.act);
   float* out = job.y_plane(n, co);
-  if (g.wp == g.wo) {
+  if (g.wq == g.wo) {
     std::copy(tile, tile + w, out + j0);
     return;
   }
-  int64_t oy = j0 / g.wp, ox = j0 % g.wp;
+  int64_t oy = j0 / g.wq, ox = j0 % g.wq;
   for (int64_t t = 0; t < w;) {
-    const int64_t take = std::min(w - t, g.wp - ox);  // to the end of this padded row
+    const int64_t take = std::min(w - t, g.wq - ox);  // to the end of this padded row
     if (ox < g.wo) std::copy(tile + t, tile + t + std::min(take, g.wo - ox), out + oy * g.wo + ox);
     t += take;
     ox = 0;
@@ -250,9 +246,9 @@ HTCORE_ALWAYS_INLINE __m256i tail_mask(int64_t r) {  // lanes < r
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(r)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-// Direct, stride 1: four kept weights per pass over the accumulator plane (one load and one
+// Direct: four kept weights per pass over the accumulator plane (one load and one
 // store of acc per four FMAs; each position's FMAs still run in CSR order).
-void direct_s1(const Job& job, int64_t n, int64_t co, float* acc) {
+void direct(const Job& job, int64_t n, int64_t co, float* acc) {
   const Geometry& g = job.g;
   const float* xg = job.x_group(n, co);
   const int64_t L = g.run, full = L & ~int64_t(7);
@@ -293,7 +289,7 @@ void direct_s1(const Job& job, int64_t n, int64_t co, float* acc) {
       _mm256_maskstore_ps(acc + j, mask,
                           _mm256_fmadd_ps(w0, _mm256_maskload_ps(x0 + j, mask), _mm256_maskload_ps(acc + j, mask)));
   }
-  store_plane(g, acc, g.wp, job.y_plane(n, co), job.b(co), job.act);
+  store_plane(g, acc, g.wq, job.y_plane(n, co), job.b(co), job.act);
 }
 
 // Tiled: positions j0 .. j0 + w (w <= 8 G) of output channel co in G registers. Masked: the last
@@ -323,7 +319,7 @@ void tile_row(const Job& job, int64_t n, int64_t co, int64_t j0, int64_t w) {
     }
     if (job.act == Activation::relu)
       for (int i = 0; i < G; ++i) a[i] = _mm256_andnot_ps(_mm256_cmp_ps(a[i], _mm256_setzero_ps(), _CMP_LT_OQ), a[i]);
-    if (job.g.wp == job.g.wo) {  // the output plane is the padded-width plane: store straight into it
+    if (job.g.wq == job.g.wo) {  // the output plane is the padded-width plane: store straight into it
       float* out = job.y_plane(n, co) + j0;
       for (int i = 0; i < G; ++i) {
         if (Masked && i == G - 1)
@@ -366,25 +362,20 @@ HTCORE_AVX2_END
 // Items t in [t0, t1) are (image, output channel) pairs t = n * c_out + co.
 void run_direct(const Job& job, int64_t t0, int64_t t1) {
   const Geometry& g = job.g;
-  const bool s1 = g.sh == 1 && g.sw == 1;
-  float* acc = kept_floats<struct DirectAcc>(static_cast<size_t>(s1 ? g.run : g.plane_out));
+  float* acc = kept_floats<struct DirectAcc>(static_cast<size_t>(g.run));
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t n = t / g.c_out, co = t % g.c_out;
-    if (!s1) {
-      direct_generic(job, n, co, acc);
-      continue;
-    }
 #ifdef HTCORE_CSR_X86
     if (job.avx2) {
-      avx2::direct_s1(job, n, co, acc);
+      avx2::direct(job, n, co, acc);
       continue;
     }
 #endif
-    direct_s1_generic(job, n, co, acc);
+    direct_generic(job, n, co, acc);
   }
 }
 
-// Stride 1 only. Each (image, output channel) item's tiles in turn, so each output plane is
+// Each (image, output channel) item's tiles in turn, so each output plane is
 // written front to back. (Tiles outer and the share's channels inner, as Elsen et al. do to keep
 // the tile's input in L1, measured 1.2-1.5x slower at batch 32 on 1x1 64->128 14x14 (each tile
 // writes pieces of 128 planes) and no faster at batch 1; blocks of 4 or 16 channels in between.)
@@ -408,19 +399,46 @@ void run_tiled(const Job& job, int64_t t0, int64_t t1) {
   }
 }
 
-// Copies planes [q0, q1) of x (each h x w) into xp with a zero border (each hp x wp).
-void pad_planes(const Geometry& g, const float* x, float* xp, int64_t q0, int64_t q1) {
+// Prepares planes [q0, q1) of x (each h x w) in xp: zero-padded, and at stride > 1 split into
+// phase planes (see Geometry), so that output (oy, ox) reads tap (ky, kx) at phase
+// ((ky dh) % sh, (kx dw) % sw), row oy + ky dh / sh, column ox + kx dw / sw: every stride becomes
+// stride 1 and the same loops serve it. (Stride 2 with the earlier scalar per-row loop:
+// 4-8x slower than dense torch at 70%; see results.md.)
+void prepare_planes(const Geometry& g, const float* x, float* xp, int64_t q0, int64_t q1) {
   for (int64_t q = q0; q < q1; ++q) {
     const float* src = x + q * g.h * g.w;
     float* dst = xp + q * g.plane_in;
-    std::fill(dst, dst + g.ph * g.wp, 0.0f);
-    for (int64_t r = 0; r < g.h; ++r) {
-      float* d = dst + (g.ph + r) * g.wp;
-      std::fill(d, d + g.pw, 0.0f);
-      std::copy(src + r * g.w, src + (r + 1) * g.w, d + g.pw);
-      std::fill(d + g.pw + g.w, d + g.wp, 0.0f);
+    if (g.sh == 1 && g.sw == 1) {  // padding only: rows with a zero border
+      std::fill(dst, dst + g.ph * g.wp, 0.0f);
+      for (int64_t r = 0; r < g.h; ++r) {
+        float* d = dst + (g.ph + r) * g.wp;
+        std::fill(d, d + g.pw, 0.0f);
+        std::copy(src + r * g.w, src + (r + 1) * g.w, d + g.pw);
+        std::fill(d + g.pw + g.w, d + g.wp, 0.0f);
+      }
+      std::fill(dst + (g.ph + g.h) * g.wp, dst + g.plane_in, 0.0f);
+      continue;
     }
-    std::fill(dst + (g.ph + g.h) * g.wp, dst + g.plane_in, 0.0f);
+    for (int64_t a = 0; a < g.sh; ++a)
+      for (int64_t b = 0; b < g.sw; ++b) {
+        if (!g.phase_used(a, b)) continue;  // no tap reads it (1x1 at stride 2: only phase (0, 0))
+        float* ph = dst + (a * g.sw + b) * g.phase;
+        // columns c whose input column c * sw + b - pw lies in [0, w): [c0, c1)
+        const int64_t c0 = std::min(g.wq, g.pw > b ? (g.pw - b + g.sw - 1) / g.sw : 0);
+        const int64_t c1 = std::max(c0, std::min(g.wq, g.w - 1 + g.pw - b >= 0 ? (g.w - 1 + g.pw - b) / g.sw + 1 : 0));
+        for (int64_t r = 0; r < g.hq; ++r) {
+          const int64_t iy = r * g.sh + a - g.ph;  // input row of padded row r * sh + a
+          float* d = ph + r * g.wq;
+          if (iy < 0 || iy >= g.h) {
+            std::fill(d, d + g.wq, 0.0f);
+            continue;
+          }
+          const float* s = src + iy * g.w + b - g.pw;
+          std::fill(d, d + c0, 0.0f);
+          for (int64_t c = c0; c < c1; ++c) d[c] = s[c * g.sw];
+          std::fill(d + c1, d + g.wq, 0.0f);
+        }
+      }
   }
 }
 
@@ -461,7 +479,7 @@ Geometry geometry(const Conv2dParams& p) {
   const bool overflow = __builtin_mul_overflow(g.ph, 2, &g.hp) || __builtin_add_overflow(g.hp, g.h, &g.hp) ||
                         __builtin_mul_overflow(g.pw, 2, &g.wp) || __builtin_add_overflow(g.wp, g.w, &g.wp) ||
                         !mul(g.dh, g.kh - 1, &span_h) || !mul(g.dw, g.kw - 1, &span_w) ||
-                        !mul(g.hp, g.wp, &g.plane_in);
+                        !mul(g.hp, g.wp, &g.plane_in);  // (an upper bound of the checks below)
   require(!overflow, "conv2d sizes overflow int64 (padding, dilation or input size too large)");
   require(span_h < g.hp && span_w < g.wp, [&] {
     return "kernel extent dilation * (kernel - 1) + 1 = " + std::to_string(span_h + 1) + " x " +
@@ -471,7 +489,11 @@ Geometry geometry(const Conv2dParams& p) {
   g.ho = (g.hp - span_h - 1) / g.sh + 1;
   g.wo = (g.wp - span_w - 1) / g.sw + 1;
   g.plane_out = g.ho * g.wo;
-  g.run = (g.ho - 1) * g.wp + g.wo;
+  g.hq = g.hp / g.sh + (g.hp % g.sh != 0);
+  g.wq = g.wp / g.sw + (g.wp % g.sw != 0);
+  require(mul(g.hq, g.wq, &g.phase) && mul(g.phase, g.sh, &g.plane_in) && mul(g.plane_in, g.sw, &g.plane_in),
+          "conv2d sizes overflow int64 (stride or input size too large)");
+  g.run = (g.ho - 1) * g.wq + g.wo;
   return g;
 }
 
@@ -518,7 +540,7 @@ void sparse_conv2d(const CsrRef& weight, const float* x, int64_t x_size, const C
            " elements, got " + std::to_string(y_size);
   });
   require(mul(g.n, g.c_in, &xp_needed) && mul(xp_needed, g.plane_in, &xp_needed),
-          "padded input size N * C_in * (H + 2 ph) * (W + 2 pw) overflows int64");
+          "prepared input size N * C_in * (H + 2 ph) * (W + 2 pw) (rounded up to strides) overflows int64");
   require((x != nullptr || x_needed == 0) && (y != nullptr || y_needed == 0), "x and the output must not be null");
 
   thread_local Decoded d;
@@ -530,15 +552,13 @@ void sparse_conv2d(const CsrRef& weight, const float* x, int64_t x_size, const C
   if (bias) require_finite(bias, g.c_out, "bias", avx2);
   if (g.n == 0) return;
 
-  const bool stride1 = g.sh == 1 && g.sw == 1;
   // automatic: see the top of this file and benchmarks/conv/results.md.
-  const bool use_tiled = stride1 && (algo == Conv2dAlgo::tiled ||
-                                     (algo == Conv2dAlgo::automatic &&
-                                      (g.wp == g.wo || weight.nnz >= kTiledMinPerRow * weight.rows)));
-  const bool padded = g.ph > 0 || g.pw > 0;
+  const bool use_tiled = algo == Conv2dAlgo::tiled ||
+                         (algo == Conv2dAlgo::automatic && (g.wq == g.wo || weight.nnz >= kTiledMinPerRow * weight.rows));
+  const bool copied = g.ph > 0 || g.pw > 0 || g.sh > 1 || g.sw > 1;  // else the loops read x itself
   std::vector<float> owned;
   float* xp = nullptr;
-  if (padded) {
+  if (copied) {
     constexpr int64_t kKeptBytes = int64_t(4) << 20;
     if (xp_needed * int64_t(sizeof(float)) <= kKeptBytes) {
       xp = kept_floats<struct PaddedInput>(static_cast<size_t>(xp_needed));
@@ -547,7 +567,7 @@ void sparse_conv2d(const CsrRef& weight, const float* x, int64_t x_size, const C
       xp = owned.data();
     }
   }
-  const Job job{g, &d, padded ? xp : x, bias, act, y, avx2};
+  const Job job{g, &d, copied ? xp : x, bias, act, y, avx2};
 
   // (image, output channel) items, split between threads by kept weights (+1 per item for its
   // stores), as csr_spmm splits rows by nnz. Threads: csr_threads's grain on (nnz + rows) * H_out W_out.
@@ -575,14 +595,14 @@ void sparse_conv2d(const CsrRef& weight, const float* x, int64_t x_size, const C
     else
       run_direct(job, bounds[part], bounds[part + 1]);
   };
-  // Each thread pads (or, without padding, only checks) its share of the input planes; no thread
+  // Each thread prepares (or, at stride 1 without padding, only checks) its share of the input planes; no thread
   // computes until every share has passed the NaN/Inf check.
   std::atomic<bool> x_finite{true};
   const int64_t planes = g.n * g.c_in;
   auto prepare = [&](int part) {
     const int64_t q0 = planes * part / parts, q1 = planes * (part + 1) / parts;
     if (!finite(x + q0 * g.h * g.w, (q1 - q0) * g.h * g.w, avx2)) x_finite.store(false, std::memory_order_relaxed);
-    if (padded) pad_planes(g, x, xp, q0, q1);
+    if (copied) prepare_planes(g, x, xp, q0, q1);
   };
   auto require_x_finite = [&] { require(x_finite.load(), [] { return non_finite_message("x"); }); };
   if (parts == 1) {

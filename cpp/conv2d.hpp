@@ -31,8 +31,7 @@ struct Conv2dParams {
 };
 
 // Which loop computes the convolution. automatic picks by shape (see conv2d.cpp); the others are
-// for benchmarks and tests and are honoured whenever they apply (tiled needs stride 1; it falls
-// back to direct otherwise).
+// for benchmarks and tests. All give bitwise the same result.
 enum class Conv2dAlgo { automatic, direct, tiled };
 
 // H_out and W_out of a convolution, as torch computes them:

@@ -26,13 +26,17 @@ import torch
 import torch.nn.functional as F
 
 LAYERS = [
-    # name, C_in, C_out, H (= W), k, padding
-    ("LeNet 1->8 5x5 28x28", 1, 8, 28, 5, 0),
-    ("LeNet 8->16 5x5 12x12", 8, 16, 12, 5, 0),
-    ("VGG 32->64 3x3 14x14 p1", 32, 64, 14, 3, 1),
-    ("VGG 64->128 3x3 7x7 p1", 64, 128, 7, 3, 1),
-    ("VGG 64->128 3x3 14x14 p1", 64, 128, 14, 3, 1),
-    ("1x1 64->128 7x7", 64, 128, 7, 1, 0),
+    # name, C_in, C_out, H (= W), k, padding, stride
+    ("LeNet 1->8 5x5 28x28", 1, 8, 28, 5, 0, 1),
+    ("LeNet 8->16 5x5 12x12", 8, 16, 12, 5, 0, 1),
+    ("VGG 32->64 3x3 14x14 p1", 32, 64, 14, 3, 1, 1),
+    ("VGG 64->128 3x3 7x7 p1", 64, 128, 7, 3, 1, 1),
+    ("VGG 64->128 3x3 14x14 p1", 64, 128, 14, 3, 1, 1),
+    ("1x1 64->128 7x7", 64, 128, 7, 1, 0, 1),
+]
+STRIDED = [  # --strided: ResNet-style downsampling layers
+    ("3x3 s2 64->128 14x14 p1", 64, 128, 14, 3, 1, 2),
+    ("1x1 s2 64->128 14x14", 64, 128, 14, 1, 0, 2),
 ]
 GAP = 0.002  # idle seconds before each block (longer than the pools' spinning)
 
@@ -110,13 +114,14 @@ def main():
     ap.add_argument("--budget", type=float, default=0.3, help="seconds of interleaved rounds per case")
     ap.add_argument("--out", default=None, help="write the markdown table here (and a .json beside it)")
     ap.add_argument("--quick", action="store_true", help="70%% and 95%% only")
+    ap.add_argument("--strided", action="store_true", help="the stride-2 layers instead of the main grid")
     args = ap.parse_args()
     lib = load(args.lib)
     rng = np.random.default_rng(0)
     rows = []
     load0 = os.getloadavg()
     sparsities = [0.7, 0.95] if args.quick else [0.7, 0.8, 0.9, 0.95]
-    for name, cin, cout, hw, k, pad in LAYERS:
+    for name, cin, cout, hw, k, pad, stride in STRIDED if args.strided else LAYERS:
         w_dense = rng.standard_normal((cout, cin, k, k)).astype(np.float32)
         for sp in sparsities:
             w = topk_sparsify(w_dense, sp, rng)
@@ -127,9 +132,9 @@ def main():
             for batch in (1, 32):
                 x = rng.standard_normal((batch, cin, hw, hw)).astype(np.float32)
                 xt = torch.from_numpy(x)
-                ho = hw + 2 * pad - k + 1
+                ho = (hw + 2 * pad - k) // stride + 1
                 y = np.empty((batch, cout, ho, ho), np.float32)
-                params = np.array([batch, cin, hw, hw, cout, k, k, 1, 1, pad, pad, 1, 1, 1], np.int64)
+                params = np.array([batch, cin, hw, hw, cout, k, k, stride, stride, pad, pad, 1, 1, 1], np.int64)
                 ptrs = [a.ctypes.data for a in (indptr, idx, val, params, x, b, y)]
 
                 def kernel(algo):
@@ -140,20 +145,21 @@ def main():
 
                     return f
 
-                ref = torch.relu(F.conv2d(xt, wt, bt, padding=pad)).numpy()
+                ref = torch.relu(F.conv2d(xt, wt, bt, stride=stride, padding=pad)).numpy()
                 for algo in (1, 2):
                     kernel(algo)()
                     err = np.abs(y - ref).max() / max(np.abs(ref).max(), 1e-30)
                     assert err < 1e-5, (name, sp, batch, algo, err)
                 with torch.inference_mode():
-                    torch_f = lambda: torch.relu_(F.conv2d(xt, wt, bt, padding=pad))
+                    torch_f = lambda: torch.relu_(F.conv2d(xt, wt, bt, stride=stride, padding=pad))
                     for threads in (1, 2):
                         lib.htconv_set_num_threads(threads)
                         torch.set_num_threads(threads)
                         med, times, rounds = interleaved(
                             {"direct": kernel(1), "tiled": kernel(2), "torch dense": torch_f}, args.budget)
-                        # the rule conv2d.cpp's automatic choice applies (stride 1 here)
-                        auto = "tiled" if (pad == 0 and k == 1) or len(val) >= 10 * cout else "direct"
+                        # the rule conv2d.cpp's automatic choice applies
+                        auto = ("tiled" if ((pad == 0 and k == 1) or len(val) >= 10 * cout)
+                                else "direct")
                         best = min(("direct", "tiled"), key=lambda m: med[m])
                         row = dict(layer=name, sparsity=sp, batch=batch, threads=threads, nnz=int(len(val)),
                                    rounds=rounds, **{k2: v * 1e6 for k2, v in med.items()},
