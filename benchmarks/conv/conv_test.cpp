@@ -3,6 +3,8 @@
 //   conv_test [--cases N] [--seed S]      random shapes against a float64 reference (default)
 //   conv_test --bench [--budget SEC] [--layer SUBSTRING] [--threads T]
 //                                         direct vs tiled vs the dense weight, interleaved
+//   conv_test --formats [--budget SEC] [--threads T]
+//                                         value / index formats against float32 + uint16, interleaved
 //
 // Test: every case runs both loops (direct, tiled) and the automatic choice, with the AVX2 path
 // on and off, at 1 and 2 threads (the parallel grain ignored, so small shapes split too); each
@@ -428,30 +430,92 @@ int run_bench(double budget, const std::string& filter, const std::vector<int>& 
   return 0;
 }
 
+// Value and index formats: the automatic choice with float32 / float16 / uint8-codebook values and
+// uint16 / int32 indices on the same pattern, interleaved; ratios to float32 + uint16.
+int run_formats(double budget, int threads) {
+  const Layer layers[] = {{"LeNet conv2 8->16 5x5 12x12", 8, 16, 12, 5, 0},
+                          {"VGG 64->128 3x3 7x7 p1", 64, 128, 7, 3, 1},
+                          {"1x1 64->128 7x7", 64, 128, 7, 1, 0}};
+  const char* names[] = {"f32+u16", "f16+u16", "code8+u16", "f32+i32", "f16+i32", "code8+i32"};
+  std::printf("| layer | sparsity | batch | f32+u16 us | f16+u16 | code8+u16 | f32+i32 | f16+i32 | code8+i32 | rounds |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
+  rng.seed(2);
+  set_num_threads(threads);
+  for (const Layer& L : layers)
+    for (double sp : {0.7, 0.95})
+      for (int64_t batch : {1, 32}) {
+        Conv2dParams p;
+        p.batch = batch, p.in_channels = L.c_in, p.out_channels = L.c_out, p.height = p.width = L.hw;
+        p.kernel_h = p.kernel_w = L.k, p.padding_h = p.padding_w = L.pad;
+        int64_t ho, wo;
+        conv2d_output_size(p, &ho, &wo);
+        Weight w(L.c_out, L.c_in * L.k * L.k, 1 - sp, 0);
+        std::vector<float> x(batch * L.c_in * L.hw * L.hw), bias(L.c_out, 0.1f);
+        for (auto& v : x) v = static_cast<float>(uniform(-1, 1));
+        std::vector<float> y(batch * L.c_out * ho * wo);
+        std::vector<std::function<void()>> fns;
+        for (IndexType it : {IndexType::u16, IndexType::i32})
+          for (ValueType vt : {ValueType::f32, ValueType::f16, ValueType::code8}) {
+            const CsrRef a = w.ref(vt, it, IndptrType::i32);
+            fns.push_back([&, a] {
+              sparse_conv2d(a, x.data(), x.size(), p, bias.data(), L.c_out, Activation::relu, y.data(), y.size());
+            });
+          }
+        const size_t V = fns.size();
+        for (auto& f : fns) f();
+        const double t0 = now();
+        fns[0]();
+        const int reps = static_cast<int>(std::max(1.0, std::min(1000.0, 0.001 / std::max(now() - t0, 1e-7))));
+        std::vector<std::vector<double>> t(V), ratio(V);
+        const double end = now() + budget;
+        for (int round = 0; round < 400 && (round < 11 || now() < end); ++round) {
+          for (size_t k = 0; k < V; ++k) {
+            const size_t v = round % 2 ? V - 1 - k : k;
+            const double s0 = now();
+            for (int r = 0; r < reps; ++r) fns[v]();
+            t[v].push_back((now() - s0) / reps);
+          }
+          for (size_t v = 0; v < V; ++v) ratio[v].push_back(t[v].back() / t[0].back());
+        }
+        auto median = [](std::vector<double> v) {
+          std::sort(v.begin(), v.end());
+          return v[v.size() / 2];
+        };
+        std::printf("| %s | %.0f%% | %lld | %.1f", L.name, sp * 100, (long long)batch, median(t[0]) * 1e6);
+        for (size_t v = 1; v < V; ++v) std::printf(" | %.2f", median(ratio[v]));
+        std::printf(" | %zu |\n", t[0].size());
+        std::fflush(stdout);
+        (void)names;
+      }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   int cases = 2000;
   uint64_t seed = 12345;
-  bool bench = false;
+  bool bench = false, formats = false;
   double budget = 0.3;
   std::string filter;
   std::vector<int> thread_counts = {1, 2};
   for (int i = 1; i < argc; ++i) {
     const std::string s = argv[i];
     if (s == "--bench") bench = true;
+    else if (s == "--formats") formats = true;
     else if (s == "--cases" && i + 1 < argc) cases = std::atoi(argv[++i]);
     else if (s == "--seed" && i + 1 < argc) seed = std::strtoull(argv[++i], nullptr, 10);
     else if (s == "--budget" && i + 1 < argc) budget = std::atof(argv[++i]);
     else if (s == "--layer" && i + 1 < argc) filter = argv[++i];
     else if (s == "--threads" && i + 1 < argc) thread_counts = {std::atoi(argv[++i])};
     else {
-      std::printf("usage: %s [--cases N] [--seed S] | --bench [--budget SEC] [--layer SUBSTRING] [--threads T]\n", argv[0]);
+      std::printf("usage: %s [--cases N] [--seed S] | --bench [--budget SEC] [--layer SUBSTRING] [--threads T] | --formats [--budget SEC] [--threads T]\n", argv[0]);
       return 2;
     }
   }
   std::printf("AVX2 path: %s\n", csr_uses_avx2() ? "yes" : "no");
   if (bench) return run_bench(budget, filter, thread_counts);
+  if (formats) return run_formats(budget, thread_counts[0]);
   const int failures = run_tests(cases, seed) + run_error_tests();
   std::printf("%s\n", failures ? "FAILED" : "ALL PASSED");
   return failures ? 1 : 0;
