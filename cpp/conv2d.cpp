@@ -617,8 +617,8 @@ void sparse_conv2d(const CsrRef& weight, const float* x, int64_t x_size, const C
     else
       run_direct(job, bounds[part], bounds[part + 1]);
   };
-  // Each thread prepares (or, at stride 1 without padding, only checks) its share of the input planes; no thread
-  // computes until every share has passed the NaN/Inf check.
+  // Each thread prepares (or, at stride 1 without padding, only checks) its share of the input
+  // planes; no thread computes until every share has passed the NaN/Inf check.
   std::atomic<bool> x_finite{true};
   const int64_t planes = g.n * g.c_in;
   auto prepare = [&](int part) {
@@ -633,12 +633,15 @@ void sparse_conv2d(const CsrRef& weight, const float* x, int64_t x_size, const C
     compute(0);
     return;
   }
+  // Parts are dealt round-robin to the threads the region actually gets (fewer than asked when
+  // called from inside another parallel region, where nesting is off): every part still runs.
 #pragma omp parallel num_threads(parts)
   {
-    const int part = omp_get_thread_num();
-    prepare(part);
+    const int team = omp_get_num_threads();
+    for (int part = omp_get_thread_num(); part < parts; part += team) prepare(part);
 #pragma omp barrier
-    if (x_finite.load(std::memory_order_relaxed)) compute(part);
+    if (x_finite.load(std::memory_order_relaxed))
+      for (int part = omp_get_thread_num(); part < parts; part += team) compute(part);
   }
   require_x_finite();
 }

@@ -352,6 +352,21 @@ int run_error_tests() {
       sparse_conv2d(a, xx.data(), xx.size(), p, nullptr, 0, Activation::none, y.data(), y.size());
     });
   }
+  // Called from inside a parallel region (nesting off: the kernel's region gets one thread):
+  // every part must still be computed.
+  {
+    std::vector<float> ref_y(y.size()), in_y(y.size());
+    sparse_conv2d(a, x.data(), x.size(), p, bias.data(), 6, Activation::relu, ref_y.data(), ref_y.size());
+#pragma omp parallel num_threads(2)
+    {
+#pragma omp single
+      sparse_conv2d(a, x.data(), x.size(), p, bias.data(), 6, Activation::relu, in_y.data(), in_y.size());
+    }
+    if (std::memcmp(ref_y.data(), in_y.data(), y.size() * sizeof(float)) != 0) {
+      ++f;
+      std::printf("FAIL call from inside a parallel region: result differs\n");
+    }
+  }
   conv2d_ignore_parallel_grain(false);
   std::printf("argument checks: %d failures\n", f);
   return f;
