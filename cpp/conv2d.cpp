@@ -1,7 +1,7 @@
 // Sparse 2-D convolution (see conv2d.hpp).
 // Design, chosen by measurement (benchmarks/conv/results.md, interleaved A/B, 1 thread): the tiled
-// loop (accumulators in registers) is 1.9-3.4x faster than the direct loop on 1x1 layers and
-// 1.1-1.3x on 3x3 7x7 ones, ties on larger planes, and loses 1.1-1.5x only when output channels
+// loop (accumulators in registers) is 1.8-3.3x faster than the direct loop on 1x1 layers and
+// 1.05-1.6x on 3x3 7x7 ones, ties on larger planes, and loses 1.1-1.5x only when output channels
 // keep few weights (LeNet conv1: 2-8), so `automatic` takes tiled unless the output has padded
 // columns and channels keep < 10 weights on average.
 //
