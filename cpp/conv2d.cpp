@@ -5,9 +5,10 @@
 // keep few weights (LeNet conv1: 2-8), so `automatic` takes tiled unless the output has padded
 // columns and channels keep < 10 weights on average.
 //
-// Both loops work on a prepared copy of the input (zero-padded, and at stride > 1 split into
-// sh * sw phase planes: see prepare_planes; no copy at stride 1 without padding), so every stride
-// is stride 1 and no bounds test is left inside the loops, and on the weights decoded once per
+// Both loops work on a prepared copy of each image (zero-padded, and at stride > 1 split into
+// sh * sw phase planes: see prepare_planes; made by each thread into its own buffer as its items
+// reach the image; no copy at stride 1 without padding), so every stride is stride 1 and no
+// bounds test is left inside the loops, and on the weights decoded once per
 // call into float32 values and input offsets (see decode), so the loops are the same for every
 // value, index and row-pointer type. Output (oy, ox) is position j = oy * Wq + ox of a
 // "padded-width" plane (Wq = the prepared row length), and a kept weight contributes
@@ -197,17 +198,72 @@ inline void store_plane(const Geometry& g, float* acc, int64_t acc_stride, float
   }
 }
 
+// Prepares planes [q0, q1) of x (each h x w) in xp: zero-padded, and at stride > 1 split into
+// phase planes (see Geometry), so that output (oy, ox) reads tap (ky, kx) at phase
+// ((ky dh) % sh, (kx dw) % sw), row oy + ky dh / sh, column ox + kx dw / sw: every stride becomes
+// stride 1 and the same loops serve it. (Stride 2 with the earlier scalar per-row loop:
+// 4-8x slower than dense torch at 70%; see results.md.)
+void prepare_planes(const Geometry& g, const float* x, float* xp, int64_t q0, int64_t q1) {
+  for (int64_t q = q0; q < q1; ++q) {
+    const float* src = x + q * g.h * g.w;
+    float* dst = xp + q * g.plane_in;
+    if (g.sh == 1 && g.sw == 1) {  // padding only: rows with a zero border
+      std::fill(dst, dst + g.ph * g.wp, 0.0f);
+      for (int64_t r = 0; r < g.h; ++r) {
+        float* d = dst + (g.ph + r) * g.wp;
+        std::fill(d, d + g.pw, 0.0f);
+        std::copy(src + r * g.w, src + (r + 1) * g.w, d + g.pw);
+        std::fill(d + g.pw + g.w, d + g.wp, 0.0f);
+      }
+      std::fill(dst + (g.ph + g.h) * g.wp, dst + g.plane_in, 0.0f);
+      continue;
+    }
+    for (int64_t a = 0; a < g.sh; ++a)
+      for (int64_t b = 0; b < g.sw; ++b) {
+        if (!g.phase_used(a, b)) continue;  // no tap reads it (1x1 at stride 2: only phase (0, 0))
+        float* ph = dst + (a * g.sw + b) * g.phase;
+        // columns c whose input column c * sw + b - pw lies in [0, w): [c0, c1)
+        const int64_t c0 = std::min(g.wq, g.pw > b ? (g.pw - b + g.sw - 1) / g.sw : 0);
+        const int64_t c1 = std::max(c0, std::min(g.wq, g.w - 1 + g.pw - b >= 0 ? (g.w - 1 + g.pw - b) / g.sw + 1 : 0));
+        for (int64_t r = 0; r < g.hq; ++r) {
+          const int64_t iy = r * g.sh + a - g.ph;  // input row of padded row r * sh + a
+          float* d = ph + r * g.wq;
+          if (iy < 0 || iy >= g.h) {
+            std::fill(d, d + g.wq, 0.0f);
+            continue;
+          }
+          const float* s = src + iy * g.w + b - g.pw;
+          std::fill(d, d + c0, 0.0f);
+          for (int64_t c = c0; c < c1; ++c) d[c] = s[c * g.sw];
+          std::fill(d + c1, d + g.wq, 0.0f);
+        }
+      }
+  }
+}
+
 // Everything the loops need.
 struct Job {
   Geometry g;
   const Decoded* d;
-  const float* xp;  // prepared input, (n, c_in, sh * sw, hq, wq)
+  const float* x;  // the input, (n, c_in, h, w)
+  bool copied;     // the loops read prepared images (else x itself: stride 1, no padding)
+  float* prep;     // copied: one prepared image (c_in * plane_in floats) per part
   const float* bias;
   Activation act;
   float* y;
   bool avx2;
 
-  const float* x_group(int64_t n, int64_t co) const { return xp + (n * g.c_in + (co / g.cout_g) * g.cin_g) * g.plane_in; }
+  // Image n as the loops read it, (c_in, sh * sw, hq, wq): prepared into part's buffer (in L2 for
+  // the channels that follow), or x itself.
+  const float* image(int64_t n, int part) const {
+    const float* xn = x + n * g.c_in * g.h * g.w;
+    if (!copied) return xn;
+    float* dst = prep + part * g.c_in * g.plane_in;
+    prepare_planes(g, xn, dst, 0, g.c_in);
+    return dst;
+  }
+  // Output channel co's group planes in a prepared image.
+  const float* x_group(const float* xi, int64_t co) const { return xi + (co / g.cout_g) * g.cin_g * g.plane_in; }
   float* y_plane(int64_t n, int64_t co) const { return y + (n * g.c_out + co) * g.plane_out; }
   const float* b(int64_t co) const { return bias ? bias + co : nullptr; }
 };
@@ -215,9 +271,9 @@ struct Job {
 // ---- portable loops ----
 
 // Direct, portable: acc (padded width, L values) += w * xp[off + j].
-void direct_generic(const Job& job, int64_t n, int64_t co, float* acc) {
+void direct_generic(const Job& job, const float* xi, int64_t n, int64_t co, float* acc) {
   const Geometry& g = job.g;
-  const float* xg = job.x_group(n, co);
+  const float* xg = job.x_group(xi, co);
   const int64_t L = g.run;
   std::fill(acc, acc + L, 0.0f);
   for (int64_t p = job.d->ptr[co]; p < job.d->ptr[co + 1]; ++p) {
@@ -249,9 +305,9 @@ inline void store_tile(const Job& job, int64_t n, int64_t co, int64_t j0, int64_
   }
 }
 
-void tiled_generic(const Job& job, int64_t n, int64_t co, int64_t j0, int64_t w) {
+void tiled_generic(const Job& job, const float* xi, int64_t n, int64_t co, int64_t j0, int64_t w) {
   float tile[kConvTile] = {};
-  const float* xg = job.x_group(n, co) + j0;
+  const float* xg = job.x_group(xi, co) + j0;
   for (int64_t p = job.d->ptr[co]; p < job.d->ptr[co + 1]; ++p) {
     const float v = job.d->val[p];
     const float* xr = xg + job.d->off[p];
@@ -296,9 +352,9 @@ void store_plane_avx2(const Job& job, const float* acc, float* out, const float*
 
 // Direct: four kept weights per pass over the accumulator plane (one load and one
 // store of acc per four FMAs; each position's FMAs still run in CSR order).
-void direct(const Job& job, int64_t n, int64_t co, float* acc) {
+void direct(const Job& job, const float* xi, int64_t n, int64_t co, float* acc) {
   const Geometry& g = job.g;
-  const float* xg = job.x_group(n, co);
+  const float* xg = job.x_group(xi, co);
   const int64_t L = g.run, full = L & ~int64_t(7);
   const __m256i mask = tail_mask(L - full);
   std::fill(acc, acc + L, 0.0f);
@@ -343,11 +399,11 @@ void direct(const Job& job, int64_t n, int64_t co, float* acc) {
 // Tiled: positions j0 .. j0 + w (w <= 8 G) of output channel co in G registers. Masked: the last
 // register is partial (masked loads never read past the input's planes).
 template <int G, bool Masked>
-void tile_row(const Job& job, int64_t n, int64_t co, int64_t j0, int64_t w) {
+void tile_row(const Job& job, const float* xi, int64_t n, int64_t co, int64_t j0, int64_t w) {
   const __m256i mask = tail_mask(w - 8 * (G - 1));
   __m256 a[G];
   for (int i = 0; i < G; ++i) a[i] = _mm256_setzero_ps();
-  const float* xg = job.x_group(n, co) + j0;
+  const float* xg = job.x_group(xi, co) + j0;
   const int64_t* off = job.d->off.data();
   const float* val = job.d->val.data();
   const int64_t end = job.d->ptr[co + 1];
@@ -379,22 +435,22 @@ void tile_row(const Job& job, int64_t n, int64_t co, int64_t j0, int64_t w) {
 }
 
 template <int G>
-void tile_row_g(const Job& job, int64_t n, int64_t co, int64_t j0, int64_t w) {
-  if (w % 8) return tile_row<G, true>(job, n, co, j0, w);
-  tile_row<G, false>(job, n, co, j0, w);
+void tile_row_g(const Job& job, const float* xi, int64_t n, int64_t co, int64_t j0, int64_t w) {
+  if (w % 8) return tile_row<G, true>(job, xi, n, co, j0, w);
+  tile_row<G, false>(job, xi, n, co, j0, w);
 }
 
-void tiled(const Job& job, int64_t n, int64_t co, int64_t j0, int64_t w) {
+void tiled(const Job& job, const float* xi, int64_t n, int64_t co, int64_t j0, int64_t w) {
   static_assert(kConvTile == 64, "tiles are up to 8 registers");
   switch ((w + 7) / 8) {
-    case 1: return tile_row_g<1>(job, n, co, j0, w);
-    case 2: return tile_row_g<2>(job, n, co, j0, w);
-    case 3: return tile_row_g<3>(job, n, co, j0, w);
-    case 4: return tile_row_g<4>(job, n, co, j0, w);
-    case 5: return tile_row_g<5>(job, n, co, j0, w);
-    case 6: return tile_row_g<6>(job, n, co, j0, w);
-    case 7: return tile_row_g<7>(job, n, co, j0, w);
-    default: return tile_row_g<8>(job, n, co, j0, w);
+    case 1: return tile_row_g<1>(job, xi, n, co, j0, w);
+    case 2: return tile_row_g<2>(job, xi, n, co, j0, w);
+    case 3: return tile_row_g<3>(job, xi, n, co, j0, w);
+    case 4: return tile_row_g<4>(job, xi, n, co, j0, w);
+    case 5: return tile_row_g<5>(job, xi, n, co, j0, w);
+    case 6: return tile_row_g<6>(job, xi, n, co, j0, w);
+    case 7: return tile_row_g<7>(job, xi, n, co, j0, w);
+    default: return tile_row_g<8>(job, xi, n, co, j0, w);
   }
 }
 
@@ -402,19 +458,22 @@ void tiled(const Job& job, int64_t n, int64_t co, int64_t j0, int64_t w) {
 HTCORE_AVX2_END
 #endif  // HTCORE_CSR_X86
 
-// Items t in [t0, t1) are (image, output channel) pairs t = n * c_out + co.
-void run_direct(const Job& job, int64_t t0, int64_t t1) {
+// Items t in [t0, t1) are (image, output channel) pairs t = n * c_out + co; part's images are
+// prepared as its items reach them.
+void run_direct(const Job& job, int part, int64_t t0, int64_t t1) {
   const Geometry& g = job.g;
   float* acc = kept_floats<struct DirectAcc>(static_cast<size_t>(g.run));
+  const float* xi = nullptr;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t n = t / g.c_out, co = t % g.c_out;
+    if (t == t0 || co == 0) xi = job.image(n, part);
 #ifdef HTCORE_CSR_X86
     if (job.avx2) {
-      avx2::direct(job, n, co, acc);
+      avx2::direct(job, xi, n, co, acc);
       continue;
     }
 #endif
-    direct_generic(job, n, co, acc);
+    direct_generic(job, xi, n, co, acc);
   }
 }
 
@@ -422,66 +481,25 @@ void run_direct(const Job& job, int64_t t0, int64_t t1) {
 // written front to back. (Tiles outer and the share's channels inner, as Elsen et al. do to keep
 // the tile's input in L1, measured 1.2-1.5x slower at batch 32 on 1x1 64->128 14x14 (each tile
 // writes pieces of 128 planes) and no faster at batch 1; blocks of 4 or 16 channels in between.)
-void run_tiled(const Job& job, int64_t t0, int64_t t1) {
+void run_tiled(const Job& job, int part, int64_t t0, int64_t t1) {
   const Geometry& g = job.g;
   // The run's 8-value vectors dealt evenly over ceil(L / 64) tiles: a short last tile would be one
   // FMA chain per kept weight, latency-bound, as slow as a full tile (L = 196: 64+64+64+4 -> 56+56+56+28).
   const int64_t vectors = (g.run + 7) / 8, tiles = (g.run + kConvTile - 1) / kConvTile;
+  const float* xi = nullptr;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t n = t / g.c_out, co = t % g.c_out;
+    if (t == t0 || co == 0) xi = job.image(n, part);
     for (int64_t tile = 0; tile < tiles; ++tile) {
       const int64_t j0 = 8 * (vectors * tile / tiles), j1 = std::min(g.run, 8 * (vectors * (tile + 1) / tiles));
 #ifdef HTCORE_CSR_X86
       if (job.avx2) {
-        avx2::tiled(job, n, co, j0, j1 - j0);
+        avx2::tiled(job, xi, n, co, j0, j1 - j0);
         continue;
       }
 #endif
-      tiled_generic(job, n, co, j0, j1 - j0);
+      tiled_generic(job, xi, n, co, j0, j1 - j0);
     }
-  }
-}
-
-// Prepares planes [q0, q1) of x (each h x w) in xp: zero-padded, and at stride > 1 split into
-// phase planes (see Geometry), so that output (oy, ox) reads tap (ky, kx) at phase
-// ((ky dh) % sh, (kx dw) % sw), row oy + ky dh / sh, column ox + kx dw / sw: every stride becomes
-// stride 1 and the same loops serve it. (Stride 2 with the earlier scalar per-row loop:
-// 4-8x slower than dense torch at 70%; see results.md.)
-void prepare_planes(const Geometry& g, const float* x, float* xp, int64_t q0, int64_t q1) {
-  for (int64_t q = q0; q < q1; ++q) {
-    const float* src = x + q * g.h * g.w;
-    float* dst = xp + q * g.plane_in;
-    if (g.sh == 1 && g.sw == 1) {  // padding only: rows with a zero border
-      std::fill(dst, dst + g.ph * g.wp, 0.0f);
-      for (int64_t r = 0; r < g.h; ++r) {
-        float* d = dst + (g.ph + r) * g.wp;
-        std::fill(d, d + g.pw, 0.0f);
-        std::copy(src + r * g.w, src + (r + 1) * g.w, d + g.pw);
-        std::fill(d + g.pw + g.w, d + g.wp, 0.0f);
-      }
-      std::fill(dst + (g.ph + g.h) * g.wp, dst + g.plane_in, 0.0f);
-      continue;
-    }
-    for (int64_t a = 0; a < g.sh; ++a)
-      for (int64_t b = 0; b < g.sw; ++b) {
-        if (!g.phase_used(a, b)) continue;  // no tap reads it (1x1 at stride 2: only phase (0, 0))
-        float* ph = dst + (a * g.sw + b) * g.phase;
-        // columns c whose input column c * sw + b - pw lies in [0, w): [c0, c1)
-        const int64_t c0 = std::min(g.wq, g.pw > b ? (g.pw - b + g.sw - 1) / g.sw : 0);
-        const int64_t c1 = std::max(c0, std::min(g.wq, g.w - 1 + g.pw - b >= 0 ? (g.w - 1 + g.pw - b) / g.sw + 1 : 0));
-        for (int64_t r = 0; r < g.hq; ++r) {
-          const int64_t iy = r * g.sh + a - g.ph;  // input row of padded row r * sh + a
-          float* d = ph + r * g.wq;
-          if (iy < 0 || iy >= g.h) {
-            std::fill(d, d + g.wq, 0.0f);
-            continue;
-          }
-          const float* s = src + iy * g.w + b - g.pw;
-          std::fill(d, d + c0, 0.0f);
-          for (int64_t c = c0; c < c1; ++c) d[c] = s[c * g.sw];
-          std::fill(d + c1, d + g.wq, 0.0f);
-        }
-      }
   }
 }
 
@@ -598,20 +616,6 @@ void sparse_conv2d(const CsrRef& weight, const float* x, int64_t x_size, const C
   // automatic: see the top of this file and benchmarks/conv/results.md.
   const bool use_tiled = algo == Conv2dAlgo::tiled ||
                          (algo == Conv2dAlgo::automatic && (g.wq == g.wo || weight.nnz >= kTiledMinPerRow * weight.rows));
-  const bool copied = g.ph > 0 || g.pw > 0 || g.sh > 1 || g.sw > 1;  // else the loops read x itself
-  std::vector<float> owned;
-  float* xp = nullptr;
-  if (copied) {
-    constexpr int64_t kKeptBytes = int64_t(4) << 20;
-    if (xp_needed * int64_t(sizeof(float)) <= kKeptBytes) {
-      xp = kept_floats<struct PaddedInput>(static_cast<size_t>(xp_needed));
-    } else {
-      owned.resize(static_cast<size_t>(xp_needed));
-      xp = owned.data();
-    }
-  }
-  const Job job{g, &d, copied ? xp : x, bias, act, y, avx2};
-
   // (image, output channel) items, split between threads by kept weights (+1 per item for its
   // stores), as csr_spmm splits rows by nnz. Threads: csr_threads's grain on (nnz + rows) * H_out W_out.
   const int64_t items = g.n * g.c_out;
@@ -632,20 +636,37 @@ void sparse_conv2d(const CsrRef& weight, const float* x, int64_t x_size, const C
   } else {
     bounds[0] = 0, bounds[1] = items;
   }
+  // Stride 1 without padding: the loops read x. Else each part prepares (pads, splits into
+  // phases) the images of its items one at a time into its own buffer, just before their channels
+  // are computed (in L2 then). (Preparing the whole batch up front wrote and re-read a copy of the
+  // batch from outside L2: results.md, "Fixed costs".)
+  const bool copied = g.ph > 0 || g.pw > 0 || g.sh > 1 || g.sw > 1;
+  std::vector<float> owned;
+  float* prep = nullptr;
+  if (copied) {
+    const int64_t prep_size = parts * g.c_in * g.plane_in;  // <= xp_needed: no overflow
+    constexpr int64_t kKeptBytes = int64_t(4) << 20;
+    if (prep_size * int64_t(sizeof(float)) <= kKeptBytes) {
+      prep = kept_floats<struct PreparedImages>(static_cast<size_t>(prep_size));
+    } else {
+      owned.resize(static_cast<size_t>(prep_size));
+      prep = owned.data();
+    }
+  }
+  const Job job{g, &d, x, copied, prep, bias, act, y, avx2};
   auto compute = [&](int part) {
     if (use_tiled)
-      run_tiled(job, bounds[part], bounds[part + 1]);
+      run_tiled(job, part, bounds[part], bounds[part + 1]);
     else
-      run_direct(job, bounds[part], bounds[part + 1]);
+      run_direct(job, part, bounds[part], bounds[part + 1]);
   };
-  // Each thread prepares (or, at stride 1 without padding, only checks) its share of the input
-  // planes; no thread computes until every share has passed the NaN/Inf check.
+  // Each thread checks its share of x for NaN/Inf; no thread computes until every share has
+  // passed (so nothing is written on a refused input).
   std::atomic<bool> x_finite{true};
   const int64_t planes = g.n * g.c_in;
   auto prepare = [&](int part) {
     const int64_t q0 = planes * part / parts, q1 = planes * (part + 1) / parts;
     if (!finite(x + q0 * g.h * g.w, (q1 - q0) * g.h * g.w, avx2)) x_finite.store(false, std::memory_order_relaxed);
-    if (copied) prepare_planes(g, x, xp, q0, q1);
   };
   auto require_x_finite = [&] { require(x_finite.load(), [] { return non_finite_message("x"); }); };
   if (parts == 1) {
