@@ -1,9 +1,9 @@
 // Sparse 2-D convolution (see conv2d.hpp).
 // Design, chosen by measurement (benchmarks/conv/results.md, interleaved A/B, 1 thread): the tiled
-// loop (accumulators in registers) is 1.8-3.3x faster than the direct loop on 1x1 layers and
-// 1.05-1.6x on 3x3 7x7 ones, ties on larger planes, and loses 1.1-1.5x only when output channels
-// keep few weights (LeNet conv1: 2-8), so `automatic` takes tiled unless the output has padded
-// columns and channels keep < 10 weights on average.
+// loop (accumulators in registers) is 1.5-1.9x faster than the direct loop when the output plane
+// is one tile (7x7 outputs: 1x1 and 3x3 layers, stride 1 or 2) and ~1.1x on 1x1 layers (no dropped
+// columns); on larger planes with padded columns the direct loop is as fast or faster (1.0-1.3x;
+// LeNet conv1 1.9-2.7x), so `automatic` takes tiled for L <= 64 or W_out == Wq, else direct.
 //
 // Both loops work on a prepared copy of each image (zero-padded, and at stride > 1 split into
 // sh * sw phase planes: see prepare_planes; made by each thread into its own buffer as its items
@@ -48,10 +48,6 @@ std::atomic<bool> g_ignore_grain{false};
 // interleaved A/B at 1 thread: 1.0-1.3x the time on every grid layer but LeNet conv1, where the
 // direct loop runs anyway.)
 constexpr int64_t kConvTile = 64;
-// automatic picks the tiled loop when the output plane has no padded columns (W_out == Wq: 1x1
-// kernels without padding, whose tiles store straight into the output) or
-// the kept weights per output channel average at least this many (results.md).
-constexpr int64_t kTiledMinPerRow = 10;
 
 // The shape of one call, with the derived sizes.
 struct Geometry {
@@ -614,8 +610,10 @@ void sparse_conv2d(const CsrRef& weight, const float* x, int64_t x_size, const C
   if (g.n == 0) return;
 
   // automatic: see the top of this file and benchmarks/conv/results.md.
+  // tiled when the padded-width plane is one tile (the direct loop's passes over it are too short
+  // to hide the FMA latency) or has no dropped columns (tiles store straight into the output).
   const bool use_tiled = algo == Conv2dAlgo::tiled ||
-                         (algo == Conv2dAlgo::automatic && (g.wq == g.wo || weight.nnz >= kTiledMinPerRow * weight.rows));
+                         (algo == Conv2dAlgo::automatic && (g.run <= kConvTile || g.wq == g.wo));
   // (image, output channel) items, split between threads by kept weights (+1 per item for its
   // stores), as csr_spmm splits rows by nnz. Threads: csr_threads's grain on (nnz + rows) * H_out W_out.
   const int64_t items = g.n * g.c_out;

@@ -158,8 +158,8 @@ def main():
                         med, times, rounds = interleaved(
                             {"direct": kernel(1), "tiled": kernel(2), "torch dense": torch_f}, args.budget)
                         # the rule conv2d.cpp's automatic choice applies
-                        auto = ("tiled" if ((pad == 0 and k == 1) or len(val) >= 10 * cout)
-                                else "direct")
+                        wq = -(-(hw + 2 * pad) // stride)  # the prepared row length
+                        auto = "tiled" if (ho - 1) * wq + ho <= 64 or wq == ho else "direct"
                         best = min(("direct", "tiled"), key=lambda m: med[m])
                         row = dict(layer=name, sparsity=sp, batch=batch, threads=threads, nnz=int(len(val)),
                                    rounds=rounds, **{k2: v * 1e6 for k2, v in med.items()},
