@@ -1,9 +1,10 @@
 // Sparse 2-D convolution (see conv2d.hpp).
 // Design, chosen by measurement (benchmarks/conv/results.md, interleaved A/B, 1 thread): the tiled
-// loop (accumulators in registers) is 1.5-1.9x faster than the direct loop when the output plane
-// is one tile (7x7 outputs: 1x1 and 3x3 layers, stride 1 or 2) and ~1.1x on 1x1 layers (no dropped
-// columns); on larger planes with padded columns the direct loop is as fast or faster (1.0-1.3x;
-// LeNet conv1 1.9-2.7x), so `automatic` takes tiled for L <= 64 or W_out == Wq, else direct.
+// loop (accumulators in registers) is 1.05-1.85x faster than the direct loop when the output
+// plane is one tile (7x7 outputs: 1x1 and 3x3 layers, stride 1 or 2) and 1.05-1.15x on 1x1 layers
+// with larger planes (no dropped columns); on larger planes with padded columns the direct loop is
+// as fast or faster (1.0-1.3x; LeNet conv1 1.9-2.7x), so `automatic` takes tiled for L <= 64 or
+// W_out == Wq, else direct.
 //
 // Both loops work on a prepared copy of each image (zero-padded, and at stride > 1 split into
 // sh * sw phase planes: see prepare_planes; made by each thread into its own buffer as its items
