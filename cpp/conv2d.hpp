@@ -42,8 +42,12 @@ void conv2d_output_size(const Conv2dParams& p, int64_t* out_h, int64_t* out_w);
 // y (y_size = N * C_out * H_out * W_out elements, NCHW) = act(conv2d(x, weight) + bias).
 // x has x_size = N * C_in * H * W elements (NCHW); bias is null or has bias_size = C_out
 // elements. X and bias must be finite (NaN/Inf are refused, as by csr_spmm). Throws
-// std::invalid_argument (messages name the argument) on inconsistent sizes or parameters, and
-// htcore::type_error on float64 weights.
+// std::invalid_argument (messages name the argument) on inconsistent sizes or parameters, on
+// invalid row pointers, out-of-range column indices or codes (checked on every call: O(nnz), small
+// next to the O(nnz * H_out * W_out) product), and htcore::type_error on float64 weights; nothing
+// is written to y when it throws. Threads: num_threads(), fewer for small products (csr_threads's
+// grain). Each calling thread keeps its decoded weights (12 bytes per kept weight) and, with
+// padding or stride > 1, one prepared image per part (kept up to 4 MiB) between calls.
 void sparse_conv2d(const CsrRef& weight, const float* x, int64_t x_size, const Conv2dParams& p, const float* bias,
                    int64_t bias_size, Activation act, float* y, int64_t y_size,
                    Conv2dAlgo algo = Conv2dAlgo::automatic);
