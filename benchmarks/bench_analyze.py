@@ -66,7 +66,7 @@ def solver_rows(sizes: list[int], reps: int) -> list[dict]:
     Gaussian (2M, M) matrices: serially and with two threads sharing the calls (one BLAS thread)."""
     from threadpoolctl import threadpool_limits
 
-    from htcore.spectra import symmetric_eigenvalues
+    from htcore.measure import symmetric_eigenvalues
 
     rng = np.random.default_rng(0)
     rows = []

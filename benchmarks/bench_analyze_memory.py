@@ -26,8 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_analyze import machine_info, write_results  # noqa: E402
-
-from htcore.safetensors_io import save_safetensors  # noqa: E402
+from htcore.io import save_safetensors  # noqa: E402
 
 SHAPES = [(65536, 512), (512, 65536), (131072, 256), (16384, 2048)]  # 2^25 entries, 128 MiB each
 

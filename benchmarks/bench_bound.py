@@ -22,10 +22,9 @@ import numpy as np
 import torch
 
 import htcore
+from common import machine
 from htcore.datasets import load_digits, load_fashion_mnist
 from htcore.train import train_mlp
-
-from common import machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DELTA = 0.05

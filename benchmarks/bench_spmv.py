@@ -47,7 +47,7 @@ import numpy as np
 
 import htcore
 from htcore import CSRMatrix, sparse_linear
-from htcore.sell import SellMatrix
+from htcore.sparse import SellMatrix
 
 SIZES = [(768, 3072), (3072, 768), (4096, 4096), (11008, 4096)]
 DENSITIES = [0.01, 0.05, 0.10, 0.30]
@@ -55,7 +55,7 @@ PATTERNS = ["uniform", "student-t"]
 THREADS = [1, 2]
 STREAM_BYTES = 64 << 20
 FORMATS = ["f32-i32", "f32-u16", "f16-u16", "u8cb-u16"]
-SELL = "htcore sell f32-u16"  # the runtime's batch-1 layout for short rows (htcore.sell), batch 1 only
+SELL = "htcore sell f32-u16"  # the runtime's batch-1 layout for short rows (htcore.sparse.SellMatrix), batch 1 only
 SAME_LAYOUT = "htcore f32-i32 A@XT"  # batch > 1: A.matmat on the peers' prepared (cols, batch) X^T
 PEERS = ["torch-csr", "mkl", "scipy", "numpy-dense", "torch-dense"]
 GAP = 0.002  # idle seconds before each block: longer than the pools' spinning (see the module docstring)
@@ -180,7 +180,7 @@ def spmv_methods(As: dict, S, W, x, streamed: bool) -> dict:
     for fmt, A in As.items():
         m[f"htcore {fmt}"] = [lambda A=A: A.matvec(x) for A in copies(lambda A=A: csr_copy(A), A.nbytes, streamed)]
     base = As["f32-u16"]
-    m[SELL] = [lambda S=S: S._matvec(x, None, "none", np.empty(base.shape[0], np.float32))
+    m[SELL] = [lambda S=S: S.matvec_into(x, None, "none", np.empty(base.shape[0], np.float32))
                for S in copies(lambda: SellMatrix(base), base.nbytes, streamed)]
     scis = copies(lambda: S.copy(), S.data.nbytes + S.indices.nbytes + S.indptr.nbytes, streamed)
     tors = [torch.sparse_csr_tensor(torch.from_numpy(s.indptr), torch.from_numpy(s.indices), torch.from_numpy(s.data),
@@ -190,7 +190,7 @@ def spmv_methods(As: dict, S, W, x, streamed: bool) -> dict:
     m["mkl"] = [lambda s=s: sparse_dot_mkl.dot_product_mkl(s, x) for s in scis]
     m["scipy"] = [lambda s=s: s @ x for s in scis]
     m["numpy-dense"] = [lambda D=D: D @ x for D in dens]
-    m["torch-dense"] = [lambda D=torch.from_numpy(D): torch.mv(D, xt) for D in dens]
+    m["torch-dense"] = [lambda D=D: torch.mv(D, xt) for D in map(torch.from_numpy, dens)]
     return m
 
 

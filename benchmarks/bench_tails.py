@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 import htcore
-
 from common import machine, median_time
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -28,7 +28,6 @@ import numpy as np
 import scipy.sparse as sp
 
 import htcore
-
 from common import machine
 
 SHAPES = {"1e6": (1000, 1000), "1e7": (2500, 4000), "1e8": (10000, 10000)}
@@ -149,7 +148,7 @@ def main() -> None:
                                "peak_extra_bytes": memory[m]} if m in memory else None)
                 rows.append(row)
                 print(format_row(row), flush=True)
-        del W
+        W = None  # free the matrix before the next size
     info = machine()
     info["load_average_1min_at_start"] = load_at_start
     report = render(rows, info, args)

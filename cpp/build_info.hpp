@@ -8,7 +8,7 @@ namespace htcore {
 struct BuildInfo {
   std::string compiler;
   std::string build_flags;
-  int openmp_version;  // _OPENMP macro, e.g. 201511
+  int openmp_version;             // _OPENMP macro, e.g. 201511
   std::vector<std::string> simd;  // instruction sets the compiler targeted
 };
 

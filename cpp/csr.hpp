@@ -6,8 +6,8 @@
 // A's values are float64, else float32.
 //
 // X is (cols, k) row-major, or (k, cols) row-major with x_batch_major (torch's Linear input; it
-// is then transposed into a scratch buffer by a blocked transpose first). Y[i, j] is written at y[i * y_row_stride + j * y_col_stride], so the
-// same kernel serves A x (k = 1), A X (Y row-major) and torch's Linear X A^T (Y transposed).
+// is then transposed into a scratch buffer by a blocked transpose first). Y[i, j] is written at y[i * y_row_stride + j
+// * y_col_stride], so the same kernel serves A x (k = 1), A X (Y row-major) and torch's Linear X A^T (Y transposed).
 //
 // Rows are split between threads by nnz (split_rows_by_nnz). Every output element is computed by
 // one thread in a fixed order, so results are bitwise identical at any thread count. On x86-64
@@ -25,7 +25,7 @@ enum class Activation { none, relu, gelu, tanh };
 // A borrowed CSR matrix. The arrays are assumed structurally valid (htcore.CSRMatrix checks them);
 // csr_spmm re-checks only the sizes it is given.
 struct CsrRef {
-  int64_t rows = 0, cols = 0, nnz = 0;
+  std::int64_t rows = 0, cols = 0, nnz = 0;
   const void* indptr = nullptr;
   IndptrType indptr_type = IndptrType::i32;
   const void* indices = nullptr;
@@ -33,18 +33,19 @@ struct CsrRef {
   const void* data = nullptr;
   ValueType value_type = ValueType::f32;
   const float* codebook = nullptr;  // code8 only
-  int64_t codebook_size = 0;
+  std::int64_t codebook_size = 0;
 };
 
 // Y = act(A X + bias). x has x_size = cols * k elements, bias is null or has bias_size = rows
 // elements, y (y_size elements) holds the strided (rows, k) result. Throws std::invalid_argument
 // on inconsistent sizes.
-void csr_spmm(const CsrRef& a, const void* x, int64_t x_size, int64_t k, bool x_batch_major, const void* bias, int64_t bias_size,
-              Activation act, void* y, int64_t y_size, int64_t y_row_stride, int64_t y_col_stride);
+void csr_spmm(const CsrRef& a, const void* x, std::int64_t x_size, std::int64_t k, bool x_batch_major, const void* bias,
+              std::int64_t bias_size, Activation act, void* y, std::int64_t y_size, std::int64_t y_row_stride,
+              std::int64_t y_col_stride);
 
 // Threads one product uses: num_threads(), but no more than one per kParallelGrain multiply-adds
 // ((nnz + rows) * k), so a small product runs on the calling thread without a fork/join.
-int csr_threads(int64_t rows, int64_t nnz, int64_t k);
+int csr_threads(std::int64_t rows, std::int64_t nnz, std::int64_t k);
 
 // True when the AVX2+FMA+F16C path is used (the CPU has it and it is not disabled).
 bool csr_uses_avx2();

@@ -17,25 +17,25 @@
 #endif
 
 namespace htcore {
-namespace csr_simd {
+namespace detail {
 
 struct Half {
-  uint16_t bits;
+  std::uint16_t bits;
 };
 
 // IEEE binary16 -> binary32, exact (used where F16C is not available).
-inline float half_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  uint32_t exp = (h >> 10) & 0x1fu;
-  uint32_t mant = h & 0x3ffu;
-  uint32_t bits;
+inline float half_to_float(std::uint16_t h) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  std::uint32_t exp = (h >> 10) & 0x1fu;
+  std::uint32_t mant = h & 0x3ffu;
+  std::uint32_t bits;
   if (exp == 0x1f) {
     bits = sign | 0x7f800000u | (mant << 13);  // inf / nan
   } else if (exp != 0) {
     bits = sign | ((exp + 112) << 23) | (mant << 13);  // normal: rebias 15 -> 127
   } else if (mant == 0) {
     bits = sign;  // signed zero
-  } else {  // subnormal half: normalise
+  } else {        // subnormal half: normalise
     exp = 113;
     while ((mant & 0x400u) == 0) {
       mant <<= 1;
@@ -55,35 +55,31 @@ struct Values {
   using Acc = V;
   const V* d;
   const float* codebook;
-  V operator()(int64_t p) const { return d[p]; }
+  V operator()(std::int64_t p) const { return d[p]; }
 };
 template <>
 struct Values<Half> {
   using Acc = float;
-  const uint16_t* d;
+  const std::uint16_t* d;
   const float* codebook;
-  float operator()(int64_t p) const { return half_to_float(d[p]); }
+  float operator()(std::int64_t p) const { return half_to_float(d[p]); }
 };
 template <>
-struct Values<uint8_t> {
+struct Values<std::uint8_t> {
   using Acc = float;
-  const uint8_t* d;
+  const std::uint8_t* d;
   const float* codebook;
-  float operator()(int64_t p) const { return codebook[d[p]]; }
+  float operator()(std::int64_t p) const { return codebook[d[p]]; }
 };
 
 // gelu is the exact form x * Phi(x) = x/2 (1 + erf(x / sqrt 2)), torch's default.
 template <class T>
 inline T activate(T v, Activation act) {
   switch (act) {
-    case Activation::relu:
-      return v < T(0) ? T(0) : v;
-    case Activation::gelu:
-      return T(0.5) * v * (T(1) + std::erf(v * T(0.70710678118654752440)));
-    case Activation::tanh:
-      return std::tanh(v);
-    case Activation::none:
-      break;
+    case Activation::relu: return v < T(0) ? T(0) : v;
+    case Activation::gelu: return T(0.5) * v * (T(1) + std::erf(v * T(0.70710678118654752440)));
+    case Activation::tanh: return std::tanh(v);
+    case Activation::none: break;
   }
   return v;
 }
@@ -92,14 +88,14 @@ inline T activate(T v, Activation act) {
 // vectorises (std::isfinite compiles to a scalar compare per value, ~1 cycle each); the AVX2
 // version below is used where the CPU has it (require_finite).
 template <class T>
-inline bool all_finite(const T* v, int64_t n) {
-  using Bits = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
-  constexpr Bits exponent = sizeof(T) == 4 ? Bits(0x7f800000u) : Bits(0x7ff0000000000000ull);
+inline bool all_finite(const T* v, std::int64_t n) {
+  using Bits = typename std::conditional<sizeof(T) == 4, std::uint32_t, std::uint64_t>::type;
+  constexpr Bits kExponent = sizeof(T) == 4 ? Bits(0x7f800000u) : Bits(0x7ff0000000000000ull);
   Bits bad = 0;
-  for (int64_t i = 0; i < n; ++i) {
+  for (std::int64_t i = 0; i < n; ++i) {
     Bits b;
     std::memcpy(&b, v + i, sizeof b);
-    bad |= (b & exponent) == exponent;
+    bad |= (b & kExponent) == kExponent;
   }
   return bad == 0;
 }
@@ -108,15 +104,15 @@ inline bool all_finite(const T* v, int64_t n) {
 // so a matrix built with CSRMatrix(check=False) can at worst raise, never read out of bounds
 // through its row pointers. (Column indices and codes are O(nnz) to check: CSRMatrix does that.)
 template <class Ptr>
-inline void check_row_pointers(const Ptr* indptr, int64_t rows, int64_t nnz) {
+inline void check_row_pointers(const Ptr* indptr, std::int64_t rows, std::int64_t nnz) {
   require(indptr[0] == 0,
-          [&] { return "indptr[0] must be 0, got " + std::to_string(static_cast<int64_t>(indptr[0])); });
-  require(static_cast<int64_t>(indptr[rows]) == nnz, [&] {
+          [&] { return "indptr[0] must be 0, got " + std::to_string(static_cast<std::int64_t>(indptr[0])); });
+  require(static_cast<std::int64_t>(indptr[rows]) == nnz, [&] {
     return "indptr[-1] must equal nnz = " + std::to_string(nnz) + ", got " +
-           std::to_string(static_cast<int64_t>(indptr[rows]));
+           std::to_string(static_cast<std::int64_t>(indptr[rows]));
   });
   Ptr decreasing = 0;  // an integer OR rather than `bool &=`, so the loop vectorises (int32 pointers)
-  for (int64_t i = 0; i < rows; ++i) decreasing |= static_cast<Ptr>(indptr[i] > indptr[i + 1]);
+  for (std::int64_t i = 0; i < rows; ++i) decreasing |= static_cast<Ptr>(indptr[i] > indptr[i + 1]);
   require(decreasing == 0, "indptr must be non-decreasing");
 }
 
@@ -124,7 +120,8 @@ inline void check_row_pointers(const Ptr* indptr, int64_t rows, int64_t nnz) {
 // Functions between these two are compiled for AVX2+FMA+F16C (callers check the CPU first,
 // csr_uses_avx2), the rest of the build stays portable.
 #if defined(__clang__)
-#define HTCORE_AVX2_BEGIN _Pragma("clang attribute push(__attribute__((target(\"avx2,fma,f16c\"))), apply_to = function)")
+#define HTCORE_AVX2_BEGIN \
+  _Pragma("clang attribute push(__attribute__((target(\"avx2,fma,f16c\"))), apply_to = function)")
 #define HTCORE_AVX2_END _Pragma("clang attribute pop")
 #else
 #define HTCORE_AVX2_BEGIN _Pragma("GCC push_options") _Pragma("GCC target(\"avx2,fma,f16c\")")
@@ -132,71 +129,70 @@ inline void check_row_pointers(const Ptr* indptr, int64_t rows, int64_t nnz) {
 #endif
 
 // The helpers below sit in every kernel's inner loop: a call (which GCC chose for gather8 once a
-// kernel had two instantiations) spills the accumulators around it and cost 25% at 1% density.
+// kernel had two instantiations) spills the accumulators around it.
 #define HTCORE_ALWAYS_INLINE inline __attribute__((always_inline))
 
 HTCORE_AVX2_BEGIN
-namespace avx2 {
-
 // x[idx[0..7]] by eight scalar loads, the indices read 64 bits at a time and split in registers:
 // fewer loads than one per index, and faster than vgatherdps on the CPUs measured (Zen 4).
-HTCORE_ALWAYS_INLINE __m256 gather8(const float* x, const uint16_t* idx) {
-  uint64_t a, b;
+HTCORE_ALWAYS_INLINE __m256 gather8(const float* x, const std::uint16_t* idx) {
+  std::uint64_t a, b;
   std::memcpy(&a, idx, 8);
   std::memcpy(&b, idx + 4, 8);
   return _mm256_setr_ps(x[a & 0xffff], x[(a >> 16) & 0xffff], x[(a >> 32) & 0xffff], x[a >> 48], x[b & 0xffff],
                         x[(b >> 16) & 0xffff], x[(b >> 32) & 0xffff], x[b >> 48]);
 }
-HTCORE_ALWAYS_INLINE __m256 gather8(const float* x, const int32_t* idx) {
-  uint64_t a, b, c, d;  // four separate loads: one 32-byte copy would go through the stack
+HTCORE_ALWAYS_INLINE __m256 gather8(const float* x, const std::int32_t* idx) {
+  std::uint64_t a, b, c, d;  // four separate loads: one 32-byte copy would go through the stack
   std::memcpy(&a, idx, 8);
   std::memcpy(&b, idx + 2, 8);
   std::memcpy(&c, idx + 4, 8);
   std::memcpy(&d, idx + 6, 8);
-  return _mm256_setr_ps(x[static_cast<uint32_t>(a)], x[a >> 32], x[static_cast<uint32_t>(b)], x[b >> 32],
-                        x[static_cast<uint32_t>(c)], x[c >> 32], x[static_cast<uint32_t>(d)], x[d >> 32]);
+  return _mm256_setr_ps(x[static_cast<std::uint32_t>(a)], x[a >> 32], x[static_cast<std::uint32_t>(b)], x[b >> 32],
+                        x[static_cast<std::uint32_t>(c)], x[c >> 32], x[static_cast<std::uint32_t>(d)], x[d >> 32]);
 }
 
 // Asks for the cache line holding a[i]. A prefetch never faults, so i may lie past the end of the
 // array; the address is computed as an integer, so no out-of-bounds pointer is formed.
 template <class T>
-HTCORE_ALWAYS_INLINE void prefetch(const T* a, int64_t i) {
-  _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(a) + static_cast<uintptr_t>(i) * sizeof(T)),
-               _MM_HINT_T0);
+HTCORE_ALWAYS_INLINE void prefetch(const T* a, std::int64_t i) {
+  _mm_prefetch(
+      reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(a) + static_cast<std::uintptr_t>(i) * sizeof(T)),
+      _MM_HINT_T0);
 }
 
-HTCORE_ALWAYS_INLINE __m256 load_val8(const Values<float>& v, int64_t p) { return _mm256_loadu_ps(v.d + p); }
-HTCORE_ALWAYS_INLINE __m256 load_val8(const Values<Half>& v, int64_t p) {
+HTCORE_ALWAYS_INLINE __m256 load_val8(const Values<float>& v, std::int64_t p) { return _mm256_loadu_ps(v.d + p); }
+HTCORE_ALWAYS_INLINE __m256 load_val8(const Values<Half>& v, std::int64_t p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v.d + p)));
 }
-HTCORE_ALWAYS_INLINE __m256 load_val8(const Values<uint8_t>& v, int64_t p) {
+HTCORE_ALWAYS_INLINE __m256 load_val8(const Values<std::uint8_t>& v, std::int64_t p) {
   const __m256i codes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(v.d + p)));
   return _mm256_i32gather_ps(v.codebook, codes, 4);
 }
 
-HTCORE_ALWAYS_INLINE float load_val(const Values<float>& v, int64_t p) { return v.d[p]; }
-HTCORE_ALWAYS_INLINE float load_val(const Values<Half>& v, int64_t p) { return _cvtsh_ss(v.d[p]); }
-HTCORE_ALWAYS_INLINE float load_val(const Values<uint8_t>& v, int64_t p) { return v.codebook[v.d[p]]; }
+HTCORE_ALWAYS_INLINE float load_val(const Values<float>& v, std::int64_t p) { return v.d[p]; }
+HTCORE_ALWAYS_INLINE float load_val(const Values<Half>& v, std::int64_t p) { return _cvtsh_ss(v.d[p]); }
+HTCORE_ALWAYS_INLINE float load_val(const Values<std::uint8_t>& v, std::int64_t p) { return v.codebook[v.d[p]]; }
 
 // all_finite over 32 bytes per load, four loads per step (the portable loop compiles to 16-byte
-// steps: 15 µs for the 393 KB X of a batch-32 product over 3072 columns).
+// steps).
 template <class T>
-bool all_finite(const T* v, int64_t n) {
-  constexpr int64_t L = 32 / sizeof(T);  // values per load
+bool all_finite_avx2(const T* v, std::int64_t n) {
+  constexpr std::int64_t kLanes = 32 / sizeof(T);  // values per load
   const __m256i e = sizeof(T) == 4 ? _mm256_set1_epi32(0x7f800000) : _mm256_set1_epi64x(0x7ff0000000000000ll);
-  auto inf_or_nan = [&](int64_t i) {
+  auto inf_or_nan = [&](std::int64_t i) {
     const __m256i exponent = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + i)), e);
     return sizeof(T) == 4 ? _mm256_cmpeq_epi32(exponent, e) : _mm256_cmpeq_epi64(exponent, e);
   };
   __m256i bad0 = _mm256_setzero_si256(), bad1 = bad0;
-  int64_t i = 0;
-  for (; i + 4 * L <= n; i += 4 * L) {
-    bad0 = _mm256_or_si256(bad0, _mm256_or_si256(inf_or_nan(i), inf_or_nan(i + L)));
-    bad1 = _mm256_or_si256(bad1, _mm256_or_si256(inf_or_nan(i + 2 * L), inf_or_nan(i + 3 * L)));
+  std::int64_t i = 0;
+  for (; i + 4 * kLanes <= n; i += 4 * kLanes) {
+    bad0 = _mm256_or_si256(bad0, _mm256_or_si256(inf_or_nan(i), inf_or_nan(i + kLanes)));
+    bad1 = _mm256_or_si256(bad1, _mm256_or_si256(inf_or_nan(i + 2 * kLanes), inf_or_nan(i + 3 * kLanes)));
   }
-  for (; i + L <= n; i += L) bad0 = _mm256_or_si256(bad0, inf_or_nan(i));
+  for (; i + kLanes <= n; i += kLanes) bad0 = _mm256_or_si256(bad0, inf_or_nan(i));
   const __m256i bad = _mm256_or_si256(bad0, bad1);
-  return _mm256_testz_si256(bad, bad) && csr_simd::all_finite(v + i, n - i);
+  return _mm256_testz_si256(bad, bad) && all_finite(v + i, n - i);
 }
 
 HTCORE_ALWAYS_INLINE float hsum(__m256 v) {
@@ -206,15 +202,14 @@ HTCORE_ALWAYS_INLINE float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-}  // namespace avx2
 HTCORE_AVX2_END
 #endif  // HTCORE_CSR_X86
 
 // True when v[0..n) has no NaN or Inf. avx2: the CPU has AVX2 (csr_uses_avx2).
 template <class T>
-inline bool finite(const T* v, int64_t n, bool avx2) {
+inline bool finite(const T* v, std::int64_t n, bool avx2) {
 #ifdef HTCORE_CSR_X86
-  if (avx2) return avx2::all_finite(v, n);
+  if (avx2) return all_finite_avx2(v, n);
 #endif
   (void)avx2;
   return all_finite(v, n);
@@ -226,9 +221,9 @@ inline std::string non_finite_message(const char* name) {
   return std::string(name) + " contains non-finite values (NaN or Inf)";
 }
 template <class T>
-inline void require_finite(const T* v, int64_t n, const char* name, bool avx2) {
+inline void require_finite(const T* v, std::int64_t n, const char* name, bool avx2) {
   require(finite(v, n, avx2), [&] { return non_finite_message(name); });
 }
 
-}  // namespace csr_simd
+}  // namespace detail
 }  // namespace htcore

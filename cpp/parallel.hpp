@@ -6,6 +6,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdint>
 
 namespace htcore {
 
@@ -15,13 +16,14 @@ void set_num_threads(int n);  // n >= 1
 // Splits [0, n_rows) into `parts` contiguous ranges of about equal nnz, given CSR row pointers.
 // bounds has parts + 1 entries; bounds[p]..bounds[p+1] is part p's row range.
 template <class Ptr>
-void split_rows_by_nnz(const Ptr* indptr, long long n_rows, int parts, long long* bounds) {
-  const long long nnz = static_cast<long long>(indptr[n_rows]);
+void split_rows_by_nnz(const Ptr* indptr, std::int64_t n_rows, int parts, std::int64_t* bounds) {
+  const std::int64_t nnz = static_cast<std::int64_t>(indptr[n_rows]);
   bounds[0] = 0;
   for (int p = 1; p < parts; ++p) {  // first row starting at or after nnz * p / parts (binary search)
-    const long long target = nnz * p / parts;
+    const std::int64_t target = nnz * p / parts;
     bounds[p] = std::lower_bound(indptr + bounds[p - 1], indptr + n_rows, target,
-                                 [](Ptr v, long long t) { return static_cast<long long>(v) < t; }) - indptr;
+                                 [](Ptr v, std::int64_t t) { return static_cast<std::int64_t>(v) < t; }) -
+                indptr;
   }
   bounds[parts] = n_rows;
 }

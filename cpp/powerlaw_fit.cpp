@@ -39,19 +39,19 @@ constexpr double kBoundSlack = 1e-14;
 // ranks and logs. The logs overwrite the sorted copy (see distinct_values), so the values
 // themselves are gone once the candidates are chosen.
 struct DistinctTail {
-  std::vector<long long> below;  // samples strictly below u_j
+  std::vector<std::int64_t> below;    // samples strictly below u_j
   const double* log_value = nullptr;  // ln u_j
-  long long n = 0;
-  long long size() const { return static_cast<long long>(below.size()); }
+  std::int64_t n = 0;
+  std::int64_t size() const { return static_cast<std::int64_t>(below.size()); }
 };
 
 // Finds the distinct values of sorted[0..n) and moves them to sorted[0..m) (the ranks go to
 // t.below); to_logs then replaces them by their logs in place.
-DistinctTail distinct_values(double* sorted, long long n) {
+DistinctTail distinct_values(double* sorted, std::int64_t n) {
   DistinctTail t;
   t.n = n;
   t.below.reserve(static_cast<std::size_t>(n));  // pages are only touched as far as used
-  for (long long i = 0; i < n; ++i) {
+  for (std::int64_t i = 0; i < n; ++i) {
     if (i == 0 || sorted[i] != sorted[i - 1]) {
       sorted[t.size()] = sorted[i];
       t.below.push_back(i);
@@ -61,26 +61,26 @@ DistinctTail distinct_values(double* sorted, long long n) {
 }
 
 void to_logs(double* values, DistinctTail& t) {
-  const long long m = t.size();
+  const std::int64_t m = t.size();
 #pragma omp parallel for num_threads(htcore::num_threads()) schedule(static) if (m > 100000)
-  for (long long j = 0; j < m; ++j) values[j] = std::log(values[j]);
+  for (std::int64_t j = 0; j < m; ++j) values[j] = std::log(values[j]);
   t.log_value = values;
 }
 
 struct Candidate {
-  long long i;      // first distinct value in the tail
-  double xmin;      // need not be a sample value when fixed by the user
-  double log_xmin;  // ln xmin
+  std::int64_t i;           // first distinct value in the tail
+  double xmin;              // need not be a sample value when fixed by the user
+  double log_xmin;          // ln xmin
   long double log_sum = 0;  // sum of ln x over the samples >= u_i (set by add_log_sums)
 };
 
 // Fills log_sum of candidates sorted by i, accumulating over the distinct values from the top.
 void add_log_sums(const DistinctTail& t, std::vector<Candidate>& candidates) {
-  const long long m = t.size();
+  const std::int64_t m = t.size();
   long double acc = 0;
   auto c = candidates.rbegin();
-  for (long long j = m - 1; j >= 0 && c != candidates.rend(); --j) {
-    const long long next = j + 1 < m ? t.below[static_cast<std::size_t>(j + 1)] : t.n;
+  for (std::int64_t j = m - 1; j >= 0 && c != candidates.rend(); --j) {
+    const std::int64_t next = j + 1 < m ? t.below[static_cast<std::size_t>(j + 1)] : t.n;
     acc += static_cast<long double>(next - t.below[static_cast<std::size_t>(j)]) * t.log_value[j];
     for (; c != candidates.rend() && c->i == j; ++c) c->log_sum = acc;
   }
@@ -91,27 +91,27 @@ class TailModel {
  public:
   TailModel(const DistinctTail& t, const Candidate& c, double log_xmax) : t_(t), c_(c) {
     n_tail_ = t.n - t.below[static_cast<std::size_t>(c.i)];
-    const long double log_sum = c.log_sum -
-                                static_cast<long double>(n_tail_) * static_cast<long double>(c.log_xmin);
+    const long double log_sum = c.log_sum - static_cast<long double>(n_tail_) * static_cast<long double>(c.log_xmin);
     exponent_ = static_cast<double>(1.0L + static_cast<long double>(n_tail_) / log_sum);
     const double z = std::isfinite(log_xmax) ? -std::expm1((1.0 - exponent_) * (log_xmax - c.log_xmin)) : 1.0;
     inv_z_ = 1.0 / z;
     inv_n_ = 1.0 / static_cast<double>(n_tail_);
   }
   double exponent() const { return exponent_; }
-  long long n_tail() const { return n_tail_; }
+  std::int64_t n_tail() const { return n_tail_; }
   double inv_n() const { return inv_n_; }
-  double fitted(long long j) const {
+  double fitted(std::int64_t j) const {
     return -std::expm1((1.0 - exponent_) * (t_.log_value[j] - c_.log_xmin)) * inv_z_;
   }
-  double empirical(long long j) const {
-    return static_cast<double>(t_.below[static_cast<std::size_t>(j)] - t_.below[static_cast<std::size_t>(c_.i)]) * inv_n_;
+  double empirical(std::int64_t j) const {
+    return static_cast<double>(t_.below[static_cast<std::size_t>(j)] - t_.below[static_cast<std::size_t>(c_.i)]) *
+           inv_n_;
   }
 
  private:
   const DistinctTail& t_;
   Candidate c_;
-  long long n_tail_ = 0;
+  std::int64_t n_tail_ = 0;
   double exponent_ = 0, inv_z_ = 1, inv_n_ = 1;
 };
 
@@ -123,21 +123,22 @@ void atomic_min(std::atomic<double>& target, double value) {
 
 // Exact KS distance of a candidate, or +inf as soon as it provably exceeds tau.
 // `hint` holds indices where recent candidates had their maximum; it is updated.
-double ks_distance_or_prune(const TailModel& model, long long first, long long last, const std::atomic<double>& tau,
-                            long long& hint) {
+double ks_distance_or_prune(const TailModel& model, std::int64_t first, std::int64_t last,
+                            const std::atomic<double>& tau, std::int64_t& hint) {
   const double bound = tau.load(std::memory_order_relaxed);
   if (hint > first && hint <= last) {
     if (std::fabs(model.fitted(hint) - model.empirical(hint)) > bound) return kInf;
   }
   // Coarse pass.
-  const long long span = last - first;
-  const long long stride = std::max(1LL, static_cast<long long>(std::sqrt(static_cast<double>(span))));
-  std::vector<long long> points;
-  for (long long j = first; j < last; j += stride) points.push_back(j);
+  const std::int64_t span = last - first;
+  const std::int64_t stride =
+      std::max<std::int64_t>(1, static_cast<std::int64_t>(std::sqrt(static_cast<double>(span))));
+  std::vector<std::int64_t> points;
+  for (std::int64_t j = first; j < last; j += stride) points.push_back(j);
   points.push_back(last);
   std::vector<double> fit(points.size()), emp(points.size());
   double best = 0;
-  long long where = first;
+  std::int64_t where = first;
   for (std::size_t p = 0; p < points.size(); ++p) {
     fit[p] = model.fitted(points[p]);
     emp[p] = model.empirical(points[p]);
@@ -161,7 +162,7 @@ double ks_distance_or_prune(const TailModel& model, long long first, long long l
   std::sort(open.begin(), open.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
   for (const auto& [ub, p] : open) {
     if (ub <= best) break;
-    for (long long j = points[p] + 1; j < points[p + 1]; ++j) {
+    for (std::int64_t j = points[p] + 1; j < points[p + 1]; ++j) {
       const double d = std::fabs(model.fitted(j) - model.empirical(j));
       if (d > best) {
         best = d;
@@ -179,10 +180,10 @@ double ks_distance_or_prune(const TailModel& model, long long first, long long l
 
 // The candidates, from the distinct values u[0..m) before they are replaced by their logs; ln u_j
 // is computed here exactly as to_logs computes it, so log_xmin equals t.log_value[i].
-std::vector<Candidate> make_candidates(const double* u, long long m, double fixed_xmin, long long grid) {
+std::vector<Candidate> make_candidates(const double* u, std::int64_t m, double fixed_xmin, std::int64_t grid) {
   std::vector<Candidate> out;
   if (!std::isnan(fixed_xmin)) {
-    const long long i = std::lower_bound(u, u + m, fixed_xmin) - u;
+    const std::int64_t i = std::lower_bound(u, u + m, fixed_xmin) - u;
     require(i <= m - 2 || (i == m - 1 && u[i] > fixed_xmin), [&] {
       return "xmin = " + std::to_string(fixed_xmin) + " leaves fewer than 2 distinct tail values to fit";
     });
@@ -193,14 +194,14 @@ std::vector<Candidate> make_candidates(const double* u, long long m, double fixe
           [&] { return "the power-law fit needs at least 2 distinct sample values, got " + std::to_string(m); });
   if (grid <= 0 || grid >= m - 1) {
     out.reserve(static_cast<std::size_t>(m - 1));
-    for (long long i = 0; i + 1 < m; ++i) out.push_back({i, u[i], std::log(u[i])});
+    for (std::int64_t i = 0; i + 1 < m; ++i) out.push_back({i, u[i], std::log(u[i])});
     return out;
   }
   const double lo = std::log(u[0]), hi = std::log(u[m - 2]);
-  for (long long g = 0; g < grid; ++g) {
+  for (std::int64_t g = 0; g < grid; ++g) {
     const double target = grid == 1 ? lo : lo + (hi - lo) * static_cast<double>(g) / static_cast<double>(grid - 1);
     // lower_bound over ln u_j computed on demand: the same comparisons as over the stored logs.
-    long long i = std::lower_bound(u, u + m, target, [](double v, double x) { return std::log(v) < x; }) - u;
+    std::int64_t i = std::lower_bound(u, u + m, target, [](double v, double x) { return std::log(v) < x; }) - u;
     i = std::min(i, m - 2);
     if (out.empty() || out.back().i != i) out.push_back({i, u[i], std::log(u[i])});
   }
@@ -208,33 +209,34 @@ std::vector<Candidate> make_candidates(const double* u, long long m, double fixe
 }
 
 template <class T>
-PowerLawResult fit_powerlaw_of(const T* x, long long n, double xmax, double fixed_xmin, long long grid) {
+PowerLawResult fit_powerlaw_of(const T* x, std::int64_t n, double xmax, double fixed_xmin, std::int64_t grid) {
   const std::unique_ptr<double[]> sorted_copy = sorted_positive(x, n);
   double* sorted = sorted_copy.get();
-  const long long used = std::upper_bound(sorted, sorted + n, xmax) - sorted;
+  const std::int64_t used = std::upper_bound(sorted, sorted + n, xmax) - sorted;
   require(used >= 2, [&] { return "the power-law fit needs at least 2 samples <= xmax, got " + std::to_string(used); });
   DistinctTail tail = distinct_values(sorted, used);
   std::vector<Candidate> candidates = make_candidates(sorted, tail.size(), fixed_xmin, grid);
   to_logs(sorted, tail);
   add_log_sums(tail, candidates);
   const double log_xmax = std::isfinite(xmax) ? std::log(xmax) : kInf;
-  const long long count = static_cast<long long>(candidates.size());
-  const long long last = tail.size() - 1;
+  const std::int64_t count = static_cast<std::int64_t>(candidates.size());
+  const std::int64_t last = tail.size() - 1;
 
   std::atomic<double> tau{kInf};
   double best_d = kInf;
-  long long best_c = -1;
+  std::int64_t best_c = -1;
   // A first pass over every stride-th candidate finds a small tau early, so that the full pass
   // prunes most candidates after one or a few points.
-  const long long stride = std::max(1LL, static_cast<long long>(std::sqrt(static_cast<double>(count)) / 4));
+  const std::int64_t stride =
+      std::max<std::int64_t>(1, static_cast<std::int64_t>(std::sqrt(static_cast<double>(count)) / 4));
   // Small fits run on one thread: waking a team costs more than they take.
   const bool parallel = static_cast<double>(count) * std::sqrt(static_cast<double>(last + 1)) > 2e5;
 #pragma omp parallel num_threads(htcore::num_threads()) if (parallel)
   {
     double local_d = kInf;
-    long long local_c = -1;
-    long long hint = -1;
-    auto visit = [&](long long c) {
+    std::int64_t local_c = -1;
+    std::int64_t hint = -1;
+    auto visit = [&](std::int64_t c) {
       const Candidate& cand = candidates[static_cast<std::size_t>(c)];
       const double d = ks_distance_or_prune(TailModel(tail, cand, log_xmax), cand.i, last, tau, hint);
       if (d < local_d || (d == local_d && c < local_c)) {
@@ -244,9 +246,9 @@ PowerLawResult fit_powerlaw_of(const T* x, long long n, double xmax, double fixe
       if (d < kInf) atomic_min(tau, d);
     };
 #pragma omp for schedule(dynamic, 4)
-    for (long long c = 0; c < count; c += stride) visit(c);
+    for (std::int64_t c = 0; c < count; c += stride) visit(c);
 #pragma omp for schedule(dynamic, 64) nowait
-    for (long long c = 0; c < count; ++c) {
+    for (std::int64_t c = 0; c < count; ++c) {
       if (c % stride != 0) visit(c);
     }
 #pragma omp critical
@@ -271,11 +273,11 @@ PowerLawResult fit_powerlaw_of(const T* x, long long n, double xmax, double fixe
 
 }  // namespace
 
-PowerLawResult fit_powerlaw(const double* x, long long n, double xmax, double fixed_xmin, long long grid) {
+PowerLawResult fit_powerlaw(const double* x, std::int64_t n, double xmax, double fixed_xmin, std::int64_t grid) {
   return fit_powerlaw_of(x, n, xmax, fixed_xmin, grid);
 }
 
-PowerLawResult fit_powerlaw(const float* x, long long n, double xmax, double fixed_xmin, long long grid) {
+PowerLawResult fit_powerlaw(const float* x, std::int64_t n, double xmax, double fixed_xmin, std::int64_t grid) {
   return fit_powerlaw_of(x, n, xmax, fixed_xmin, grid);
 }
 

@@ -23,8 +23,8 @@ namespace htcore {
 
 namespace {
 
-constexpr int kMaxBits = 11;       // at most 2^11 buckets per split
-constexpr std::size_t kLeaf = 32;  // buckets up to this size are finished by std::sort
+constexpr int kMaxBits = 11;                                // at most 2^11 buckets per split
+constexpr std::size_t kLeaf = 32;                           // buckets up to this size are finished by std::sort
 constexpr std::size_t kParallelMin = std::size_t{1} << 20;  // smaller samples sort on one thread
 
 // Number of buckets (as bits) for m samples: about m / 8, at most 2^kMaxBits.
@@ -72,7 +72,7 @@ void msd_sort(double* a, double* b, std::size_t m) {
 }
 
 template <class T>
-std::unique_ptr<double[]> sort_widened(const T* x, long long n) {
+std::unique_ptr<double[]> sort_widened(const T* x, std::int64_t n) {
   const std::size_t size = static_cast<std::size_t>(n);
   std::unique_ptr<double[]> out(new double[size]);
   if (size < (1u << 14)) {
@@ -100,7 +100,8 @@ std::unique_ptr<double[]> sort_widened(const T* x, long long n) {
   std::atomic<bool> out_of_memory{false};
 #pragma omp parallel num_threads(threads)
   {
-    const std::size_t t = static_cast<std::size_t>(omp_get_thread_num()), parts = static_cast<std::size_t>(omp_get_num_threads());
+    const std::size_t t = static_cast<std::size_t>(omp_get_thread_num()),
+                      parts = static_cast<std::size_t>(omp_get_num_threads());
     const std::size_t begin = size * t / parts, end = size * (t + 1) / parts;
     std::size_t* mine = &counts[t * kBuckets];
     for (std::size_t i = begin; i < end; ++i) ++mine[(key_of(static_cast<double>(x[i])) - lo) >> shift];
@@ -144,7 +145,7 @@ std::unique_ptr<double[]> sort_widened(const T* x, long long n) {
 
 }  // namespace
 
-std::unique_ptr<double[]> sorted_positive(const double* x, long long n) { return sort_widened(x, n); }
-std::unique_ptr<double[]> sorted_positive(const float* x, long long n) { return sort_widened(x, n); }
+std::unique_ptr<double[]> sorted_positive(const double* x, std::int64_t n) { return sort_widened(x, n); }
+std::unique_ptr<double[]> sorted_positive(const float* x, std::int64_t n) { return sort_widened(x, n); }
 
 }  // namespace htcore

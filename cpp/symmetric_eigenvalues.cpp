@@ -33,8 +33,6 @@
 namespace htcore {
 namespace {
 
-using i64 = std::int64_t;
-
 // One fused pass of step k: the rank-2 update A -= v w^T + w v^T of the leading k x k block
 // (the previous reflector) and the product y = A' x with the updated block A' (this step's).
 struct Pass {
@@ -49,8 +47,8 @@ struct Pass {
 // a x[j+t] to y[r], and return s[t] = sum_r a x[r] (the part of y[j+t] from these rows).
 // Rows [r0, j) of columns() with scalar multiply-adds K::madd, adding to s.
 template <class K, int C>
-inline void columns_scalar(double* const* c, i64 r0, i64 j, const Pass& p, double* s) {
-  for (i64 r = r0; r < j; ++r) {
+inline void columns_scalar(double* const* c, std::int64_t r0, std::int64_t j, const Pass& p, double* s) {
+  for (std::int64_t r = r0; r < j; ++r) {
     double acc = p.y[r];
     for (int t = 0; t < C; ++t) {
       const double a = K::madd(-p.w[r], p.v[j + t], K::madd(-p.v[r], p.w[j + t], c[t][r]));
@@ -66,7 +64,7 @@ struct Portable {
   static double madd(double a, double b, double c) { return a * b + c; }
 
   template <int C>
-  static void columns(double* const* c, i64 j, const Pass& p, double* s) {
+  static void columns(double* const* c, std::int64_t j, const Pass& p, double* s) {
     for (int t = 0; t < C; ++t) s[t] = 0;
     columns_scalar<Portable, C>(c, 0, j, p, s);
   }
@@ -78,7 +76,7 @@ struct Avx2 {
   __attribute__((target("avx2,fma"))) static double madd(double a, double b, double c) { return std::fma(a, b, c); }
 
   template <int C>
-  __attribute__((target("avx2,fma"))) static void columns(double* const* c, i64 j, const Pass& p, double* s) {
+  __attribute__((target("avx2,fma"))) static void columns(double* const* c, std::int64_t j, const Pass& p, double* s) {
     __m256d vj[C], wj[C], xj[C], sum[C];
     for (int t = 0; t < C; ++t) {
       vj[t] = _mm256_set1_pd(p.v[j + t]);
@@ -86,7 +84,7 @@ struct Avx2 {
       xj[t] = _mm256_set1_pd(p.x[j + t]);
       sum[t] = _mm256_setzero_pd();
     }
-    i64 r = 0;
+    std::int64_t r = 0;
     for (; r + 4 <= j; r += 4) {
       const __m256d vr = _mm256_loadu_pd(p.v + r), wr = _mm256_loadu_pd(p.w + r), xr = _mm256_loadu_pd(p.x + r);
       __m256d acc = _mm256_loadu_pd(p.y + r);
@@ -117,7 +115,8 @@ inline double update_entry(double a, double vr, double wr, double vj, double wj)
 // Columns j..j+C-1 of the leading block, whole: columns() above their diagonal block, then the
 // C x C triangle at the diagonal, in the same order for every C.
 template <class K, int C>
-inline __attribute__((always_inline)) void update_and_multiply(double* a, i64 ld, i64 j, const Pass& p) {
+inline __attribute__((always_inline)) void update_and_multiply(double* a, std::int64_t ld, std::int64_t j,
+                                                               const Pass& p) {
   double* cols[C];
   for (int t = 0; t < C; ++t) cols[t] = a + (j + t) * ld;
   double s[C];
@@ -125,7 +124,7 @@ inline __attribute__((always_inline)) void update_and_multiply(double* a, i64 ld
   for (int t = 0; t < C; ++t) {
     double* col = cols[t];
     for (int u = 0; u <= t; ++u) {
-      const i64 r = j + u;
+      const std::int64_t r = j + u;
       const double val = update_entry<K>(col[r], p.v[r], p.w[r], p.v[j + t], p.w[j + t]);
       col[r] = val;
       if (u < t) {
@@ -140,10 +139,10 @@ inline __attribute__((always_inline)) void update_and_multiply(double* a, i64 ld
 
 // Reflector of column k (LAPACK dlarfg): x = col[0..k-2], alpha = col[k-1]. Writes v (v[k-1] = 1,
 // or all zeros when x = 0 and no reflection is needed), returns tau, stores beta in *off_diagonal.
-double householder(const double* col, i64 k, double* v, double* off_diagonal) {
+double householder(const double* col, std::int64_t k, double* v, double* off_diagonal) {
   const double alpha = col[k - 1];
   double xnorm2 = 0;
-  for (i64 r = 0; r + 1 < k; ++r) xnorm2 += col[r] * col[r];
+  for (std::int64_t r = 0; r + 1 < k; ++r) xnorm2 += col[r] * col[r];
   if (xnorm2 == 0) {
     std::fill(v, v + k, 0.0);
     *off_diagonal = alpha;
@@ -151,7 +150,7 @@ double householder(const double* col, i64 k, double* v, double* off_diagonal) {
   }
   const double beta = -std::copysign(std::sqrt(alpha * alpha + xnorm2), alpha);
   const double scale = 1 / (alpha - beta);
-  for (i64 r = 0; r + 1 < k; ++r) v[r] = col[r] * scale;
+  for (std::int64_t r = 0; r + 1 < k; ++r) v[r] = col[r] * scale;
   v[k - 1] = 1;
   *off_diagonal = beta;
   return (beta - alpha) / beta;
@@ -160,21 +159,21 @@ double householder(const double* col, i64 k, double* v, double* off_diagonal) {
 // Householder reduction of the column-major upper triangle `a` (n x n, column stride ld) to the
 // tridiagonal (d[0..n), e[0..n-1)); `a` is overwritten. scratch holds 4 n doubles.
 template <class K>
-inline __attribute__((always_inline)) void tridiagonalise_impl(double* a, i64 n, i64 ld, double* d, double* e,
-                                                                double* scratch) {
-  double* v = scratch;          // previous reflector, rows 0..k
-  double* w = scratch + n;      // its w, rows 0..k
-  double* vn = scratch + 2 * n; // this step's reflector
-  double* wn = scratch + 3 * n; // this step's A v, then its w
+inline __attribute__((always_inline)) void tridiagonalise_impl(double* a, std::int64_t n, std::int64_t ld, double* d,
+                                                               double* e, double* scratch) {
+  double* v = scratch;                       // previous reflector, rows 0..k
+  double* w = scratch + n;                   // its w, rows 0..k
+  double* vn = scratch + 2 * n;              // this step's reflector
+  double* wn = scratch + 3 * n;              // this step's A v, then its w
   std::fill(scratch, scratch + 2 * n, 0.0);  // no previous reflector: the first pass only multiplies
-  for (i64 k = n - 1; k >= 1; --k) {
+  for (std::int64_t k = n - 1; k >= 1; --k) {
     double* col = a + k * ld;
-    for (i64 r = 0; r <= k; ++r) col[r] = update_entry<K>(col[r], v[r], w[r], v[k], w[k]);
+    for (std::int64_t r = 0; r <= k; ++r) col[r] = update_entry<K>(col[r], v[r], w[r], v[k], w[k]);
     d[k] = col[k];
     const double tau = householder(col, k, vn, &e[k - 1]);
     std::fill(wn, wn + k, 0.0);
     const Pass pass{v, w, vn, wn};
-    i64 j = 0;
+    std::int64_t j = 0;
     for (; j + 4 <= k; j += 4) update_and_multiply<K, 4>(a, ld, j, pass);
     switch (k - j) {
       case 3: update_and_multiply<K, 3>(a, ld, j, pass); break;
@@ -183,25 +182,25 @@ inline __attribute__((always_inline)) void tridiagonalise_impl(double* a, i64 n,
       default: break;
     }
     double pv = 0;
-    for (i64 r = 0; r < k; ++r) {
+    for (std::int64_t r = 0; r < k; ++r) {
       wn[r] *= tau;
       pv += wn[r] * vn[r];
     }
     const double half = 0.5 * tau * pv;
-    for (i64 r = 0; r < k; ++r) wn[r] = K::madd(-half, vn[r], wn[r]);
+    for (std::int64_t r = 0; r < k; ++r) wn[r] = K::madd(-half, vn[r], wn[r]);
     std::swap(v, vn);
     std::swap(w, wn);
   }
   if (n > 0) d[0] = update_entry<K>(a[0], v[0], w[0], v[0], w[0]);
 }
 
-void tridiagonalise_generic(double* a, i64 n, i64 ld, double* d, double* e, double* scratch) {
+void tridiagonalise_generic(double* a, std::int64_t n, std::int64_t ld, double* d, double* e, double* scratch) {
   tridiagonalise_impl<Portable>(a, n, ld, d, e, scratch);
 }
 
 #ifdef HTCORE_EIG_X86
-__attribute__((target("avx2,fma"), flatten)) void tridiagonalise_avx2(double* a, i64 n, i64 ld, double* d, double* e,
-                                                             double* scratch) {
+__attribute__((target("avx2,fma"), flatten)) void tridiagonalise_avx2(double* a, std::int64_t n, std::int64_t ld,
+                                                                      double* d, double* e, double* scratch) {
   tridiagonalise_impl<Avx2>(a, n, ld, d, e, scratch);
 }
 #endif
@@ -250,46 +249,46 @@ double shift(double d0, double d1, double e2) {
 // Eigenvalues of the symmetric tridiagonal (d[0..n), e[0..n-1)), unsorted, in d; e is destroyed.
 // Root-free implicit QL or QR (whichever end of each block is smaller in modulus goes first),
 // after LAPACK dsterf, including its scaling of each unreduced block into a safe range.
-void tridiagonal_eigenvalues(double* d, double* e, i64 n, int max_sweeps) {
-  constexpr double eps = std::numeric_limits<double>::epsilon() / 2;
-  constexpr double eps2 = eps * eps;
+void tridiagonal_eigenvalues(double* d, double* e, std::int64_t n, int max_sweeps) {
+  constexpr double kEps = std::numeric_limits<double>::epsilon() / 2;
+  constexpr double kEps2 = kEps * kEps;
   const double safmin = std::numeric_limits<double>::min();
   const double ssfmax = std::sqrt(1 / safmin) / 3;
-  const double ssfmin = std::sqrt(safmin) / eps2;
-  const i64 max_total = static_cast<i64>(max_sweeps) * n;
-  i64 sweeps = 0;
-  i64 l1 = 0;
+  const double ssfmin = std::sqrt(safmin) / kEps2;
+  const std::int64_t max_total = static_cast<std::int64_t>(max_sweeps) * n;
+  std::int64_t sweeps = 0;
+  std::int64_t l1 = 0;
   while (l1 < n) {
     if (l1 > 0) e[l1 - 1] = 0;
-    i64 m = l1;  // end of the unreduced block starting at l1
+    std::int64_t m = l1;  // end of the unreduced block starting at l1
     for (; m < n - 1; ++m) {
-      if (std::abs(e[m]) <= std::sqrt(std::abs(d[m])) * std::sqrt(std::abs(d[m + 1])) * eps) {
+      if (std::abs(e[m]) <= std::sqrt(std::abs(d[m])) * std::sqrt(std::abs(d[m + 1])) * kEps) {
         e[m] = 0;
         break;
       }
     }
-    i64 l = l1, lend = m;
-    const i64 lsv = l, lendsv = lend;
+    std::int64_t l = l1, lend = m;
+    const std::int64_t lsv = l, lendsv = lend;
     l1 = m + 1;
     if (lend == l) continue;
     double anorm = 0;
-    for (i64 i = l; i <= lend; ++i) anorm = std::max(anorm, std::abs(d[i]));
-    for (i64 i = l; i < lend; ++i) anorm = std::max(anorm, std::abs(e[i]));
+    for (std::int64_t i = l; i <= lend; ++i) anorm = std::max(anorm, std::abs(d[i]));
+    for (std::int64_t i = l; i < lend; ++i) anorm = std::max(anorm, std::abs(e[i]));
     if (anorm == 0) continue;
     double scale = 1;
     if (anorm > ssfmax) scale = ssfmax / anorm;
     if (anorm < ssfmin) scale = ssfmin / anorm;
     if (scale != 1) {
-      for (i64 i = l; i <= lend; ++i) d[i] *= scale;
-      for (i64 i = l; i < lend; ++i) e[i] *= scale;
+      for (std::int64_t i = l; i <= lend; ++i) d[i] *= scale;
+      for (std::int64_t i = l; i < lend; ++i) e[i] *= scale;
     }
-    for (i64 i = l; i < lend; ++i) e[i] *= e[i];
+    for (std::int64_t i = l; i < lend; ++i) e[i] *= e[i];
     if (std::abs(d[lend]) < std::abs(d[l])) std::swap(l, lend);
     if (lend >= l) {  // QL: eigenvalues found at the top, l moves down
       while (l <= lend) {
-        i64 mm = l;
+        std::int64_t mm = l;
         for (; mm < lend; ++mm)
-          if (std::abs(e[mm]) <= eps2 * std::abs(d[mm] * d[mm + 1])) break;
+          if (std::abs(e[mm]) <= kEps2 * std::abs(d[mm] * d[mm + 1])) break;
         if (mm < lend) e[mm] = 0;
         if (mm == l) {
           ++l;
@@ -306,15 +305,16 @@ void tridiagonal_eigenvalues(double* d, double* e, i64 n, int max_sweeps) {
         }
         if (sweeps == max_total)
           throw std::domain_error("symmetric eigenvalues: the QL iteration did not converge in " +
-                                  std::to_string(max_total) + " sweeps (max_sweeps=" + std::to_string(max_sweeps) + ")");
+                                  std::to_string(max_total) + " sweeps (max_sweeps=" + std::to_string(max_sweeps) +
+                                  ")");
         ++sweeps;
         const double sigma = shift(d[l], d[l + 1], e[l]);
         double c = 1, s = 0, gamma = d[mm] - sigma, p = gamma * gamma;
-        for (i64 i = mm - 1; i >= l; --i) {
+        for (std::int64_t i = mm - 1; i >= l; --i) {
           const double bb = e[i], r = p + bb;
           if (i != mm - 1) e[i + 1] = s * r;
           const double oldc = c, inverse_c = r / p;  // p / r and r / p side by side: no division
-          c = p / r;                                   // waits for another on the critical path
+          c = p / r;                                 // waits for another on the critical path
           s = bb / r;
           const double oldgam = gamma, alpha = d[i];
           gamma = c * (alpha - sigma) - s * oldgam;
@@ -326,9 +326,9 @@ void tridiagonal_eigenvalues(double* d, double* e, i64 n, int max_sweeps) {
       }
     } else {  // QR: eigenvalues found at the bottom, l moves up
       while (l >= lend) {
-        i64 mm = l;
+        std::int64_t mm = l;
         for (; mm > lend; --mm)
-          if (std::abs(e[mm - 1]) <= eps2 * std::abs(d[mm] * d[mm - 1])) break;
+          if (std::abs(e[mm - 1]) <= kEps2 * std::abs(d[mm] * d[mm - 1])) break;
         if (mm > lend) e[mm - 1] = 0;
         if (mm == l) {
           --l;
@@ -345,15 +345,16 @@ void tridiagonal_eigenvalues(double* d, double* e, i64 n, int max_sweeps) {
         }
         if (sweeps == max_total)
           throw std::domain_error("symmetric eigenvalues: the QR iteration did not converge in " +
-                                  std::to_string(max_total) + " sweeps (max_sweeps=" + std::to_string(max_sweeps) + ")");
+                                  std::to_string(max_total) + " sweeps (max_sweeps=" + std::to_string(max_sweeps) +
+                                  ")");
         ++sweeps;
         const double sigma = shift(d[l], d[l - 1], e[l - 1]);
         double c = 1, s = 0, gamma = d[mm] - sigma, p = gamma * gamma;
-        for (i64 i = mm; i < l; ++i) {
+        for (std::int64_t i = mm; i < l; ++i) {
           const double bb = e[i], r = p + bb;
           if (i != mm) e[i - 1] = s * r;
           const double oldc = c, inverse_c = r / p;  // p / r and r / p side by side: no division
-          c = p / r;                                   // waits for another on the critical path
+          c = p / r;                                 // waits for another on the critical path
           s = bb / r;
           const double oldgam = gamma, alpha = d[i + 1];
           gamma = c * (alpha - sigma) - s * oldgam;
@@ -365,14 +366,14 @@ void tridiagonal_eigenvalues(double* d, double* e, i64 n, int max_sweeps) {
       }
     }
     if (scale != 1)
-      for (i64 i = lsv; i <= lendsv; ++i) d[i] /= scale;
+      for (std::int64_t i = lsv; i <= lendsv; ++i) d[i] /= scale;
   }
 }
 
 // Column stride of the work matrix: a multiple of 8 doubles (64-byte aligned columns) that is
 // not a multiple of 512 (4 KiB), so the four columns processed together do not alias in L1.
-i64 column_stride(i64 n) {
-  i64 ld = (n + 7) / 8 * 8;
+std::int64_t column_stride(std::int64_t n) {
+  std::int64_t ld = (n + 7) / 8 * 8;
   if (ld % 512 == 0) ld += 8;
   return ld;
 }
@@ -383,17 +384,18 @@ bool symmetric_eigenvalues_uses_avx2() { return use_avx2(); }
 
 void symmetric_eigenvalues_enable_avx2(bool enabled) { g_avx2_enabled.store(enabled, std::memory_order_relaxed); }
 
-void symmetric_eigenvalues(const double* a, i64 n, double* out, int max_sweeps) {
+void symmetric_eigenvalues(const double* a, std::int64_t n, double* out, int max_sweeps) {
   require(n >= 0, [&] { return "symmetric eigenvalues: n must be >= 0, got " + std::to_string(n); });
   require(max_sweeps >= 0,
           [&] { return "symmetric eigenvalues: max_sweeps must be >= 0, got " + std::to_string(max_sweeps); });
   if (n == 0) return;
   double amax = 0;
-  for (i64 i = 0; i < n; ++i)
-    for (i64 j = 0; j <= i; ++j) {
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t j = 0; j <= i; ++j) {
       const double x = a[i * n + j];
       if (!std::isfinite(x))
-        fail("symmetric eigenvalues: matrix has a non-finite entry at (" + std::to_string(i) + ", " + std::to_string(j) + ")");
+        fail("symmetric eigenvalues: matrix has a non-finite entry at (" + std::to_string(i) + ", " +
+             std::to_string(j) + ")");
       amax = std::max(amax, std::abs(x));
     }
   if (amax == 0) {
@@ -406,14 +408,14 @@ void symmetric_eigenvalues(const double* a, i64 n, double* out, int max_sweeps) 
   exponent = std::clamp(exponent, -1000, 1000);
   const double down = std::ldexp(1.0, -exponent), up = std::ldexp(1.0, exponent);
 
-  const i64 ld = column_stride(n);
+  const std::int64_t ld = column_stride(n);
   std::vector<double> buffer(static_cast<std::size_t>(n * ld + 8 + 5 * n));
   const std::size_t skew = (64 - reinterpret_cast<std::uintptr_t>(buffer.data()) % 64) % 64 / sizeof(double);
   double* work = buffer.data() + skew;
   double* e = work + n * ld;
   double* scratch = e + n;
-  for (i64 i = 0; i < n; ++i)
-    for (i64 j = 0; j <= i; ++j) work[i * ld + j] = a[i * n + j] * down;
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t j = 0; j <= i; ++j) work[i * ld + j] = a[i * n + j] * down;
 #ifdef HTCORE_EIG_X86
   if (use_avx2()) tridiagonalise_avx2(work, n, ld, out, e, scratch);
   else tridiagonalise_generic(work, n, ld, out, e, scratch);
@@ -421,7 +423,7 @@ void symmetric_eigenvalues(const double* a, i64 n, double* out, int max_sweeps) 
   tridiagonalise_generic(work, n, ld, out, e, scratch);
 #endif
   tridiagonal_eigenvalues(out, e, n, max_sweeps);
-  for (i64 i = 0; i < n; ++i) out[i] *= up;
+  for (std::int64_t i = 0; i < n; ++i) out[i] *= up;
   std::sort(out, out + n);
 }
 

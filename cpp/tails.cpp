@@ -17,17 +17,17 @@ namespace htcore {
 
 namespace {
 
-std::string k_range_message(const char* what, long long k, long long n, long long k_min, long long k_max) {
-  return std::string(what) + " needs " + std::to_string(k_min) + " <= k <= " + std::to_string(k_max) + " for n = " + std::to_string(n) +
-         " samples, got k = " + std::to_string(k);
+std::string k_range_message(const char* what, std::int64_t k, std::int64_t n, std::int64_t k_min, std::int64_t k_max) {
+  return std::string(what) + " needs " + std::to_string(k_min) + " <= k <= " + std::to_string(k_max) +
+         " for n = " + std::to_string(n) + " samples, got k = " + std::to_string(k);
 }
 
 // Means over the top k of (ln X_(i) - ln X_(k+1))^j for j = 1, 2; log_at(i) = ln X_(i+1).
 template <class LogAt>
-void log_excess_moments(LogAt log_at, long long k, double* m1, double* m2) {
+void log_excess_moments(LogAt log_at, std::int64_t k, double* m1, double* m2) {
   const double ref = log_at(k);
   double s1 = 0, s2 = 0;
-  for (long long i = 0; i < k; ++i) {
+  for (std::int64_t i = 0; i < k; ++i) {
     const double d = log_at(i) - ref;
     s1 += d;
     s2 += d * d;
@@ -37,11 +37,11 @@ void log_excess_moments(LogAt log_at, long long k, double* m1, double* m2) {
 }
 
 // ln X_(i+1) of an ascending-sorted sample, computed on demand.
-auto sorted_log(const double* sorted, long long n) {
-  return [sorted, n](long long i) { return std::log(sorted[n - 1 - i]); };
+auto sorted_log(const double* sorted, std::int64_t n) {
+  return [sorted, n](std::int64_t i) { return std::log(sorted[n - 1 - i]); };
 }
 
-std::string ties_message(const char* what, long long k) {
+std::string ties_message(const char* what, std::int64_t k) {
   return std::string(what) + " is undefined at k = " + std::to_string(k) +
          ": the order statistics it uses are tied; choose another k";
 }
@@ -52,7 +52,7 @@ namespace {
 
 // Hill or moments estimate at k from log_at(i) = ln X_(i+1).
 template <class LogAt>
-double log_moment_xi(TailMethod method, LogAt log_at, long long n, long long k) {
+double log_moment_xi(TailMethod method, LogAt log_at, std::int64_t n, std::int64_t k) {
   double m1, m2;
   if (method == TailMethod::hill) {
     require(k >= 1 && k <= n - 1, [&] { return k_range_message("hill", k, n, 1, n - 1); });
@@ -68,7 +68,7 @@ double log_moment_xi(TailMethod method, LogAt log_at, long long n, long long k) 
 
 }  // namespace
 
-double tail_xi(TailMethod method, const double* sorted, long long n, long long k) {
+double tail_xi(TailMethod method, const double* sorted, std::int64_t n, std::int64_t k) {
   if (method != TailMethod::pickands) return log_moment_xi(method, sorted_log(sorted, n), n, k);
   require(k >= 1 && k <= n / 4, [&] { return k_range_message("pickands", k, n, 1, n / 4); });  // (4 * k could overflow)
   const double a = sorted[n - k], b = sorted[n - 2 * k], c = sorted[n - 4 * k];
@@ -76,9 +76,9 @@ double tail_xi(TailMethod method, const double* sorted, long long n, long long k
   return std::log((a - b) / (b - c)) / std::log(2.0);
 }
 
-double tail_xi_from_logs(TailMethod method, const double* logs, long long n, long long k) {
+double tail_xi_from_logs(TailMethod method, const double* logs, std::int64_t n, std::int64_t k) {
   require(method != TailMethod::pickands, "the Pickands estimator needs the sorted values, not their logs");
-  return log_moment_xi(method, [logs](long long i) { return logs[i]; }, n, k);
+  return log_moment_xi(method, [logs](std::int64_t i) { return logs[i]; }, n, k);
 }
 
 namespace {
@@ -152,8 +152,8 @@ inline double neg_log_unit(double u) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 __attribute__((target_clones("avx2", "default")))
 #endif
-void neg_log_units(double* v, long long m) {
-  for (long long j = 0; j < m; ++j) v[j] = neg_log_unit(v[j]);
+void neg_log_units(double* v, std::int64_t m) {
+  for (std::int64_t j = 0; j < m; ++j) v[j] = neg_log_unit(v[j]);
 }
 
 // Logs of the k_max + 1 largest values of one bootstrap resample (nb draws with replacement from
@@ -162,21 +162,21 @@ void neg_log_units(double* v, long long m) {
 // U_(j) = S_j / S, with S_j the partial sums of exponential variates E_1..E_(k_max+1) and
 // S = S_(k_max+1) + G, G ~ Gamma(nb - k_max) (the remaining nb + 1 - (k_max + 1) spacings).
 // A drawn rank is floor(U n). O(k_max), not O(nb).
-void resample_top_logs(const double* logs, long long n, long long nb, long long k_max, Rng& rng,
+void resample_top_logs(const double* logs, std::int64_t n, std::int64_t nb, std::int64_t k_max, Rng& rng,
                        double* spacing, double* out) {
   // E_j = -ln V_j for uniforms V_j drawn before G, the logs taken in one vectorised pass.
-  for (long long j = 0; j <= k_max; ++j) spacing[j] = rng.uniform();
+  for (std::int64_t j = 0; j <= k_max; ++j) spacing[j] = rng.uniform();
   const double gamma = rng.gamma(static_cast<double>(nb - k_max));
   neg_log_units(spacing, k_max + 1);
   double partial = 0;
-  for (long long j = 0; j <= k_max; ++j) {
+  for (std::int64_t j = 0; j <= k_max; ++j) {
     partial += spacing[j];
     spacing[j] = partial;
   }
   const double scale = static_cast<double>(n) / (partial + gamma);
   double top = 0;
-  for (long long j = 0; j <= k_max; ++j) {
-    const long long rank = std::min(n - 1, static_cast<long long>(spacing[j] * scale));
+  for (std::int64_t j = 0; j <= k_max; ++j) {
+    const std::int64_t rank = std::min(n - 1, static_cast<std::int64_t>(spacing[j] * scale));
     const double v = logs[rank];
     if (j == 0) top = v;
     out[j] = v - top;
@@ -188,9 +188,9 @@ void resample_top_logs(const double* logs, long long n, long long nb, long long 
 // where the moments are degenerate are skipped (Voitalov's "cleaning"), which marks that k unusable;
 // count[k - 1] counts the values used (Hill's are never degenerate, so it counts only for moments).
 template <TailMethod method>
-void add_amse_terms(const double* d, const double* inv_k, long long k_max, double* sum, int* count) {
+void add_amse_terms(const double* d, const double* inv_k, std::int64_t k_max, double* sum, int* count) {
   double s1 = 0, s2 = 0, s3 = 0;
-  for (long long k = 1; k <= k_max; ++k) {
+  for (std::int64_t k = 1; k <= k_max; ++k) {
     const double x = d[k - 1], r = d[k], ik = inv_k[k - 1];
     s1 += x;
     s2 += x * x;
@@ -203,7 +203,8 @@ void add_amse_terms(const double* d, const double* inv_k, long long k_max, doubl
     } else {
       s3 += x * x * x;
       const double m3 = s3 * ik - 3.0 * r * s2 * ik + 3.0 * r * r * s1 * ik - r * r * r;
-      if (m2 <= 0 || m3 == 0 || std::fabs(1.0 - m1 * m1 / m2) < 1e-10 || std::fabs(1.0 - m1 * m2 / m3) < 1e-10) continue;
+      if (m2 <= 0 || m3 == 0 || std::fabs(1.0 - m1 * m1 / m2) < 1e-10 || std::fabs(1.0 - m1 * m2 / m3) < 1e-10)
+        continue;
       const double xi2 = m1 + 1.0 - 0.5 / (1.0 - m1 * m1 / m2);
       const double xi3 = std::sqrt(0.5 * m2) + 1.0 - (2.0 / 3.0) / (1.0 - m1 * m2 / m3);
       term = (xi2 - xi3) * (xi2 - xi3);
@@ -217,13 +218,13 @@ void add_amse_terms(const double* d, const double* inv_k, long long k_max, doubl
 // Mean AMSE statistic for k = 1..k_max over `resamples` resamples of size nb; NaN where any
 // resample gave a degenerate value. Resamples are split into a fixed number of chunks whose sums
 // are added in order, so the result does not depend on the thread count.
-std::vector<double> mean_amse(TailMethod method, const double* logs, long long n, long long nb,
-                              long long k_max, int resamples, std::uint64_t seed, int stage) {
+std::vector<double> mean_amse(TailMethod method, const double* logs, std::int64_t n, std::int64_t nb,
+                              std::int64_t k_max, int resamples, std::uint64_t seed, int stage) {
   constexpr int kChunks = 16;
   std::vector<double> sums(static_cast<std::size_t>(kChunks * k_max), 0.0);
   std::vector<int> counts(method == TailMethod::hill ? 0 : static_cast<std::size_t>(kChunks * k_max), 0);
   std::vector<double> inv_k(static_cast<std::size_t>(k_max));
-  for (long long k = 1; k <= k_max; ++k) inv_k[static_cast<std::size_t>(k - 1)] = 1.0 / static_cast<double>(k);
+  for (std::int64_t k = 1; k <= k_max; ++k) inv_k[static_cast<std::size_t>(k - 1)] = 1.0 / static_cast<double>(k);
   // Small bootstraps run on one thread: waking a team costs more than they take.
   const bool parallel = static_cast<double>(resamples) * static_cast<double>(k_max) > 2e5;
 #pragma omp parallel num_threads(htcore::num_threads()) if (parallel)
@@ -242,9 +243,9 @@ std::vector<double> mean_amse(TailMethod method, const double* logs, long long n
     }
   }
   std::vector<double> mean(static_cast<std::size_t>(k_max));
-  for (long long k = 0; k < k_max; ++k) {
+  for (std::int64_t k = 0; k < k_max; ++k) {
     double s = 0;
-    long long cnt = 0;
+    std::int64_t cnt = 0;
     for (int c = 0; c < kChunks; ++c) {
       s += sums[static_cast<std::size_t>(c * k_max + k)];
       if (!counts.empty()) cnt += counts[static_cast<std::size_t>(c * k_max + k)];
@@ -256,9 +257,9 @@ std::vector<double> mean_amse(TailMethod method, const double* logs, long long n
 }
 
 // argmin over k in [k_lo, k_hi] of mean[k - 1], skipping NaN; 0 when there is none.
-long long argmin_k(const std::vector<double>& mean, long long k_lo, long long k_hi) {
-  long long best = 0;
-  for (long long k = k_lo; k <= k_hi; ++k) {
+std::int64_t argmin_k(const std::vector<double>& mean, std::int64_t k_lo, std::int64_t k_hi) {
+  std::int64_t best = 0;
+  for (std::int64_t k = k_lo; k <= k_hi; ++k) {
     const double v = mean[static_cast<std::size_t>(k - 1)];
     if (!std::isnan(v) && (best == 0 || v < mean[static_cast<std::size_t>(best - 1)])) best = k;
   }
@@ -266,14 +267,16 @@ long long argmin_k(const std::vector<double>& mean, long long k_lo, long long k_
 }
 
 // Voitalov's moments_dbs_prefactor (asymptotic constants of the moments estimator).
-double moments_prefactor(double xi, long long n1, long long k1) {
-  const double rho = std::log(static_cast<double>(k1)) / (2.0 * std::log(static_cast<double>(k1)) - 2.0 * std::log(static_cast<double>(n1)));
+double moments_prefactor(double xi, std::int64_t n1, std::int64_t k1) {
+  const double rho = std::log(static_cast<double>(k1)) /
+                     (2.0 * std::log(static_cast<double>(k1)) - 2.0 * std::log(static_cast<double>(n1)));
   double v_sq, v_bar_sq, b, b_bar;
   if (xi >= 0) {
     v_sq = 1.0 + xi * xi;
     v_bar_sq = 0.25 * (1.0 + xi * xi);
   } else {
-    v_sq = (1.0 - xi) * (1.0 - xi) * (1.0 - 2.0 * xi) * (6.0 * xi * xi - xi + 1.0) / ((1.0 - 3.0 * xi) * (1.0 - 4.0 * xi));
+    v_sq =
+        (1.0 - xi) * (1.0 - xi) * (1.0 - 2.0 * xi) * (6.0 * xi * xi - xi + 1.0) / ((1.0 - 3.0 * xi) * (1.0 - 4.0 * xi));
     const double num = 1 - 8 * xi + 48 * xi * xi - 154 * std::pow(xi, 3) + 263 * std::pow(xi, 4) -
                        222 * std::pow(xi, 5) + 72 * std::pow(xi, 6);
     const double den = (1.0 - 2 * xi) * (1 - 3 * xi) * (1 - 4 * xi) * (1 - 5 * xi) * (1 - 6 * xi);
@@ -281,7 +284,8 @@ double moments_prefactor(double xi, long long n1, long long k1) {
   }
   if (xi < rho) {
     b = (1.0 - xi) * (1.0 - 2.0 * xi) / ((1.0 - rho - xi) * (1.0 - rho - 2.0 * xi));
-    b_bar = 0.5 * (-rho * (1.0 - xi) * (1.0 - xi)) / ((1.0 - xi - rho) * (1.0 - 2.0 * xi - rho) * (1.0 - 3.0 * xi - rho));
+    b_bar =
+        0.5 * (-rho * (1.0 - xi) * (1.0 - xi)) / ((1.0 - xi - rho) * (1.0 - 2.0 * xi - rho) * (1.0 - 3.0 * xi - rho));
   } else if (xi < 0) {
     b = 1.0 / (1.0 - xi);
     b_bar = (1.0 - 2.0 * xi - std::sqrt((1.0 - xi) * (1.0 - 2.0 * xi))) / ((1.0 - xi) * (1.0 - 2.0 * xi));
@@ -297,15 +301,17 @@ double moments_prefactor(double xi, long long n1, long long k1) {
 // and is the range of the AMSE-optimal k when the second-order parameter |rho| <= 1 (it scales as
 // n^(2|rho| / (1 + 2|rho|))); larger optimal k only arise for nearly exact Pareto tails, where any
 // large k estimates well.
-long long k_limit(long long nb, const DoubleBootstrapOptions& o) {
-  long long k = std::llround(o.eps_stop * static_cast<double>(nb)) - 1;
-  if (o.cap_factor > 0) k = std::min(k, static_cast<long long>(o.cap_factor * std::cbrt(static_cast<double>(nb) * static_cast<double>(nb))));
-  return std::clamp(k, 2LL, nb - 1);
+std::int64_t k_limit(std::int64_t nb, const DoubleBootstrapOptions& o) {
+  std::int64_t k = std::llround(o.eps_stop * static_cast<double>(nb)) - 1;
+  if (o.cap_factor > 0)
+    k = std::min(
+        k, static_cast<std::int64_t>(o.cap_factor * std::cbrt(static_cast<double>(nb) * static_cast<double>(nb))));
+  return std::clamp<std::int64_t>(k, 2, nb - 1);
 }
 
 }  // namespace
 
-DoubleBootstrap double_bootstrap(TailMethod method, const double* logs, long long n, std::uint64_t seed,
+DoubleBootstrap double_bootstrap(TailMethod method, const double* logs, std::int64_t n, std::uint64_t seed,
                                  const DoubleBootstrapOptions& o) {
   require(method != TailMethod::pickands, "the double bootstrap chooses k for hill or moments only");
   require(n >= 20, [&] { return "choosing k automatically needs at least 20 samples, got n = " + std::to_string(n); });
@@ -313,17 +319,18 @@ DoubleBootstrap double_bootstrap(TailMethod method, const double* logs, long lon
   DoubleBootstrap out;
   const double ln_n = std::log(static_cast<double>(n));
   const double eps_b = 0.5 * (1.0 + std::log(std::floor(o.t * static_cast<double>(n))) / ln_n);
-  out.n1 = static_cast<long long>(std::pow(static_cast<double>(n), eps_b));
-  out.n2 = static_cast<long long>(static_cast<double>(out.n1) * static_cast<double>(out.n1) / static_cast<double>(n));
-  const long long k1_max = k_limit(out.n1, o), k2_max = k_limit(out.n2, o);
+  out.n1 = static_cast<std::int64_t>(std::pow(static_cast<double>(n), eps_b));
+  out.n2 =
+      static_cast<std::int64_t>(static_cast<double>(out.n1) * static_cast<double>(out.n1) / static_cast<double>(n));
+  const std::int64_t k1_max = k_limit(out.n1, o), k2_max = k_limit(out.n2, o);
 
   const auto mean1 = mean_amse(method, logs, n, out.n1, k1_max, o.resamples, seed, 1);
   const auto mean2 = mean_amse(method, logs, n, out.n2, k2_max, o.resamples, seed, 2);
 
   // Voitalov's guard against a false AMSE minimum (k2 > k1): move the left border of both searches
   // by 0.5% of n and search again (his code also redraws the resamples; we keep them).
-  long long left = method == TailMethod::hill ? 1 : 0;
-  const long long step = std::max(1LL, static_cast<long long>(0.005 * static_cast<double>(n)));
+  std::int64_t left = method == TailMethod::hill ? 1 : 0;
+  const std::int64_t step = std::max<std::int64_t>(1, static_cast<std::int64_t>(0.005 * static_cast<double>(n)));
   for (;;) {
     out.k1 = argmin_k(mean1, left + 1, k1_max);
     out.k2 = argmin_k(mean2, left + 1, k2_max);
@@ -338,19 +345,20 @@ DoubleBootstrap double_bootstrap(TailMethod method, const double* logs, long lon
       // Danielsson et al. (2001)'s own constant. (Voitalov's hill_dbs uses Qi's, which is larger and
       // picked k about 1.3x too large for Student-t tails here: the Hill bias then exceeded the
       // width of the 95% interval.)
-      const double rho = std::pow(std::log(k1) / (2.0 * std::log(n1) - std::log(k1)), 2.0 * (std::log(n1) - std::log(k1)) / std::log(n1));
+      const double rho = std::pow(std::log(k1) / (2.0 * std::log(n1) - std::log(k1)),
+                                  2.0 * (std::log(n1) - std::log(k1)) / std::log(n1));
       k_star = std::round(ratio * rho);
     } else {
-      const long long k_n = static_cast<long long>(std::floor(std::sqrt(static_cast<double>(n))));
+      const std::int64_t k_n = static_cast<std::int64_t>(std::floor(std::sqrt(static_cast<double>(n))));
       double m1, m2;
-      log_excess_moments([logs](long long i) { return logs[i]; }, k_n, &m1, &m2);
+      log_excess_moments([logs](std::int64_t i) { return logs[i]; }, k_n, &m1, &m2);
       const double xi_n = m1 + 1.0 - 0.5 / (1.0 - m1 * m1 / m2);
       k_star = std::floor(ratio * moments_prefactor(xi_n, out.n1, out.k1));
     }
   }
   // Fallback when the bootstrap found no usable minimum (e.g. heavy ties): k = sqrt(n).
   if (!std::isfinite(k_star)) k_star = std::floor(std::sqrt(static_cast<double>(n)));
-  out.k_star = static_cast<long long>(std::clamp(k_star, 2.0, static_cast<double>(n - 1)));
+  out.k_star = static_cast<std::int64_t>(std::clamp(k_star, 2.0, static_cast<double>(n - 1)));
   return out;
 }
 
@@ -359,13 +367,13 @@ namespace {
 // Sums of N per-index terms over i = 1..count, in a fixed number of chunks added in order, so the
 // result does not depend on the thread count. add(i, acc) adds the terms of index i to acc[0..N).
 template <int N, class Add>
-std::array<double, N> chunked_sums(long long count, Add add) {
+std::array<double, N> chunked_sums(std::int64_t count, Add add) {
   constexpr int kChunks = 64;
   std::vector<std::array<double, N>> partial(kChunks);
 #pragma omp parallel for num_threads(htcore::num_threads()) schedule(static) if (count > 100000)
   for (int c = 0; c < kChunks; ++c) {
     std::array<double, N> acc{};
-    for (long long i = 1 + c * count / kChunks; i <= (c + 1) * count / kChunks; ++i) add(i, acc.data());
+    for (std::int64_t i = 1 + c * count / kChunks; i <= (c + 1) * count / kChunks; ++i) add(i, acc.data());
     partial[static_cast<std::size_t>(c)] = acc;
   }
   std::array<double, N> total{};
@@ -376,16 +384,16 @@ std::array<double, N> chunked_sums(long long count, Add add) {
 
 }  // namespace
 
-SecondOrder second_order(const double* logs, long long n, double rho_max) {
+SecondOrder second_order(const double* logs, std::int64_t n, double rho_max) {
   require(n >= 3, "the second-order parameters need at least 3 samples");
   SecondOrder out;
-  out.k1 = std::clamp(static_cast<long long>(std::pow(static_cast<double>(n), 0.995)), 2LL, n - 1);
-  const long long k1 = out.k1;
+  out.k1 = std::clamp<std::int64_t>(static_cast<std::int64_t>(std::pow(static_cast<double>(n), 0.995)), 2, n - 1);
+  const std::int64_t k1 = out.k1;
   const double kd = static_cast<double>(k1);
   const double ref = logs[k1];  // ln X_(k1+1)
   // Log excesses over X_(k1+1), and the scaled log spacings U_i = i (ln X_(i) - ln X_(i+1)).
-  auto spacing = [logs](long long i) { return static_cast<double>(i) * (logs[i - 1] - logs[i]); };
-  const auto m = chunked_sums<3>(k1, [&](long long i, double* acc) {
+  auto spacing = [logs](std::int64_t i) { return static_cast<double>(i) * (logs[i - 1] - logs[i]); };
+  const auto m = chunked_sums<3>(k1, [&](std::int64_t i, double* acc) {
     const double d = logs[i - 1] - ref;
     acc[0] += d;
     acc[1] += d * d;
@@ -398,7 +406,7 @@ SecondOrder second_order(const double* logs, long long n, double rho_max) {
   // Gomes & Martins (2002): beta = (k1/n)^rho (d(rho) D(0) - D(rho)) / (d(rho) D(rho) - D(2 rho)),
   // d(a) = mean of (i/k1)^(-a), D(a) = mean of (i/k1)^(-a) U_i.
   const double rho = out.rho;
-  const auto w = chunked_sums<4>(k1, [&](long long i, double* acc) {
+  const auto w = chunked_sums<4>(k1, [&](std::int64_t i, double* acc) {
     const double u = spacing(i), weight = std::pow(static_cast<double>(i) / kd, -rho);
     acc[0] += weight;
     acc[1] += u;
@@ -410,16 +418,16 @@ SecondOrder second_order(const double* logs, long long n, double rho_max) {
   return out;
 }
 
-std::unique_ptr<double[]> descending_logs(const double* sorted, long long n) {
+std::unique_ptr<double[]> descending_logs(const double* sorted, std::int64_t n) {
   std::unique_ptr<double[]> logs(new double[static_cast<std::size_t>(n)]);
 #pragma omp parallel for num_threads(htcore::num_threads()) schedule(static) if (n > 100000)
-  for (long long i = 0; i < n; ++i) logs[i] = std::log(sorted[n - 1 - i]);
+  for (std::int64_t i = 0; i < n; ++i) logs[i] = std::log(sorted[n - 1 - i]);
   return logs;
 }
 
-void to_descending_logs(double* sorted, long long n) {
+void to_descending_logs(double* sorted, std::int64_t n) {
 #pragma omp parallel for num_threads(htcore::num_threads()) schedule(static) if (n > 100000)
-  for (long long i = 0; i < n / 2; ++i) {
+  for (std::int64_t i = 0; i < n / 2; ++i) {
     const double low = sorted[i], high = sorted[n - 1 - i];
     sorted[i] = std::log(high);
     sorted[n - 1 - i] = std::log(low);
@@ -430,7 +438,7 @@ void to_descending_logs(double* sorted, long long n) {
 namespace {
 
 template <class T>
-TailEstimate estimate_tail_of(TailMethod method, const T* x, long long n, long long k, std::uint64_t seed,
+TailEstimate estimate_tail_of(TailMethod method, const T* x, std::int64_t n, std::int64_t k, std::uint64_t seed,
                               const DoubleBootstrapOptions& options, double rho_max) {
   const std::unique_ptr<double[]> sorted = sorted_positive(x, n);
   TailEstimate out;
@@ -454,7 +462,7 @@ TailEstimate estimate_tail_of(TailMethod method, const T* x, long long n, long l
       out.xi = tail_xi_from_logs(method, logs, n, out.k);
       return out;
     }
-    out.k = std::clamp(out.k / 4, 1LL, n / 4);
+    out.k = std::clamp<std::int64_t>(out.k / 4, 1, n / 4);
   }
   out.xi = tail_xi(method, sorted.get(), n, out.k);
   return out;
@@ -462,12 +470,12 @@ TailEstimate estimate_tail_of(TailMethod method, const T* x, long long n, long l
 
 }  // namespace
 
-TailEstimate estimate_tail(TailMethod method, const double* x, long long n, long long k, std::uint64_t seed,
+TailEstimate estimate_tail(TailMethod method, const double* x, std::int64_t n, std::int64_t k, std::uint64_t seed,
                            const DoubleBootstrapOptions& options, double rho_max) {
   return estimate_tail_of(method, x, n, k, seed, options, rho_max);
 }
 
-TailEstimate estimate_tail(TailMethod method, const float* x, long long n, long long k, std::uint64_t seed,
+TailEstimate estimate_tail(TailMethod method, const float* x, std::int64_t n, std::int64_t k, std::uint64_t seed,
                            const DoubleBootstrapOptions& options, double rho_max) {
   return estimate_tail_of(method, x, n, k, seed, options, rho_max);
 }

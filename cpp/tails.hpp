@@ -1,6 +1,6 @@
 // Tail estimators of a positive sample and the continuous power-law fit.
 //
-// Conventions (see ../shared/DESIGN.md): X_(1) >= X_(2) >= ... >= X_(n) are the order statistics.
+// Conventions (docs/conventions.md): X_(1) >= X_(2) >= ... >= X_(n) are the order statistics.
 // The estimators return xi = 1 / alpha, where alpha is the tail index, P(X > x) ~ x^(-alpha).
 // The power-law fit returns the pdf exponent a = alpha + 1, p(x) ~ x^(-a) (what the `powerlaw`
 // package and WeightWatcher call "alpha").
@@ -16,23 +16,23 @@ namespace htcore {
 // An ascending-sorted copy of a positive, finite sample (parallel MSD radix sort on the IEEE bit
 // patterns, which order like the values for positive doubles; see sort_positive.cpp). float
 // samples are widened exactly, so both overloads give the same doubles for the same values.
-std::unique_ptr<double[]> sorted_positive(const double* x, long long n);
-std::unique_ptr<double[]> sorted_positive(const float* x, long long n);
+std::unique_ptr<double[]> sorted_positive(const double* x, std::int64_t n);
+std::unique_ptr<double[]> sorted_positive(const float* x, std::int64_t n);
 
 enum class TailMethod { hill, moments, pickands };
 
 // The estimate at a given k, on an ascending-sorted sample. Throws std::invalid_argument when k is
 // out of range (Hill: 1 <= k <= n - 1; moments: 2 <= k <= n - 1; Pickands: 1 <= k <= n / 4) or when ties make the
 // estimator undefined at this k.
-double tail_xi(TailMethod method, const double* sorted, long long n, long long k);
+double tail_xi(TailMethod method, const double* sorted, std::int64_t n, std::int64_t k);
 // The same for hill or moments from descending_logs(sorted), bit for bit.
-double tail_xi_from_logs(TailMethod method, const double* logs, long long n, long long k);
+double tail_xi_from_logs(TailMethod method, const double* logs, std::int64_t n, std::int64_t k);
 
 // Danielsson, de Haan, Peng & de Vries (2001) double bootstrap as in Voitalov et al. (2019).
 struct DoubleBootstrap {
-  long long k_star = 0;  // chosen number of order statistics
-  long long k1 = 0, k2 = 0;  // AMSE minimisers in the two bootstrap stages
-  long long n1 = 0, n2 = 0;  // bootstrap sample sizes
+  std::int64_t k_star = 0;      // chosen number of order statistics
+  std::int64_t k1 = 0, k2 = 0;  // AMSE minimisers in the two bootstrap stages
+  std::int64_t n1 = 0, n2 = 0;  // bootstrap sample sizes
 };
 
 struct DoubleBootstrapOptions {
@@ -44,13 +44,13 @@ struct DoubleBootstrapOptions {
 
 // ln X_(i+1) for i in [0, n) of an ascending-sorted sample: the logs of the order statistics,
 // largest first (computed once, in parallel, for the bootstrap and the second-order step).
-std::unique_ptr<double[]> descending_logs(const double* sorted, long long n);
+std::unique_ptr<double[]> descending_logs(const double* sorted, std::int64_t n);
 // The same values written over the sorted sample itself (no second array).
-void to_descending_logs(double* sorted, long long n);
+void to_descending_logs(double* sorted, std::int64_t n);
 
 // Chooses k for Hill (method == hill) or moments (method == moments) from descending_logs(sorted).
 // Deterministic in `seed`, independent of the thread count. Requires n >= 20.
-DoubleBootstrap double_bootstrap(TailMethod method, const double* logs, long long n, std::uint64_t seed,
+DoubleBootstrap double_bootstrap(TailMethod method, const double* logs, std::int64_t n, std::uint64_t seed,
                                  const DoubleBootstrapOptions& options);
 
 // Second-order parameters (rho < 0, beta) of a heavy tail in Hall's class, U(t) = C t^xi (1 +
@@ -61,13 +61,13 @@ DoubleBootstrap double_bootstrap(TailMethod method, const double* logs, long lon
 // Requires n >= 3.
 struct SecondOrder {
   double rho = 0, beta = 0;
-  long long k1 = 0;
+  std::int64_t k1 = 0;
 };
-SecondOrder second_order(const double* logs, long long n, double rho_max);
+SecondOrder second_order(const double* logs, std::int64_t n, double rho_max);
 
 struct TailEstimate {
   double xi = 0;
-  long long k = 0;
+  std::int64_t k = 0;
   DoubleBootstrap bootstrap;  // filled when k was chosen automatically
   SecondOrder second;         // filled when k was chosen automatically
 };
@@ -76,9 +76,9 @@ struct TailEstimate {
 // Pickands: a quarter of the moments estimator's k, so X_(4k) reaches as deep as its tail); with
 // k == 0 it also estimates the second-order parameters (capping rho at rho_max).
 // float samples are widened exactly: the same values give the same result either way.
-TailEstimate estimate_tail(TailMethod method, const double* x, long long n, long long k, std::uint64_t seed,
+TailEstimate estimate_tail(TailMethod method, const double* x, std::int64_t n, std::int64_t k, std::uint64_t seed,
                            const DoubleBootstrapOptions& options, double rho_max);
-TailEstimate estimate_tail(TailMethod method, const float* x, long long n, long long k, std::uint64_t seed,
+TailEstimate estimate_tail(TailMethod method, const float* x, std::int64_t n, std::int64_t k, std::uint64_t seed,
                            const DoubleBootstrapOptions& options, double rho_max);
 
 // Continuous Clauset-Shalizi-Newman power-law fit of an (unsorted) positive sample, with the KS
@@ -87,14 +87,14 @@ struct PowerLawResult {
   double pdf_exponent = 0;
   double xmin = 0;
   double ks_distance = 0;
-  long long n_tail = 0;
-  long long candidates = 0;  // number of xmin values scanned
+  std::int64_t n_tail = 0;
+  std::int64_t candidates = 0;  // number of xmin values scanned
 };
 
 // xmax: samples above it are dropped and the fitted CDF is truncated at it (pass +inf for none).
 // fixed_xmin: fit only at this xmin (pass NaN to scan candidates). grid: 0 scans every distinct
 // value but the largest; g > 0 scans g log-spaced candidates snapped to data values.
-PowerLawResult fit_powerlaw(const double* x, long long n, double xmax, double fixed_xmin, long long grid);
-PowerLawResult fit_powerlaw(const float* x, long long n, double xmax, double fixed_xmin, long long grid);
+PowerLawResult fit_powerlaw(const double* x, std::int64_t n, double xmax, double fixed_xmin, std::int64_t grid);
+PowerLawResult fit_powerlaw(const float* x, std::int64_t n, double xmax, double fixed_xmin, std::int64_t grid);
 
 }  // namespace htcore

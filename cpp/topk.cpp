@@ -8,23 +8,24 @@
 #include "parallel.hpp"
 #include "splitmix64.hpp"
 
-namespace htcore::topk {
+namespace htcore {
 
 namespace {
 
 using u128 = unsigned __int128;
-using i64 = std::int64_t;
 
 // Work is handed out in chunks of about this many entries, so threads that the OS schedules late
 // (the machine may be shared) simply do less. Chunking never changes results: histograms merge
 // exactly and every row's output position is fixed.
-constexpr i64 chunk_entries = i64(1) << 16;
+constexpr std::int64_t kChunkEntries = std::int64_t(1) << 16;
 
 // Below about a millisecond of work per pass (2^20 entries), waking a second thread costs more
 // than it saves.
-int threads_for(i64 entries) { return entries >= (i64(1) << 20) ? htcore::num_threads() : 1; }
+int threads_for(std::int64_t entries) { return entries >= (std::int64_t(1) << 20) ? htcore::num_threads() : 1; }
 
-i64 rows_per_chunk(i64 cols) { return std::max<i64>(1, chunk_entries / std::max<i64>(cols, 1)); }
+std::int64_t rows_per_chunk(std::int64_t cols) {
+  return std::max<std::int64_t>(1, kChunkEntries / std::max<std::int64_t>(cols, 1));
+}
 
 // IEEE layout and the radix digits used per level (most significant first). The first digit
 // always covers the whole exponent, so every first-level bucket holds a single exponent and the
@@ -33,71 +34,71 @@ template <class U>
 struct Format;
 template <>
 struct Format<std::uint16_t> {
-  static constexpr int mant = 10, exp_bits = 5, sq_shift = 0, n_levels = 2;
-  static constexpr int levels[n_levels] = {7, 8};
+  static constexpr int kMant = 10, kExpBits = 5, kSqShift = 0, kLevelCount = 2;
+  static constexpr int kLevels[kLevelCount] = {7, 8};
 };
 template <>
 struct Format<std::uint32_t> {
-  static constexpr int mant = 23, exp_bits = 8, sq_shift = 0, n_levels = 3;
-  static constexpr int levels[n_levels] = {11, 10, 10};
+  static constexpr int kMant = 23, kExpBits = 8, kSqShift = 0, kLevelCount = 3;
+  static constexpr int kLevels[kLevelCount] = {11, 10, 10};
 };
 template <>
 struct Format<std::uint64_t> {
   // mantissa squares have 106 bits; dropping the low 20 keeps sums of 2^42 entries in 128 bits
-  static constexpr int mant = 52, exp_bits = 11, sq_shift = 20, n_levels = 5;
-  static constexpr int levels[n_levels] = {11, 13, 13, 13, 13};
+  static constexpr int kMant = 52, kExpBits = 11, kSqShift = 20, kLevelCount = 5;
+  static constexpr int kLevels[kLevelCount] = {11, 13, 13, 13, 13};
 };
 
 template <class U>
-constexpr int key_bits = Format<U>::mant + Format<U>::exp_bits;
+constexpr int kKeyBits = Format<U>::kMant + Format<U>::kExpBits;
 template <class U>
-constexpr U magnitude_mask = static_cast<U>(~(U(1) << key_bits<U>));
+constexpr U kMagnitudeMask = static_cast<U>(~(U(1) << kKeyBits<U>));
 template <class U>
-constexpr U infinity_key = static_cast<U>(((U(1) << Format<U>::exp_bits) - 1) << Format<U>::mant);
+constexpr U kInfinityKey = static_cast<U>(((U(1) << Format<U>::kExpBits) - 1) << Format<U>::kMant);
 // A threshold above every finite key: selects nothing.
 template <class U>
-constexpr U none_key = static_cast<U>(~U(0));
+constexpr U kNoneKey = static_cast<U>(~U(0));
 
 template <class U>
 inline U key_of(U bits) {
-  return static_cast<U>(bits & magnitude_mask<U>);
+  return static_cast<U>(bits & kMagnitudeMask<U>);
 }
 
 // Bits of the key below level `level`'s digit.
 template <class U>
 int shift_after(int level) {
   int used = 0;
-  for (int l = 0; l <= level; ++l) used += Format<U>::levels[l];
-  return key_bits<U> - used;
+  for (int l = 0; l <= level; ++l) used += Format<U>::kLevels[l];
+  return kKeyBits<U> - used;
 }
 
 template <class U>
 int effective_exponent(U key) {
-  return std::max(static_cast<int>(key >> Format<U>::mant), 1);
+  return std::max(static_cast<int>(key >> Format<U>::kMant), 1);
 }
 
 template <class U>
 U significand(U key) {
-  const U frac = static_cast<U>(key & ((U(1) << Format<U>::mant) - 1));
-  return (key >> Format<U>::mant) ? static_cast<U>(frac | (U(1) << Format<U>::mant)) : frac;
+  const U frac = static_cast<U>(key & ((U(1) << Format<U>::kMant) - 1));
+  return (key >> Format<U>::kMant) ? static_cast<U>(frac | (U(1) << Format<U>::kMant)) : frac;
 }
 
 // significand^2 >> sq_shift: x^2 in units of 2^(2 (e_eff - bias - mant) + sq_shift).
 template <class U>
 inline u128 square(U key) {
   const U m = significand(key);
-  return (u128(m) * m) >> Format<U>::sq_shift;
+  return (u128(m) * m) >> Format<U>::kSqShift;
 }
 
 template <class U>
 double key_to_double(U key) {
-  constexpr int bias = (1 << (Format<U>::exp_bits - 1)) - 1;
-  return std::ldexp(static_cast<double>(significand(key)), effective_exponent(key) - bias - Format<U>::mant);
+  constexpr int kBias = (1 << (Format<U>::kExpBits - 1)) - 1;
+  return std::ldexp(static_cast<double>(significand(key)), effective_exponent(key) - kBias - Format<U>::kMant);
 }
 
 template <class U>
-i64 total_count(const std::vector<Segment<U>>& segments) {
-  i64 n = 0;
+std::int64_t total_count(const std::vector<TopkSegment<U>>& segments) {
+  std::int64_t n = 0;
   for (const auto& s : segments) n += s.n;
   return n;
 }
@@ -124,9 +125,9 @@ struct Histogram {
 // loops are branch-free: a key matching no prefix is counted in an extra block that is then
 // dropped (random data would mispredict a branch on every other key).
 template <class U, bool Sums>
-void histogram(const std::vector<Segment<U>>& segments, int level, const std::vector<U>& prefixes,
+void histogram(const std::vector<TopkSegment<U>>& segments, int level, const std::vector<U>& prefixes,
                Histogram<Sums>& out) {
-  const int bits = Format<U>::levels[level];
+  const int bits = Format<U>::kLevels[level];
   const std::size_t bins = std::size_t(1) << bits;
   const int shift = shift_after<U>(level);
   const std::size_t slots = level == 0 ? 1 : prefixes.size();
@@ -140,8 +141,8 @@ void histogram(const std::vector<Segment<U>>& segments, int level, const std::ve
         std::uint64_t* const count = local.count.data();
         u128* const sum = Sums ? local.sum.data() : nullptr;
         const U* const x = seg.x;
-#pragma omp for schedule(dynamic, chunk_entries) nowait
-        for (i64 i = 0; i < seg.n; ++i) {
+#pragma omp for schedule(dynamic, kChunkEntries) nowait
+        for (std::int64_t i = 0; i < seg.n; ++i) {
           const U key = key_of(x[i]);
           const std::size_t bin = key >> shift;
           ++count[bin];
@@ -160,14 +161,14 @@ void histogram(const std::vector<Segment<U>>& segments, int level, const std::ve
         };
         if (slots == 1) {  // the common case: one target
           const U only = prefixes[0];
-#pragma omp for schedule(dynamic, chunk_entries) nowait
-          for (i64 i = 0; i < seg.n; ++i) {
+#pragma omp for schedule(dynamic, kChunkEntries) nowait
+          for (std::int64_t i = 0; i < seg.n; ++i) {
             const U key = key_of(x[i]);
             count_key(key, static_cast<U>(key >> prefix_shift) == only ? 0 : 1);
           }
         } else {
-#pragma omp for schedule(dynamic, chunk_entries) nowait
-          for (i64 i = 0; i < seg.n; ++i) {
+#pragma omp for schedule(dynamic, kChunkEntries) nowait
+          for (std::int64_t i = 0; i < seg.n; ++i) {
             const U key = key_of(x[i]);
             const U prefix = static_cast<U>(key >> prefix_shift);
             std::size_t slot = slots;
@@ -189,10 +190,10 @@ void histogram(const std::vector<Segment<U>>& segments, int level, const std::ve
 // they are copied out once, per thread (order is irrelevant to histograms), so the remaining
 // passes read a small buffer instead of the whole input. Otherwise the input is used as is.
 template <class U>
-std::vector<Segment<U>> narrow_to_buckets(const std::vector<Segment<U>>& segments,
-                                          const std::vector<std::uint64_t>& level0_count, const std::vector<U>& buckets,
-                                          std::vector<std::vector<U>>& storage) {
-  const i64 n = total_count(segments);
+std::vector<TopkSegment<U>> narrow_to_buckets(const std::vector<TopkSegment<U>>& segments,
+                                              const std::vector<std::uint64_t>& level0_count,
+                                              const std::vector<U>& buckets, std::vector<std::vector<U>>& storage) {
+  const std::int64_t n = total_count(segments);
   std::uint64_t wanted = 0;
   for (const U b : buckets) wanted += level0_count[b];
   if (wanted > static_cast<std::uint64_t>(n / 8)) return segments;
@@ -207,21 +208,21 @@ std::vector<Segment<U>> narrow_to_buckets(const std::vector<Segment<U>>& segment
     mine.reserve(wanted / static_cast<std::uint64_t>(omp_get_num_threads()) + 64);
     for (const auto& seg : segments) {
       const U* const x = seg.x;
-#pragma omp for schedule(dynamic, chunk_entries) nowait
-      for (i64 i = 0; i < seg.n; ++i) {
+#pragma omp for schedule(dynamic, kChunkEntries) nowait
+      for (std::int64_t i = 0; i < seg.n; ++i) {
         const U key = key_of(x[i]);
         if (is_wanted[key >> shift]) mine.push_back(key);
       }
     }
   }
-  std::vector<Segment<U>> narrowed;
-  for (const auto& part : storage) narrowed.push_back({part.data(), static_cast<i64>(part.size())});
+  std::vector<TopkSegment<U>> narrowed;
+  for (const auto& part : storage) narrowed.push_back({part.data(), static_cast<std::int64_t>(part.size())});
   return narrowed;
 }
 
 template <class U>
 void require_finite(const std::vector<std::uint64_t>& level0_count, const std::string& name) {
-  const std::size_t first_bad = infinity_key<U> >> shift_after<U>(0);
+  const std::size_t first_bad = kInfinityKey<U> >> shift_after<U>(0);
   std::uint64_t bad = 0;
   for (std::size_t b = first_bad; b < level0_count.size(); ++b) bad += level0_count[b];
   if (bad) fail(name + " contains " + std::to_string(bad) + " non-finite value(s) (NaN or Inf)");
@@ -232,12 +233,12 @@ template <class U>
 struct Scale {
   int e_ref = 1;
   // exponent that turns an integer mantissa-square sum of keys with this exponent into scaled units
-  int unit(int e_eff) const { return 2 * (e_eff - e_ref) - 2 * Format<U>::mant + Format<U>::sq_shift; }
+  int unit(int e_eff) const { return 2 * (e_eff - e_ref) - 2 * Format<U>::kMant + Format<U>::kSqShift; }
 };
 
 template <class U>
 int bucket_exponent(std::size_t bucket) {
-  return std::max(static_cast<int>(bucket >> (Format<U>::levels[0] - Format<U>::exp_bits)), 1);
+  return std::max(static_cast<int>(bucket >> (Format<U>::kLevels[0] - Format<U>::kExpBits)), 1);
 }
 
 template <class U>
@@ -252,11 +253,11 @@ std::vector<double> scaled_bucket_sums(const Histogram<true>& h0, Scale<U>& scal
 
 // Within bins [base, base + bins), the bin holding the k-th largest (1-based) key; `above` gets
 // the count in higher bins.
-std::size_t bin_of_rank(const std::vector<std::uint64_t>& count, std::size_t base, std::size_t bins, i64 k,
-                        i64& above) {
+std::size_t bin_of_rank(const std::vector<std::uint64_t>& count, std::size_t base, std::size_t bins, std::int64_t k,
+                        std::int64_t& above) {
   above = 0;
   for (std::size_t b = bins; b-- > 0;) {
-    const i64 c = static_cast<i64>(count[base + b]);
+    const std::int64_t c = static_cast<std::int64_t>(count[base + b]);
     if (above + c >= k) return b;
     above += c;
   }
@@ -264,16 +265,17 @@ std::size_t bin_of_rank(const std::vector<std::uint64_t>& count, std::size_t bas
 }
 
 template <class U, bool Sums>
-Selection select_impl(const std::vector<Segment<U>>& segments, const std::vector<i64>& ks, const std::string& name) {
+TopkSelection select_impl(const std::vector<TopkSegment<U>>& segments, const std::vector<std::int64_t>& ks,
+                          const std::string& name) {
   using F = Format<U>;
-  const i64 n = total_count(segments);
-  for (const i64 k : ks)
+  const std::int64_t n = total_count(segments);
+  for (const std::int64_t k : ks)
     require(k >= 1 && k <= n, [&] { return "k must be in [1, " + std::to_string(n) + "], got " + std::to_string(k); });
 
   Histogram<Sums> h0;
   histogram<U, Sums>(segments, 0, {}, h0);
   require_finite<U>(h0.count, name);
-  Selection result;
+  TopkSelection result;
   Scale<U> scale;
   std::vector<double> bucket_sq;
   if constexpr (Sums) {
@@ -282,32 +284,32 @@ Selection select_impl(const std::vector<Segment<U>>& segments, const std::vector
   }
 
   struct State {
-    i64 rank;  // rank of the target within its current bucket, 1 = largest
-    i64 greater = 0;
+    std::int64_t rank;  // rank of the target within its current bucket, 1 = largest
+    std::int64_t greater = 0;
     U prefix = 0;
-    i64 ties = 0;
+    std::int64_t ties = 0;
     double tail_hi = 0.0;  // level-0 buckets below the target's, scaled
     u128 tail_lo = 0;      // deeper bins below the target's, integer units of its exponent
   };
   std::vector<State> states;
-  const std::size_t bins0 = std::size_t(1) << F::levels[0];
-  for (const i64 k : ks) {
+  const std::size_t bins0 = std::size_t(1) << F::kLevels[0];
+  for (const std::int64_t k : ks) {
     State s{k};
-    i64 above = 0;
+    std::int64_t above = 0;
     const std::size_t b = bin_of_rank(h0.count, 0, bins0, k, above);
     s.greater = above;
     s.rank = k - above;
     s.prefix = static_cast<U>(b);
-    s.ties = static_cast<i64>(h0.count[b]);
+    s.ties = static_cast<std::int64_t>(h0.count[b]);
     if constexpr (Sums)
       for (std::size_t lower = 0; lower < b; ++lower) s.tail_hi += bucket_sq[lower];
     states.push_back(s);
   }
 
   // Refines the targets of `group` through the deeper levels, reading `data`.
-  const auto refine = [&](const std::vector<State*>& group, const std::vector<Segment<U>>& data) {
-    for (int level = 1; level < F::n_levels; ++level) {
-      const int bits = F::levels[level];
+  const auto refine = [&](const std::vector<State*>& group, const std::vector<TopkSegment<U>>& data) {
+    for (int level = 1; level < F::kLevelCount; ++level) {
+      const int bits = F::kLevels[level];
       const std::size_t bins = std::size_t(1) << bits;
       std::vector<U> distinct;
       for (const State* s : group) distinct.push_back(s->prefix);
@@ -324,11 +326,11 @@ Selection select_impl(const std::vector<Segment<U>>& segments, const std::vector
           const auto it = std::lower_bound(prefixes.begin(), prefixes.end(), s->prefix);
           if (it == prefixes.end() || *it != s->prefix) continue;
           const std::size_t base = static_cast<std::size_t>(it - prefixes.begin()) * bins;
-          i64 above = 0;
+          std::int64_t above = 0;
           const std::size_t b = bin_of_rank(h.count, base, bins, s->rank, above);
           s->greater += above;
           s->rank -= above;
-          s->ties = static_cast<i64>(h.count[base + b]);
+          s->ties = static_cast<std::int64_t>(h.count[base + b]);
           if constexpr (Sums)
             for (std::size_t lower = 0; lower < b; ++lower) s->tail_lo += h.sum[base + lower];
           s->prefix = static_cast<U>((s->prefix << bits) | b);
@@ -360,7 +362,7 @@ Selection select_impl(const std::vector<Segment<U>>& segments, const std::vector
   }
 
   for (const auto& s : states) {
-    Selected out;
+    TopkTarget out;
     out.key = s.prefix;
     out.value = key_to_double(s.prefix);
     out.greater = s.greater;
@@ -377,10 +379,10 @@ Selection select_impl(const std::vector<Segment<U>>& segments, const std::vector
 
 // Writes, in column order, a row's entries for which keep(key) holds; there are `want` (> 0).
 template <class U, class Idx, class Keep>
-void compact_if(const U* row, i64 cols, i64 want, U* d, Idx* ix, Keep keep) {
-  i64 pos = 0;
+void compact_if(const U* row, std::int64_t cols, std::int64_t want, U* d, Idx* ix, Keep keep) {
+  std::int64_t pos = 0;
   if (want * 8 < cols) {  // few kept: a well-predicted branch is cheapest
-    for (i64 c = 0; c < cols; ++c) {
+    for (std::int64_t c = 0; c < cols; ++c) {
       if (keep(key_of(row[c]))) {
         d[pos] = row[c];
         ix[pos] = static_cast<Idx>(c);
@@ -390,7 +392,7 @@ void compact_if(const U* row, i64 cols, i64 want, U* d, Idx* ix, Keep keep) {
     return;
   }
   // many kept: write every entry, advance only past kept ones, stop when full
-  for (i64 c = 0; c < cols; ++c) {
+  for (std::int64_t c = 0; c < cols; ++c) {
     const U v = row[c];
     d[pos] = v;
     ix[pos] = static_cast<Idx>(c);
@@ -401,12 +403,13 @@ void compact_if(const U* row, i64 cols, i64 want, U* d, Idx* ix, Keep keep) {
 
 // A row's entries with key > t and its first `ties` of `row_ties` entries with key == t.
 template <class U, class Idx>
-void compact_row(const U* row, i64 cols, U t, i64 ties, i64 row_ties, U* d, Idx* ix, i64 want) {
+void compact_row(const U* row, std::int64_t cols, U t, std::int64_t ties, std::int64_t row_ties, U* d, Idx* ix,
+                 std::int64_t want) {
   if (want == 0) return;
   if (ties == 0) return compact_if(row, cols, want, d, ix, [t](U key) { return key > t; });
   if (ties == row_ties) return compact_if(row, cols, want, d, ix, [t](U key) { return key >= t; });
   // the one row where the tie budget runs out: a running count
-  i64 tie_left = ties;
+  std::int64_t tie_left = ties;
   compact_if(row, cols, want, d, ix, [t, &tie_left](U key) {
     const bool keep = key > t || (key == t && tie_left > 0);
     tie_left -= keep && key == t;
@@ -417,15 +420,16 @@ void compact_row(const U* row, i64 cols, U t, i64 ties, i64 row_ties, U* d, Idx*
 }  // namespace
 
 template <class U>
-Selection select(const std::vector<Segment<U>>& segments, const std::vector<i64>& ks, bool sums,
-                 const std::string& name) {
+TopkSelection topk_select(const std::vector<TopkSegment<U>>& segments, const std::vector<std::int64_t>& ks, bool sums,
+                          const std::string& name) {
   return sums ? select_impl<U, true>(segments, ks, name) : select_impl<U, false>(segments, ks, name);
 }
 
 template <class U>
-i64 k_for_rel_error(const std::vector<Segment<U>>& segments, double max_rel_error, const std::string& name) {
+std::int64_t topk_k_for_rel_error(const std::vector<TopkSegment<U>>& segments, double max_rel_error,
+                                  const std::string& name) {
   using F = Format<U>;
-  const i64 n = total_count(segments);
+  const std::int64_t n = total_count(segments);
   Histogram<true> h0;
   histogram<U, true>(segments, 0, {}, h0);
   require_finite<U>(h0.count, name);
@@ -437,7 +441,7 @@ i64 k_for_rel_error(const std::vector<Segment<U>>& segments, double max_rel_erro
 
   // Drop whole level-0 buckets from the bottom while the tail stays within budget; the partial
   // sums repeat select's ascending order, so compressibility errors agree with this choice.
-  i64 dropped = 0;
+  std::int64_t dropped = 0;
   double cum = 0.0;
   std::size_t bucket = h0.count.size();
   for (std::size_t b = 0; b < h0.count.size(); ++b) {
@@ -446,16 +450,17 @@ i64 k_for_rel_error(const std::vector<Segment<U>>& segments, double max_rel_erro
       break;
     }
     cum += bucket_sq[b];
-    dropped += static_cast<i64>(h0.count[b]);
+    dropped += static_cast<std::int64_t>(h0.count[b]);
   }
   if (bucket == h0.count.size()) return 0;
   // remaining budget in integer units of this bucket's exponent (exact from here on)
-  u128 left = static_cast<u128>(std::floor(std::ldexp(std::max(budget - cum, 0.0), -scale.unit(bucket_exponent<U>(bucket)))));
+  u128 left =
+      static_cast<u128>(std::floor(std::ldexp(std::max(budget - cum, 0.0), -scale.unit(bucket_exponent<U>(bucket)))));
   U prefix = static_cast<U>(bucket);
   std::vector<std::vector<U>> storage;
   const auto narrowed = narrow_to_buckets<U>(segments, h0.count, {prefix}, storage);
-  for (int level = 1; level < F::n_levels; ++level) {
-    const int bits = F::levels[level];
+  for (int level = 1; level < F::kLevelCount; ++level) {
+    const int bits = F::kLevels[level];
     Histogram<true> h;
     histogram<U, true>(narrowed, level, {prefix}, h);
     std::size_t chosen = h.count.size();
@@ -465,13 +470,13 @@ i64 k_for_rel_error(const std::vector<Segment<U>>& segments, double max_rel_erro
         break;
       }
       left -= h.sum[b];
-      dropped += static_cast<i64>(h.count[b]);
+      dropped += static_cast<std::int64_t>(h.count[b]);
     }
     require(chosen < h.count.size(), "internal error: budget beyond bucket");
     prefix = static_cast<U>((prefix << bits) | chosen);
   }
   // the chosen key has a positive square (its bin's sum exceeded the budget)
-  dropped += static_cast<i64>(left / square(prefix));
+  dropped += static_cast<std::int64_t>(left / square(prefix));
   return n - dropped;
 }
 
@@ -480,25 +485,25 @@ namespace {
 // CSR of the entries with key > t plus, in row-major order, the first `tie_budget` with key == t,
 // given each row's counts of both.
 template <class U, class Idx>
-Csr<U, Idx> fill_csr(const U* w, i64 rows, i64 cols, U t, i64 tie_budget, const std::vector<i64>& greater,
-                     const std::vector<i64>& row_ties) {
-  std::vector<i64> ties(static_cast<std::size_t>(rows));
-  i64 left = std::max<i64>(tie_budget, 0);
-  Csr<U, Idx> out(0, static_cast<std::size_t>(rows));
-  i64* indptr = out.indptr.data();
+TopkCsr<U, Idx> fill_csr(const U* w, std::int64_t rows, std::int64_t cols, U t, std::int64_t tie_budget,
+                         const std::vector<std::int64_t>& greater, const std::vector<std::int64_t>& row_ties) {
+  std::vector<std::int64_t> ties(static_cast<std::size_t>(rows));
+  std::int64_t left = std::max<std::int64_t>(tie_budget, 0);
+  TopkCsr<U, Idx> out(0, static_cast<std::size_t>(rows));
+  std::int64_t* indptr = out.indptr.data();
   indptr[0] = 0;
-  for (i64 r = 0; r < rows; ++r) {
+  for (std::int64_t r = 0; r < rows; ++r) {
     ties[r] = std::min(row_ties[r], left);
     left -= ties[r];
     indptr[r + 1] = indptr[r] + greater[r] + ties[r];
   }
-  out.ties_taken = std::max<i64>(tie_budget, 0) - left;
+  out.ties_taken = std::max<std::int64_t>(tie_budget, 0) - left;
   out.data = Buffer<U>(static_cast<std::size_t>(indptr[rows]));
   out.indices = Buffer<Idx>(static_cast<std::size_t>(indptr[rows]));
   U* data = out.data.data();
   Idx* indices = out.indices.data();
-#pragma omp parallel for schedule(dynamic, rows_per_chunk(cols)) num_threads(threads_for(rows * cols))
-  for (i64 r = 0; r < rows; ++r)
+#pragma omp parallel for schedule(dynamic, rows_per_chunk(cols)) num_threads(threads_for(rows* cols))
+  for (std::int64_t r = 0; r < rows; ++r)
     compact_row(w + r * cols, cols, t, ties[r], row_ties[r], data + indptr[r], indices + indptr[r],
                 indptr[r + 1] - indptr[r]);
   return out;
@@ -507,21 +512,21 @@ Csr<U, Idx> fill_csr(const U* w, i64 rows, i64 cols, U t, i64 tie_budget, const 
 // Sample-select: from a fixed pseudo-random sample, keys lo <= hi that bracket the k-th largest
 // with overwhelming probability (5 standard deviations of the sample rank either side).
 template <class U>
-std::pair<U, U> sampled_bracket(const U* w, i64 n, i64 k) {
-  constexpr i64 size = 1 << 15;
-  std::vector<U> sample(static_cast<std::size_t>(size));
+std::pair<U, U> sampled_bracket(const U* w, std::int64_t n, std::int64_t k) {
+  constexpr std::int64_t kSampleSize = 1 << 15;
+  std::vector<U> sample(static_cast<std::size_t>(kSampleSize));
   std::uint64_t state = 0;  // fixed seed: the bracket, hence the work done, is reproducible
   for (auto& v : sample) v = key_of(w[splitmix64(state) % static_cast<std::uint64_t>(n)]);
   const double q = static_cast<double>(k) / static_cast<double>(n);
-  const double mean = size * q, spread = 5.0 * std::sqrt(size * q * (1.0 - q)) + 2.0;
-  const i64 hi_rank = static_cast<i64>(std::floor(mean - spread));  // 1-based ranks from the top
-  const i64 lo_rank = static_cast<i64>(std::ceil(mean + spread));
-  const auto at_rank = [&](i64 rank) {
+  const double mean = kSampleSize * q, spread = 5.0 * std::sqrt(kSampleSize * q * (1.0 - q)) + 2.0;
+  const std::int64_t hi_rank = static_cast<std::int64_t>(std::floor(mean - spread));  // 1-based ranks from the top
+  const std::int64_t lo_rank = static_cast<std::int64_t>(std::ceil(mean + spread));
+  const auto at_rank = [&](std::int64_t rank) {
     std::nth_element(sample.begin(), sample.begin() + (rank - 1), sample.end(), std::greater<U>());
     return sample[static_cast<std::size_t>(rank - 1)];
   };
-  const U hi = hi_rank >= 1 ? at_rank(hi_rank) : static_cast<U>(infinity_key<U> - 1);
-  const U lo = lo_rank <= size ? at_rank(lo_rank) : U(0);
+  const U hi = hi_rank >= 1 ? at_rank(hi_rank) : static_cast<U>(kInfinityKey<U> - 1);
+  const U lo = lo_rank <= kSampleSize ? at_rank(lo_rank) : U(0);
   return {lo, hi};
 }
 
@@ -531,14 +536,15 @@ std::pair<U, U> sampled_bracket(const U* w, i64 n, i64 k) {
 // having changed nothing, when the bracket misses or holds more than an eighth of W (heavy ties),
 // so the caller takes the general path; the result never depends on which path ran.
 template <class U, class Idx>
-bool sampled_topk(const U* w, i64 rows, i64 cols, i64 k, const std::string& name, Csr<U, Idx>& out) {
-  const i64 n = rows * cols;
+bool sampled_topk(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k, const std::string& name,
+                  TopkCsr<U, Idx>& out) {
+  const std::int64_t n = rows * cols;
   const auto [lo, hi] = sampled_bracket(w, n, k);
   const U width = static_cast<U>(hi - lo);
-  const i64 chunk_rows = rows_per_chunk(cols), n_chunks = (rows + chunk_rows - 1) / chunk_rows;
+  const std::int64_t chunk_rows = rows_per_chunk(cols), n_chunks = (rows + chunk_rows - 1) / chunk_rows;
   const int threads = threads_for(n);
   const std::size_t cap = static_cast<std::size_t>(n / 8 / threads);
-  std::vector<i64> greater(static_cast<std::size_t>(rows)), inside(static_cast<std::size_t>(rows));
+  std::vector<std::int64_t> greater(static_cast<std::size_t>(rows)), inside(static_cast<std::size_t>(rows));
   std::vector<std::vector<U>> copies(static_cast<std::size_t>(threads));
   std::vector<std::pair<int, std::size_t>> chunk_at(static_cast<std::size_t>(n_chunks));  // (thread, offset)
   bool finite = true, fits = true;
@@ -548,16 +554,16 @@ bool sampled_topk(const U* w, i64 rows, i64 cols, i64 k, const std::string& name
     std::vector<U>& mine = copies[static_cast<std::size_t>(me)];
     U largest = 0;
 #pragma omp for schedule(dynamic, 1)
-    for (i64 chunk = 0; chunk < n_chunks; ++chunk) {
+    for (std::int64_t chunk = 0; chunk < n_chunks; ++chunk) {
       chunk_at[chunk] = {me, mine.size()};
-      for (i64 r = chunk * chunk_rows; r < std::min(rows, (chunk + 1) * chunk_rows); ++r) {
+      for (std::int64_t r = chunk * chunk_rows; r < std::min(rows, (chunk + 1) * chunk_rows); ++r) {
         const U* row = w + r * cols;
-        i64 above = 0, in = 0;
+        std::int64_t above = 0, in = 0;
         // blocks of 64: a vectorisable count, then a rescan only of blocks with keys in the bracket
-        for (i64 c0 = 0; c0 < cols; c0 += 64) {
-          const i64 c1 = std::min(cols, c0 + 64);
-          i64 block_in = 0;
-          for (i64 c = c0; c < c1; ++c) {
+        for (std::int64_t c0 = 0; c0 < cols; c0 += 64) {
+          const std::int64_t c1 = std::min(cols, c0 + 64);
+          std::int64_t block_in = 0;
+          for (std::int64_t c = c0; c < c1; ++c) {
             const U key = key_of(row[c]);
             largest = std::max(largest, key);
             above += key > hi;
@@ -565,7 +571,7 @@ bool sampled_topk(const U* w, i64 rows, i64 cols, i64 k, const std::string& name
           }
           in += block_in;
           if (block_in == 0 || !fits) continue;
-          for (i64 c = c0; c < c1; ++c) {
+          for (std::int64_t c = c0; c < c1; ++c) {
             const U key = key_of(row[c]);
             if (static_cast<U>(key - lo) <= width) mine.push_back(key);
           }
@@ -575,27 +581,27 @@ bool sampled_topk(const U* w, i64 rows, i64 cols, i64 k, const std::string& name
       }
       fits = fits && mine.size() <= cap;
     }
-    finite = largest < infinity_key<U>;
+    finite = largest < kInfinityKey<U>;
   }
   if (!finite) fail(name + " contains non-finite values (NaN or Inf)");
-  i64 above_total = 0, inside_total = 0;
-  for (i64 r = 0; r < rows; ++r) {
+  std::int64_t above_total = 0, inside_total = 0;
+  for (std::int64_t r = 0; r < rows; ++r) {
     above_total += greater[r];
     inside_total += inside[r];
   }
   if (!fits || !(above_total < k && k <= above_total + inside_total)) return false;
 
-  std::vector<Segment<U>> segments;
-  for (const auto& part : copies) segments.push_back({part.data(), static_cast<i64>(part.size())});
-  const Selected exact = select<U>(segments, {k - above_total}, false, name).targets[0];
+  std::vector<TopkSegment<U>> segments;
+  for (const auto& part : copies) segments.push_back({part.data(), static_cast<std::int64_t>(part.size())});
+  const TopkTarget exact = topk_select<U>(segments, {k - above_total}, false, name).targets[0];
   const U t = static_cast<U>(exact.key);
   // per row: copied keys above t join `greater`, keys equal to t are its ties
-  std::vector<i64> row_ties(static_cast<std::size_t>(rows));
+  std::vector<std::int64_t> row_ties(static_cast<std::size_t>(rows));
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_for(inside_total))
-  for (i64 chunk = 0; chunk < n_chunks; ++chunk) {
+  for (std::int64_t chunk = 0; chunk < n_chunks; ++chunk) {
     const U* key = copies[static_cast<std::size_t>(chunk_at[chunk].first)].data() + chunk_at[chunk].second;
-    for (i64 r = chunk * chunk_rows; r < std::min(rows, (chunk + 1) * chunk_rows); ++r) {
-      for (i64 j = 0; j < inside[r]; ++j, ++key) {
+    for (std::int64_t r = chunk * chunk_rows; r < std::min(rows, (chunk + 1) * chunk_rows); ++r) {
+      for (std::int64_t j = 0; j < inside[r]; ++j, ++key) {
         greater[r] += *key > t;
         row_ties[r] += *key == t;
       }
@@ -609,14 +615,15 @@ bool sampled_topk(const U* w, i64 rows, i64 cols, i64 k, const std::string& name
 }  // namespace
 
 template <class U, class Idx>
-Csr<U, Idx> csr_by_threshold(const U* w, i64 rows, i64 cols, std::uint64_t threshold, i64 tie_budget) {
-  const U t = threshold > none_key<U> ? none_key<U> : static_cast<U>(threshold);
-  std::vector<i64> greater(static_cast<std::size_t>(rows)), row_ties(static_cast<std::size_t>(rows));
-#pragma omp parallel for schedule(dynamic, rows_per_chunk(cols)) num_threads(threads_for(rows * cols))
-  for (i64 r = 0; r < rows; ++r) {
+TopkCsr<U, Idx> topk_csr_threshold(const U* w, std::int64_t rows, std::int64_t cols, std::uint64_t threshold,
+                                   std::int64_t tie_budget) {
+  const U t = threshold > kNoneKey<U> ? kNoneKey<U> : static_cast<U>(threshold);
+  std::vector<std::int64_t> greater(static_cast<std::size_t>(rows)), row_ties(static_cast<std::size_t>(rows));
+#pragma omp parallel for schedule(dynamic, rows_per_chunk(cols)) num_threads(threads_for(rows* cols))
+  for (std::int64_t r = 0; r < rows; ++r) {
     const U* row = w + r * cols;
-    i64 g = 0, e = 0;
-    for (i64 c = 0; c < cols; ++c) {
+    std::int64_t g = 0, e = 0;
+    for (std::int64_t c = 0; c < cols; ++c) {
       const U key = key_of(row[c]);
       g += key > t;
       e += key == t;
@@ -628,45 +635,48 @@ Csr<U, Idx> csr_by_threshold(const U* w, i64 rows, i64 cols, std::uint64_t thres
 }
 
 template <class U, class Idx>
-Csr<U, Idx> csr_matrix(const U* w, i64 rows, i64 cols, i64 k, const std::string& name) {
-  const i64 n = rows * cols;
+TopkCsr<U, Idx> topk_csr_matrix(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k,
+                                const std::string& name) {
+  const std::int64_t n = rows * cols;
   require(k >= 0 && k <= n, [&] { return "k must be in [0, " + std::to_string(n) + "], got " + std::to_string(k); });
-  if (k > 0 && k < n && n >= (i64(1) << 18)) {
-    Csr<U, Idx> out(0, 0);
+  if (k > 0 && k < n && n >= (std::int64_t(1) << 18)) {
+    TopkCsr<U, Idx> out(0, 0);
     if (sampled_topk<U, Idx>(w, rows, cols, k, name, out)) return out;
   }
-  const std::vector<Segment<U>> whole{{w, n}};
-  const Selection sel = select<U>(whole, k > 0 ? std::vector<i64>{k} : std::vector<i64>{}, false, name);
-  if (k == 0) return csr_by_threshold<U, Idx>(w, rows, cols, none_key<U>, 0);
-  return csr_by_threshold<U, Idx>(w, rows, cols, sel.targets[0].key, k - sel.targets[0].greater);
+  const std::vector<TopkSegment<U>> whole{{w, n}};
+  const TopkSelection sel =
+      topk_select<U>(whole, k > 0 ? std::vector<std::int64_t>{k} : std::vector<std::int64_t>{}, false, name);
+  if (k == 0) return topk_csr_threshold<U, Idx>(w, rows, cols, kNoneKey<U>, 0);
+  return topk_csr_threshold<U, Idx>(w, rows, cols, sel.targets[0].key, k - sel.targets[0].greater);
 }
 
 template <class U, class Idx>
-Csr<U, Idx> csr_rows(const U* w, i64 rows, i64 cols, i64 k, const std::string& name) {
+TopkCsr<U, Idx> topk_csr_rows(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k,
+                              const std::string& name) {
   require(k >= 0 && k <= cols,
           [&] { return "k must be in [0, " + std::to_string(cols) + "], got " + std::to_string(k); });
-  Csr<U, Idx> out(static_cast<std::size_t>(rows * k), static_cast<std::size_t>(rows));
-  for (i64 r = 0; r <= rows; ++r) out.indptr.data()[r] = r * k;
+  TopkCsr<U, Idx> out(static_cast<std::size_t>(rows * k), static_cast<std::size_t>(rows));
+  for (std::int64_t r = 0; r <= rows; ++r) out.indptr.data()[r] = r * k;
   U* data = out.data.data();
   Idx* indices = out.indices.data();
   bool finite = true;
-#pragma omp parallel num_threads(threads_for(rows * cols)) reduction(&& : finite)
+#pragma omp parallel num_threads(threads_for(rows* cols)) reduction(&& : finite)
   {
     std::vector<U> keys(static_cast<std::size_t>(cols));
 #pragma omp for schedule(dynamic, rows_per_chunk(cols))
-    for (i64 r = 0; r < rows; ++r) {
+    for (std::int64_t r = 0; r < rows; ++r) {
       const U* row = w + r * cols;
       U largest = 0;
-      for (i64 c = 0; c < cols; ++c) {
+      for (std::int64_t c = 0; c < cols; ++c) {
         keys[c] = key_of(row[c]);
         largest = std::max(largest, keys[c]);
       }
-      if (largest >= infinity_key<U>) finite = false;
+      if (largest >= kInfinityKey<U>) finite = false;
       if (!finite || k == 0) continue;
       std::nth_element(keys.begin(), keys.begin() + (k - 1), keys.end(), std::greater<U>());
       const U t = keys[k - 1];
-      i64 greater = 0, row_ties = 0;
-      for (i64 c = 0; c < cols; ++c) {
+      std::int64_t greater = 0, row_ties = 0;
+      for (std::int64_t c = 0; c < cols; ++c) {
         const U key = key_of(row[c]);
         greater += key > t;
         row_ties += key == t;
@@ -679,38 +689,39 @@ Csr<U, Idx> csr_rows(const U* w, i64 rows, i64 cols, i64 k, const std::string& n
 }
 
 template <class U, class Idx>
-Csr<U, Idx> csr_cols(const U* w, i64 rows, i64 cols, i64 k, const std::string& name) {
+TopkCsr<U, Idx> topk_csr_cols(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k,
+                              const std::string& name) {
   require(k >= 0 && k <= rows,
           [&] { return "k must be in [0, " + std::to_string(rows) + "], got " + std::to_string(k); });
   // per column: threshold key and the last row whose tie is kept (ties go to the lowest rows)
-  std::vector<U> threshold(static_cast<std::size_t>(cols), none_key<U>);
-  std::vector<i64> last_tie_row(static_cast<std::size_t>(cols), -1);
-  constexpr i64 block = 16;  // columns gathered together, so reads stay row-contiguous
-  const i64 n_blocks = (cols + block - 1) / block;
+  std::vector<U> threshold(static_cast<std::size_t>(cols), kNoneKey<U>);
+  std::vector<std::int64_t> last_tie_row(static_cast<std::size_t>(cols), -1);
+  constexpr std::int64_t kBlock = 16;  // columns gathered together, so reads stay row-contiguous
+  const std::int64_t n_blocks = (cols + kBlock - 1) / kBlock;
   bool finite = true;
-#pragma omp parallel num_threads(threads_for(rows * cols)) reduction(&& : finite)
+#pragma omp parallel num_threads(threads_for(rows* cols)) reduction(&& : finite)
   {
-    std::vector<U> gathered(static_cast<std::size_t>(block * rows)), work(static_cast<std::size_t>(rows));
+    std::vector<U> gathered(static_cast<std::size_t>(kBlock * rows)), work(static_cast<std::size_t>(rows));
 #pragma omp for schedule(dynamic, 1)
-    for (i64 blk = 0; blk < n_blocks; ++blk) {
-      const i64 c0 = blk * block, width = std::min(block, cols - c0);
+    for (std::int64_t blk = 0; blk < n_blocks; ++blk) {
+      const std::int64_t c0 = blk * kBlock, width = std::min(kBlock, cols - c0);
       U largest = 0;
-      for (i64 r = 0; r < rows; ++r)
-        for (i64 j = 0; j < width; ++j) {
+      for (std::int64_t r = 0; r < rows; ++r)
+        for (std::int64_t j = 0; j < width; ++j) {
           const U key = key_of(w[r * cols + c0 + j]);
           gathered[j * rows + r] = key;
           largest = std::max(largest, key);
         }
-      if (largest >= infinity_key<U>) finite = false;
+      if (largest >= kInfinityKey<U>) finite = false;
       if (!finite || k == 0) continue;
-      for (i64 j = 0; j < width; ++j) {
+      for (std::int64_t j = 0; j < width; ++j) {
         const U* column = gathered.data() + j * rows;
         std::copy(column, column + rows, work.begin());
         std::nth_element(work.begin(), work.begin() + (k - 1), work.end(), std::greater<U>());
         const U t = work[k - 1];
-        i64 tie_left = k;
-        for (i64 r = 0; r < rows; ++r) tie_left -= column[r] > t;
-        i64 r = 0;
+        std::int64_t tie_left = k;
+        for (std::int64_t r = 0; r < rows; ++r) tie_left -= column[r] > t;
+        std::int64_t r = 0;
         for (; tie_left > 0; ++r) tie_left -= column[r] == t;
         threshold[c0 + j] = t;
         last_tie_row[c0 + j] = r - 1;
@@ -719,27 +730,27 @@ Csr<U, Idx> csr_cols(const U* w, i64 rows, i64 cols, i64 k, const std::string& n
   }
   if (!finite) fail(name + " contains non-finite values (NaN or Inf)");
 
-  Csr<U, Idx> out(static_cast<std::size_t>(cols * k), static_cast<std::size_t>(rows));
-  i64* indptr = out.indptr.data();
+  TopkCsr<U, Idx> out(static_cast<std::size_t>(cols * k), static_cast<std::size_t>(rows));
+  std::int64_t* indptr = out.indptr.data();
   indptr[0] = 0;
-#pragma omp parallel for schedule(dynamic, rows_per_chunk(cols)) num_threads(threads_for(rows * cols))
-  for (i64 r = 0; r < rows; ++r) {
+#pragma omp parallel for schedule(dynamic, rows_per_chunk(cols)) num_threads(threads_for(rows* cols))
+  for (std::int64_t r = 0; r < rows; ++r) {
     const U* row = w + r * cols;
-    i64 kept = 0;
-    for (i64 c = 0; c < cols; ++c) {
+    std::int64_t kept = 0;
+    for (std::int64_t c = 0; c < cols; ++c) {
       const U key = key_of(row[c]);
       kept += (key > threshold[c]) | ((key == threshold[c]) & (r <= last_tie_row[c]));
     }
     indptr[r + 1] = kept;
   }
-  for (i64 r = 0; r < rows; ++r) indptr[r + 1] += indptr[r];
+  for (std::int64_t r = 0; r < rows; ++r) indptr[r + 1] += indptr[r];
   U* data = out.data.data();
   Idx* indices = out.indices.data();
-#pragma omp parallel for schedule(dynamic, rows_per_chunk(cols)) num_threads(threads_for(rows * cols))
-  for (i64 r = 0; r < rows; ++r) {
+#pragma omp parallel for schedule(dynamic, rows_per_chunk(cols)) num_threads(threads_for(rows* cols))
+  for (std::int64_t r = 0; r < rows; ++r) {
     const U* row = w + r * cols;
-    i64 pos = indptr[r];
-    for (i64 c = 0; c < cols; ++c) {
+    std::int64_t pos = indptr[r];
+    for (std::int64_t c = 0; c < cols; ++c) {
       const U key = key_of(row[c]);
       if ((key > threshold[c]) | ((key == threshold[c]) & (r <= last_tie_row[c]))) {
         data[pos] = row[c];
@@ -751,14 +762,19 @@ Csr<U, Idx> csr_cols(const U* w, i64 rows, i64 cols, i64 k, const std::string& n
   return out;
 }
 
-#define HTCORE_TOPK_VALUE(U)                                                                                  \
-  template Selection select<U>(const std::vector<Segment<U>>&, const std::vector<i64>&, bool, const std::string&); \
-  template i64 k_for_rel_error<U>(const std::vector<Segment<U>>&, double, const std::string&);
-#define HTCORE_TOPK_CSR(U, Idx)                                                                        \
-  template Csr<U, Idx> csr_by_threshold<U, Idx>(const U*, i64, i64, std::uint64_t, i64);               \
-  template Csr<U, Idx> csr_matrix<U, Idx>(const U*, i64, i64, i64, const std::string&);                \
-  template Csr<U, Idx> csr_rows<U, Idx>(const U*, i64, i64, i64, const std::string&);                  \
-  template Csr<U, Idx> csr_cols<U, Idx>(const U*, i64, i64, i64, const std::string&);
+#define HTCORE_TOPK_VALUE(U)                                                                                        \
+  template TopkSelection topk_select<U>(const std::vector<TopkSegment<U>>&, const std::vector<std::int64_t>&, bool, \
+                                        const std::string&);                                                        \
+  template std::int64_t topk_k_for_rel_error<U>(const std::vector<TopkSegment<U>>&, double, const std::string&);
+#define HTCORE_TOPK_CSR(U, Idx)                                                                            \
+  template TopkCsr<U, Idx> topk_csr_threshold<U, Idx>(const U*, std::int64_t, std::int64_t, std::uint64_t, \
+                                                      std::int64_t);                                       \
+  template TopkCsr<U, Idx> topk_csr_matrix<U, Idx>(const U*, std::int64_t, std::int64_t, std::int64_t,     \
+                                                   const std::string&);                                    \
+  template TopkCsr<U, Idx> topk_csr_rows<U, Idx>(const U*, std::int64_t, std::int64_t, std::int64_t,       \
+                                                 const std::string&);                                      \
+  template TopkCsr<U, Idx> topk_csr_cols<U, Idx>(const U*, std::int64_t, std::int64_t, std::int64_t,       \
+                                                 const std::string&);
 
 HTCORE_TOPK_VALUE(std::uint16_t)
 HTCORE_TOPK_VALUE(std::uint32_t)
@@ -770,4 +786,4 @@ HTCORE_TOPK_CSR(std::uint32_t, std::int32_t)
 HTCORE_TOPK_CSR(std::uint64_t, std::uint16_t)
 HTCORE_TOPK_CSR(std::uint64_t, std::int32_t)
 
-}  // namespace htcore::topk
+}  // namespace htcore

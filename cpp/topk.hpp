@@ -1,6 +1,6 @@
 // Exact top-k magnitude selection and CSR construction.
 //
-// Values are handled as raw IEEE bits: U = uint16_t (float16), uint32_t (float32) or uint64_t
+// Values are handled as raw IEEE bits: U = std::uint16_t (float16), std::uint32_t (float32) or std::uint64_t
 // (float64). |x| of a finite float orders exactly like its bit pattern with the sign cleared,
 // read as an unsigned integer (the "key"), so selection is a radix select on keys: a few O(n)
 // passes with per-thread histograms whose integer merges are exact. Ties at the threshold go to
@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-namespace htcore::topk {
+namespace htcore {
 
 // An uninitialised array (new T[n]), so large outputs are not zero-filled before being written.
 template <class T>
@@ -29,23 +29,23 @@ struct Buffer {
 
 // CSR arrays. indptr is int64 (rows + 1 entries); the Python layer narrows it.
 template <class U, class Idx>
-struct Csr {
+struct TopkCsr {
   Buffer<U> data;
   Buffer<Idx> indices;
   Buffer<std::int64_t> indptr;
   std::int64_t ties_taken = 0;  // threshold mode: how many entries equal to the threshold were kept
-  Csr(std::size_t nnz, std::size_t rows) : data(nnz), indices(nnz), indptr(rows + 1) {}
+  TopkCsr(std::size_t nnz, std::size_t rows) : data(nnz), indices(nnz), indptr(rows + 1) {}
 };
 
 // A read-only run of values (one matrix, flattened row-major).
 template <class U>
-struct Segment {
+struct TopkSegment {
   const U* x;
   std::int64_t n;
 };
 
 // The k-th largest key of the concatenated segments.
-struct Selected {
+struct TopkTarget {
   std::uint64_t key = 0;     // bits of |x| at the threshold
   double value = 0.0;        // |x| at the threshold, as a double (exact)
   std::int64_t greater = 0;  // entries with |x| > value
@@ -53,9 +53,9 @@ struct Selected {
   double tail_sq = 0.0;      // sum of x^2 over the entries NOT among the top k (only with sums)
 };
 
-struct Selection {
-  std::vector<Selected> targets;  // one per requested k, same order
-  double total_sq = 0.0;          // sum of x^2 over all entries (only with sums)
+struct TopkSelection {
+  std::vector<TopkTarget> targets;  // one per requested k, same order
+  double total_sq = 0.0;            // sum of x^2 over all entries (only with sums)
 };
 
 // Finds, for every k in ks (each in [1, n]), the k-th largest |x|. Always reads every entry once
@@ -64,31 +64,35 @@ struct Selection {
 // accumulated as integers (exact, order-free) and scaled by 2^(-2 e_max), so only their ratios
 // are meaningful.
 template <class U>
-Selection select(const std::vector<Segment<U>>& segments, const std::vector<std::int64_t>& ks, bool sums,
-                 const std::string& name);
+TopkSelection topk_select(const std::vector<TopkSegment<U>>& segments, const std::vector<std::int64_t>& ks, bool sums,
+                          const std::string& name);
 
 // The smallest k whose tail (entries outside the top k) has sum of squares <= max_rel_error^2 times
 // the total: ||W - W_k||_F <= max_rel_error ||W||_F. Throws on NaN/Inf like select.
 template <class U>
-std::int64_t k_for_rel_error(const std::vector<Segment<U>>& segments, double max_rel_error, const std::string& name);
+std::int64_t topk_k_for_rel_error(const std::vector<TopkSegment<U>>& segments, double max_rel_error,
+                                  const std::string& name);
 
 // Keeps every entry with key > threshold and, in row-major order, the first `tie_budget` entries
 // with key == threshold. Input must be finite (select has checked it).
 template <class U, class Idx>
-Csr<U, Idx> csr_by_threshold(const U* w, std::int64_t rows, std::int64_t cols, std::uint64_t threshold,
-                             std::int64_t tie_budget);
+TopkCsr<U, Idx> topk_csr_threshold(const U* w, std::int64_t rows, std::int64_t cols, std::uint64_t threshold,
+                                   std::int64_t tie_budget);
 
 // Keeps the k largest |x| of the matrix (k <= rows * cols), ties to the lowest flat index.
 // Usually two passes over W (sample-select), else selection plus two passes.
 template <class U, class Idx>
-Csr<U, Idx> csr_matrix(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k, const std::string& name);
+TopkCsr<U, Idx> topk_csr_matrix(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k,
+                                const std::string& name);
 
 // Keeps the k largest |x| of every row (k <= cols), ties to the lowest column.
 template <class U, class Idx>
-Csr<U, Idx> csr_rows(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k, const std::string& name);
+TopkCsr<U, Idx> topk_csr_rows(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k,
+                              const std::string& name);
 
 // Keeps the k largest |x| of every column (k <= rows), ties to the lowest row.
 template <class U, class Idx>
-Csr<U, Idx> csr_cols(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k, const std::string& name);
+TopkCsr<U, Idx> topk_csr_cols(const U* w, std::int64_t rows, std::int64_t cols, std::int64_t k,
+                              const std::string& name);
 
-}  // namespace htcore::topk
+}  // namespace htcore

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 import htcore
-from htcore.analyze import DEFAULT_KEEPS, analyze_layer
-from htcore.safetensors_io import save_safetensors
-from htcore.spectra import esd, spectral_metrics
+from htcore.io import save_safetensors
+from htcore.measure import DEFAULT_KEEPS, analyze_layer, esd, spectral_metrics
 
 
 def weights(seed=0):
@@ -124,7 +123,7 @@ def test_concurrent_esds_equal_the_serial_loop(model_file, monkeypatch, threads)
     # analyze computes the next layers' ESDs on worker threads (and, with small row blocks, each
     # Gram over several blocks on threads of its own): the eigenvalues and every column must be
     # bitwise those of analyze_layer called layer by layer.
-    import htcore.spectra as sp
+    import htcore.measure._spectra as sp
 
     monkeypatch.setattr(sp, "_BLOCK_ELEMENTS", 40 * 32)
     htcore.set_num_threads(1)
@@ -199,7 +198,7 @@ def test_degenerate_layers_do_not_abort_the_table():
         "ternary.weight": rng.integers(-1, 2, size=(64, 64)).astype(np.float32),  # massive ties
         "ok.weight": rng.standard_t(3, size=(64, 32)).astype(np.float32),
     }
-    with pytest.warns(RuntimeWarning, match="ternary.weight: no element tail estimate"):
+    with pytest.warns(htcore.errors.DegenerateSampleWarning, match="ternary.weight: no element tail estimate"):
         report = htcore.analyze(sd, progress=False)
     assert report["ternary.weight"].elements is None and not math.isnan(report["ternary.weight"].spectral.alpha)
     zero = report["zero.weight"]

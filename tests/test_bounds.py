@@ -5,7 +5,14 @@ import pytest
 from scipy import stats
 
 from htcore import bounds
-from htcore.bounds import arora_bound, binomial_log_cdf, binomial_tail_inverse, kl_bernoulli, kl_inverse, occam_bound
+from htcore.certification.bounds import (
+    arora_bound,
+    binomial_log_cdf,
+    binomial_tail_inverse,
+    kl_bernoulli,
+    kl_inverse,
+    occam_bound,
+)
 
 
 @pytest.mark.parametrize("q", [0.0, 1e-4, 0.05, 0.2, 0.5, 0.93, 1.0])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from htcore.code_length import (
+from htcore.certification._code_length import (
     ceil_log2,
     code_length,
     dense_code_length,
@@ -15,7 +15,7 @@ from htcore.code_length import (
     elias_gamma_bits,
     sparse_code_length,
 )
-from htcore.csr import CSRMatrix
+from htcore.sparse import CSRMatrix
 
 
 def exact_ceil_log2_comb(n, k):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from htcore import bounds
-from htcore.code_length import code_length
-from htcore.compress import kmeans_1d
+from htcore.certification import code_length
+from htcore.compression import kmeans_1d
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -81,7 +81,7 @@ def topk_mask(weight, keep):
 
 
 def sparse_weights(compressed):
-    from htcore.csr import CSRMatrix
+    from htcore.sparse import CSRMatrix
 
     return [layer.weight for layer in compressed.layers if isinstance(getattr(layer, "weight", None), CSRMatrix)]
 
@@ -174,7 +174,7 @@ def test_compress_validation(mlp, kwargs, exc, match):
 
 def test_certify_report_is_consistent(mlp, digits):
     from htcore import certify, compress
-    from htcore.certify import margin_error
+    from htcore.certification import margin_error
 
     g = compress(mlp, keep=0.1, per_layer={"2": 0.5}, levels=8)
     rep = certify(g, digits.X_train, digits.y_train, original=mlp, X_test=digits.X_test, y_test=digits.y_test,
@@ -211,7 +211,7 @@ def test_certify_validation(mlp, digits):
 
 
 def test_margin_error_reference():
-    from htcore.certify import margin_error
+    from htcore.certification import margin_error
 
     scores = np.array([[3.0, 1.0, 0.0], [1.0, 1.5, 0.0], [2.0, 2.0, 0.0]])
     y = np.array([0, 0, 0])
@@ -233,7 +233,7 @@ def test_search_bound_charges_the_grid_and_returns_the_tightest(mlp, digits):
 
 def test_compress_grid_equals_separate_calls(mlp, digits):
     from htcore import compress
-    from htcore.compress import compress_grid
+    from htcore.compression import compress_grid
 
     data = (digits.X_train, digits.y_train)
     tune = dict(epochs=2, lr=3e-3, batch_size=256)

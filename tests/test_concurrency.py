@@ -148,7 +148,7 @@ GIL_CASES = {
 
 
 @pytest.mark.parametrize("kernel", sorted(GIL_CASES))
-def test_gil_is_released_during_kernels(kernel, monkeypatch):
+def test_gil_is_released_during_kernels(kernel, patch_kernel):
     """A pure-Python thread keeps counting while the C++ kernel runs.
 
     The switch interval is raised to 1000 s, so the main thread is never forced to give up the
@@ -171,7 +171,7 @@ def test_gil_is_released_during_kernels(kernel, monkeypatch):
         during.append(counter[0] - before)
         return out
 
-    monkeypatch.setattr(_core, kernel, measured)
+    patch_kernel(kernel, measured)
     stop = threading.Event()
 
     def count():

@@ -8,8 +8,7 @@ import scipy.sparse as sp
 import scipy.special
 
 import htcore
-from htcore import CSRMatrix, sparse_linear
-from htcore import _core
+from htcore import CSRMatrix, _core, sparse_linear
 
 FORMATS = {
     "f32-u16": dict(),
@@ -289,11 +288,11 @@ def test_non_finite_X_refused_in_every_threads_share(restore_threads, kernel_pat
 def test_kernel_binding_rechecks_sizes():
     A = CSRMatrix(np.ones(2, np.float32), [0, 1], [0, 1, 2], (2, 2))
     with pytest.raises(ValueError, match="X must have"):
-        _core.csr_spmm(A.indptr, A.indices, A.data, None, 2, 2, np.ones(3, np.float32), 1, False, None, "none", np.empty(2, np.float32), 1, 1)
+        _core.csr_spmm(A.indptr, A.indices, A.data, None, 2, 2, np.ones(3, np.float32), 1, False, None, _core.Activation.none, np.empty(2, np.float32), 1, 1)
     with pytest.raises(ValueError, match="output has"):
-        _core.csr_spmm(A.indptr, A.indices, A.data, None, 2, 2, np.ones(2, np.float32), 1, False, None, "none", np.empty(1, np.float32), 1, 1)
+        _core.csr_spmm(A.indptr, A.indices, A.data, None, 2, 2, np.ones(2, np.float32), 1, False, None, _core.Activation.none, np.empty(1, np.float32), 1, 1)
     with pytest.raises(TypeError, match="float32"):
-        _core.csr_spmm(A.indptr, A.indices, A.data, None, 2, 2, np.ones(2), 1, False, None, "none", np.empty(2), 1, 1)
+        _core.csr_spmm(A.indptr, A.indices, A.data, None, 2, 2, np.ones(2), 1, False, None, _core.Activation.none, np.empty(2), 1, 1)
 
 
 def first_parallel_nnz(rows: int) -> int:
@@ -398,10 +397,10 @@ def test_kernel_entry_refuses_wrapped_sizes_and_overlapping_outputs():
     empty_csr = (np.zeros(2, np.int32), np.zeros(0, np.uint16), np.zeros(0, np.float32), None)
     out = np.zeros(1, np.float32)
     with pytest.raises(ValueError, match="too few"):  # (k - 1) * 4 wraps to 0 without the check
-        _core.csr_spmm(*empty_csr, 1, 0, np.zeros(0, np.float32), 2**62 + 1, False, None, "none", out, 1, 4)
+        _core.csr_spmm(*empty_csr, 1, 0, np.zeros(0, np.float32), 2**62 + 1, False, None, _core.Activation.none, out, 1, 4)
     two_rows = (np.zeros(3, np.int32), np.zeros(0, np.uint16), np.zeros(0, np.float32), None)
     with pytest.raises(ValueError, match="overlap"):
-        _core.csr_spmm(*two_rows, 2, 1, np.ones(2, np.float32), 2, False, None, "none", np.zeros(4, np.float32), 1, 1)
+        _core.csr_spmm(*two_rows, 2, 1, np.ones(2, np.float32), 2, False, None, _core.Activation.none, np.zeros(4, np.float32), 1, 1)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from htcore.csr import CSRMatrix
+from htcore.sparse import CSRMatrix
 
 
 def random_csr(rng, rows, cols, density):

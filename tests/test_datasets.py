@@ -10,7 +10,8 @@ from htcore.datasets import FASHION_MNIST_ROOT, load_digits, load_fashion_mnist,
 def write_idx(path: Path, array: np.ndarray, type_code: int, compress: bool) -> None:
     header = bytes([0, 0, type_code, array.ndim]) + np.array(array.shape, dtype=">u4").tobytes()
     payload = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-    (gzip.open if compress else open)(path, "wb").write(payload)
+    with (gzip.open if compress else open)(path, "wb") as f:
+        f.write(payload)
 
 
 @pytest.mark.parametrize("compress", [False, True])

@@ -20,11 +20,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import htcore
-from htcore import CSRMatrix, load_compressed, save_compressed
-from htcore import _core
+from htcore import CSRMatrix, _core, load_compressed, save_compressed
 from htcore.cli import main
+from htcore.io import SafetensorsFile, save_safetensors
 from htcore.runtime import Activation, CompressedModel, Linear
-from htcore.safetensors_io import SafetensorsFile, save_safetensors
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
@@ -49,11 +48,11 @@ def model() -> CompressedModel:
 
 
 @pytest.fixture
-def kernel_spy(monkeypatch):
+def kernel_spy(patch_kernel):
     """Counts calls of the CSR kernel, to prove a refused file never reached it."""
     calls = []
     original = _core.csr_spmm
-    monkeypatch.setattr(_core, "csr_spmm", lambda *a, **k: (calls.append(1), original(*a, **k))[1])
+    patch_kernel("csr_spmm", lambda *a, **k: (calls.append(1), original(*a, **k))[1])
     return calls
 
 
@@ -106,7 +105,7 @@ def test_pickles_are_refused_without_running(tmp_path, capsys, kernel_spy):
         assert code == 1 and err.startswith("htcore run: error:") and err.count("\n") == 1, err
     assert not os.path.exists(marker), "code from a pickle ran"
     assert not kernel_spy
-    pickle.loads(pickle.dumps(Payload(marker)))  # the payload does work when unpickled
+    pickle.loads(pickle.dumps(Payload(marker))).close()  # the payload does work when unpickled (an open file)
     assert os.path.exists(marker)
 
 

@@ -334,7 +334,7 @@ def test_empty_and_one_element_matrices():
 # ---- nnz >= 2**31: int64 row pointers (shape-level, no big allocations) --------------------------
 
 def test_indptr_dtype_switches_at_2_31():
-    from htcore.csr import indptr_dtype_for
+    from htcore.sparse import indptr_dtype_for
 
     assert indptr_dtype_for(2**31 - 1) == np.int32
     assert indptr_dtype_for(2**31) == np.int64

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from test_fuzz_csr import random_csr
 
 import htcore
 from htcore.runtime import Activation, CompressedModel, Linear
+from test_fuzz_csr import random_csr
 
 FUZZ = settings(max_examples=30, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))

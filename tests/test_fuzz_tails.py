@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from test_powerlaw_fit import reference_fit
-from test_tails import ref_xi
 
 import htcore
 from layouts import with_layout
+from test_powerlaw_fit import reference_fit
+from test_tails import ref_xi
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from test_topk import assert_selects, ref_cols, ref_matrix, ref_positions, ref_rel_error, ref_rows
 
 import htcore
 from layouts import LAYOUTS, with_layout
+from test_topk import assert_selects, ref_cols, ref_matrix, ref_positions, ref_rel_error, ref_rows
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))

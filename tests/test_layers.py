@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from htcore import load_layers
-from htcore.layers import conv_slices
-from htcore.safetensors_io import save_safetensors
+from htcore.io import conv_slices, save_safetensors
 
 torch = pytest.importorskip("torch", reason="torch not installed")
 

@@ -10,8 +10,8 @@ import scipy.special
 import htcore
 from htcore import CSRMatrix, load_compressed, save_compressed
 from htcore.cli import main
+from htcore.io import SafetensorsFile, save_safetensors
 from htcore.runtime import Activation, CompressedModel, Flatten, Linear
-from htcore.safetensors_io import SafetensorsFile, save_safetensors
 
 
 def sparse(rng, rows, cols, keep=0.2):

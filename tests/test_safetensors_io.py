@@ -4,7 +4,7 @@ import struct
 import numpy as np
 import pytest
 
-from htcore.safetensors_io import SafetensorsError, SafetensorsFile, save_safetensors
+from htcore.io import SafetensorsError, SafetensorsFile, save_safetensors
 
 DTYPES = [np.float64, np.float32, np.float16, np.int64, np.int32, np.int16, np.int8, np.uint8, np.uint16, np.bool_]
 

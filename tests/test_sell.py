@@ -1,13 +1,12 @@
-"""SELL-8 (htcore.sell, the runtime's batch-1 layout for short rows) against a float64 dense
+"""SELL-8 (htcore.sparse.SellMatrix, the runtime's batch-1 layout for short rows) against a float64 dense
 reference, with both kernel paths; its use inside runtime.Linear; malformed layouts raise."""
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 import htcore
 from htcore import CSRMatrix, _core, load_compressed, save_compressed
 from htcore.runtime import Activation, CompressedModel, Linear
-from htcore.sell import MAX_MEAN_ROW_LENGTH, SellMatrix, sell_eligible
+from htcore.sparse import MAX_MEAN_ROW_LENGTH, SellMatrix, sell_eligible
 from test_csr_kernels import kernel_path, linear_reference, topk_pattern, uniform_pattern  # noqa: F401
 from test_runtime import reference as model_reference
 
@@ -33,7 +32,7 @@ def matrix(pattern, rows, cols, fmt, seed=0):
 
 def sell_product(S, x, bias=None, activation="none"):
     out = np.full(S.shape[0], np.nan, np.float32)  # every row must be written
-    return S._matvec(np.ascontiguousarray(x, np.float32), bias, activation, out)
+    return S.matvec_into(np.ascontiguousarray(x, np.float32), bias, activation, out)
 
 
 def check(S, A, x, bias=None, activation=None):
@@ -149,7 +148,7 @@ def test_malformed_layouts_raise():
     S = SellMatrix(A)
     x, out = np.ones(50, np.float32), np.empty(37, np.float32)
     good = dict(perm=S.perm, slice_ptr=S.slice_ptr, indices=S.indices, data=S.data, rows=37, cols=50, x=x, bias=None,
-                activation="none", out=out)
+                activation=_core.Activation.none, out=out)
 
     def call(**change):
         _core.sell_spmv(**{**good, **change})
@@ -197,7 +196,7 @@ def test_malformed_layouts_raise():
     with pytest.raises(TypeError):
         call(out=np.empty((37, 2), np.float32)[:, 0])
     with pytest.raises(ValueError, match="activation"):
-        call(activation="swish")
+        call(activation=_core.Activation(7))  # an integer that names no activation
     bad = A.indptr.copy()
     bad[5] = bad[6] + 1  # not monotone: the builder refuses it
     with pytest.raises(ValueError, match="non-decreasing"):
@@ -230,8 +229,8 @@ def test_runtime_linear_builds_sell_only_when_eligible():
 @pytest.mark.parametrize("value_dtype", [np.float32, np.float16])
 def test_model_batch_1_matches_csr_path(kernel_path, value_dtype, monkeypatch):
     calls = []
-    matvec = SellMatrix._matvec
-    monkeypatch.setattr(SellMatrix, "_matvec", lambda self, *a: calls.append(self.shape) or matvec(self, *a))
+    matvec = SellMatrix.matvec_into
+    monkeypatch.setattr(SellMatrix, "matvec_into", lambda self, *a: calls.append(self.shape) or matvec(self, *a))
     model = mlp(value_dtype=value_dtype)
     assert all(l._sell is not None for l in model.layers if isinstance(l, Linear))
     X = np.random.default_rng(7).standard_normal((3, 120)).astype(np.float32)
@@ -263,7 +262,7 @@ def test_save_load_rebuilds_the_layout(tmp_path):
     model = mlp()
     path = tmp_path / "m.safetensors"
     save_compressed(path, model)
-    names = set(htcore.safetensors_io.SafetensorsFile(path).keys())
+    names = set(htcore.io.SafetensorsFile(path).keys())
     assert not any("perm" in n or "slice" in n for n in names)  # derived, never stored
     loaded = load_compressed(path)
     assert all(l._sell is not None for l in loaded.layers if isinstance(l, Linear))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import htcore
-from htcore.layers import load_layers
-from htcore.spectra import MIN_EVALS, ZERO_EIGENVALUE, esd, spectral_metrics
+from htcore.io import load_layers
+from htcore.measure import MIN_EVALS, ZERO_EIGENVALUE, esd, spectral_metrics
 
 
 def clauset_fit_reference(x):
@@ -49,7 +49,7 @@ def test_esd_pools_matrices_and_accepts_strided_views():
 
 def test_esd_block_accumulation(monkeypatch):
     # Force many row blocks: the Gram sum over blocks must equal the one-shot result.
-    import htcore.spectra as sp
+    import htcore.measure._spectra as sp
 
     w = np.random.default_rng(2).standard_normal((1000, 30)).astype(np.float32)
     whole = esd(w)
@@ -60,7 +60,7 @@ def test_esd_block_accumulation(monkeypatch):
 def test_esd_solver_choice_by_size(monkeypatch):
     # Gram matrices up to OWN_SOLVER_MAX_SIZE go to htcore's solver (when it has its AVX2 path),
     # larger ones to LAPACK; both give the squared singular values.
-    import htcore.spectra as sp
+    import htcore.measure._spectra as sp
     from htcore import _core
 
     if not _core.symmetric_eigenvalues_uses_avx2():
@@ -147,7 +147,7 @@ def test_results_identical_at_one_and_two_threads():
 def test_parallel_row_blocks_bitwise_equal_serial_sum(monkeypatch, threads):
     # Many row blocks, their Gram products computed on `threads` threads: the sum is taken in block
     # order, so the eigenvalues are bitwise those of the plain serial loop.
-    import htcore.spectra as sp
+    import htcore.measure._spectra as sp
 
     threadpoolctl = pytest.importorskip("threadpoolctl", reason="threadpoolctl not installed")
     w = heavy_matrix(8, 2000, 30).astype(np.float32)[:, ::-1]  # strided view
@@ -175,7 +175,7 @@ def test_blas_limit_shared_by_concurrent_users():
     import threading
 
     threadpoolctl = pytest.importorskip("threadpoolctl", reason="threadpoolctl not installed")
-    from htcore.spectra import _single_threaded_blas
+    from htcore.measure._spectra import single_threaded_blas
 
     def blas_threads():
         return {lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"}
@@ -183,11 +183,11 @@ def test_blas_limit_shared_by_concurrent_users():
     seen = []
 
     def worker():
-        with _single_threaded_blas():
+        with single_threaded_blas():
             seen.append(blas_threads())
 
     with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
-        with _single_threaded_blas():
+        with single_threaded_blas():
             t = threading.Thread(target=worker)
             t.start()
             t.join()
@@ -201,7 +201,7 @@ def test_analyze_limits_and_restores_blas_in_the_calling_thread(monkeypatch):
     # restored by the calling thread, once, and the caller's setting must be back afterwards.
     import threading
 
-    import htcore.spectra as sp
+    import htcore.measure._spectra as sp
 
     threadpoolctl = pytest.importorskip("threadpoolctl", reason="threadpoolctl not installed")
     calls, real_limit = [], sp._limit_blas

@@ -1,4 +1,4 @@
-"""htcore's own symmetric eigenvalue solver (htcore.spectra.symmetric_eigenvalues) against LAPACK.
+"""htcore's own symmetric eigenvalue solver (htcore.measure.symmetric_eigenvalues) against LAPACK.
 
 Tolerance: both solvers are backward stable, each eigenvalue's absolute error bounded by a small
 multiple of M * eps * ||A||_2 (M the order, eps = 2^-52). Measured differences (20 seeds, Gram and
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from htcore import _core
-from htcore.spectra import symmetric_eigenvalues
+from htcore.measure import symmetric_eigenvalues
 
 EPS = np.finfo(np.float64).eps
 TOL_FACTOR = 8.0

@@ -5,7 +5,7 @@ import pytest
 from scipy.stats import norm
 
 import htcore
-from htcore.topk import k_for_keep
+from htcore.sparse import k_for_keep
 
 UINT_OF = {np.dtype(np.float16): np.uint16, np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
 

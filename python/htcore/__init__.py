@@ -1,29 +1,47 @@
 """htcore: heavy-tailed weights -> measurement, top-k compression, generalization bounds, fast CPU runtime.
 
-The compiled kernels live in ``htcore._core``; everything public is re-exported here with
-validation, documentation and type hints. Conventions (the README has them all): ``alpha`` is a
-tail index (P(X > x) ~ x^-alpha), ``pdf_exponent`` = alpha + 1.
+The package is layered (a lower layer never imports a higher one; `.importlinter` enforces it):
+
+- foundation: `htcore.sparse` (CSR, SELL-8, top-k) -> `htcore.io` (model files, layer enumeration)
+  -> `htcore.runtime` (torch-free model and its file) -> `htcore.nn` (torch integration) and
+  `htcore.train` (seeded torch training helpers);
+- stages: `htcore.measure` (tails, spectra, analyze) -> `htcore.compression` (compress) ->
+  `htcore.certification` (code length, bounds, certify, search);
+- apps: `htcore.cli`, `htcore.demo`, `htcore.datasets`, and this root, which re-exports the public API.
+
+The compiled kernels live in ``htcore._core``; users never call it directly. Conventions (tail
+index vs pdf exponent, ESD, keep and ties, code length, threads): docs/conventions.md.
+Exceptions and warnings: `htcore.errors`.
 """
 from __future__ import annotations
 
-from . import bounds, datasets, train
+from typing import Any
+
+from . import datasets, errors, train
+from ._threads import get_num_threads, set_num_threads
 from ._version import __version__
-from .analyze import analyze
-from .certify import BoundReport, certify, search_bound
-from .code_length import code_length
-from .compress import compress
-from .csr import CSRMatrix, sparse_linear
-from .layers import Layer, load_layers
-from .model_file import load_compressed, save_compressed
-from .powerlaw_fit import PowerLawFit, fit_powerlaw
-from .report import ModelReport
-from .tails import TailEstimate, element_sample, hill, moments, pickands
-from .threads import get_num_threads, set_num_threads
-from .topk import (
+from .certification import BoundReport, bounds, certify, code_length, search_bound
+from .compression import compress
+from .io import Layer, load_layers
+from .measure import (
+    ModelReport,
+    PowerLawFit,
+    TailEstimate,
+    analyze,
+    element_sample,
+    fit_powerlaw,
+    hill,
+    moments,
+    pickands,
+)
+from .runtime import load_compressed, save_compressed
+from .sparse import (
     CompressibilityCurve,
+    CSRMatrix,
     TopkThreshold,
     compressibility_curve,
     k_for_keep,
+    sparse_linear,
     sparsify_global,
     topk_sparsify,
     topk_threshold,
@@ -38,6 +56,7 @@ __all__ = [
     "code_length",
     "compress",
     "datasets",
+    "errors",
     "search_bound",
     "train",
     # tails
@@ -71,10 +90,10 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     """``htcore.nn`` (torch integration) is imported on first use, so ``import htcore`` never imports torch."""
-    if name in ("nn", "runtime"):
+    if name == "nn":
         import importlib
 
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(".nn", __name__)
     raise AttributeError(f"module 'htcore' has no attribute {name!r}")

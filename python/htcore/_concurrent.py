@@ -7,7 +7,6 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
-_END = object()
 
 
 def ordered_map(
@@ -39,8 +38,9 @@ def ordered_map(
 
     def refill() -> None:  # take items until `workers` are pending or the last one is exclusive
         while len(pending) < workers and not (pending and pending[-1][1] is None):
-            item = next(source, _END)
-            if item is _END:
+            try:
+                item = next(source)
+            except StopIteration:
                 return
             pending.append((item, None if exclusive is not None and exclusive(item) else pool.submit(fn, item)))
 

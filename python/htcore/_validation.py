@@ -14,7 +14,7 @@ def as_float_array(
     name: str,
     *,
     ndim: int | tuple[int, ...] | None = None,
-    dtype: type | None = None,
+    dtype: type | np.dtype | None = None,
     allow_empty: bool = True,
     finite: bool = True,
 ) -> np.ndarray:
@@ -39,7 +39,7 @@ def as_float_array(
         raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
     if dtype is None:
         dtype = np.float64 if arr.dtype == np.float64 else np.float32
-    out = np.ascontiguousarray(arr, dtype=dtype)
+    out: np.ndarray = np.ascontiguousarray(arr, dtype=dtype)
     if finite and out.size and not np.isfinite(out).all():
         bad = int(np.size(out) - np.count_nonzero(np.isfinite(out)))
         raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or Inf)")

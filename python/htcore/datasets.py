@@ -8,14 +8,14 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 
 # IDX type codes (the third byte of the magic number) -> big-endian numpy dtype
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
@@ -26,12 +26,13 @@ _IDX_DTYPES = {
 
 
 class Dataset(NamedTuple):
-    """A train/test split. X: (n, features) float32 in [0, 1]; y: (n,) int64 labels."""
+    """A train/test split. X: (n, features) float32 in [0, 1]; y: (n,) int64 labels. A user's
+    own data may come without a test split (X_test and y_test None)."""
 
     X_train: np.ndarray
     y_train: np.ndarray
-    X_test: np.ndarray
-    y_test: np.ndarray
+    X_test: Optional[np.ndarray]
+    y_test: Optional[np.ndarray]
 
 
 def load_idx(path: str | os.PathLike) -> np.ndarray:

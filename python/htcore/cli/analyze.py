@@ -36,8 +36,8 @@ def _keeps(text: str) -> tuple[float, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analyze import DEFAULT_KEEPS, analyze
-    from ..threads import set_num_threads
+    from .._threads import set_num_threads
+    from ..measure import DEFAULT_KEEPS, analyze
 
     if args.threads is not None:
         set_num_threads(args.threads)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 import numpy as np
 
 from ..datasets import Dataset, load_digits, load_fashion_mnist
-from ..model_file import load_compressed
+from ..runtime import load_compressed
 
 
 def load_data(spec: str) -> Dataset:
@@ -40,7 +41,7 @@ def load_data(spec: str) -> Dataset:
 def default_grid(model) -> list[dict]:
     """First layers at keep 2%, 5% or 10%, the output layer at 50% (a 10-way output layer does not
     survive heavy pruning), times 4, 8 or 16 codebook levels; biases rounded to float16."""
-    from ..compress import linear_names
+    from ..compression import linear_names
 
     names = linear_names(model)
     return [dict(per_layer={**{n: keep for n in names[:-1]}, names[-1]: 0.5}, levels=levels, bias_precision="float16")
@@ -63,11 +64,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..certify import certify, search_bound
+    from ..certification import certify, search_bound
 
     model = load_compressed(args.model)
     data = load_data(args.data)
-    test = dict(X_test=data.X_test, y_test=data.y_test) if data.X_test is not None else {}
+    test: dict[str, Any] = dict(X_test=data.X_test, y_test=data.y_test) if data.X_test is not None else {}
     if args.search:
         result = search_bound(model, data.X_train, data.y_train, grid=default_grid(model), delta=args.delta,
                               finetune=dict(epochs=3), progress=not args.json, **test)

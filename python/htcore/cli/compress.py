@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..model_file import load_compressed, save_compressed
+from ..runtime import load_compressed, save_compressed
 
 
 def _per_layer(items: list[str]) -> dict[str, float]:
@@ -37,8 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..code_length import code_length
-    from ..compress import compress
+    from ..certification import code_length
+    from ..compression import compress
     from .bound import load_data
 
     if args.finetune_epochs and not args.data:

@@ -6,9 +6,9 @@ import importlib.util
 import json
 import platform
 
-from .. import _core
+from .._core import build_info
+from .._threads import get_num_threads
 from .._version import __version__
-from ..threads import get_num_threads
 
 OPTIONAL_PACKAGES = ["torch", "safetensors", "matplotlib", "sklearn", "powerlaw", "weightwatcher", "sparse_dot_mkl"]
 
@@ -20,17 +20,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def collect() -> dict:
-    build = _core.build_info()
+    build = build_info()
     return {
         "version": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "compiler": build["compiler"],
-        "build_flags": build["build_flags"],
-        "openmp": build["openmp_version"],
+        "compiler": build.compiler,
+        "build_flags": build.build_flags,
+        "openmp": build.openmp_version,
         "threads": get_num_threads(),
-        "simd": list(build["simd"]),
+        "simd": list(build.simd),
         "optional": {name: importlib.util.find_spec(name) is not None for name in OPTIONAL_PACKAGES},
     }
 

@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
-from ..model_file import load_compressed
-from ..threads import get_num_threads, set_num_threads
+from .._threads import get_num_threads, set_num_threads
+from ..runtime import load_compressed
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

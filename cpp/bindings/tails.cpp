@@ -1,0 +1,98 @@
+// Tail estimators and the power-law fit (tails.hpp).
+#include "tails.hpp"
+#include "common.hpp"
+
+namespace htcore {
+namespace {
+
+TailMethod checked(TailMethod method) {
+  switch (method) {
+    case TailMethod::hill:
+    case TailMethod::moments:
+    case TailMethod::pickands: return method;
+  }
+  fail("tail method must be hill, moments or pickands, got " + std::to_string(static_cast<int>(method)));
+}
+
+TailEstimate tail_estimate(const py::array& x, TailMethod method, std::int64_t k, std::uint64_t seed, int resamples,
+                           double eps_stop, double cap_factor, double rho_max) {
+  method = checked(method);
+  DoubleBootstrapOptions options;
+  options.resamples = resamples;
+  options.eps_stop = eps_stop;
+  options.cap_factor = cap_factor;
+  return detail::with_sample(x, [&](const auto& sample) {
+    const auto* data = sample.data();
+    const auto n = static_cast<std::int64_t>(sample.size());
+    py::gil_scoped_release release;
+    return estimate_tail(method, data, n, k, seed, options, rho_max);
+  });
+}
+
+PowerLawResult powerlaw(const py::array& x, double xmax, double xmin, std::int64_t grid) {
+  return detail::with_sample(x, [&](const auto& sample) {
+    const auto* data = sample.data();
+    const auto n = static_cast<std::int64_t>(sample.size());
+    py::gil_scoped_release release;
+    return fit_powerlaw(data, n, xmax, xmin, grid);
+  });
+}
+
+}  // namespace
+
+void register_tails(py::module_& m) {
+  py::enum_<TailMethod>(m, "TailMethod", "Tail-index estimator of tail_estimate.")
+      .value("hill", TailMethod::hill, "Hill (1975): 1 <= k <= n - 1.")
+      .value("moments", TailMethod::moments, "Dekkers, Einmahl & de Haan (1989) moments estimator: 2 <= k <= n - 1.")
+      .value("pickands", TailMethod::pickands, "Pickands (1975): 1 <= k <= n / 4.");
+
+  py::class_<DoubleBootstrap>(
+      m, "DoubleBootstrap", "The double bootstrap's choice of k (Danielsson et al. 2001, as in Voitalov et al. 2019).")
+      .def_readonly("k_star", &DoubleBootstrap::k_star, "Chosen number of upper order statistics.")
+      .def_readonly("k1", &DoubleBootstrap::k1, "AMSE minimiser of the first stage (samples of size n1).")
+      .def_readonly("k2", &DoubleBootstrap::k2, "AMSE minimiser of the second stage (samples of size n2).")
+      .def_readonly("n1", &DoubleBootstrap::n1, "First-stage bootstrap sample size.")
+      .def_readonly("n2", &DoubleBootstrap::n2, "Second-stage bootstrap sample size (n1^2 / n).");
+
+  py::class_<SecondOrder>(
+      m, "SecondOrder",
+      "Second-order tail parameters in Hall's class, U(t) = C t^xi (1 + xi beta t^rho / rho + ...); "
+      "the Hill bias at k is xi beta (n/k)^rho / (1 - rho).")
+      .def_readonly("rho", &SecondOrder::rho,
+                    "rho < 0 (Fraga Alves, Gomes & de Haan 2003), capped at rho_max; NaN if undefined.")
+      .def_readonly("beta", &SecondOrder::beta, "beta (Gomes & Martins 2002) at that rho; NaN if undefined.")
+      .def_readonly("k1", &SecondOrder::k1, "Order statistics used, floor(n^0.995).");
+
+  py::class_<TailEstimate>(m, "TailResult", "Result of tail_estimate.")
+      .def_readonly("xi", &TailEstimate::xi, "Extreme-value index xi = 1 / alpha (alpha: P(X > x) ~ x^-alpha).")
+      .def_readonly("k", &TailEstimate::k, "Number of upper order statistics used (given, or chosen).")
+      .def_readonly("bootstrap", &TailEstimate::bootstrap, "How k was chosen (zeros when k was given).")
+      .def_readonly("second_order", &TailEstimate::second, "Second-order parameters (zeros when k was given).");
+
+  py::class_<PowerLawResult>(m, "PowerLawResult", "Result of fit_powerlaw.")
+      .def_readonly("pdf_exponent", &PowerLawResult::pdf_exponent,
+                    "a in p(x) ~ x^-a, a = alpha + 1 (powerlaw's and WeightWatcher's 'alpha').")
+      .def_readonly("xmin", &PowerLawResult::xmin, "Start of the power-law tail (a sample value unless fixed).")
+      .def_readonly("ks_distance", &PowerLawResult::ks_distance,
+                    "KS distance between the tail's empirical and fitted CDFs (as powerlaw 2.0 defines it).")
+      .def_readonly("n_tail", &PowerLawResult::n_tail, "Samples in [xmin, xmax].")
+      .def_readonly("candidates", &PowerLawResult::candidates, "Number of xmin values scanned.");
+
+  m.def("tail_estimate", &tail_estimate, py::arg("x"), py::arg("method"), py::arg("k"), py::arg("seed"),
+        py::arg("resamples"), py::arg("eps_stop"), py::arg("cap_factor"), py::arg("rho_max"),
+        "Tail estimate xi = 1 / alpha of a 1-D sample x the caller has checked to be finite and > 0 (float32 is "
+        "read as it is, any other dtype as float64). k > 0: the estimate at k upper order statistics "
+        "(hill: 1 <= k <= n - 1, moments: 2 <= k <= n - 1, pickands: 1 <= k <= n / 4). k == 0: k chosen by "
+        "the double bootstrap (needs n >= 20; deterministic in seed, independent of the thread count; "
+        "resamples per stage, AMSE minimised over k <= eps_stop * n_b and k <= cap_factor * n_b^(2/3); "
+        "pickands uses a quarter of the moments k), plus the second-order parameters with rho capped at "
+        "rho_max. Raises ValueError for k out of range or when ties make the estimator undefined.");
+  m.def("fit_powerlaw", &powerlaw, py::arg("x"), py::arg("xmax"), py::arg("xmin"), py::arg("grid"),
+        "Continuous Clauset-Shalizi-Newman power-law fit of a 1-D sample x the caller has checked to be finite "
+        "and > 0 (float32 read as it is, any other dtype as float64). xmax: samples above it are dropped and the "
+        "fitted CDF is truncated there (inf: none). xmin: fit only at this xmin (NaN: scan candidates). "
+        "grid: 0 scans every distinct value but the largest; g > 0 scans g log-spaced candidates snapped to "
+        "data values.");
+}
+
+}  // namespace htcore

@@ -1,0 +1,28 @@
+"""Thread count for htcore's OpenMP kernels.
+
+One process-wide setting, read by every kernel. It starts at ``OMP_NUM_THREADS`` when that is
+set, else the number of cores. Results never depend on it: selection and fits are bitwise
+identical at any thread count, and reductions are ordered deterministically.
+"""
+from __future__ import annotations
+
+import operator
+
+from ._core import get_num_threads as kernel_get_num_threads
+from ._core import set_num_threads as kernel_set_num_threads
+
+
+def get_num_threads() -> int:
+    """Number of threads htcore's kernels use."""
+    return int(kernel_get_num_threads())
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of threads htcore's kernels use (``n >= 1``); affects all Python threads."""
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"num_threads must be an integer, got {type(n).__name__}") from None
+    if n < 1:
+        raise ValueError(f"num_threads must be >= 1, got {n}")
+    kernel_set_num_threads(n=n)

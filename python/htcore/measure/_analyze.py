@@ -1,0 +1,167 @@
+"""`htcore.analyze`: the per-layer heavy-tail table of a whole model, one tensor at a time."""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .._concurrent import ordered_map
+from .._progress import progress as progress_bar
+from .._threads import get_num_threads
+from .._validation import check_fraction
+from ..errors import DegenerateSampleWarning
+from ..io import Layer, load_layers
+from ..sparse import compressibility_curve
+from ._powerlaw_fit import fit_powerlaw
+from ._report import ElementTails, LayerReport, ModelReport
+from ._spectra import esd, single_threaded_blas, spectral_metrics, splits_into_blocks
+from ._tails import element_sample, hill
+
+DEFAULT_KEEPS = (0.01, 0.05, 0.1, 0.25, 0.5)
+# Element fits scan every distinct |w| as xmin up to this many samples, a log-spaced grid of
+# ELEMENT_FIT_CANDIDATES values above it (exact scans of 10^7 magnitudes cost seconds per layer).
+ELEMENT_FIT_EXACT_MAX = 100_000
+ELEMENT_FIT_CANDIDATES = 1000
+# Layers with fewer nonzero entries get no element statistics (NaN).
+MIN_ELEMENT_SAMPLES = 50
+# Points of the |w| CCDF kept for plots.
+CCDF_POINTS = 200
+
+
+def analyze(
+    source: Any,
+    *,
+    spectral: bool = True,
+    elements: bool = True,
+    keeps: Sequence[float] | None = DEFAULT_KEEPS,
+    include: str | None = None,
+    exclude: str | None = None,
+    progress: bool = True,
+) -> ModelReport:
+    """Analyse every weight matrix of ``source`` and return a `ModelReport` (one row per layer).
+
+    Parameters
+    ----------
+    source : anything `htcore.load_layers` accepts: an ``nn.Module``, a state_dict, or a path to a
+        ``.safetensors``, ``.pt``/``.pth`` (weights_only) or ``.npz`` file. Files are processed one
+        tensor at a time, so peak memory stays near the largest tensor, not the model.
+    spectral : compute the ESD (eigenvalues of W^T W, lambda = sigma^2) and WeightWatcher 0.7.7's
+        metrics: ``alpha`` is WeightWatcher's alpha, the **pdf exponent** of the ESD's power-law tail
+        (not a tail index), with ``xmin``, ``xmax``, ``ks_distance``, ``num_spikes``,
+        ``alpha_weighted``, ``log_norm``, ``log_spectral_norm``, ``stable_rank``
+        (see `htcore.measure.spectral_metrics`). Conv kernels pool one ESD over kernel positions.
+    elements : measure the tail of |w| over all entries of the tensor (zeros dropped): the Hill
+        tail index alpha (P(|w| > x) ~ x^-alpha) at the double-bootstrap k with its 95% CI
+        (`htcore.hill`, seed 0) and the Clauset power-law fit's tail index (`htcore.fit_powerlaw`;
+        a 1000-point log grid of xmin candidates above 10^5 entries).
+    keeps : keep fractions in (0, 1] for the compressibility curve: the exact relative Frobenius
+        error ||W - W_k||_F / ||W||_F of keeping the top ceil(keep * n) entries by magnitude
+        (`htcore.compressibility_curve`). None or () skips it.
+    include, exclude : regular expressions on tensor names (see `htcore.load_layers`).
+    progress : show a progress bar on stderr.
+
+    Threads: the ESDs of up to ``htcore.get_num_threads()`` small layers are computed concurrently
+    (one BLAS thread each, and htcore's own eigenvalue solver, whose calls overlap where LAPACK's
+    do not) while this thread takes the layers in order; a big layer
+    (more than 2^21 entries, such as an embedding; `htcore.measure._spectra.splits_into_blocks`) is computed
+    alone, its Gram row blocks shared between the threads. So at most one big tensor and a few
+    small ones are read at a time. Every number is identical at any thread count.
+    """
+    keeps = _check_keeps(keeps)
+    layers = load_layers(source, include=include, exclude=exclude)
+    pairs: Iterable[tuple[Layer, np.ndarray | None]]
+    if spectral:
+        pairs = ordered_map(_layer_esd, layers, workers=get_num_threads(), exclusive=_big_layer)
+    else:
+        pairs = ((layer, None) for layer in layers)
+    rows = []
+    with single_threaded_blas():  # entered here, around the workers' ESDs (see its docstring)
+        for layer, evals in progress_bar(pairs, enabled=progress, desc="htcore analyze", unit="layer"):
+            rows.append(_layer_report(layer, evals, elements=elements, keeps=keeps))
+            del layer, evals  # release the tensor before the next big one is read
+    return ModelReport(source=_describe(source), keeps=keeps, layers=tuple(rows))
+
+
+def analyze_layer(layer: Layer, *, spectral: bool = True, elements: bool = True, keeps: Sequence[float] = DEFAULT_KEEPS) -> LayerReport:
+    """The `LayerReport` of one `Layer` (what `analyze` does per row)."""
+    return _layer_report(layer, _layer_esd(layer) if spectral else None, elements=elements, keeps=keeps)
+
+
+def _layer_esd(layer: Layer) -> np.ndarray:
+    return esd(layer.matrices)
+
+
+def _big_layer(layer: Layer) -> bool:
+    # A big layer's ESD uses all the threads itself (row blocks), so it runs alone: no nested pools,
+    # and no more than one big tensor being read at a time.
+    return splits_into_blocks(layer.matrices)
+
+
+def _layer_report(layer: Layer, evals: np.ndarray | None, *, elements: bool, keeps: Sequence[float]) -> LayerReport:
+    """The row of ``layer`` given its ESD (None: no spectral metrics)."""
+    element_tails = ccdf = None
+    if elements:
+        sample = element_sample(layer.weight)
+        if sample.size >= MIN_ELEMENT_SAMPLES:
+            element_tails = _element_tails(layer.name, sample)
+            ccdf = _ccdf_summary(sample)
+    rel_error = None
+    if keeps:
+        rel_error = tuple(float(e) for e in compressibility_curve(layer.weight, keeps).rel_error)
+    return LayerReport(
+        name=layer.name,
+        kind=layer.kind,
+        shape=layer.shape,
+        spectral=spectral_metrics(evals) if evals is not None else None,
+        elements=element_tails,
+        rel_error=rel_error,
+        evals=evals,
+        element_ccdf=ccdf,
+    )
+
+
+def _element_tails(name: str, sample: np.ndarray) -> ElementTails | None:
+    try:
+        h = hill(sample, random_state=0)
+        fit = fit_powerlaw(sample, candidates=None if sample.size <= ELEMENT_FIT_EXACT_MAX else ELEMENT_FIT_CANDIDATES)
+    except ValueError as exc:  # e.g. heavily quantized weights whose ties leave no estimate
+        warnings.warn(f"{name}: no element tail estimate ({exc})", DegenerateSampleWarning, stacklevel=3)
+        return None
+    return ElementTails(
+        n=int(sample.size),
+        tail_index=float(h.alpha),
+        tail_index_ci_low=float(h.ci_low),
+        tail_index_ci_high=float(h.ci_high),
+        hill_k=int(h.k),
+        fit_tail_index=float(fit.alpha),
+        fit_xmin=float(fit.xmin),
+        fit_ks_distance=float(fit.ks_distance),
+    )
+
+
+def _ccdf_summary(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x, P(X >= x)) at CCDF_POINTS log-spaced x from min to max of a positive sample, exact
+    counts from one histogram pass (no sort), for plotting."""
+    logs = np.log10(sample, dtype=np.float64) if sample.dtype == np.float64 else np.log10(sample)
+    lo, hi = float(logs.min()), float(logs.max())
+    if hi <= lo:
+        return np.array([10.0**lo]), np.array([1.0])
+    counts, edges = np.histogram(logs, bins=CCDF_POINTS, range=(lo, hi))
+    at_least = np.cumsum(counts[::-1])[::-1] / sample.size
+    return 10.0 ** edges[:-1], at_least
+
+
+def _check_keeps(keeps: Sequence[float] | None) -> tuple[float, ...]:
+    if keeps is None:
+        return ()
+    if isinstance(keeps, (str, bytes)) or not hasattr(keeps, "__iter__"):
+        raise TypeError(f"keeps must be a sequence of fractions in (0, 1], got {keeps!r}")
+    return tuple(check_fraction(k, "keeps[]") for k in keeps)
+
+
+def _describe(source: Any) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    return type(source).__name__

@@ -1,0 +1,228 @@
+"""The per-layer table `htcore.analyze` returns, and its CSV / JSON / markdown / pandas / plot outputs.
+
+Column conventions (docs/conventions.md). ``alpha`` is WeightWatcher's alpha: the **pdf exponent** of the
+power-law tail fitted to the layer's ESD (eigenvalues of W^T W), so it compares directly with
+``weightwatcher``'s tables. Element columns are tail indices of |w| (P(|w| > x) ~ x^-alpha, pdf
+exponent = tail index + 1) and say so in their names.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from ._spectra import SpectralMetrics
+
+
+@dataclass(frozen=True)
+class ElementTails:
+    """Tail of the element magnitudes |w| of one layer (zeros dropped).
+
+    ``tail_index`` is the Hill estimate alpha (P(|w| > x) ~ x^-alpha) at the double-bootstrap k,
+    with its confidence interval; ``fit_tail_index`` is the Clauset power-law fit's tail index
+    (its pdf exponent minus 1) above ``fit_xmin``.
+    """
+
+    n: int  #: number of nonzero entries
+    tail_index: float  #: Hill tail index alpha at the automatic k
+    tail_index_ci_low: float
+    tail_index_ci_high: float
+    hill_k: int  #: order statistics used by Hill
+    fit_tail_index: float  #: power-law fit: pdf exponent - 1
+    fit_xmin: float
+    fit_ks_distance: float
+
+
+@dataclass(frozen=True, eq=False)
+class LayerReport:
+    """One row of a `ModelReport`, plus what its plots need (the ESD and a CCDF summary of |w|)."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    spectral: SpectralMetrics | None
+    elements: ElementTails | None
+    rel_error: tuple[float, ...] | None  #: ||W - W_k||_F / ||W||_F at each of the report's keeps
+    evals: np.ndarray | None = None  #: the ESD, ascending
+    element_ccdf: tuple[np.ndarray, np.ndarray] | None = None  #: (x, P(|w| > x)) at log-spaced x
+
+    @property
+    def num_params(self) -> int:
+        return int(np.prod(self.shape))
+
+
+_SPECTRAL = [f.name for f in fields(SpectralMetrics)]
+_ELEMENT = ["element_" + f.name for f in fields(ElementTails)]
+
+
+def _keep_column(keep: float) -> str:
+    return f"rel_error_keep_{keep:g}"
+
+
+@dataclass(frozen=True, eq=False)
+class ModelReport:
+    """Per-layer heavy-tail analysis of a model (the result of `htcore.analyze`).
+
+    Columns: ``name``, ``kind``, ``shape``, ``num_params``; spectral (WeightWatcher 0.7.7
+    definitions, `htcore.measure.SpectralMetrics`): ``num_evals``, ``alpha`` (ESD pdf exponent),
+    ``xmin``, ``xmax``, ``ks_distance``, ``num_spikes``, ``alpha_weighted``, ``log_norm``,
+    ``log_spectral_norm``, ``stable_rank``; elements (`ElementTails`): ``element_n``,
+    ``element_tail_index`` (Hill) with ``element_tail_index_ci_low/high`` and ``element_hill_k``,
+    ``element_fit_tail_index``, ``element_fit_xmin``, ``element_fit_ks_distance``; compressibility:
+    ``rel_error_keep_<keep>`` for each keep. Missing values are NaN (null in JSON, empty in CSV).
+    """
+
+    source: str
+    keeps: tuple[float, ...]
+    layers: tuple[LayerReport, ...]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __getitem__(self, name_or_index: str | int) -> LayerReport:
+        if isinstance(name_or_index, str):
+            for layer in self.layers:
+                if layer.name == name_or_index:
+                    return layer
+            raise KeyError(f"no layer named {name_or_index!r} in this report")
+        return self.layers[name_or_index]
+
+    @property
+    def columns(self) -> list[str]:
+        cols = ["name", "kind", "shape", "num_params"]
+        if any(layer.spectral is not None for layer in self.layers):
+            cols += _SPECTRAL
+        if any(layer.elements is not None for layer in self.layers):
+            cols += _ELEMENT
+        if any(layer.rel_error is not None for layer in self.layers):
+            cols += [_keep_column(k) for k in self.keeps]
+        return cols
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per layer, keyed by `columns`; missing values are NaN."""
+        cols = self.columns
+        out = []
+        for layer in self.layers:
+            row: dict[str, Any] = {
+                "name": layer.name,
+                "kind": layer.kind,
+                "shape": "x".join(map(str, layer.shape)),
+                "num_params": layer.num_params,
+            }
+            if layer.spectral is not None:
+                row.update({f: getattr(layer.spectral, f) for f in _SPECTRAL})
+            if layer.elements is not None:
+                row.update({c: getattr(layer.elements, f.name) for c, f in zip(_ELEMENT, fields(ElementTails))})
+            if layer.rel_error is not None:
+                row.update({_keep_column(k): e for k, e in zip(self.keeps, layer.rel_error)})
+            out.append({c: row.get(c, math.nan) for c in cols})
+        return out
+
+    def to_csv(self, path: str | os.PathLike | None = None) -> str:
+        """The table as CSV (header row first; NaN as an empty field). Written to ``path`` if given."""
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.columns, lineterminator="\n")
+        writer.writeheader()
+        for row in self.rows():
+            writer.writerow({k: ("" if _is_nan(v) else _plain(v)) for k, v in row.items()})
+        return _maybe_write(buf.getvalue(), path)
+
+    def to_json(self, path: str | os.PathLike | None = None, *, indent: int | None = 2) -> str:
+        """``{"source", "keeps", "columns", "layers": [row, ...]}`` as JSON (NaN and +-inf as null;
+        log_norm is -inf for an all-zero matrix)."""
+        doc = {
+            "source": self.source,
+            "keeps": list(self.keeps),
+            "columns": self.columns,
+            "layers": [{k: (None if _not_finite(v) else _plain(v)) for k, v in row.items()} for row in self.rows()],
+        }
+        return _maybe_write(json.dumps(doc, indent=indent, allow_nan=False) + "\n", path)
+
+    def to_markdown(self, columns: list[str] | None = None) -> str:
+        """A GitHub-flavoured markdown table (floats to 4 significant digits)."""
+        cols = columns or self.columns
+        lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+        for row in self.rows():
+            lines.append("| " + " | ".join(_fmt(row[c]) for c in cols) + " |")
+        return "\n".join(lines) + "\n"
+
+    def to_pandas(self):
+        """The table as a pandas DataFrame (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("ModelReport.to_pandas needs pandas (pip install pandas)") from None
+        return pd.DataFrame(self.rows(), columns=self.columns)
+
+    def summary(self) -> str:
+        """A few lines: layers, parameters, spread of alpha and of the element tail index,
+        WeightWatcher's warning ranges (alpha < 2 over-trained, alpha > 6 under-trained), and the
+        parameter-weighted compressibility at each keep."""
+        params = sum(layer.num_params for layer in self.layers)
+        lines = [f"{self.source}: {len(self.layers)} layers, {params:,} parameters analysed"]
+        alphas = {l.name: l.spectral.alpha for l in self.layers if l.spectral is not None and not math.isnan(l.spectral.alpha)}
+        if alphas:
+            values = np.array(list(alphas.values()))
+            lines.append(
+                f"spectral alpha (ESD pdf exponent, WeightWatcher): mean {values.mean():.3f}, median {np.median(values):.3f}, "
+                f"range {values.min():.3f}..{values.max():.3f} over {values.size} layers"
+            )
+            low = [n for n, a in alphas.items() if a < 2]
+            high = [n for n, a in alphas.items() if a > 6]
+            lines.append(f"  alpha < 2 (WeightWatcher: over-trained): {len(low)}" + (f" ({', '.join(low[:5])}{', ...' if len(low) > 5 else ''})" if low else ""))
+            lines.append(f"  alpha > 6 (WeightWatcher: under-trained): {len(high)}" + (f" ({', '.join(high[:5])}{', ...' if len(high) > 5 else ''})" if high else ""))
+        tails = np.array([l.elements.tail_index for l in self.layers if l.elements is not None and not math.isnan(l.elements.tail_index)])
+        if tails.size:
+            lines.append(
+                f"element tail index (Hill, P(|w|>x) ~ x^-alpha): median {np.median(tails):.3f}, range {tails.min():.3f}..{tails.max():.3f}"
+            )
+        with_errors = [l for l in self.layers if l.rel_error is not None]
+        if with_errors:
+            weights = np.array([l.num_params for l in with_errors], dtype=np.float64)
+            errors = np.array([l.rel_error for l in with_errors])
+            mean = weights @ errors / weights.sum()
+            lines.append("relative Frobenius error of top-k (parameter-weighted mean): " + ", ".join(f"keep {k:g}: {e:.3f}" for k, e in zip(self.keeps, mean)))
+        return "\n".join(lines)
+
+    def plot(self, directory: str | os.PathLike) -> list[str]:
+        """Write PNGs to ``directory`` (created if needed) and return their paths: one per layer
+        (ESD on log-log axes with the fitted power-law tail; CCDF of |w| with the Hill fit) and
+        ``compressibility.png`` (relative error vs keep, every layer). Needs matplotlib."""
+        from ._plots import plot_report
+
+        return plot_report(self, directory)
+
+
+def _is_nan(v: Any) -> bool:
+    return isinstance(v, (float, np.floating)) and math.isnan(v)
+
+
+def _not_finite(v: Any) -> bool:
+    return isinstance(v, (float, np.floating)) and not math.isfinite(v)
+
+
+def _plain(v: Any) -> Any:
+    """numpy scalars -> Python scalars (json and csv print them plainly)."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, (float, np.floating)):
+        return "" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def _maybe_write(text: str, path: str | os.PathLike | None) -> str:
+    if path is not None:
+        with open(path, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+    return text

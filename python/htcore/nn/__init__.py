@@ -1,0 +1,25 @@
+"""Foundation: torch integration (the optional ``torch`` extra; importing this package imports torch).
+
+- `SparseLinear`: an inference drop-in for ``nn.Linear`` running htcore's CSR kernels.
+- `sparsify_model`: swaps a model's ``nn.Linear`` modules for top-k `SparseLinear` ones and returns a
+  `SparsifyReport` of what changed.
+- Conversion both ways between torch and the runtime: `to_runtime_layers` (torch -> runtime, what
+  `htcore.runtime.CompressedModel.from_torch` runs) and `to_torch` (runtime -> ``nn.Sequential``),
+  with the one activation mapping (`TORCH_ACTIVATIONS`, `activation_kind`).
+"""
+from __future__ import annotations
+
+from ._convert import TORCH_ACTIVATIONS, activation_kind, to_runtime_layers, to_torch
+from ._sparse_linear import SparseLinear
+from ._sparsify import SparsifiedLayer, SparsifyReport, sparsify_model
+
+__all__ = [
+    "SparseLinear",
+    "SparsifiedLayer",
+    "SparsifyReport",
+    "TORCH_ACTIVATIONS",
+    "activation_kind",
+    "sparsify_model",
+    "to_runtime_layers",
+    "to_torch",
+]

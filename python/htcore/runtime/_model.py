@@ -1,0 +1,243 @@
+"""A torch-free runtime for MLP-shaped compressed networks: numpy and htcore's kernels only.
+
+A `CompressedModel` is a sequence of layers:
+
+- `Linear(weight, bias)`: y = x W^T + b (torch's convention), W of shape (out, in) either a
+  `CSRMatrix` (any storage format; runs in the CSR kernels) or a dense float32 array.
+- `Activation(kind)`: "relu", "gelu" (exact erf form, torch's default), "tanh" or "softmax"
+  (over the features). An activation right after a sparse Linear is fused into its kernel.
+- `Flatten()`: (batch, d1, d2, ...) -> (batch, d1 * d2 * ...).
+
+When to keep a layer dense: CSR pays ~6-8 bytes and a gathered load per kept weight, dense
+GEMV 4 bytes and none. For a small layer that stays in cache, dense wins from about 30% density
+(SpMV) and, for batches of hundreds of rows, from about 10-30%; pass such weights as dense arrays
+(benchmarks/results/spmv.md has the measured crossover on this machine).
+
+Everything is computed in float32 (float64 CSR weights are converted when the layer is built).
+Inputs are (batch, ...) arrays. Internally activations are kept as (features, batch), so the
+kernels read each weight row once per batch and no transposes happen between layers.
+Threads: a layer runs on one thread unless it has at least 2 x 8,192 multiply-adds ((nnz + out)
+* batch, see `htcore.sparse.CSRMatrix`), so a batch of 1 through an MLP of Fashion-MNIST size at 10% density
+runs its two large layers on `htcore.get_num_threads()` threads and the 10-output layer serially.
+
+Batch 1 (A x) on short rows: a sparse Linear whose weight has float32 or float16 values (no
+codebook) and at most 128 values per row on average (nnz / out_features <= 128) also keeps a
+SELL-8 copy of its weight (rows sorted by length, eight rows per SIMD step; `htcore.sparse.SellMatrix`),
+built when the layer is constructed, and uses it for batches of 1; larger batches use the CSR kernel.
+It costs extra memory of about 1.0-1.15x the CSR matrix (values and indices padded by 0-5% on
+uniform and top-k patterns, plus 4 bytes of row order per row). Why and by how much it is faster:
+docs/performance.md, "SELL-8".
+Weights are immutable once a layer is built: changing a CSRMatrix's arrays afterwards is not
+seen by the SELL-8 copy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from .._validation import as_float_array
+from ..sparse import ACTIVATIONS, CSRMatrix, SellMatrix, as_kernel_array, sell_eligible
+
+ACTIVATION_KINDS = ACTIVATIONS + ("softmax",)
+
+
+@dataclass(frozen=True, eq=False)
+class Linear:
+    """y = x W^T + b. ``weight``: CSRMatrix or dense array of shape (out_features, in_features);
+    ``bias``: None or shape (out_features,). Arrays are stored as float32, C-contiguous.
+    A short-row float32/float16 CSR weight also gets a SELL-8 copy for batch 1 (module docstring)."""
+
+    weight: Union[CSRMatrix, np.ndarray]
+    bias: Optional[np.ndarray] = None
+    _sell: Optional[SellMatrix] = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        w = self.weight
+        if isinstance(w, CSRMatrix):
+            if w.data.dtype == np.float64:
+                w = w.astype(value_dtype=np.float32)
+        else:
+            w = as_float_array(w, "weight", ndim=2, dtype=np.float32)
+        object.__setattr__(self, "weight", w)
+        object.__setattr__(self, "_sell", SellMatrix(w) if isinstance(w, CSRMatrix) and sell_eligible(w) else None)
+        if self.bias is not None:
+            b = as_float_array(self.bias, "bias", ndim=1, dtype=np.float32)
+            if b.shape[0] != w.shape[0]:
+                raise ValueError(f"bias has {b.shape[0]} entries but weight has {w.shape[0]} rows (out_features)")
+            object.__setattr__(self, "bias", b)
+
+    @property
+    def in_features(self) -> int:
+        return int(self.weight.shape[1])
+
+    @property
+    def out_features(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def sparse(self) -> bool:
+        return isinstance(self.weight, CSRMatrix)
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An element-wise activation ("relu", "gelu", "tanh") or "softmax" over the features."""
+
+    kind: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in ACTIVATION_KINDS:
+            raise ValueError(f"activation kind must be one of {ACTIVATION_KINDS}, got {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class Flatten:
+    """(batch, d1, d2, ...) -> (batch, d1 * d2 * ...)."""
+
+
+RuntimeLayer = Union[Linear, Activation, Flatten]
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One step of the execution plan: a Linear with the activation fused into it, or a lone layer."""
+
+    layer: RuntimeLayer
+    activation: str = "none"
+
+
+class CompressedModel:
+    """An MLP-shaped network run with numpy and htcore's CSR kernels (no torch).
+
+    ``model(X)`` returns the float32 outputs for X of shape (batch, ...); ``model.predict(X)``
+    the argmax labels. ``metadata`` is a JSON-serialisable dict carried along (e.g. provenance).
+    Layer shapes are checked on construction: consecutive Linear layers must chain.
+    """
+
+    def __init__(self, layers: list, metadata: Optional[dict] = None):
+        layers = list(layers)
+        if metadata is not None and not isinstance(metadata, dict):
+            raise TypeError(f"metadata must be a dict or None, got {type(metadata).__name__}")
+        features = None
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, (Linear, Activation, Flatten)):
+                raise TypeError(f"layers[{i}] must be a Linear, Activation or Flatten, got {type(layer).__name__}")
+            if isinstance(layer, Linear):
+                if features is not None and layer.in_features != features:
+                    raise ValueError(f"layers[{i}] expects {layer.in_features} input features but the previous Linear gives {features}")
+                features = layer.out_features
+        self.layers = layers
+        self.metadata = dict(metadata or {})
+        self._plan = _plan(layers)
+        first = next((step.layer for step in self._plan if not isinstance(step.layer, Flatten)), None)
+        self._kernel_checks_input = isinstance(first, Linear) and first.sparse  # the CSR kernel refuses NaN/Inf
+
+    @property
+    def in_features(self) -> Optional[int]:
+        """Input features of the first Linear (None if there is none)."""
+        return next((l.in_features for l in self.layers if isinstance(l, Linear)), None)
+
+    def __call__(self, X: Any) -> np.ndarray:
+        X = as_kernel_array(X, "X", X.ndim if isinstance(X, np.ndarray) else None, np.float32)
+        if not self._kernel_checks_input and X.size and not np.isfinite(X).all():
+            raise ValueError("X contains non-finite values (NaN or Inf)")
+        if X.ndim < 2:
+            raise ValueError(f"X must be (batch, ...) with a batch dimension, got shape {X.shape}")
+        batch = X.shape[0]
+        flat = X  # (batch, features...) until the first Linear; afterwards h is (features, batch)
+        h = None
+        for step in self._plan:
+            layer = step.layer
+            if isinstance(layer, Flatten):
+                if h is None:
+                    flat = flat.reshape(batch, -1)
+                continue
+            if h is None:
+                if flat.ndim != 2:
+                    raise ValueError(f"X has shape {X.shape}: a Linear or Activation needs (batch, features); add a Flatten layer")
+                if isinstance(layer, Linear):  # the first Linear reads the (batch, features) input directly
+                    h = _linear(layer, flat, step.activation, batch_major=True)
+                    continue
+                h = np.ascontiguousarray(flat.T)
+            if isinstance(layer, Linear):
+                h = _linear(layer, h, step.activation)
+            else:
+                h = _activate(h, layer.kind)
+        if h is None:  # only Flatten layers
+            return np.ascontiguousarray(flat)
+        return np.ascontiguousarray(h.T)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Argmax over the outputs: int64 labels of shape (batch,)."""
+        return np.argmax(self(X), axis=1)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(_describe(l) for l in self.layers)
+        return f"CompressedModel([{inner}])"
+
+    @classmethod
+    def from_torch(cls, module: Any, metadata: Optional[dict] = None) -> "CompressedModel":
+        """Convert a torch ``nn.Sequential`` (nested ones are flattened) of Linear, ReLU, GELU
+        (approximate="none"), Tanh, Flatten (start_dim=1, end_dim=-1), Softmax (over the last
+        dim), Dropout/Identity (skipped at inference) and ``htcore.nn.SparseLinear``. Dense
+        weights are copied as float32 (sparsify them with htcore.topk_sparsify elsewhere).
+        Needs torch; the conversion is `htcore.nn.to_runtime_layers`."""
+        from ..nn import to_runtime_layers  # the one declared upward import (.importlinter): torch stays optional
+
+        return cls(to_runtime_layers(module), metadata)
+
+
+def _plan(layers: list) -> list[_Step]:
+    plan: list[_Step] = []
+    for layer in layers:
+        prev = plan[-1] if plan else None
+        if (isinstance(layer, Activation) and layer.kind in ACTIVATIONS and prev is not None
+                and isinstance(prev.layer, Linear) and prev.layer.sparse and prev.activation == "none"):
+            plan[-1] = _Step(prev.layer, layer.kind)
+        else:
+            plan.append(_Step(layer))
+    return plan
+
+
+def _linear(layer: Linear, h: np.ndarray, activation: str, batch_major: bool = False) -> np.ndarray:
+    """W h + b for h of shape (in, batch) (or (batch, in) when ``batch_major``), returned as
+    (out, batch); the activation is fused for sparse weights."""
+    features, batch = (h.shape[1], h.shape[0]) if batch_major else h.shape
+    if features != layer.in_features:
+        raise ValueError(f"a Linear layer expects {layer.in_features} input features, got {features}")
+    if isinstance(layer.weight, CSRMatrix):
+        out = np.empty((layer.out_features, batch), np.float32)
+        if batch == 1 and layer._sell is not None:  # (in, 1) and (1, in) are the same vector
+            layer._sell.matvec_into(np.ascontiguousarray(h.reshape(-1)), layer.bias, activation, out.reshape(-1))
+            return out
+        return layer.weight.product_into(h, batch, layer.bias, activation, out, batch, 1, batch_major=batch_major)
+    out = layer.weight @ (h.T if batch_major else h)
+    if layer.bias is not None:
+        out += layer.bias[:, None]
+    return out
+
+
+def _activate(h: np.ndarray, kind: str) -> np.ndarray:
+    """Activation of (features, batch) activations, in float32."""
+    if kind == "relu":
+        return np.maximum(h, 0, out=h)
+    if kind == "tanh":
+        return np.tanh(h, out=h)
+    if kind == "gelu":
+        from scipy.special import erf
+
+        return (0.5 * h * (1 + erf(h * np.float32(np.sqrt(0.5))))).astype(np.float32, copy=False)
+    shifted = h - h.max(axis=0, keepdims=True)  # softmax over the features
+    e = np.exp(shifted)
+    return e / e.sum(axis=0, keepdims=True)
+
+
+def _describe(layer: RuntimeLayer) -> str:
+    if isinstance(layer, Linear):
+        kind = "sparse" if layer.sparse else "dense"
+        return f"Linear({layer.in_features}->{layer.out_features}, {kind}{', bias' if layer.bias is not None else ''})"
+    if isinstance(layer, Activation):
+        return f"Activation({layer.kind!r})"
+    return "Flatten()"

@@ -1,0 +1,41 @@
+"""Foundation: htcore's sparse matrices and the selection that makes them.
+
+- `CSRMatrix` and `sparse_linear`: validated CSR storage (uint16/int32 columns, float32/float16/
+  float64 values or uint8 codebook codes) and the C++ SpMV/SpMM kernels with fused bias and activation.
+- `SellMatrix`: SELL-8, a derived read-only layout for batch-1 products on short rows (the runtime
+  builds it; `sell_eligible` says when).
+- Top-k: `topk_sparsify`, `sparsify_global`, `topk_threshold`, `compressibility_curve`, `k_for_keep`
+  (exact, ties to the lowest flat index; docs/conventions.md, "Keep fraction and ties").
+"""
+from __future__ import annotations
+
+from ._csr import ACTIVATIONS, CSRMatrix, as_kernel_array, index_dtype_for, indptr_dtype_for, sparse_linear
+from ._sell import MAX_MEAN_ROW_LENGTH, SellMatrix, sell_eligible
+from ._topk import (
+    CompressibilityCurve,
+    TopkThreshold,
+    compressibility_curve,
+    k_for_keep,
+    sparsify_global,
+    topk_sparsify,
+    topk_threshold,
+)
+
+__all__ = [
+    "ACTIVATIONS",
+    "CSRMatrix",
+    "CompressibilityCurve",
+    "MAX_MEAN_ROW_LENGTH",
+    "SellMatrix",
+    "TopkThreshold",
+    "as_kernel_array",
+    "compressibility_curve",
+    "index_dtype_for",
+    "indptr_dtype_for",
+    "k_for_keep",
+    "sell_eligible",
+    "sparse_linear",
+    "sparsify_global",
+    "topk_sparsify",
+    "topk_threshold",
+]
