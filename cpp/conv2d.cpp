@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -41,33 +42,33 @@
 namespace htcore {
 namespace {
 
-using namespace csr_simd;
+using namespace detail;
 
 std::atomic<bool> g_ignore_grain{false};
 
 // Positions per tile of the tiled loop (8 AVX2 registers). (Tiles of up to 96 in 12 registers,
 // interleaved A/B at 1 thread: 1.0-1.3x the time on every grid layer but LeNet conv1, where the
 // direct loop runs anyway.)
-constexpr int64_t kConvTile = 64;
+constexpr std::int64_t kConvTile = 64;
 
 // The shape of one call, with the derived sizes.
 struct Geometry {
-  int64_t n, c_in, h, w, c_out, kh, kw, sh, sw, ph, pw, dh, dw, groups;
-  int64_t cin_g, cout_g, ho, wo, hp, wp;
+  std::int64_t n, c_in, h, w, c_out, kh, kw, sh, sw, ph, pw, dh, dw, groups;
+  std::int64_t cin_g, cout_g, ho, wo, hp, wp;
   // The prepared input: each channel's padded plane split into sh * sw phase planes of hq x wq,
   // phase (a, b) holding padded rows a, a + sh, ... and columns b, b + sw, ... (one phase, the
   // padded plane itself, at stride 1).
-  int64_t hq, wq;
-  int64_t phase;      // hq * wq
-  int64_t plane_in;   // sh * sw * phase: one channel of the prepared input
-  int64_t plane_out;  // ho * wo
-  int64_t run;        // L = (ho - 1) * wq + wo
+  std::int64_t hq, wq;
+  std::int64_t phase;      // hq * wq
+  std::int64_t plane_in;   // sh * sw * phase: one channel of the prepared input
+  std::int64_t plane_out;  // ho * wo
+  std::int64_t run;        // L = (ho - 1) * wq + wo
 
   // True when some tap (ky, kx) reads phase (a, b): (ky dh) % sh == a and (kx dw) % sw == b.
-  bool phase_used(int64_t a, int64_t b) const {
+  bool phase_used(std::int64_t a, std::int64_t b) const {
     bool row = false, col = false;
-    for (int64_t ky = 0; ky < kh && !row; ++ky) row = (ky * dh) % sh == a;
-    for (int64_t kx = 0; kx < kw && !col; ++kx) col = (kx * dw) % sw == b;
+    for (std::int64_t ky = 0; ky < kh && !row; ++ky) row = (ky * dh) % sh == a;
+    for (std::int64_t kx = 0; kx < kw && !col; ++kx) col = (kx * dw) % sw == b;
     return row && col;
   }
 };
@@ -77,24 +78,22 @@ struct Geometry {
 // One per thread, kept between calls (vectors of a few hundred KiB would be fresh mmaps, with
 // their page faults, on every call).
 struct Decoded {
-  std::vector<int64_t> ptr;
+  std::vector<std::int64_t> ptr;
   std::vector<float> val;
-  std::vector<int64_t> off;
-  std::vector<int64_t> col_off;  // offset of each column
+  std::vector<std::int64_t> off;
+  std::vector<std::int64_t> col_off;  // offset of each column
 };
 
 #ifdef HTCORE_CSR_X86
 HTCORE_AVX2_BEGIN
-namespace avx2 {
 // The values as float32, 8 at a time (F16C conversions, codebook gathers): a scalar float16
 // decode was up to 1.33x the time of a whole batch-1 convolution on 64->128 3x3 7x7 at 70%.
 template <class V>
-void decode_values(const Values<V>& vals, int64_t nnz, float* out) {
-  int64_t p = 0;
-  for (; p + 8 <= nnz; p += 8) _mm256_storeu_ps(out + p, csr_simd::avx2::load_val8(vals, p));
-  for (; p < nnz; ++p) out[p] = csr_simd::avx2::load_val(vals, p);
+void decode_values_avx2(const Values<V>& vals, std::int64_t nnz, float* out) {
+  std::int64_t p = 0;
+  for (; p + 8 <= nnz; p += 8) _mm256_storeu_ps(out + p, load_val8(vals, p));
+  for (; p < nnz; ++p) out[p] = load_val(vals, p);
 }
-}  // namespace avx2
 HTCORE_AVX2_END
 #endif
 
@@ -104,44 +103,44 @@ void decode(const CsrRef& a, const Geometry& g, bool avx2, Decoded& d) {
   const Idx* indices = static_cast<const Idx*>(a.indices);
   check_row_pointers(indptr, a.rows, a.nnz);
   const Values<V> vals{static_cast<decltype(Values<V>::d)>(a.data), a.codebook};
-  d.ptr.resize(static_cast<size_t>(a.rows) + 1);
-  for (int64_t i = 0; i <= a.rows; ++i) d.ptr[i] = static_cast<int64_t>(indptr[i]);
-  d.val.resize(static_cast<size_t>(a.nnz));
-  d.off.resize(static_cast<size_t>(a.nnz));
+  d.ptr.resize(static_cast<std::size_t>(a.rows) + 1);
+  for (std::int64_t i = 0; i <= a.rows; ++i) d.ptr[i] = static_cast<std::int64_t>(indptr[i]);
+  d.val.resize(static_cast<std::size_t>(a.nnz));
+  d.off.resize(static_cast<std::size_t>(a.nnz));
   // Offsets by column first (no divisions per kept weight: with three 64-bit divisions each,
   // decoding 22k weights cost ~100 us, more than a batch-1 convolution of 64->128 3x3 on 7x7).
-  d.col_off.resize(static_cast<size_t>(a.cols));
-  int64_t c = 0;
-  for (int64_t ci = 0; ci < g.cin_g; ++ci)
-    for (int64_t ky = 0; ky < g.kh; ++ky)
-      for (int64_t kx = 0; kx < g.kw; ++kx) {
-        const int64_t dy = ky * g.dh, dx = kx * g.dw;  // the tap's shift in the padded plane
+  d.col_off.resize(static_cast<std::size_t>(a.cols));
+  std::int64_t c = 0;
+  for (std::int64_t ci = 0; ci < g.cin_g; ++ci)
+    for (std::int64_t ky = 0; ky < g.kh; ++ky)
+      for (std::int64_t kx = 0; kx < g.kw; ++kx) {
+        const std::int64_t dy = ky * g.dh, dx = kx * g.dw;  // the tap's shift in the padded plane
         d.col_off[c++] = ci * g.plane_in + ((dy % g.sh) * g.sw + dx % g.sw) * g.phase + (dy / g.sh) * g.wq + dx / g.sw;
       }
-  const uint64_t cols = static_cast<uint64_t>(a.cols);
-  uint64_t bad_index = 0;  // ORed flags: the loop has no early exit
-  for (int64_t p = 0; p < a.nnz; ++p) {
-    const uint64_t col = static_cast<uint64_t>(static_cast<int64_t>(indices[p]));  // negative -> huge
-    bad_index |= static_cast<uint64_t>(col >= cols);
+  const std::uint64_t cols = static_cast<std::uint64_t>(a.cols);
+  std::uint64_t bad_index = 0;  // ORed flags: the loop has no early exit
+  for (std::int64_t p = 0; p < a.nnz; ++p) {
+    const std::uint64_t col = static_cast<std::uint64_t>(static_cast<std::int64_t>(indices[p]));  // negative -> huge
+    bad_index |= static_cast<std::uint64_t>(col >= cols);
     d.off[p] = d.col_off[col < cols ? col : 0];
   }
   require(bad_index == 0, [&] {
     return "weight column indices must lie in [0, (C_in / groups) * kh * kw) = [0, " + std::to_string(a.cols) + ")";
   });
-  if constexpr (std::is_same<V, uint8_t>::value) {
-    const uint8_t* codes = static_cast<const uint8_t*>(a.data);
-    uint8_t top = 0;
-    for (int64_t p = 0; p < a.nnz; ++p) top = std::max(top, codes[p]);
+  if constexpr (std::is_same<V, std::uint8_t>::value) {
+    const std::uint8_t* codes = static_cast<const std::uint8_t*>(a.data);
+    std::uint8_t top = 0;
+    for (std::int64_t p = 0; p < a.nnz; ++p) top = std::max(top, codes[p]);
     require(a.nnz == 0 || top < a.codebook_size, [&] {
       return "weight codes must be smaller than the codebook size " + std::to_string(a.codebook_size) + ", got " +
              std::to_string(top);
     });
   }
 #ifdef HTCORE_CSR_X86
-  if (avx2) return avx2::decode_values(vals, a.nnz, d.val.data());
+  if (avx2) return decode_values_avx2(vals, a.nnz, d.val.data());
 #endif
   (void)avx2;
-  for (int64_t p = 0; p < a.nnz; ++p) d.val[p] = static_cast<float>(vals(p));
+  for (std::int64_t p = 0; p < a.nnz; ++p) d.val[p] = static_cast<float>(vals(p));
 }
 
 template <class Ptr, class Idx>
@@ -149,7 +148,7 @@ void decode_value(const CsrRef& a, const Geometry& g, bool avx2, Decoded& d) {
   switch (a.value_type) {
     case ValueType::f32: return decode<Ptr, Idx, float>(a, g, avx2, d);
     case ValueType::f16: return decode<Ptr, Idx, Half>(a, g, avx2, d);
-    case ValueType::code8: return decode<Ptr, Idx, uint8_t>(a, g, avx2, d);
+    case ValueType::code8: return decode<Ptr, Idx, std::uint8_t>(a, g, avx2, d);
     case ValueType::f64: break;
   }
   throw type_error("conv2d weight values must be float32, float16 or uint8 codes, not float64");
@@ -157,25 +156,25 @@ void decode_value(const CsrRef& a, const Geometry& g, bool avx2, Decoded& d) {
 
 template <class Ptr>
 void decode_index(const CsrRef& a, const Geometry& g, bool avx2, Decoded& d) {
-  if (a.index_type == IndexType::u16) return decode_value<Ptr, uint16_t>(a, g, avx2, d);
-  decode_value<Ptr, int32_t>(a, g, avx2, d);
+  if (a.index_type == IndexType::u16) return decode_value<Ptr, std::uint16_t>(a, g, avx2, d);
+  decode_value<Ptr, std::int32_t>(a, g, avx2, d);
 }
 
 // At least n floats kept by the calling thread between calls (a fresh allocation of a few hundred
 // KiB is an mmap whose page faults cost as much as a small convolution). Use keeps buffers apart.
 template <class Use>
-float* kept_floats(size_t n) {
+float* kept_floats(std::size_t n) {
   thread_local std::vector<float> kept;
   if (kept.size() < n) kept.resize(n);
   return kept.data();
 }
 
 // The bias + activation epilogue over n values, the activation chosen once (the loops vectorise).
-inline void finish(float* v, int64_t n, const float* b, Activation act) {
+inline void finish(float* v, std::int64_t n, const float* b, Activation act) {
   if (b)
-    for (int64_t i = 0; i < n; ++i) v[i] += *b;
+    for (std::int64_t i = 0; i < n; ++i) v[i] += *b;
   auto each = [&](auto f) {
-    for (int64_t i = 0; i < n; ++i) v[i] = f(v[i]);
+    for (std::int64_t i = 0; i < n; ++i) v[i] = f(v[i]);
   };
   switch (act) {
     case Activation::relu: each([](float x) { return activate(x, Activation::relu); }); break;
@@ -187,8 +186,9 @@ inline void finish(float* v, int64_t n, const float* b, Activation act) {
 
 // Copies the padded-width plane acc (row stride acc_stride = wq) into out (ho x wo), bias +
 // activation applied.
-inline void store_plane(const Geometry& g, float* acc, int64_t acc_stride, float* out, const float* b, Activation act) {
-  for (int64_t oy = 0; oy < g.ho; ++oy) {
+inline void store_plane(const Geometry& g, float* acc, std::int64_t acc_stride, float* out, const float* b,
+                        Activation act) {
+  for (std::int64_t oy = 0; oy < g.ho; ++oy) {
     float* row = acc + oy * acc_stride;
     finish(row, g.wo, b, act);
     std::copy(row, row + g.wo, out + oy * g.wo);
@@ -200,13 +200,13 @@ inline void store_plane(const Geometry& g, float* acc, int64_t acc_stride, float
 // ((ky dh) % sh, (kx dw) % sw), row oy + ky dh / sh, column ox + kx dw / sw: every stride becomes
 // stride 1 and the same loops serve it. (Stride 2 with the earlier scalar per-row loop:
 // 4-8x slower than dense torch at 70%; see results.md.)
-void prepare_planes(const Geometry& g, const float* x, float* xp, int64_t q0, int64_t q1) {
-  for (int64_t q = q0; q < q1; ++q) {
+void prepare_planes(const Geometry& g, const float* x, float* xp, std::int64_t q0, std::int64_t q1) {
+  for (std::int64_t q = q0; q < q1; ++q) {
     const float* src = x + q * g.h * g.w;
     float* dst = xp + q * g.plane_in;
     if (g.sh == 1 && g.sw == 1) {  // padding only: rows with a zero border
       std::fill(dst, dst + g.ph * g.wp, 0.0f);
-      for (int64_t r = 0; r < g.h; ++r) {
+      for (std::int64_t r = 0; r < g.h; ++r) {
         float* d = dst + (g.ph + r) * g.wp;
         std::fill(d, d + g.pw, 0.0f);
         std::copy(src + r * g.w, src + (r + 1) * g.w, d + g.pw);
@@ -215,15 +215,16 @@ void prepare_planes(const Geometry& g, const float* x, float* xp, int64_t q0, in
       std::fill(dst + (g.ph + g.h) * g.wp, dst + g.plane_in, 0.0f);
       continue;
     }
-    for (int64_t a = 0; a < g.sh; ++a)
-      for (int64_t b = 0; b < g.sw; ++b) {
+    for (std::int64_t a = 0; a < g.sh; ++a)
+      for (std::int64_t b = 0; b < g.sw; ++b) {
         if (!g.phase_used(a, b)) continue;  // no tap reads it (1x1 at stride 2: only phase (0, 0))
         float* ph = dst + (a * g.sw + b) * g.phase;
         // columns c whose input column c * sw + b - pw lies in [0, w): [c0, c1)
-        const int64_t c0 = std::min(g.wq, g.pw > b ? (g.pw - b + g.sw - 1) / g.sw : 0);
-        const int64_t c1 = std::max(c0, std::min(g.wq, g.w - 1 + g.pw - b >= 0 ? (g.w - 1 + g.pw - b) / g.sw + 1 : 0));
-        for (int64_t r = 0; r < g.hq; ++r) {
-          const int64_t iy = r * g.sh + a - g.ph;  // input row of padded row r * sh + a
+        const std::int64_t c0 = std::min(g.wq, g.pw > b ? (g.pw - b + g.sw - 1) / g.sw : 0);
+        const std::int64_t c1 =
+            std::max(c0, std::min(g.wq, g.w - 1 + g.pw - b >= 0 ? (g.w - 1 + g.pw - b) / g.sw + 1 : 0));
+        for (std::int64_t r = 0; r < g.hq; ++r) {
+          const std::int64_t iy = r * g.sh + a - g.ph;  // input row of padded row r * sh + a
           float* d = ph + r * g.wq;
           if (iy < 0 || iy >= g.h) {
             std::fill(d, d + g.wq, 0.0f);
@@ -231,7 +232,7 @@ void prepare_planes(const Geometry& g, const float* x, float* xp, int64_t q0, in
           }
           const float* s = src + iy * g.w + b - g.pw;
           std::fill(d, d + c0, 0.0f);
-          for (int64_t c = c0; c < c1; ++c) d[c] = s[c * g.sw];
+          for (std::int64_t c = c0; c < c1; ++c) d[c] = s[c * g.sw];
           std::fill(d + c1, d + g.wq, 0.0f);
         }
       }
@@ -252,7 +253,7 @@ struct Job {
 
   // Image n as the loops read it, (c_in, sh * sw, hq, wq): prepared into part's buffer (in L2 for
   // the channels that follow), or x itself.
-  const float* image(int64_t n, int part) const {
+  const float* image(std::int64_t n, int part) const {
     const float* xn = x + n * g.c_in * g.h * g.w;
     if (!copied) return xn;
     float* dst = prep + part * g.c_in * g.plane_in;
@@ -260,23 +261,23 @@ struct Job {
     return dst;
   }
   // Output channel co's group planes in a prepared image.
-  const float* x_group(const float* xi, int64_t co) const { return xi + (co / g.cout_g) * g.cin_g * g.plane_in; }
-  float* y_plane(int64_t n, int64_t co) const { return y + (n * g.c_out + co) * g.plane_out; }
-  const float* b(int64_t co) const { return bias ? bias + co : nullptr; }
+  const float* x_group(const float* xi, std::int64_t co) const { return xi + (co / g.cout_g) * g.cin_g * g.plane_in; }
+  float* y_plane(std::int64_t n, std::int64_t co) const { return y + (n * g.c_out + co) * g.plane_out; }
+  const float* b(std::int64_t co) const { return bias ? bias + co : nullptr; }
 };
 
 // ---- portable loops ----
 
 // Direct, portable: acc (padded width, L values) += w * xp[off + j].
-void direct_generic(const Job& job, const float* xi, int64_t n, int64_t co, float* acc) {
+void direct_generic(const Job& job, const float* xi, std::int64_t n, std::int64_t co, float* acc) {
   const Geometry& g = job.g;
   const float* xg = job.x_group(xi, co);
-  const int64_t L = g.run;
+  const std::int64_t L = g.run;
   std::fill(acc, acc + L, 0.0f);
-  for (int64_t p = job.d->ptr[co]; p < job.d->ptr[co + 1]; ++p) {
+  for (std::int64_t p = job.d->ptr[co]; p < job.d->ptr[co + 1]; ++p) {
     const float w = job.d->val[p];
     const float* xr = xg + job.d->off[p];
-    for (int64_t j = 0; j < L; ++j) acc[j] += w * xr[j];
+    for (std::int64_t j = 0; j < L; ++j) acc[j] += w * xr[j];
   }
   store_plane(g, acc, g.wq, job.y_plane(n, co), job.b(co), job.act);
 }
@@ -284,7 +285,8 @@ void direct_generic(const Job& job, const float* xi, int64_t n, int64_t co, floa
 // Stores tile positions j0 .. j0 + w of a padded-width plane (tile[t] is position j0 + t) into the
 // output plane, dropping the columns ox >= wo.
 // finished: bias and activation already applied.
-inline void store_tile(const Job& job, int64_t n, int64_t co, int64_t j0, int64_t w, float* tile, bool finished = false) {
+inline void store_tile(const Job& job, std::int64_t n, std::int64_t co, std::int64_t j0, std::int64_t w, float* tile,
+                       bool finished = false) {
   const Geometry& g = job.g;
   if (!finished) finish(tile, w, job.b(co), job.act);
   float* out = job.y_plane(n, co);
@@ -292,9 +294,9 @@ inline void store_tile(const Job& job, int64_t n, int64_t co, int64_t j0, int64_
     std::copy(tile, tile + w, out + j0);
     return;
   }
-  int64_t oy = j0 / g.wq, ox = j0 % g.wq;
-  for (int64_t t = 0; t < w;) {
-    const int64_t take = std::min(w - t, g.wq - ox);  // to the end of this padded row
+  std::int64_t oy = j0 / g.wq, ox = j0 % g.wq;
+  for (std::int64_t t = 0; t < w;) {
+    const std::int64_t take = std::min(w - t, g.wq - ox);  // to the end of this padded row
     if (ox < g.wo) std::copy(tile + t, tile + t + std::min(take, g.wo - ox), out + oy * g.wo + ox);
     t += take;
     ox = 0;
@@ -302,22 +304,20 @@ inline void store_tile(const Job& job, int64_t n, int64_t co, int64_t j0, int64_
   }
 }
 
-void tiled_generic(const Job& job, const float* xi, int64_t n, int64_t co, int64_t j0, int64_t w) {
+void tiled_generic(const Job& job, const float* xi, std::int64_t n, std::int64_t co, std::int64_t j0, std::int64_t w) {
   float tile[kConvTile] = {};
   const float* xg = job.x_group(xi, co) + j0;
-  for (int64_t p = job.d->ptr[co]; p < job.d->ptr[co + 1]; ++p) {
+  for (std::int64_t p = job.d->ptr[co]; p < job.d->ptr[co + 1]; ++p) {
     const float v = job.d->val[p];
     const float* xr = xg + job.d->off[p];
-    for (int64_t t = 0; t < w; ++t) tile[t] += v * xr[t];
+    for (std::int64_t t = 0; t < w; ++t) tile[t] += v * xr[t];
   }
   store_tile(job, n, co, j0, w, tile);
 }
 
 #ifdef HTCORE_CSR_X86
 HTCORE_AVX2_BEGIN
-namespace avx2 {
-
-HTCORE_ALWAYS_INLINE __m256i tail_mask(int64_t r) {  // lanes < r
+HTCORE_ALWAYS_INLINE __m256i tail_mask(std::int64_t r) {  // lanes < r
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(r)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
@@ -336,12 +336,12 @@ void store_plane_avx2(const Job& job, const float* acc, float* out, const float*
   if (job.act != Activation::none && job.act != Activation::relu)
     return store_plane(g, const_cast<float*>(acc), g.wq, out, b, job.act);
   const bool relu = job.act == Activation::relu;
-  const int64_t full = g.wo & ~int64_t(7);
+  const std::int64_t full = g.wo & ~std::int64_t(7);
   const __m256i mask = tail_mask(g.wo - full);
-  for (int64_t oy = 0; oy < g.ho; ++oy) {
+  for (std::int64_t oy = 0; oy < g.ho; ++oy) {
     const float* a = acc + oy * g.wq;
     float* o = out + oy * g.wo;
-    int64_t ox = 0;
+    std::int64_t ox = 0;
     for (; ox < full; ox += 8) _mm256_storeu_ps(o + ox, epilogue8(_mm256_loadu_ps(a + ox), b, relu));
     if (ox < g.wo) _mm256_maskstore_ps(o + ox, mask, epilogue8(_mm256_maskload_ps(a + ox, mask), b, relu));
   }
@@ -349,21 +349,21 @@ void store_plane_avx2(const Job& job, const float* acc, float* out, const float*
 
 // Direct: four kept weights per pass over the accumulator plane (one load and one
 // store of acc per four FMAs; each position's FMAs still run in CSR order).
-void direct(const Job& job, const float* xi, int64_t n, int64_t co, float* acc) {
+void direct_avx2(const Job& job, const float* xi, std::int64_t n, std::int64_t co, float* acc) {
   const Geometry& g = job.g;
   const float* xg = job.x_group(xi, co);
-  const int64_t L = g.run, full = L & ~int64_t(7);
+  const std::int64_t L = g.run, full = L & ~std::int64_t(7);
   const __m256i mask = tail_mask(L - full);
   std::fill(acc, acc + L, 0.0f);
-  const int64_t* off = job.d->off.data();
+  const std::int64_t* off = job.d->off.data();
   const float* val = job.d->val.data();
-  int64_t p = job.d->ptr[co];
-  const int64_t end = job.d->ptr[co + 1];
+  std::int64_t p = job.d->ptr[co];
+  const std::int64_t end = job.d->ptr[co + 1];
   for (; p + 4 <= end; p += 4) {
     const __m256 w0 = _mm256_set1_ps(val[p]), w1 = _mm256_set1_ps(val[p + 1]), w2 = _mm256_set1_ps(val[p + 2]),
                  w3 = _mm256_set1_ps(val[p + 3]);
     const float *x0 = xg + off[p], *x1 = xg + off[p + 1], *x2 = xg + off[p + 2], *x3 = xg + off[p + 3];
-    int64_t j = 0;
+    std::int64_t j = 0;
     for (; j < full; j += 8) {
       __m256 a = _mm256_loadu_ps(acc + j);
       a = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x0 + j), a);
@@ -384,8 +384,9 @@ void direct(const Job& job, const float* xi, int64_t n, int64_t co, float* acc) 
   for (; p < end; ++p) {
     const __m256 w0 = _mm256_set1_ps(val[p]);
     const float* x0 = xg + off[p];
-    int64_t j = 0;
-    for (; j < full; j += 8) _mm256_storeu_ps(acc + j, _mm256_fmadd_ps(w0, _mm256_loadu_ps(x0 + j), _mm256_loadu_ps(acc + j)));
+    std::int64_t j = 0;
+    for (; j < full; j += 8)
+      _mm256_storeu_ps(acc + j, _mm256_fmadd_ps(w0, _mm256_loadu_ps(x0 + j), _mm256_loadu_ps(acc + j)));
     if (j < L)
       _mm256_maskstore_ps(acc + j, mask,
                           _mm256_fmadd_ps(w0, _mm256_maskload_ps(x0 + j, mask), _mm256_maskload_ps(acc + j, mask)));
@@ -396,20 +397,20 @@ void direct(const Job& job, const float* xi, int64_t n, int64_t co, float* acc) 
 // Tiled: positions j0 .. j0 + w (w <= 8 G) of output channel co in G registers. Masked: the last
 // register is partial (masked loads never read past the input's planes).
 template <int G, bool Masked>
-void tile_row(const Job& job, const float* xi, int64_t n, int64_t co, int64_t j0, int64_t w) {
+void tile_row_avx2(const Job& job, const float* xi, std::int64_t n, std::int64_t co, std::int64_t j0, std::int64_t w) {
   const __m256i mask = tail_mask(w - 8 * (G - 1));
   __m256 a[G];
   for (int i = 0; i < G; ++i) a[i] = _mm256_setzero_ps();
   const float* xg = job.x_group(xi, co) + j0;
-  const int64_t* off = job.d->off.data();
+  const std::int64_t* off = job.d->off.data();
   const float* val = job.d->val.data();
-  const int64_t end = job.d->ptr[co + 1];
-  for (int64_t p = job.d->ptr[co]; p < end; ++p) {
+  const std::int64_t end = job.d->ptr[co + 1];
+  for (std::int64_t p = job.d->ptr[co]; p < end; ++p) {
     const __m256 v = _mm256_set1_ps(val[p]);
     const float* xr = xg + off[p];
     for (int i = 0; i < G; ++i)
-      a[i] = _mm256_fmadd_ps(v, Masked && i == G - 1 ? _mm256_maskload_ps(xr + 8 * i, mask) : _mm256_loadu_ps(xr + 8 * i),
-                             a[i]);
+      a[i] = _mm256_fmadd_ps(
+          v, Masked && i == G - 1 ? _mm256_maskload_ps(xr + 8 * i, mask) : _mm256_loadu_ps(xr + 8 * i), a[i]);
   }
   // Epilogue in registers for no activation and relu (relu as v < 0 ? 0 : v, like activate(): -0 stays -0).
   const bool in_registers = job.act == Activation::none || job.act == Activation::relu;
@@ -418,10 +419,8 @@ void tile_row(const Job& job, const float* xi, int64_t n, int64_t co, int64_t j0
     if (job.g.wq == job.g.wo) {  // the output plane is the padded-width plane: store straight into it
       float* out = job.y_plane(n, co) + j0;
       for (int i = 0; i < G; ++i) {
-        if (Masked && i == G - 1)
-          _mm256_maskstore_ps(out + 8 * i, mask, a[i]);
-        else
-          _mm256_storeu_ps(out + 8 * i, a[i]);
+        if (Masked && i == G - 1) _mm256_maskstore_ps(out + 8 * i, mask, a[i]);
+        else _mm256_storeu_ps(out + 8 * i, a[i]);
       }
       return;
     }
@@ -432,41 +431,40 @@ void tile_row(const Job& job, const float* xi, int64_t n, int64_t co, int64_t j0
 }
 
 template <int G>
-void tile_row_g(const Job& job, const float* xi, int64_t n, int64_t co, int64_t j0, int64_t w) {
-  if (w % 8) return tile_row<G, true>(job, xi, n, co, j0, w);
-  tile_row<G, false>(job, xi, n, co, j0, w);
+void tile_row_g_avx2(const Job& job, const float* xi, std::int64_t n, std::int64_t co, std::int64_t j0,
+                     std::int64_t w) {
+  if (w % 8) return tile_row_avx2<G, true>(job, xi, n, co, j0, w);
+  tile_row_avx2<G, false>(job, xi, n, co, j0, w);
 }
 
-void tiled(const Job& job, const float* xi, int64_t n, int64_t co, int64_t j0, int64_t w) {
+void tiled_avx2(const Job& job, const float* xi, std::int64_t n, std::int64_t co, std::int64_t j0, std::int64_t w) {
   static_assert(kConvTile == 64, "tiles are up to 8 registers");
   switch ((w + 7) / 8) {
-    case 1: return tile_row_g<1>(job, xi, n, co, j0, w);
-    case 2: return tile_row_g<2>(job, xi, n, co, j0, w);
-    case 3: return tile_row_g<3>(job, xi, n, co, j0, w);
-    case 4: return tile_row_g<4>(job, xi, n, co, j0, w);
-    case 5: return tile_row_g<5>(job, xi, n, co, j0, w);
-    case 6: return tile_row_g<6>(job, xi, n, co, j0, w);
-    case 7: return tile_row_g<7>(job, xi, n, co, j0, w);
-    default: return tile_row_g<8>(job, xi, n, co, j0, w);
+    case 1: return tile_row_g_avx2<1>(job, xi, n, co, j0, w);
+    case 2: return tile_row_g_avx2<2>(job, xi, n, co, j0, w);
+    case 3: return tile_row_g_avx2<3>(job, xi, n, co, j0, w);
+    case 4: return tile_row_g_avx2<4>(job, xi, n, co, j0, w);
+    case 5: return tile_row_g_avx2<5>(job, xi, n, co, j0, w);
+    case 6: return tile_row_g_avx2<6>(job, xi, n, co, j0, w);
+    case 7: return tile_row_g_avx2<7>(job, xi, n, co, j0, w);
+    default: return tile_row_g_avx2<8>(job, xi, n, co, j0, w);
   }
 }
-
-}  // namespace avx2
 HTCORE_AVX2_END
 #endif  // HTCORE_CSR_X86
 
 // Items t in [t0, t1) are (image, output channel) pairs t = n * c_out + co; part's images are
 // prepared as its items reach them.
-void run_direct(const Job& job, int part, int64_t t0, int64_t t1) {
+void run_direct(const Job& job, int part, std::int64_t t0, std::int64_t t1) {
   const Geometry& g = job.g;
-  float* acc = kept_floats<struct DirectAcc>(static_cast<size_t>(g.run));
+  float* acc = kept_floats<struct DirectAcc>(static_cast<std::size_t>(g.run));
   const float* xi = nullptr;
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t n = t / g.c_out, co = t % g.c_out;
+  for (std::int64_t t = t0; t < t1; ++t) {
+    const std::int64_t n = t / g.c_out, co = t % g.c_out;
     if (t == t0 || co == 0) xi = job.image(n, part);
 #ifdef HTCORE_CSR_X86
     if (job.avx2) {
-      avx2::direct(job, xi, n, co, acc);
+      direct_avx2(job, xi, n, co, acc);
       continue;
     }
 #endif
@@ -478,20 +476,20 @@ void run_direct(const Job& job, int part, int64_t t0, int64_t t1) {
 // written front to back. (Tiles outer and the share's channels inner, as Elsen et al. do to keep
 // the tile's input in L1, measured 1.2-1.5x slower at batch 32 on 1x1 64->128 14x14 (each tile
 // writes pieces of 128 planes) and no faster at batch 1; blocks of 4 or 16 channels in between.)
-void run_tiled(const Job& job, int part, int64_t t0, int64_t t1) {
+void run_tiled(const Job& job, int part, std::int64_t t0, std::int64_t t1) {
   const Geometry& g = job.g;
   // The run's 8-value vectors dealt evenly over ceil(L / 64) tiles: a short last tile would be one
   // FMA chain per kept weight, latency-bound, as slow as a full tile (L = 196: 64+64+64+4 -> 56+56+56+28).
-  const int64_t vectors = (g.run + 7) / 8, tiles = (g.run + kConvTile - 1) / kConvTile;
+  const std::int64_t vectors = (g.run + 7) / 8, tiles = (g.run + kConvTile - 1) / kConvTile;
   const float* xi = nullptr;
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t n = t / g.c_out, co = t % g.c_out;
+  for (std::int64_t t = t0; t < t1; ++t) {
+    const std::int64_t n = t / g.c_out, co = t % g.c_out;
     if (t == t0 || co == 0) xi = job.image(n, part);
-    for (int64_t tile = 0; tile < tiles; ++tile) {
-      const int64_t j0 = 8 * (vectors * tile / tiles), j1 = std::min(g.run, 8 * (vectors * (tile + 1) / tiles));
+    for (std::int64_t tile = 0; tile < tiles; ++tile) {
+      const std::int64_t j0 = 8 * (vectors * tile / tiles), j1 = std::min(g.run, 8 * (vectors * (tile + 1) / tiles));
 #ifdef HTCORE_CSR_X86
       if (job.avx2) {
-        avx2::tiled(job, xi, n, co, j0, j1 - j0);
+        tiled_avx2(job, xi, n, co, j0, j1 - j0);
         continue;
       }
 #endif
@@ -501,7 +499,7 @@ void run_tiled(const Job& job, int part, int64_t t0, int64_t t1) {
 }
 
 // a * b into *out; false on int64 overflow.
-inline bool mul(int64_t a, int64_t b, int64_t* out) { return !__builtin_mul_overflow(a, b, out); }
+inline bool mul(std::int64_t a, std::int64_t b, std::int64_t* out) { return !__builtin_mul_overflow(a, b, out); }
 
 Geometry geometry(const Conv2dParams& p) {
   require(p.batch >= 0, [&] { return "batch must be >= 0, got " + std::to_string(p.batch); });
@@ -533,7 +531,7 @@ Geometry geometry(const Conv2dParams& p) {
   g.dh = p.dilation_h, g.dw = p.dilation_w, g.groups = p.groups;
   g.cin_g = g.c_in / g.groups, g.cout_g = g.c_out / g.groups;
   // Padded size and the dilated kernel's extent, overflow-checked (caller-given numbers).
-  int64_t span_h, span_w;
+  std::int64_t span_h, span_w;
   const bool overflow = __builtin_mul_overflow(g.ph, 2, &g.hp) || __builtin_add_overflow(g.hp, g.h, &g.hp) ||
                         __builtin_mul_overflow(g.pw, 2, &g.wp) || __builtin_add_overflow(g.wp, g.w, &g.wp) ||
                         !mul(g.dh, g.kh - 1, &span_h) || !mul(g.dw, g.kw - 1, &span_w) ||
@@ -559,17 +557,18 @@ Geometry geometry(const Conv2dParams& p) {
 
 void conv2d_ignore_parallel_grain(bool ignore) { g_ignore_grain.store(ignore, std::memory_order_relaxed); }
 
-void conv2d_output_size(const Conv2dParams& p, int64_t* out_h, int64_t* out_w) {
+void conv2d_output_size(const Conv2dParams& p, std::int64_t* out_h, std::int64_t* out_w) {
   const Geometry g = geometry(p);
   *out_h = g.ho;
   *out_w = g.wo;
 }
 
-void sparse_conv2d(const CsrRef& weight, const float* x, int64_t x_size, const Conv2dParams& p, const float* bias,
-                   int64_t bias_size, Activation act, float* y, int64_t y_size, Conv2dAlgo algo) {
+void sparse_conv2d(const CsrRef& weight, const float* x, std::int64_t x_size, const Conv2dParams& p, const float* bias,
+                   std::int64_t bias_size, Activation act, float* y, std::int64_t y_size, Conv2dAlgo algo) {
   const Geometry g = geometry(p);
-  int64_t cols, x_needed, y_needed, xp_needed;
-  require(mul(g.cin_g, g.kh, &cols) && mul(cols, g.kw, &cols), "weight columns (C_in / groups) * kh * kw overflow int64");
+  std::int64_t cols, x_needed, y_needed, xp_needed;
+  require(mul(g.cin_g, g.kh, &cols) && mul(cols, g.kw, &cols),
+          "weight columns (C_in / groups) * kh * kw overflow int64");
   require(weight.rows == g.c_out && weight.cols == cols, [&] {
     return "weight must be a (C_out, (C_in / groups) * kh * kw) = (" + std::to_string(g.c_out) + ", " +
            std::to_string(cols) + ") matrix, got (" + std::to_string(weight.rows) + ", " + std::to_string(weight.cols) +
@@ -603,32 +602,30 @@ void sparse_conv2d(const CsrRef& weight, const float* x, int64_t x_size, const C
 
   const bool avx2 = csr_uses_avx2();
   thread_local Decoded d;
-  if (weight.indptr_type == IndptrType::i32)
-    decode_index<int32_t>(weight, g, avx2, d);
-  else
-    decode_index<int64_t>(weight, g, avx2, d);
+  if (weight.indptr_type == IndptrType::i32) decode_index<std::int32_t>(weight, g, avx2, d);
+  else decode_index<std::int64_t>(weight, g, avx2, d);
   if (bias) require_finite(bias, g.c_out, "bias", avx2);
   if (g.n == 0) return;
 
   // automatic: see the top of this file and benchmarks/conv/results.md.
   // tiled when the padded-width plane is one tile (the direct loop's passes over it are too short
   // to hide the FMA latency) or has no dropped columns (tiles store straight into the output).
-  const bool use_tiled = algo == Conv2dAlgo::tiled ||
-                         (algo == Conv2dAlgo::automatic && (g.run <= kConvTile || g.wq == g.wo));
+  const bool use_tiled =
+      algo == Conv2dAlgo::tiled || (algo == Conv2dAlgo::automatic && (g.run <= kConvTile || g.wq == g.wo));
   // (image, output channel) items, split between threads by kept weights (+1 per item for its
   // stores), as csr_spmm splits rows by nnz. Threads: csr_threads's grain on (nnz + rows) * H_out W_out.
-  const int64_t items = g.n * g.c_out;
-  int64_t all_nnz;
-  if (!mul(g.n, weight.nnz, &all_nnz)) all_nnz = INT64_MAX / 2;
-  const int threads = g_ignore_grain.load(std::memory_order_relaxed) ? num_threads()
-                                                                      : csr_threads(items, all_nnz, g.plane_out);
-  const int parts = static_cast<int>(std::min<int64_t>(threads, items));
-  std::vector<long long> bounds(parts + 1);
+  const std::int64_t items = g.n * g.c_out;
+  std::int64_t all_nnz;
+  if (!mul(g.n, weight.nnz, &all_nnz)) all_nnz = std::numeric_limits<std::int64_t>::max() / 2;
+  const int threads =
+      g_ignore_grain.load(std::memory_order_relaxed) ? num_threads() : csr_threads(items, all_nnz, g.plane_out);
+  const int parts = static_cast<int>(std::min<std::int64_t>(threads, items));
+  std::vector<std::int64_t> bounds(parts + 1);
   if (parts > 1) {
-    std::vector<int64_t> prefix(static_cast<size_t>(items) + 1);
-    const int64_t per_image = weight.nnz + g.c_out;
-    for (int64_t t = 0; t <= items; ++t) {
-      const int64_t n = t / g.c_out, co = t % g.c_out;
+    std::vector<std::int64_t> prefix(static_cast<std::size_t>(items) + 1);
+    const std::int64_t per_image = weight.nnz + g.c_out;
+    for (std::int64_t t = 0; t <= items; ++t) {
+      const std::int64_t n = t / g.c_out, co = t % g.c_out;
       prefix[t] = n * per_image + d.ptr[co] + co;
     }
     split_rows_by_nnz(prefix.data(), items, parts, bounds.data());
@@ -643,28 +640,26 @@ void sparse_conv2d(const CsrRef& weight, const float* x, int64_t x_size, const C
   std::vector<float> owned;
   float* prep = nullptr;
   if (copied) {
-    const int64_t prep_size = parts * g.c_in * g.plane_in;  // <= xp_needed: no overflow
-    constexpr int64_t kKeptBytes = int64_t(4) << 20;
-    if (prep_size * int64_t(sizeof(float)) <= kKeptBytes) {
-      prep = kept_floats<struct PreparedImages>(static_cast<size_t>(prep_size));
+    const std::int64_t prep_size = parts * g.c_in * g.plane_in;  // <= xp_needed: no overflow
+    constexpr std::int64_t kKeptBytes = std::int64_t(4) << 20;
+    if (prep_size * std::int64_t(sizeof(float)) <= kKeptBytes) {
+      prep = kept_floats<struct PreparedImages>(static_cast<std::size_t>(prep_size));
     } else {
-      owned.resize(static_cast<size_t>(prep_size));
+      owned.resize(static_cast<std::size_t>(prep_size));
       prep = owned.data();
     }
   }
   const Job job{g, &d, x, copied, prep, bias, act, y, avx2};
   auto compute = [&](int part) {
-    if (use_tiled)
-      run_tiled(job, part, bounds[part], bounds[part + 1]);
-    else
-      run_direct(job, part, bounds[part], bounds[part + 1]);
+    if (use_tiled) run_tiled(job, part, bounds[part], bounds[part + 1]);
+    else run_direct(job, part, bounds[part], bounds[part + 1]);
   };
   // Each thread checks its share of x for NaN/Inf; no thread computes until every share has
   // passed (so nothing is written on a refused input).
   std::atomic<bool> x_finite{true};
-  const int64_t planes = g.n * g.c_in;
+  const std::int64_t planes = g.n * g.c_in;
   auto prepare = [&](int part) {
-    const int64_t q0 = planes * part / parts, q1 = planes * (part + 1) / parts;
+    const std::int64_t q0 = planes * part / parts, q1 = planes * (part + 1) / parts;
     if (!finite(x + q0 * g.h * g.w, (q1 - q0) * g.h * g.w, avx2)) x_finite.store(false, std::memory_order_relaxed);
   };
   auto require_x_finite = [&] { require(x_finite.load(), [] { return non_finite_message("x"); }); };

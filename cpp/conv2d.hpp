@@ -19,15 +19,15 @@
 namespace htcore {
 
 struct Conv2dParams {
-  int64_t batch = 1;                 // N >= 0
-  int64_t in_channels = 1;           // C_in >= 1
-  int64_t height = 1, width = 1;     // H, W >= 1
-  int64_t out_channels = 1;          // C_out >= 1 (the weight's rows)
-  int64_t kernel_h = 1, kernel_w = 1;  // kh, kw >= 1
-  int64_t stride_h = 1, stride_w = 1;      // >= 1
-  int64_t padding_h = 0, padding_w = 0;    // >= 0 (zeros)
-  int64_t dilation_h = 1, dilation_w = 1;  // >= 1
-  int64_t groups = 1;                // >= 1, divides C_in and C_out
+  std::int64_t batch = 1;                       // N >= 0
+  std::int64_t in_channels = 1;                 // C_in >= 1
+  std::int64_t height = 1, width = 1;           // H, W >= 1
+  std::int64_t out_channels = 1;                // C_out >= 1 (the weight's rows)
+  std::int64_t kernel_h = 1, kernel_w = 1;      // kh, kw >= 1
+  std::int64_t stride_h = 1, stride_w = 1;      // >= 1
+  std::int64_t padding_h = 0, padding_w = 0;    // >= 0 (zeros)
+  std::int64_t dilation_h = 1, dilation_w = 1;  // >= 1
+  std::int64_t groups = 1;                      // >= 1, divides C_in and C_out
 };
 
 // Which loop computes the convolution. automatic picks by shape (see conv2d.cpp); the others are
@@ -37,7 +37,7 @@ enum class Conv2dAlgo { automatic, direct, tiled };
 // H_out and W_out of a convolution, as torch computes them:
 // floor((H + 2 ph - dh (kh - 1) - 1) / sh) + 1. Throws std::invalid_argument on invalid
 // parameters or an output smaller than 1 x 1.
-void conv2d_output_size(const Conv2dParams& p, int64_t* out_h, int64_t* out_w);
+void conv2d_output_size(const Conv2dParams& p, std::int64_t* out_h, std::int64_t* out_w);
 
 // y (y_size = N * C_out * H_out * W_out elements, NCHW) = act(conv2d(x, weight) + bias).
 // x has x_size = N * C_in * H * W elements (NCHW); bias is null or has bias_size = C_out
@@ -48,8 +48,8 @@ void conv2d_output_size(const Conv2dParams& p, int64_t* out_h, int64_t* out_w);
 // is written to y when it throws. Threads: num_threads(), fewer for small products (csr_threads's
 // grain). Each calling thread keeps its decoded weights (12 bytes per kept weight) and, with
 // padding or stride > 1, one prepared image per part (kept up to 4 MiB) between calls.
-void sparse_conv2d(const CsrRef& weight, const float* x, int64_t x_size, const Conv2dParams& p, const float* bias,
-                   int64_t bias_size, Activation act, float* y, int64_t y_size,
+void sparse_conv2d(const CsrRef& weight, const float* x, std::int64_t x_size, const Conv2dParams& p, const float* bias,
+                   std::int64_t bias_size, Activation act, float* y, std::int64_t y_size,
                    Conv2dAlgo algo = Conv2dAlgo::automatic);
 
 // Tests only: when true, every call with at least two (image, output channel) items forks

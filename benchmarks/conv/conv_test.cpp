@@ -71,7 +71,7 @@ struct Weight {
         const uint8_t code = static_cast<uint8_t>(randint(0, levels - 1));
         codes.push_back(code);
         dense[0][i * c + j] = v;
-        dense[1][i * c + j] = csr_simd::half_to_float(h);
+        dense[1][i * c + j] = detail::half_to_float(h);
         dense[2][i * c + j] = codebook[code];
       }
       ptr32.push_back(static_cast<int32_t>(idx32.size()));
