@@ -160,15 +160,6 @@ void decode_index(const CsrRef& a, const Geometry& g, bool avx2, Decoded& d) {
   decode_value<Ptr, std::int32_t>(a, g, avx2, d);
 }
 
-// At least n floats kept by the calling thread between calls (a fresh allocation of a few hundred
-// KiB is an mmap whose page faults cost as much as a small convolution). Use keeps buffers apart.
-template <class Use>
-float* kept_floats(std::size_t n) {
-  thread_local std::vector<float> kept;
-  if (kept.size() < n) kept.resize(n);
-  return kept.data();
-}
-
 // The bias + activation epilogue over n values, the activation chosen once (the loops vectorise).
 inline void finish(float* v, std::int64_t n, const float* b, Activation act) {
   if (b)
@@ -457,7 +448,7 @@ HTCORE_AVX2_END
 // prepared as its items reach them.
 void run_direct(const Job& job, int part, std::int64_t t0, std::int64_t t1) {
   const Geometry& g = job.g;
-  float* acc = kept_floats<struct DirectAcc>(static_cast<std::size_t>(g.run));
+  float* acc = kept_buffer<struct DirectAcc, float>(static_cast<std::size_t>(g.run));
   const float* xi = nullptr;
   for (std::int64_t t = t0; t < t1; ++t) {
     const std::int64_t n = t / g.c_out, co = t % g.c_out;
@@ -643,7 +634,7 @@ void sparse_conv2d(const CsrRef& weight, const float* x, std::int64_t x_size, co
     const std::int64_t prep_size = parts * g.c_in * g.plane_in;  // <= xp_needed: no overflow
     constexpr std::int64_t kKeptBytes = std::int64_t(4) << 20;
     if (prep_size * std::int64_t(sizeof(float)) <= kKeptBytes) {
-      prep = kept_floats<struct PreparedImages>(static_cast<std::size_t>(prep_size));
+      prep = kept_buffer<struct PreparedImages, float>(static_cast<std::size_t>(prep_size));
     } else {
       owned.resize(static_cast<std::size_t>(prep_size));
       prep = owned.data();
