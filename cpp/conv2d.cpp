@@ -1,5 +1,6 @@
 // Sparse 2-D convolution (see conv2d.hpp).
-// Design, chosen by measurement (benchmarks/conv/results.md, interleaved A/B, 1 thread): the tiled
+// Design, chosen by measurement (benchmarks/conv/results.md, interleaved A/B, 1 thread; summary in
+// docs/performance.md, "Sparse convolution"): the tiled
 // loop (accumulators in registers) is 1.05-1.85x faster than the direct loop when the output
 // plane is one tile (7x7 outputs: 1x1 and 3x3 layers, stride 1 or 2) and 1.05-1.15x on 1x1 layers
 // with larger planes (no dropped columns); on larger planes with padded columns the direct loop is

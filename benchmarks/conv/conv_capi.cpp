@@ -1,6 +1,6 @@
 // A C entry point to htcore::sparse_conv2d for bench_conv.py (ctypes), so the kernel can be timed
-// interleaved with torch's dense conv2d in one process. Benchmark use only: the real Python
-// binding belongs in cpp/bindings.
+// interleaved with torch's dense conv2d in one process. Benchmark use only: the Python entry point
+// is htcore.sparse_conv2d (binding in cpp/bindings/conv2d.cpp).
 #include <cstdio>
 #include <stdexcept>
 
