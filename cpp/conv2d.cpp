@@ -654,7 +654,7 @@ void sparse_conv2d(const CsrRef& weight, const float* x, std::int64_t x_size, co
     const std::int64_t q0 = planes * part / parts, q1 = planes * (part + 1) / parts;
     if (!finite(x + q0 * g.h * g.w, (q1 - q0) * g.h * g.w, avx2)) x_finite.store(false, std::memory_order_relaxed);
   };
-  auto require_x_finite = [&] { require(x_finite.load(), [] { return non_finite_message("x"); }); };
+  auto require_x_finite = [&] { require(x_finite.load(), [] { return non_finite_message("X"); }); };
   if (parts == 1) {
     prepare(0);
     require_x_finite();

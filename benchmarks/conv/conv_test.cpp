@@ -336,7 +336,7 @@ int run_error_tests() {
   f += expect_error("float64 weights", "float64", true, [&] { call(f64, p, x.size(), nullptr, 0, y.size()); });
   std::vector<float> xn = x;
   xn.back() = NAN;
-  f += expect_error("NaN input", "x contains non-finite", false, [&] {
+  f += expect_error("NaN input", "X contains non-finite", false, [&] {
     sparse_conv2d(a, xn.data(), xn.size(), p, nullptr, 0, Activation::none, y.data(), y.size());
   });
   std::vector<float> bn = bias;
@@ -348,7 +348,7 @@ int run_error_tests() {
   for (size_t pos : {size_t(0), xn.size() - 1}) {
     std::vector<float> xx = x;
     xx[pos] = NAN;
-    f += expect_error("NaN input, 2 threads", "x contains non-finite", false, [&] {
+    f += expect_error("NaN input, 2 threads", "X contains non-finite", false, [&] {
       sparse_conv2d(a, xx.data(), xx.size(), p, nullptr, 0, Activation::none, y.data(), y.size());
     });
   }
