@@ -193,16 +193,6 @@ struct Job {
 constexpr std::int64_t kChunkRows = 64, kChunkStride = kChunkRows + 16;
 constexpr std::size_t kChunkMaxBytes = std::size_t(1) << 20;
 
-// At least n elements kept by the calling thread between calls (a fresh allocation of a few
-// hundred KiB is a fresh mmap whose page faults can cost as much as a small product). Use keeps
-// the buffers of different uses apart: the thread that transposes X also stores output chunks.
-template <class Use, class T>
-T* kept_buffer(std::size_t n) {
-  thread_local std::vector<T> kept;
-  if (kept.size() < n) kept.resize(n);
-  return kept.data();
-}
-
 template <class T>
 T* chunk_buffer(std::int64_t k) {
   const std::size_t n = static_cast<std::size_t>(k) * kChunkStride;

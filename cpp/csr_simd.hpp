@@ -1,4 +1,4 @@
-// Pieces shared by the sparse kernels (csr_kernels.cpp, sell.cpp): value accessors for every
+// Pieces shared by the sparse kernels (csr_kernels.cpp, sell.cpp, conv2d.cpp): value accessors for every
 // stored value type, the fused activation, the AVX2 helpers (gathers of x, 8-value loads, the
 // horizontal sum) and the input checks every Python-facing entry point runs.
 #pragma once
@@ -7,6 +7,7 @@
 #include <cstring>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "csr.hpp"
 #include "errors.hpp"
@@ -98,6 +99,17 @@ inline bool all_finite(const T* v, std::int64_t n) {
     bad |= (b & kExponent) == kExponent;
   }
   return bad == 0;
+}
+
+// At least n elements kept by the calling thread between calls (a fresh allocation of a few
+// hundred KiB is a fresh mmap whose page faults can cost as much as a small product). Use keeps
+// the buffers of different uses apart (a tag type: the thread that transposes X also stores
+// output chunks; a convolution's accumulator plane and its prepared images).
+template <class Use, class T>
+T* kept_buffer(std::size_t n) {
+  thread_local std::vector<T> kept;
+  if (kept.size() < n) kept.resize(n);
+  return kept.data();
 }
 
 // O(rows) check that makes every row range [indptr[i], indptr[i+1]) lie inside the nnz arrays,

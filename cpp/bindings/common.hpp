@@ -27,8 +27,9 @@ void register_errors(py::module_& m);  // exception translation and its test hoo
 void register_system(py::module_& m);  // threads and build information
 void register_tails(py::module_& m);
 void register_topk(py::module_& m);
-void register_csr(py::module_& m);  // also binds Activation, used by register_sell
+void register_csr(py::module_& m);  // also binds Activation, used by register_sell and register_conv2d
 void register_sell(py::module_& m);
+void register_conv2d(py::module_& m);
 void register_spectra(py::module_& m);
 
 namespace detail {

@@ -41,6 +41,7 @@ from .sparse import (
     TopkThreshold,
     compressibility_curve,
     k_for_keep,
+    sparse_conv2d,
     sparse_linear,
     sparsify_global,
     topk_sparsify,
@@ -70,6 +71,7 @@ __all__ = [
     # CSR kernels and runtime
     "CSRMatrix",
     "sparse_linear",
+    "sparse_conv2d",
     "save_compressed",
     "load_compressed",
     "get_num_threads",

@@ -224,6 +224,47 @@ def sell_spmv(
     out: npt.NDArray[np.float32],
 ) -> None: ...
 
+# ---- sparse convolution ----
+
+class Conv2dAlgo:
+    automatic: ClassVar[Conv2dAlgo]
+    direct: ClassVar[Conv2dAlgo]
+    tiled: ClassVar[Conv2dAlgo]
+    __members__: ClassVar[dict[str, Conv2dAlgo]]
+    def __init__(self, value: int) -> None: ...
+    def __int__(self) -> int: ...
+    def __index__(self) -> int: ...
+    def __eq__(self, other: object) -> bool: ...
+    def __ne__(self, other: object) -> bool: ...
+    def __hash__(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> int: ...
+
+def sparse_conv2d(
+    indptr: npt.NDArray[np.int32] | npt.NDArray[np.int64],
+    indices: npt.NDArray[np.uint16] | npt.NDArray[np.int32],
+    data: npt.NDArray[np.float32] | npt.NDArray[np.float16] | npt.NDArray[np.uint8],
+    codebook: npt.NDArray[np.float32] | None,
+    rows: int,
+    cols: int,
+    x: npt.NDArray[np.float32],
+    kernel_h: int,
+    kernel_w: int,
+    stride_h: int,
+    stride_w: int,
+    padding_h: int,
+    padding_w: int,
+    dilation_h: int,
+    dilation_w: int,
+    groups: int,
+    bias: npt.NDArray[np.float32] | None,
+    activation: Activation,
+    algo: Conv2dAlgo,
+) -> npt.NDArray[np.float32]: ...
+def _conv2d_ignore_parallel_grain(ignore: bool) -> None: ...
+
 # ---- symmetric eigenvalues ----
 
 def symmetric_eigenvalues(a: npt.NDArray[np.float64], max_sweeps: int) -> npt.NDArray[np.float64]: ...

@@ -2,6 +2,8 @@
 
 - `CSRMatrix` and `sparse_linear`: validated CSR storage (uint16/int32 columns, float32/float16/
   float64 values or uint8 codebook codes) and the C++ SpMV/SpMM kernels with fused bias and activation.
+- `sparse_conv2d`: torch's conv2d with a CSR weight (the row-major flattening of the
+  (out, in / groups, kh, kw) kernel), bias and activation fused.
 - `SellMatrix`: SELL-8, a derived read-only layout for batch-1 products on short rows (the runtime
   builds it; `sell_eligible` says when).
 - Top-k: `topk_sparsify`, `sparsify_global`, `topk_threshold`, `compressibility_curve`, `k_for_keep`
@@ -9,6 +11,7 @@
 """
 from __future__ import annotations
 
+from ._conv import sparse_conv2d
 from ._csr import ACTIVATIONS, CSRMatrix, as_kernel_array, index_dtype_for, indptr_dtype_for, sparse_linear
 from ._sell import MAX_MEAN_ROW_LENGTH, SellMatrix, sell_eligible
 from ._topk import (
@@ -34,6 +37,7 @@ __all__ = [
     "indptr_dtype_for",
     "k_for_keep",
     "sell_eligible",
+    "sparse_conv2d",
     "sparse_linear",
     "sparsify_global",
     "topk_sparsify",
