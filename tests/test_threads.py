@@ -72,8 +72,10 @@ x = rng.standard_normal(784).astype(np.float32)
 sell = np.empty(20000, np.float32)
 S.matvec_into(x, None, "relu", sell)
 sample = np.abs(rng.standard_t(2, 400_000))
+K = htcore.topk_sparsify(rng.standard_normal((64, 32 * 9)).astype(np.float32), 0.2)
+conv = htcore.sparse_conv2d(rng.standard_normal((8, 32, 28, 28)).astype(np.float32), K, kernel_size=3, padding=1)
 np.savez(sys.argv[2], spmv=A @ X[:, 0], spmm=A.matmat(X), linear=htcore.sparse_linear(X.T, A, activation="relu"),
-         sell=sell, topk=A.data, hill=htcore.hill(sample, random_state=0).alpha,
+         sell=sell, conv=conv, topk=A.data, hill=htcore.hill(sample, random_state=0).alpha,
          fit=htcore.fit_powerlaw(sample[:50_000]).pdf_exponent)
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")}
