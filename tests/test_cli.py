@@ -56,3 +56,14 @@ def test_console_script_installed():
     assert os.path.exists(exe), "the htcore console script was not installed"
     out = subprocess.run([exe, "--version"], capture_output=True, text=True)
     assert out.returncode == 0
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`htcore info --json | head -c 10`: the reader leaves early; no error message, exit 141 as a shell's."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys; r, w = os.pipe(); os.close(r); os.dup2(w, 1)\n"
+            "from htcore.cli import main; sys.exit(main(['info', '--json']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 141 and done.stderr == "", (done.returncode, done.stderr)

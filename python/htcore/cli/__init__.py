@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 the job failed (a one-line reason on stderr), 2 bad usa
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -40,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("htcore: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`htcore info --json | head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141
     except (ValueError, TypeError, OSError, ImportError) as exc:
         print(f"htcore {args.command}: error: {exc}", file=sys.stderr)
         return 1
