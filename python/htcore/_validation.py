@@ -58,6 +58,16 @@ def check_int(value: Any, name: str, *, low: int | None = None, high: int | None
     return value
 
 
+def check_pair(value: Any, name: str, *, low: int) -> tuple[int, int]:
+    """An int or a pair of ints (a conv size: kernel, stride, padding, dilation), each >= ``low``, as (h, w)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair (h, w), got {value!r}")
+        return check_int(value[0], f"{name}[0]", low=low), check_int(value[1], f"{name}[1]", low=low)
+    v = check_int(value, name, low=low)
+    return v, v
+
+
 def check_fraction(value: Any, name: str, *, include_zero: bool = False) -> float:
     """``value`` as a float in (0, 1] (or [0, 1] with ``include_zero``)."""
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating, np.integer)):

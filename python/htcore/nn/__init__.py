@@ -1,6 +1,7 @@
 """Foundation: torch integration (the optional ``torch`` extra; importing this package imports torch).
 
-- `SparseLinear`: an inference drop-in for ``nn.Linear`` running htcore's CSR kernels.
+- `SparseLinear`, `SparseConv2d`: inference drop-ins for ``nn.Linear`` and ``nn.Conv2d`` running
+  htcore's CSR kernels.
 - `sparsify_model`: swaps a model's ``nn.Linear`` modules for top-k `SparseLinear` ones and returns a
   `SparsifyReport` of what changed.
 - Conversion both ways between torch and the runtime: `to_runtime_layers` (torch -> runtime, what
@@ -10,10 +11,12 @@
 from __future__ import annotations
 
 from ._convert import TORCH_ACTIVATIONS, activation_kind, to_runtime_layers, to_torch
+from ._sparse_conv import SparseConv2d
 from ._sparse_linear import SparseLinear
 from ._sparsify import SparsifiedLayer, SparsifyReport, sparsify_model
 
 __all__ = [
+    "SparseConv2d",
     "SparseLinear",
     "SparsifiedLayer",
     "SparsifyReport",

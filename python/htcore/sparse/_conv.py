@@ -7,7 +7,7 @@ import numpy as np
 
 from .._core import Conv2dAlgo
 from .._core import sparse_conv2d as _conv2d_kernel
-from .._validation import check_int
+from .._validation import check_int, check_pair
 from ._csr import ACTIVATION_CODES, ACTIVATIONS, CSRMatrix, as_kernel_array
 
 IntOrPair = Union[int, tuple[int, int]]
@@ -91,10 +91,10 @@ def sparse_conv2d(
         raise TypeError(f"A must be a CSRMatrix, got {type(A).__name__}")
     if A.data.dtype == np.float64:
         raise TypeError('A has float64 values; sparse_conv2d computes in float32: pass A.astype(value_dtype="float32")')
-    kh, kw = _pair(kernel_size, "kernel_size", 1)
-    sh, sw = _pair(stride, "stride", 1)
-    ph, pw = _pair(padding, "padding", 0)
-    dh, dw = _pair(dilation, "dilation", 1)
+    kh, kw = check_pair(kernel_size, "kernel_size", low=1)
+    sh, sw = check_pair(stride, "stride", low=1)
+    ph, pw = check_pair(padding, "padding", low=0)
+    dh, dw = check_pair(dilation, "dilation", low=1)
     groups = check_int(groups, "groups", low=1)
     if activation is not None and activation not in ACTIVATIONS:
         raise ValueError(f"activation must be None or one of {ACTIVATIONS}, got {activation!r}")
@@ -129,13 +129,3 @@ def sparse_conv2d(
         ACTIVATION_CODES[activation or "none"], Conv2dAlgo.automatic,
     )
     return out[0] if X.ndim == 3 else out
-
-
-def _pair(value: Any, name: str, low: int) -> tuple[int, int]:
-    """An int or a pair of ints, each >= ``low``, as (h, w)."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"{name} must be an int or a pair (h, w), got {value!r}")
-        return check_int(value[0], f"{name}[0]", low=low), check_int(value[1], f"{name}[1]", low=low)
-    v = check_int(value, name, low=low)
-    return v, v
