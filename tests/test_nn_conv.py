@@ -1,4 +1,4 @@
-"""torch integration for convolutions: SparseConv2d."""
+"""torch integration for convolutions: SparseConv2d, and sparsify_model on a convolutional net."""
 import numpy as np
 import pytest
 
@@ -7,7 +7,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import htcore  # noqa: E402
-from htcore.nn import SparseConv2d  # noqa: E402
+from htcore.nn import SparseConv2d, SparseLinear, sparsify_model  # noqa: E402
 
 
 def masked_weight(module, keep):
@@ -118,6 +118,60 @@ def test_errors():
         sc(torch.ones(2, 5, 5, 1, 1))
     with pytest.raises(TypeError, match="nn.Conv2d"):
         SparseConv2d.from_dense(nn.Linear(2, 2), 0.5)
+
+
+def lenet():
+    torch.manual_seed(3)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(256, 10),
+    ).eval()
+
+
+def test_sparsify_model_lenet_matches_masked_dense_net():
+    net = lenet()
+    masked = lenet()
+    keep = {"0": 0.3, "3": 0.2, "7": 0.5}
+    with torch.no_grad():
+        for name, fraction in keep.items():
+            masked.get_submodule(name).weight.copy_(masked_weight(net.get_submodule(name), fraction).float())
+    report = sparsify_model(net, keep=keep)
+    assert [(l.name, l.kind, l.shape) for l in report.layers] == [
+        ("0", "Conv2d", (8, 25)), ("3", "Conv2d", (16, 200)), ("7", "Linear", (10, 256))]
+    assert report.skipped == ()
+    assert isinstance(net[0], SparseConv2d) and isinstance(net[3], SparseConv2d) and isinstance(net[7], SparseLinear)
+    assert report.layers[1].nnz == int(np.ceil(0.2 * 3200)) and report.layers[1].dense_bytes == 4 * 3200
+    text = str(report)
+    assert "| layer | kind | shape |" in text and "| 3 | Conv2d | 16x200 |" in text and "| 7 | Linear | 10x256 |" in text
+    assert "1 Linear + 2 Conv2d layers sparsified, 0 left dense" in text
+    x = torch.randn(6, 1, 28, 28)
+    with torch.no_grad():
+        want = masked.double()(x.double())
+    np.testing.assert_allclose(net(x).numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_sparsify_model_conv_selection():
+    net = lenet()
+    report = sparsify_model(net, keep=0.5, include=["3", "7"])
+    assert [l.name for l in report.layers] == ["3", "7"] and report.skipped == ("0",)
+    assert isinstance(net[0], nn.Conv2d)
+    net = lenet()
+    report = sparsify_model(net, keep=0.5, kinds=("Conv2d",))
+    assert [l.name for l in report.layers] == ["0", "3"] and report.skipped == ()
+    assert isinstance(net[7], nn.Linear)
+    assert "2 Conv2d layers sparsified" in str(report)
+    net = lenet()
+    report = sparsify_model(net, keep=0.5, include=lambda name, m: isinstance(m, nn.Conv2d) and m.in_channels > 1)
+    assert [l.name for l in report.layers] == ["3"] and report.skipped == ("0", "7")
+    with pytest.raises(ValueError, match="not nn.Linear or nn.Conv2d"):
+        sparsify_model(lenet(), keep={"1": 0.5})
+    with pytest.raises(ValueError, match="not nn.Conv2d"):
+        sparsify_model(lenet(), keep={"7": 0.5}, kinds=["Conv2d"])
+    with pytest.raises(ValueError, match="kinds"):
+        sparsify_model(lenet(), keep=0.5, kinds=("Conv1d",))
+    with pytest.raises(ValueError, match="itself is an nn.Conv2d"):
+        sparsify_model(nn.Conv2d(1, 1, 1), keep=0.5)
 
 
 def test_exported():

@@ -2,8 +2,8 @@
 
 - `SparseLinear`, `SparseConv2d`: inference drop-ins for ``nn.Linear`` and ``nn.Conv2d`` running
   htcore's CSR kernels.
-- `sparsify_model`: swaps a model's ``nn.Linear`` modules for top-k `SparseLinear` ones and returns a
-  `SparsifyReport` of what changed.
+- `sparsify_model`: swaps a model's ``nn.Linear`` and ``nn.Conv2d`` modules for top-k `SparseLinear`
+  and `SparseConv2d` ones and returns a `SparsifyReport` of what changed.
 - Conversion both ways between torch and the runtime: `to_runtime_layers` (torch -> runtime, what
   `htcore.runtime.CompressedModel.from_torch` runs) and `to_torch` (runtime -> ``nn.Sequential``),
   with the one activation mapping (`TORCH_ACTIVATIONS`, `activation_kind`).

@@ -1,7 +1,7 @@
 """`SparseConv2d`: an inference drop-in for ``nn.Conv2d`` running htcore's sparse convolution kernel."""
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -11,7 +11,7 @@ from .._validation import check_int, check_pair
 from ..sparse import CSRMatrix, sparse_conv2d
 from ._sparse_module import SparseModule
 
-IntOrPair = Union[int, tuple[int, int]]
+IntOrPair = Union[int, Sequence[int]]  # an int or a pair (h, w)
 
 
 class SparseConv2d(SparseModule):
@@ -65,10 +65,8 @@ class SparseConv2d(SparseModule):
             raise TypeError(f"conv must be a torch.nn.Conv2d, got {type(conv).__name__}")
         if conv.padding_mode != "zeros":
             raise ValueError(f"SparseConv2d supports padding_mode='zeros' only, got padding_mode={conv.padding_mode!r}")
-        padding = conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
-        return cls(cls._topk(conv.weight, keep, k, mode, value_dtype), conv.bias,
-                   kernel_size=tuple(conv.kernel_size), stride=tuple(conv.stride), padding=padding,
-                   dilation=tuple(conv.dilation), groups=conv.groups)
+        return cls(cls._topk(conv.weight, keep, k, mode, value_dtype), conv.bias, kernel_size=conv.kernel_size,
+                   stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() not in (3, 4) or x.shape[-3] != self.in_channels:
