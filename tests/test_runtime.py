@@ -120,7 +120,7 @@ def test_from_torch_matches_torch():
     X = torch.randn(9, 4, 5)
     model = CompressedModel.from_torch(net)
     np.testing.assert_allclose(model(X.numpy()), net(X).detach().numpy(), rtol=1e-5, atol=1e-6)
-    for bad, match in [(nn.Sequential(nn.Conv2d(1, 1, 3)), "Conv2d is not supported"),
+    for bad, match in [(nn.Sequential(nn.Conv1d(1, 1, 3)), "Conv1d is not supported"),
                        (nn.Sequential(nn.GELU(approximate="tanh")), "exact GELU"),
                        (nn.Sequential(nn.Softmax(dim=0)), "over the features"),
                        (nn.Linear(2, 2), "nn.Sequential")]:

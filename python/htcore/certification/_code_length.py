@@ -254,6 +254,8 @@ def code_length(compressed: Any, *, settings_tried: int = 1) -> CodeLength:
     tensors: list[TensorCodeLength] = []
     architecture = elias_gamma_bits(len(layers) + 1)
     for i, layer in enumerate(layers):
+        if getattr(layer, "kernel_size", None) is not None:
+            raise TypeError(f"layers[{i}]: code_length does not charge {type(layer).__name__} layers yet (MLPs only)")
         architecture += _KIND_BITS
         weight = getattr(layer, "weight", None)
         if weight is None:

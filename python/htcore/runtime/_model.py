@@ -1,4 +1,5 @@
-"""A torch-free runtime for MLP-shaped compressed networks: numpy and htcore's kernels only.
+"""A torch-free runtime for sequential compressed networks (MLPs and LeNet-style CNNs): numpy and
+htcore's kernels only.
 
 A `CompressedModel` is a sequence of layers:
 
@@ -7,6 +8,16 @@ A `CompressedModel` is a sequence of layers:
 - `Activation(kind)`: "relu", "gelu" (exact erf form, torch's default), "tanh" or "softmax"
   (over the features). An activation right after a sparse Linear is fused into its kernel.
 - `Flatten()`: (batch, d1, d2, ...) -> (batch, d1 * d2 * ...).
+- `Conv2d(weight, bias, kernel_size=, stride=, padding=, dilation=, groups=)`: torch's conv2d
+  (zero padding) on (batch, C, H, W) images, run by `htcore.sparse_conv2d`. The weight is a
+  `CSRMatrix` of shape (out, in / groups * kh * kw) or a dense float32 array of torch's shape
+  (out, in / groups, kh, kw); a dense weight runs in the same kernel as a CSR matrix holding every
+  entry (built once, with the layer). An activation right after a Conv2d is fused into its kernel.
+- `MaxPool2d(kernel_size, stride=None, padding=0)`, `AvgPool2d(...)`: torch's pooling (ceil_mode
+  False; average pooling counts the zero padding, count_include_pad=True), in numpy.
+
+Layers before the first Flatten see (batch, C, H, W) images when the model starts with a Conv2d or
+a pool; an element-wise activation there acts on the images (softmax needs a Flatten first).
 
 When to keep a layer dense: CSR pays ~6-8 bytes and a gathered load per kept weight, dense
 GEMV 4 bytes and none. For a small layer that stays in cache, dense wins from about 30% density
@@ -37,8 +48,8 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from .._validation import as_float_array
-from ..sparse import ACTIVATIONS, CSRMatrix, SellMatrix, as_kernel_array, sell_eligible
+from .._validation import as_float_array, check_int, check_pair
+from ..sparse import ACTIVATIONS, CSRMatrix, SellMatrix, as_kernel_array, sell_eligible, sparse_conv2d
 
 ACTIVATION_KINDS = ACTIVATIONS + ("softmax",)
 
@@ -97,23 +108,134 @@ class Flatten:
     """(batch, d1, d2, ...) -> (batch, d1 * d2 * ...)."""
 
 
-RuntimeLayer = Union[Linear, Activation, Flatten]
+def _pool_sizes(kernel_size: Any, stride: Any, padding: Any) -> tuple:
+    k = check_pair(kernel_size, "kernel_size", low=1)
+    s = k if stride is None else check_pair(stride, "stride", low=1)
+    p = check_pair(padding, "padding", low=0)
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise ValueError(f"padding must be at most half the kernel_size (as torch requires), got padding={p} for kernel_size={k}")
+    return k, s, p
+
+
+@dataclass(frozen=True, eq=False)
+class Conv2d:
+    """torch's conv2d (zero padding) with a CSRMatrix weight of shape (out, in / groups * kh * kw)
+    or a dense array of torch's shape (out, in / groups, kh, kw); ``bias``: None or shape (out,).
+    Sizes are ints or (h, w) pairs, stored as pairs. A dense weight is kept as float32 and also as
+    a CSR matrix holding every entry, which is what runs."""
+
+    weight: Union[CSRMatrix, np.ndarray]
+    bias: Optional[np.ndarray] = None
+    kernel_size: Any = None
+    stride: Any = 1
+    padding: Any = 0
+    dilation: Any = 1
+    groups: int = 1
+    _csr: CSRMatrix = field(default=None, init=False, repr=False)  # type: ignore[assignment]  # set in __post_init__
+
+    def __post_init__(self) -> None:
+        if self.kernel_size is None:
+            raise TypeError("Conv2d needs kernel_size (an int or a pair (kh, kw))")
+        kh, kw = check_pair(self.kernel_size, "kernel_size", low=1)
+        object.__setattr__(self, "kernel_size", (kh, kw))
+        object.__setattr__(self, "stride", check_pair(self.stride, "stride", low=1))
+        object.__setattr__(self, "padding", check_pair(self.padding, "padding", low=0))
+        object.__setattr__(self, "dilation", check_pair(self.dilation, "dilation", low=1))
+        groups = check_int(self.groups, "groups", low=1)
+        object.__setattr__(self, "groups", groups)
+        w = self.weight
+        if isinstance(w, CSRMatrix):
+            if w.data.dtype == np.float64:
+                w = w.astype(value_dtype=np.float32)
+            out, cols = w.shape
+            if cols % (kh * kw) or cols == 0:
+                raise ValueError(f"weight has {cols} columns, not a positive multiple of kh * kw = {kh * kw} "
+                                 f"(a CSR conv weight is (out, in / groups * kh * kw))")
+            csr = w
+        else:
+            w = as_float_array(w, "weight", ndim=4, dtype=np.float32)
+            out, per_group, wkh, wkw = w.shape
+            if (wkh, wkw) != (kh, kw):
+                raise ValueError(f"weight has kernel {(wkh, wkw)} (shape {w.shape}) but kernel_size is {(kh, kw)}")
+            if per_group < 1:
+                raise ValueError(f"weight must have at least one input channel per group, got shape {w.shape}")
+            cols = per_group * kh * kw
+            csr = CSRMatrix(w.reshape(out, cols).ravel(), np.tile(np.arange(cols), out),
+                            np.arange(0, out * cols + 1, cols), (out, cols))
+        if out < 1:
+            raise ValueError(f"weight must have at least one row (output channel), got shape {w.shape}")
+        if out % groups:
+            raise ValueError(f"groups={groups} must divide the output channels {out}")
+        object.__setattr__(self, "weight", w)
+        object.__setattr__(self, "_csr", csr)
+        if self.bias is not None:
+            b = as_float_array(self.bias, "bias", ndim=1, dtype=np.float32)
+            if b.shape[0] != out:
+                raise ValueError(f"bias has {b.shape[0]} entries but weight has {out} output channels")
+            object.__setattr__(self, "bias", b)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.weight.shape[1]) // (self.kernel_size[0] * self.kernel_size[1]) * self.groups if self.sparse \
+            else int(self.weight.shape[1]) * self.groups
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def sparse(self) -> bool:
+        return isinstance(self.weight, CSRMatrix)
+
+
+@dataclass(frozen=True)
+class MaxPool2d:
+    """torch's max_pool2d (ceil_mode False, dilation 1): ``stride`` defaults to ``kernel_size``,
+    ``padding`` (at most half the kernel) pads with -inf. Sizes are stored as (h, w) pairs."""
+
+    kernel_size: Any
+    stride: Any = None
+    padding: Any = 0
+
+    def __post_init__(self) -> None:
+        for name, value in zip(("kernel_size", "stride", "padding"), _pool_sizes(self.kernel_size, self.stride, self.padding)):
+            object.__setattr__(self, name, value)
+
+
+@dataclass(frozen=True)
+class AvgPool2d:
+    """torch's avg_pool2d (ceil_mode False, count_include_pad True: the zero padding counts in the
+    divisor kh * kw): ``stride`` defaults to ``kernel_size``. Sizes are stored as (h, w) pairs."""
+
+    kernel_size: Any
+    stride: Any = None
+    padding: Any = 0
+
+    def __post_init__(self) -> None:
+        for name, value in zip(("kernel_size", "stride", "padding"), _pool_sizes(self.kernel_size, self.stride, self.padding)):
+            object.__setattr__(self, name, value)
+
+
+RuntimeLayer = Union[Linear, Activation, Flatten, Conv2d, MaxPool2d, AvgPool2d]
+_IMAGE_LAYERS = (Conv2d, MaxPool2d, AvgPool2d)
 
 
 @dataclass(frozen=True)
 class _Step:
-    """One step of the execution plan: a Linear with the activation fused into it, or a lone layer."""
+    """One step of the execution plan: a Linear or Conv2d with the activation fused into it, or a lone layer."""
 
     layer: RuntimeLayer
     activation: str = "none"
 
 
 class CompressedModel:
-    """An MLP-shaped network run with numpy and htcore's CSR kernels (no torch).
+    """A sequential network (MLP or LeNet-style CNN) run with numpy and htcore's CSR kernels (no torch).
 
     ``model(X)`` returns the float32 outputs for X of shape (batch, ...); ``model.predict(X)``
     the argmax labels. ``metadata`` is a JSON-serialisable dict carried along (e.g. provenance).
-    Layer shapes are checked on construction: consecutive Linear layers must chain.
+    Layer shapes are checked on construction: consecutive Linear layers must chain, as must the
+    channels of consecutive Conv2d layers (pools keep them); image layers come before any Flatten
+    or Linear.
     """
 
     def __init__(self, layers: list, metadata: Optional[dict] = None):
@@ -121,9 +243,23 @@ class CompressedModel:
         if metadata is not None and not isinstance(metadata, dict):
             raise TypeError(f"metadata must be a dict or None, got {type(metadata).__name__}")
         features = None
+        channels = None
+        flat_seen = False
         for i, layer in enumerate(layers):
-            if not isinstance(layer, (Linear, Activation, Flatten)):
-                raise TypeError(f"layers[{i}] must be a Linear, Activation or Flatten, got {type(layer).__name__}")
+            if not isinstance(layer, (Linear, Activation, Flatten) + _IMAGE_LAYERS):
+                raise TypeError(f"layers[{i}] must be a Linear, Activation, Flatten, Conv2d, MaxPool2d or AvgPool2d, "
+                                f"got {type(layer).__name__}")
+            if isinstance(layer, _IMAGE_LAYERS):
+                if flat_seen:
+                    raise ValueError(f"layers[{i}] is a {type(layer).__name__} after a Flatten or Linear: image layers "
+                                     "must come first")
+                if isinstance(layer, Conv2d):
+                    if channels is not None and layer.in_channels != channels:
+                        raise ValueError(f"layers[{i}] expects {layer.in_channels} input channels but the previous "
+                                         f"Conv2d gives {channels}")
+                    channels = layer.out_channels
+            elif isinstance(layer, (Linear, Flatten)):
+                flat_seen = True
             if isinstance(layer, Linear):
                 if features is not None and layer.in_features != features:
                     raise ValueError(f"layers[{i}] expects {layer.in_features} input features but the previous Linear gives {features}")
@@ -132,7 +268,8 @@ class CompressedModel:
         self.metadata = dict(metadata or {})
         self._plan = _plan(layers)
         first = next((step.layer for step in self._plan if not isinstance(step.layer, Flatten)), None)
-        self._kernel_checks_input = isinstance(first, Linear) and first.sparse  # the CSR kernel refuses NaN/Inf
+        # the CSR and conv kernels refuse NaN/Inf
+        self._kernel_checks_input = (isinstance(first, Linear) and first.sparse) or isinstance(first, Conv2d)
 
     @property
     def in_features(self) -> Optional[int]:
@@ -153,6 +290,14 @@ class CompressedModel:
             if isinstance(layer, Flatten):
                 if h is None:
                     flat = flat.reshape(batch, -1)
+                continue
+            if isinstance(layer, _IMAGE_LAYERS):
+                if h is not None or flat.ndim != 4:
+                    raise ValueError(f"a {type(layer).__name__} needs (batch, C, H, W) images, got shape {flat.shape}")
+                flat = _image_layer(layer, flat, step.activation)
+                continue
+            if h is None and flat.ndim == 4 and isinstance(layer, Activation) and layer.kind in ACTIVATIONS:
+                flat = _activate(flat.copy() if np.shares_memory(flat, X) else flat, layer.kind)  # on images
                 continue
             if h is None:
                 if flat.ndim != 2:
@@ -179,9 +324,10 @@ class CompressedModel:
 
     @classmethod
     def from_torch(cls, module: Any, metadata: Optional[dict] = None) -> "CompressedModel":
-        """Convert a torch ``nn.Sequential`` (nested ones are flattened) of Linear, ReLU, GELU
+        """Convert a torch ``nn.Sequential`` (nested ones are flattened) of Linear, Conv2d (zero
+        padding), MaxPool2d, AvgPool2d (ceil_mode False), ReLU, GELU
         (approximate="none"), Tanh, Flatten (start_dim=1, end_dim=-1), Softmax (over the last
-        dim), Dropout/Identity (skipped at inference) and ``htcore.nn.SparseLinear``. Dense
+        dim), Dropout/Identity (skipped at inference), ``htcore.nn.SparseLinear`` and ``SparseConv2d``. Dense
         weights are copied as float32 (sparsify them with htcore.topk_sparsify elsewhere).
         Needs torch; the conversion is `htcore.nn.to_runtime_layers`."""
         from ..nn import to_runtime_layers  # the one declared upward import (.importlinter): torch stays optional
@@ -194,7 +340,8 @@ def _plan(layers: list) -> list[_Step]:
     for layer in layers:
         prev = plan[-1] if plan else None
         if (isinstance(layer, Activation) and layer.kind in ACTIVATIONS and prev is not None
-                and isinstance(prev.layer, Linear) and prev.layer.sparse and prev.activation == "none"):
+                and ((isinstance(prev.layer, Linear) and prev.layer.sparse) or isinstance(prev.layer, Conv2d))
+                and prev.activation == "none"):
             plan[-1] = _Step(prev.layer, layer.kind)
         else:
             plan.append(_Step(layer))
@@ -219,8 +366,29 @@ def _linear(layer: Linear, h: np.ndarray, activation: str, batch_major: bool = F
     return out
 
 
+def _image_layer(layer: Any, x: np.ndarray, activation: str) -> np.ndarray:
+    """A Conv2d (activation fused), MaxPool2d or AvgPool2d on (batch, C, H, W) float32 images."""
+    if isinstance(layer, Conv2d):
+        if x.shape[1] != layer.in_channels:
+            raise ValueError(f"a Conv2d expects {layer.in_channels} input channels, got images of shape {x.shape}")
+        return sparse_conv2d(x, layer._csr, kernel_size=layer.kernel_size, bias=layer.bias, stride=layer.stride,
+                             padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
+                             activation=None if activation == "none" else activation)
+    (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
+    if x.shape[2] + 2 * ph < kh or x.shape[3] + 2 * pw < kw:
+        raise ValueError(f"a {type(layer).__name__} with kernel_size {layer.kernel_size} and padding {layer.padding} "
+                         f"does not fit images of shape {x.shape}")
+    if ph or pw:
+        fill = -np.inf if isinstance(layer, MaxPool2d) else 0.0
+        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
+    windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+    if isinstance(layer, MaxPool2d):
+        return np.ascontiguousarray(windows.max(axis=(4, 5)))
+    return np.ascontiguousarray(windows.sum(axis=(4, 5), dtype=np.float32) / np.float32(kh * kw))
+
+
 def _activate(h: np.ndarray, kind: str) -> np.ndarray:
-    """Activation of (features, batch) activations, in float32."""
+    """Activation of (features, batch) activations (or, element-wise kinds, of images), in float32."""
     if kind == "relu":
         return np.maximum(h, 0, out=h)
     if kind == "tanh":
@@ -240,4 +408,11 @@ def _describe(layer: RuntimeLayer) -> str:
         return f"Linear({layer.in_features}->{layer.out_features}, {kind}{', bias' if layer.bias is not None else ''})"
     if isinstance(layer, Activation):
         return f"Activation({layer.kind!r})"
+    if isinstance(layer, Conv2d):
+        kind = "sparse" if layer.sparse else "dense"
+        return (f"Conv2d({layer.in_channels}->{layer.out_channels}, kernel_size={layer.kernel_size}, stride={layer.stride}, "
+                f"padding={layer.padding}, dilation={layer.dilation}, groups={layer.groups}, {kind}"
+                f"{', bias' if layer.bias is not None else ''})")
+    if isinstance(layer, (MaxPool2d, AvgPool2d)):
+        return f"{type(layer).__name__}(kernel_size={layer.kernel_size}, stride={layer.stride}, padding={layer.padding})"
     return "Flatten()"

@@ -63,8 +63,10 @@ def save_compressed(path: str | os.PathLike, model: Any, provenance: Optional[di
             tensors.update({f"layers.{i}.{k}": v for k, v in parts.items()})
         elif isinstance(layer, Activation):
             architecture.append({"type": "activation", "kind": layer.kind})
-        else:
+        elif isinstance(layer, Flatten):
             architecture.append({"type": "flatten"})
+        else:
+            raise TypeError(f"layers[{i}]: the model file does not store {type(layer).__name__} layers yet")
     # Widest dtypes first, so every tensor starts aligned to its itemsize in the data section.
     ordered = dict(sorted(tensors.items(), key=lambda kv: -kv[1].dtype.itemsize))
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "htcore_version": __version__,
