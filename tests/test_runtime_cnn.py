@@ -1,9 +1,12 @@
 """The torch-free runtime on sequential CNNs: Conv2d, MaxPool2d, AvgPool2d layers and their conversion."""
+import json
+
 import numpy as np
 import pytest
 
 import htcore
-from htcore import save_compressed
+from htcore import load_compressed, save_compressed
+from htcore.io import SafetensorsFile, save_safetensors
 from htcore.runtime import Activation, AvgPool2d, CompressedModel, Conv2d, Flatten, Linear, MaxPool2d
 
 torch = pytest.importorskip("torch")
@@ -130,12 +133,97 @@ def test_threads_do_not_change_outputs():
     np.testing.assert_array_equal(one, two)
 
 
-def test_the_model_file_and_code_length_refuse_image_layers_for_now(tmp_path):
-    model = CompressedModel.from_torch(lenet())
-    with pytest.raises(TypeError, match="does not store Conv2d"):
-        save_compressed(tmp_path / "m.safetensors", model)
+def test_code_length_refuses_image_layers_for_now():
     with pytest.raises(TypeError, match="does not charge Conv2d"):
-        htcore.certification.code_length(model)
+        htcore.certification.code_length(CompressedModel.from_torch(lenet()))
+
+
+def cnn_model(seed=0):
+    rng = np.random.default_rng(seed)
+    c0 = htcore.topk_sparsify(rng.standard_normal((4, 18)).astype(np.float32), 0.4)
+    return CompressedModel([
+        Conv2d(c0, kernel_size=3, padding=1), Activation("relu"), MaxPool2d(2),
+        Conv2d(rng.standard_normal((6, 2, 3, 3)).astype(np.float32), rng.standard_normal(6).astype(np.float32),
+               kernel_size=3, groups=2, dilation=(1, 1)),
+        AvgPool2d(3, stride=1, padding=1), Flatten(),
+        Linear(htcore.topk_sparsify(rng.standard_normal((5, 54)).astype(np.float32), 0.5)),
+    ], {"name": "cnn"})
+
+
+@pytest.mark.parametrize("net", ["lenet", "cnn", "strided"])
+def test_save_load_gives_the_same_outputs_bitwise(tmp_path, net):
+    if net == "cnn":
+        model, shape = cnn_model(), (3, 2, 10, 10)
+    elif net == "lenet":
+        torch_net = lenet()
+        htcore.nn.sparsify_model(torch_net, keep=0.3)
+        model, shape = CompressedModel.from_torch(torch_net), (16, 1, 28, 28)
+    else:
+        model, shape = CompressedModel.from_torch(strided_net()), (2, 4, 20, 20)
+    path = tmp_path / "m.safetensors"
+    save_compressed(path, model)
+    loaded = load_compressed(path)
+    assert [type(a) for a in loaded.layers] == [type(b) for b in model.layers]
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    np.testing.assert_array_equal(loaded(x), model(x))
+    np.testing.assert_array_equal(loaded(x[:1]), model(x[:1]))
+
+
+def tamper(tmp_path, change):
+    src = tmp_path / "ok.safetensors"
+    save_compressed(src, cnn_model())
+    f = SafetensorsFile(src)
+    tensors = {k: np.array(f[k]) for k in f}
+    meta = dict(f.metadata)
+    change(tensors, meta)
+    bad = tmp_path / "bad.safetensors"
+    save_safetensors(bad, tensors, meta)
+    return bad
+
+
+def set_arch(meta, i, **kv):
+    arch = json.loads(meta["architecture"])
+    arch[i].update(kv)
+    meta["architecture"] = json.dumps(arch)
+
+
+CORRUPTIONS = [
+    (lambda t, m: set_arch(m, 0, extra=1), r"architecture\[0\]: keys must be"),
+    (lambda t, m: set_arch(m, 2, ceil_mode=True), r"architecture\[2\]: keys must be"),
+    (lambda t, m: set_arch(m, 0, storage="coo"), "storage must be 'csr' or 'dense'"),
+    (lambda t, m: set_arch(m, 0, shape=[4, 2, 3]), "shape must be four positive integers"),
+    (lambda t, m: set_arch(m, 0, shape=[4, 2, 3, 0]), "shape must be four positive integers"),
+    (lambda t, m: set_arch(m, 0, shape=[4, 2, 3, 3.0]), "shape must be four positive integers"),
+    (lambda t, m: set_arch(m, 0, shape=[2**20, 2**20, 3, 3]), "too large"),
+    (lambda t, m: set_arch(m, 0, shape=[4, 2, 3, 2]), "invalid CSR weight"),
+    (lambda t, m: set_arch(m, 0, shape=[4, 1, 3, 3]), "invalid CSR weight"),
+    (lambda t, m: set_arch(m, 3, shape=[6, 2, 3, 2]), "weight has shape"),
+    (lambda t, m: set_arch(m, 0, stride=[1, 0]), "'stride' must be two integers >= 1"),
+    (lambda t, m: set_arch(m, 0, stride=2), "'stride' must be two integers >= 1"),
+    (lambda t, m: set_arch(m, 0, padding=[-1, 1]), "'padding' must be two integers >= 0"),
+    (lambda t, m: set_arch(m, 0, dilation=[1, True]), "'dilation' must be two integers >= 1"),
+    (lambda t, m: set_arch(m, 3, groups=4), "groups must be a positive integer dividing"),
+    (lambda t, m: set_arch(m, 3, groups=0), "groups must be a positive integer dividing"),
+    (lambda t, m: set_arch(m, 3, groups="2"), "'groups' must be a int"),
+    (lambda t, m: set_arch(m, 3, groups=1), "input channels but the previous Conv2d gives 4"),
+    (lambda t, m: set_arch(m, 3, bias=False), "tensors not used by the architecture"),
+    (lambda t, m: set_arch(m, 0, bias=True), "missing tensor 'layers.0.bias'"),
+    (lambda t, m: t.update({"layers.3.bias": np.zeros(5, np.float32)}), "bias has shape"),
+    (lambda t, m: t.update({"layers.3.weight": np.full((6, 2, 3, 3), np.nan, np.float32)}), "non-finite"),
+    (lambda t, m: set_arch(m, 2, kernel_size=[0, 2]), "'kernel_size' must be two integers >= 1"),
+    (lambda t, m: set_arch(m, 2, kernel_size=[2]), "'kernel_size' must be two integers >= 1"),
+    (lambda t, m: set_arch(m, 2, stride=[2, -1]), "'stride' must be two integers >= 1"),
+    (lambda t, m: set_arch(m, 4, padding=[2, 1]), "padding must be at most half the kernel_size"),
+    (lambda t, m: set_arch(m, 4, padding=None), "'padding' must be two integers >= 0"),
+    (lambda t, m: set_arch(m, 4, type="minpool2d"), "unknown layer type"),
+    (lambda t, m: set_arch(m, 5, type="maxpool2d"), "keys must be"),
+]
+
+
+@pytest.mark.parametrize("change, message", CORRUPTIONS)
+def test_load_refuses_a_tampered_cnn_file(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        load_compressed(tamper(tmp_path, change))
 
 
 def test_valid_padding_converts():

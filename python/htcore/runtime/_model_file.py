@@ -4,12 +4,19 @@ Tensors, for layer i (its index in ``model.layers``):
 - sparse Linear: ``layers.{i}.indptr`` (int32/int64), ``layers.{i}.indices`` (uint16/int32),
   ``layers.{i}.data`` (float32/float16/float64, or uint8 codes plus ``layers.{i}.codebook``
   float32), optional ``layers.{i}.bias`` (float32);
-- dense Linear: ``layers.{i}.weight`` (float32, (out, in)) and optional ``layers.{i}.bias``.
+- dense Linear: ``layers.{i}.weight`` (float32, (out, in)) and optional ``layers.{i}.bias``;
+- Conv2d: the same tensors, the CSR matrix of shape (out, in_per_group * kh * kw) or the dense
+  weight of torch's shape (out, in_per_group, kh, kw).
 
 String metadata (each value JSON): ``format`` = "htcore-compressed-model", ``format_version`` = 1,
 ``htcore_version``, ``architecture`` (one object per layer: ``{"type": "linear", "storage":
 "csr"|"dense", "shape": [out, in], "bias": bool}``, ``{"type": "activation", "kind": ...}`` or
-``{"type": "flatten"}``), ``provenance`` (a JSON object) and ``metadata`` (the model's dict).
+``{"type": "flatten"}``, ``{"type": "conv2d", "storage": "csr"|"dense", "shape": [out,
+in_per_group, kh, kw], "stride": [h, w], "padding": [h, w], "dilation": [h, w], "groups": g,
+"bias": bool}``, ``{"type": "maxpool2d"|"avgpool2d", "kernel_size": [h, w], "stride": [h, w],
+"padding": [h, w]}``), ``provenance`` (a JSON object) and ``metadata`` (the model's dict). Files
+without image layers are written exactly as before; the image layer types are new in the same
+format version (an older htcore refuses them as unknown layer types).
 
 `load_compressed` validates everything before returning — the header, the JSON schema, that the
 tensors present are exactly those the architecture needs with the right dtypes and shapes, the CSR
@@ -27,7 +34,19 @@ import numpy as np
 from .._version import __version__
 from ..io import SafetensorsFile, save_safetensors
 from ..sparse import CSRMatrix
-from ._model import ACTIVATION_KINDS, Activation, CompressedModel, Flatten, Linear, RuntimeLayer
+from ._model import (
+    ACTIVATION_KINDS,
+    Activation,
+    AvgPool2d,
+    CompressedModel,
+    Conv2d,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    RuntimeLayer,
+)
+
+_MAX_ELEMENTS = 2**40  # a declared weight shape with more elements is refused before anything is built
 
 FORMAT = "htcore-compressed-model"
 FORMAT_VERSION = 1
@@ -45,11 +64,18 @@ def save_compressed(path: str | os.PathLike, model: Any, provenance: Optional[di
     if provenance is not None and not isinstance(provenance, dict):
         raise TypeError(f"provenance must be a dict or None, got {type(provenance).__name__}")
     tensors: dict[str, np.ndarray] = {}
-    architecture = []
+    architecture: list[dict[str, Any]] = []
     for i, layer in enumerate(model.layers):
-        if isinstance(layer, Linear):
-            architecture.append({"type": "linear", "storage": "csr" if layer.sparse else "dense",
-                                 "shape": list(layer.weight.shape), "bias": layer.bias is not None})
+        if isinstance(layer, (Linear, Conv2d)):
+            if isinstance(layer, Linear):
+                architecture.append({"type": "linear", "storage": "csr" if layer.sparse else "dense",
+                                     "shape": list(layer.weight.shape), "bias": layer.bias is not None})
+            else:
+                architecture.append({
+                    "type": "conv2d", "storage": "csr" if layer.sparse else "dense",
+                    "shape": [layer.out_channels, layer.in_channels // layer.groups, *layer.kernel_size],
+                    "stride": list(layer.stride), "padding": list(layer.padding), "dilation": list(layer.dilation),
+                    "groups": layer.groups, "bias": layer.bias is not None})
             w = layer.weight
             parts: dict[str, np.ndarray]
             if isinstance(w, CSRMatrix):
@@ -63,10 +89,11 @@ def save_compressed(path: str | os.PathLike, model: Any, provenance: Optional[di
             tensors.update({f"layers.{i}.{k}": v for k, v in parts.items()})
         elif isinstance(layer, Activation):
             architecture.append({"type": "activation", "kind": layer.kind})
-        elif isinstance(layer, Flatten):
-            architecture.append({"type": "flatten"})
+        elif isinstance(layer, (MaxPool2d, AvgPool2d)):
+            architecture.append({"type": type(layer).__name__.lower(), "kernel_size": list(layer.kernel_size),
+                                 "stride": list(layer.stride), "padding": list(layer.padding)})
         else:
-            raise TypeError(f"layers[{i}]: the model file does not store {type(layer).__name__} layers yet")
+            architecture.append({"type": "flatten"})
     # Widest dtypes first, so every tensor starts aligned to its itemsize in the data section.
     ordered = dict(sorted(tensors.items(), key=lambda kv: -kv[1].dtype.itemsize))
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "htcore_version": __version__,
@@ -105,7 +132,37 @@ def load_compressed(path: str | os.PathLike) -> CompressedModel:
                 names.append("bias")
             arrays = {n: _tensor(tensors, f"layers.{i}.{n}", where) for n in names}
             expected.update(f"layers.{i}.{n}" for n in names)
-            layers.append(_linear(arrays, tuple(shape), storage, f"{where}: layer {i}"))
+            layers.append(Linear(*_weight(arrays, tuple(shape), tuple(shape), storage, f"{where}: layer {i}")))
+        elif kind == "conv2d":
+            _keys(spec, {"type", "storage", "shape", "stride", "padding", "dilation", "groups", "bias"}, at)
+            storage = _field(spec, "storage", str, at)
+            shape = _field(spec, "shape", list, at)
+            if len(shape) != 4 or not all(type(d) is int and d >= 1 for d in shape):
+                raise ValueError(f"{at}: shape must be four positive integers [out, in_per_group, kh, kw], got {shape}")
+            out, per_group, kh, kw = shape
+            if out * per_group * kh * kw > _MAX_ELEMENTS or per_group * kh * kw >= 2**31:
+                raise ValueError(f"{at}: shape {shape} is too large")
+            sizes = {key: _pair(spec, key, 0 if key == "padding" else 1, at) for key in ("stride", "padding", "dilation")}
+            groups = _field(spec, "groups", int, at)
+            if groups < 1 or out % groups:
+                raise ValueError(f"{at}: groups must be a positive integer dividing the {out} output channels, got {groups}")
+            has_bias = _field(spec, "bias", bool, at)
+            names = {"csr": ["indptr", "indices", "data"], "dense": ["weight"]}.get(storage)
+            if names is None:
+                raise ValueError(f"{at}: storage must be 'csr' or 'dense', got {storage!r}")
+            if storage == "csr" and f"layers.{i}.codebook" in tensors:
+                names.append("codebook")
+            if has_bias:
+                names.append("bias")
+            arrays = {n: _tensor(tensors, f"layers.{i}.{n}", where) for n in names}
+            expected.update(f"layers.{i}.{n}" for n in names)
+            weight, bias = _weight(arrays, tuple(shape), (out, per_group * kh * kw), storage, f"{where}: layer {i}")
+            layers.append(_build(Conv2d, at, weight, bias, kernel_size=(kh, kw), groups=groups, **sizes))
+        elif kind in ("maxpool2d", "avgpool2d"):
+            _keys(spec, {"type", "kernel_size", "stride", "padding"}, at)
+            k, st, pad = (_pair(spec, key, 0 if key == "padding" else 1, at) for key in ("kernel_size", "stride", "padding"))
+            pool = MaxPool2d if kind == "maxpool2d" else AvgPool2d
+            layers.append(_build(pool, at, k, st, pad))
         elif kind == "activation":
             _keys(spec, {"type", "kind"}, at)
             act = _field(spec, "kind", str, at)
@@ -168,7 +225,23 @@ def _tensor(tensors: dict, name: str, where: str) -> np.ndarray:
     return np.require(arr, requirements=["C", "A"])  # copies only a misaligned tensor
 
 
-def _linear(arrays: dict, shape: tuple, storage: str, at: str) -> Linear:
+def _pair(spec: dict, key: str, low: int, at: str) -> tuple[int, int]:
+    value = spec.get(key)
+    if type(value) is not list or len(value) != 2 or not all(type(v) is int and low <= v < 2**31 for v in value):
+        raise ValueError(f"{at}: {key!r} must be two integers >= {low}, got {value!r}")
+    return value[0], value[1]
+
+
+def _build(make: Any, at: str, *args: Any, **kwargs: Any) -> RuntimeLayer:
+    try:
+        layer: RuntimeLayer = make(*args, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{at}: {exc}") from None
+    return layer
+
+
+def _weight(arrays: dict, shape: tuple, csr_shape: tuple, storage: str, at: str) -> tuple:
+    """The weight (dense of ``shape`` or CSR of ``csr_shape``) and bias of a Linear or Conv2d."""
     bias = arrays.get("bias")
     for name, arr in arrays.items():
         allowed = ("float32",) if name == "weight" else _CSR_DTYPES[name]
@@ -181,13 +254,13 @@ def _linear(arrays: dict, shape: tuple, storage: str, at: str) -> Linear:
     if storage == "dense":
         if arrays["weight"].shape != shape:
             raise ValueError(f"{at}: weight has shape {arrays['weight'].shape}, expected {shape}")
-        return Linear(arrays["weight"], bias)
+        return arrays["weight"], bias
     data, codebook = arrays["data"], arrays.get("codebook")
     if (data.dtype == np.uint8) != (codebook is not None):
         raise ValueError(f"{at}: uint8 data needs a codebook and a codebook needs uint8 data")
     try:
-        csr = CSRMatrix(data, arrays["indices"], arrays["indptr"], shape, codebook=codebook,
+        csr = CSRMatrix(data, arrays["indices"], arrays["indptr"], csr_shape, codebook=codebook,
                         index_dtype=arrays["indices"].dtype, indptr_dtype=arrays["indptr"].dtype)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{at}: invalid CSR weight: {exc}") from None
-    return Linear(csr, bias)
+    return csr, bias
