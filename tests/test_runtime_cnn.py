@@ -133,9 +133,21 @@ def test_threads_do_not_change_outputs():
     np.testing.assert_array_equal(one, two)
 
 
-def test_code_length_refuses_image_layers_for_now():
-    with pytest.raises(TypeError, match="does not charge Conv2d"):
-        htcore.certification.code_length(CompressedModel.from_torch(lenet()))
+def test_code_length_charges_image_layers():
+    from htcore.certification import code_length
+    from htcore.certification._code_length import elias_gamma_bits
+
+    model = cnn_model()
+    cl = code_length(model)
+    assert [t.name for t in cl.tensors] == ["layers.0.weight", "layers.3.weight", "layers.3.bias", "layers.6.weight"]
+    assert cl.tensors[0].kind != "dense" and cl.tensors[1].kind == "dense" and cl.tensors[1].n == 6 * 2 * 3 * 3
+    g = elias_gamma_bits
+    conv0 = 3 + 2 + 2 + sum(g(v + 1) for v in [3, 3, 1, 1, 1, 1, 4, 2, 1, 1, 1])
+    pool2 = 3 + 2 + sum(g(v + 1) for v in [2, 2, 2, 2, 0, 0])
+    conv3 = 3 + 2 + 2 + sum(g(v + 1) for v in [3, 3, 1, 1, 0, 0, 6, 2, 1, 1, 2])
+    pool4 = 3 + 2 + sum(g(v + 1) for v in [3, 3, 1, 1, 1, 1])
+    linear6 = 3 + g(6) + g(55) + 2
+    assert cl.architecture_bits == g(8) + conv0 + 3 + pool2 + conv3 + pool4 + 3 + linear6
 
 
 def cnn_model(seed=0):

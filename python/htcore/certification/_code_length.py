@@ -3,7 +3,11 @@
 The code is prefix-free and fixed before seeing data; every choice that picks g is paid for:
 
 - architecture: the number of layers (Elias gamma), each layer's kind (3 bits), and for a linear layer
-  its shape (Elias gamma of rows and of columns), a sparse/dense flag and a has-bias flag;
+  its shape (Elias gamma of rows and of columns), a sparse/dense flag and a has-bias flag; an image
+  layer spends one more kind code (the 3 bits, then 2 bits for conv2d, maxpool2d or avgpool2d),
+  then Elias gamma of (size + 1) for each size: a conv's out, in_per_group, kh, kw, stride, padding,
+  dilation (pairs) and groups plus the sparse/dense and has-bias flags, a pool's kernel, stride and
+  padding pairs (an MLP's figure does not change);
 - per sparse matrix with n = rows * cols entries and k kept: k itself (ceil log2(n + 1) bits), the set
   of kept positions (ceil log2 C(n, k) bits, an enumerative code; `elias_fano_encode` is a real
   encoder whose size is reported beside it), and the kept values by the cheapest of three codes, plus
@@ -27,7 +31,8 @@ import numpy as np
 from .._validation import check_int
 from ..sparse import CSRMatrix
 
-_KIND_BITS = 3  # linear, flatten, relu, gelu, tanh, softmax (6 kinds)
+_KIND_BITS = 3  # linear, flatten, relu, gelu, tanh, softmax and the image-layer escape (7 codes of 8)
+_IMAGE_KIND_BITS = 2  # after the escape: conv2d, maxpool2d, avgpool2d
 
 
 def elias_gamma_bits(value: int) -> int:
@@ -245,8 +250,8 @@ def code_length(compressed: Any, *, settings_tried: int = 1) -> CodeLength:
     """The description length L(g) of a compressed model, per tensor and in total (bits).
 
     ``compressed`` is a `htcore.runtime.CompressedModel` (or its ``layers``): layers with a ``weight``
-    (CSRMatrix -> sparse code, ndarray -> dense) and optional ``bias`` are charged in full; other layers
-    (activations, flatten) cost only their architecture bits. ``settings_tried`` is the number of
+    (CSRMatrix -> sparse code, ndarray -> dense; Linear and Conv2d) and optional ``bias`` are charged in
+    full; other layers (activations, flatten, pools) cost only their architecture bits. ``settings_tried`` is the number of
     compression settings searched over to pick this model; ceil log2 of it is charged.
     """
     settings_tried = check_int(settings_tried, "settings_tried", low=1)
@@ -254,14 +259,21 @@ def code_length(compressed: Any, *, settings_tried: int = 1) -> CodeLength:
     tensors: list[TensorCodeLength] = []
     architecture = elias_gamma_bits(len(layers) + 1)
     for i, layer in enumerate(layers):
-        if getattr(layer, "kernel_size", None) is not None:
-            raise TypeError(f"layers[{i}]: code_length does not charge {type(layer).__name__} layers yet (MLPs only)")
         architecture += _KIND_BITS
         weight = getattr(layer, "weight", None)
+        kernel_size = getattr(layer, "kernel_size", None)
+        if kernel_size is not None:  # Conv2d, MaxPool2d, AvgPool2d (htcore.runtime)
+            architecture += _IMAGE_KIND_BITS
+            sizes = [*kernel_size, *layer.stride, *layer.padding]
+            if weight is not None:
+                sizes += [layer.out_channels, layer.in_channels // layer.groups, *layer.dilation, layer.groups]
+                architecture += 2
+            architecture += sum(elias_gamma_bits(int(v) + 1) for v in sizes)
         if weight is None:
             continue
-        rows, cols = weight.shape
-        architecture += elias_gamma_bits(rows + 1) + elias_gamma_bits(cols + 1) + 2
+        if kernel_size is None:
+            rows, cols = weight.shape
+            architecture += elias_gamma_bits(rows + 1) + elias_gamma_bits(cols + 1) + 2
         if isinstance(weight, CSRMatrix):
             tensors.append(sparse_code_length(weight, f"layers.{i}.weight"))
         else:
