@@ -291,15 +291,15 @@ class CompressedModel:
                 if h is None:
                     flat = flat.reshape(batch, -1)
                 continue
-            if isinstance(layer, _IMAGE_LAYERS):
-                if h is not None or flat.ndim != 4:
-                    raise ValueError(f"a {type(layer).__name__} needs (batch, C, H, W) images, got shape {flat.shape}")
-                flat = _image_layer(layer, flat, step.activation)
-                continue
-            if h is None and flat.ndim == 4 and isinstance(layer, Activation) and layer.kind in ACTIVATIONS:
-                flat = _activate(flat.copy() if np.shares_memory(flat, X) else flat, layer.kind)  # on images
-                continue
-            if h is None:
+            if h is None:  # image layers come before any Linear (checked in __init__)
+                if isinstance(layer, _IMAGE_LAYERS):
+                    if flat.ndim != 4:
+                        raise ValueError(f"a {type(layer).__name__} needs (batch, C, H, W) images, got shape {flat.shape}")
+                    flat = _image_layer(layer, flat, step.activation)
+                    continue
+                if flat.ndim == 4 and isinstance(layer, Activation) and layer.kind in ACTIVATIONS:
+                    flat = _activate(flat.copy() if np.shares_memory(flat, X) else flat, layer.kind)  # on images
+                    continue
                 if flat.ndim != 2:
                     raise ValueError(f"X has shape {X.shape}: a Linear or Activation needs (batch, features); add a Flatten layer")
                 if isinstance(layer, Linear):  # the first Linear reads the (batch, features) input directly
@@ -309,7 +309,7 @@ class CompressedModel:
             if isinstance(layer, Linear):
                 h = _linear(layer, h, step.activation)
             else:
-                h = _activate(h, layer.kind)
+                h = _activate(h, layer.kind)  # type: ignore[union-attr]  # only Activations are left after a Linear
         if h is None:  # only Flatten layers
             return np.ascontiguousarray(flat)
         return np.ascontiguousarray(h.T)
