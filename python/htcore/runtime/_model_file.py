@@ -122,16 +122,8 @@ def load_compressed(path: str | os.PathLike) -> CompressedModel:
             shape = _field(spec, "shape", list, at)
             if len(shape) != 2 or not all(type(d) is int and d >= 0 for d in shape):
                 raise ValueError(f"{at}: shape must be two non-negative integers, got {shape}")
-            has_bias = _field(spec, "bias", bool, at)
-            names = {"csr": ["indptr", "indices", "data"], "dense": ["weight"]}.get(storage)
-            if names is None:
-                raise ValueError(f"{at}: storage must be 'csr' or 'dense', got {storage!r}")
-            if storage == "csr" and f"layers.{i}.codebook" in tensors:
-                names.append("codebook")
-            if has_bias:
-                names.append("bias")
-            arrays = {n: _tensor(tensors, f"layers.{i}.{n}", where) for n in names}
-            expected.update(f"layers.{i}.{n}" for n in names)
+            arrays = _weight_tensors(spec, storage, tensors, i, where, at)
+            expected.update(f"layers.{i}.{n}" for n in arrays)
             layers.append(Linear(*_weight(arrays, tuple(shape), tuple(shape), storage, f"{where}: layer {i}")))
         elif kind == "conv2d":
             _keys(spec, {"type", "storage", "shape", "stride", "padding", "dilation", "groups", "bias"}, at)
@@ -146,16 +138,8 @@ def load_compressed(path: str | os.PathLike) -> CompressedModel:
             groups = _field(spec, "groups", int, at)
             if groups < 1 or out % groups:
                 raise ValueError(f"{at}: groups must be a positive integer dividing the {out} output channels, got {groups}")
-            has_bias = _field(spec, "bias", bool, at)
-            names = {"csr": ["indptr", "indices", "data"], "dense": ["weight"]}.get(storage)
-            if names is None:
-                raise ValueError(f"{at}: storage must be 'csr' or 'dense', got {storage!r}")
-            if storage == "csr" and f"layers.{i}.codebook" in tensors:
-                names.append("codebook")
-            if has_bias:
-                names.append("bias")
-            arrays = {n: _tensor(tensors, f"layers.{i}.{n}", where) for n in names}
-            expected.update(f"layers.{i}.{n}" for n in names)
+            arrays = _weight_tensors(spec, storage, tensors, i, where, at)
+            expected.update(f"layers.{i}.{n}" for n in arrays)
             weight, bias = _weight(arrays, tuple(shape), (out, per_group * kh * kw), storage, f"{where}: layer {i}")
             layers.append(_build(Conv2d, at, weight, bias, kernel_size=(kh, kw), groups=groups, **sizes))
         elif kind in ("maxpool2d", "avgpool2d"):
@@ -217,6 +201,18 @@ def _field(spec: dict, key: str, kind: type, at: str) -> Any:
         raise ValueError(f"{at}: {key!r} must be a {kind.__name__}, got {value!r}")
     return value
 
+
+
+def _weight_tensors(spec: dict, storage: str, tensors: dict, i: int, where: str, at: str) -> dict:
+    """The tensors of layer i's weight (CSR arrays or a dense array, as ``storage`` says) and bias."""
+    names = {"csr": ["indptr", "indices", "data"], "dense": ["weight"]}.get(storage)
+    if names is None:
+        raise ValueError(f"{at}: storage must be 'csr' or 'dense', got {storage!r}")
+    if storage == "csr" and f"layers.{i}.codebook" in tensors:
+        names.append("codebook")
+    if _field(spec, "bias", bool, at):
+        names.append("bias")
+    return {n: _tensor(tensors, f"layers.{i}.{n}", where) for n in names}
 
 def _tensor(tensors: dict, name: str, where: str) -> np.ndarray:
     if name not in tensors:
