@@ -43,6 +43,7 @@ seen by the SELL-8 copy.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -294,28 +295,34 @@ INPUT = "input"  # the name by which graph nodes refer to the model input
 
 
 def _check_graph(nodes: list) -> None:
-    """Names unique, every input an earlier node or the model input (so no cycle), every node but
-    the last used by a later one."""
-    seen: set[str] = set()
-    used: set[str] = set()
+    """Every entry a Node, then the references (`_check_references`)."""
     for i, node in enumerate(nodes):
         if not isinstance(node, Node):
             raise TypeError(f"nodes[{i}] must be a Node, got {type(node).__name__}")
-        if node.name in seen:
-            raise ValueError(f"node {node.name!r} (nodes[{i}]): duplicate name")
-        for ref in node.inputs:
-            if ref != INPUT and ref not in seen:
-                later = any(n.name == ref for n in nodes[i + 1:]) if isinstance(ref, str) else False
-                raise ValueError(f"node {node.name!r} (nodes[{i}]): input {ref!r} is "
-                                 + ("a later node (nodes must be in topological order; a cycle is impossible)" if later
-                                    else "not an earlier node nor 'input'"))
-        used.update(node.inputs)
-        seen.add(node.name)
-    if not nodes:
+    _check_references([(n.name, n.inputs) for n in nodes])
+
+
+def _check_references(entries: list) -> None:
+    """(name, inputs) pairs: names unique, every input an earlier name or "input" (topological order,
+    so no cycle), every entry but the last used by a later one (the output is the last entry's)."""
+    if not entries:
         raise ValueError("a graph model needs at least one node")
-    unused = [n.name for n in nodes[:-1] if n.name not in used]
+    seen: set[str] = set()
+    used: set[str] = set()
+    for i, (name, inputs) in enumerate(entries):
+        if name in seen:
+            raise ValueError(f"node {name!r} (entry {i}): duplicate name")
+        for ref in inputs:
+            if ref != INPUT and ref not in seen:
+                later = any(other == ref for other, _ in entries[i + 1:])
+                raise ValueError(f"node {name!r} (entry {i}): input {ref!r} is "
+                                 + ("a later node (entries must be in topological order, so a cycle is impossible)"
+                                    if later else "not an earlier node nor 'input'"))
+        used.update(inputs)
+        seen.add(name)
+    unused = [name for name, _ in entries[:-1] if name not in used]
     if unused:
-        raise ValueError(f"node {unused[0]!r} is not used by any later node (the output is the last node's); "
+        raise ValueError(f"node {unused[0]!r} is not used by any later node (the model output is the last node's); "
                          f"unused nodes: {unused[:5]}")
 
 
@@ -327,49 +334,74 @@ def _output_shape(layer: Any, shapes: list) -> tuple:
             raise ValueError(f"Add needs two inputs of the same shape, got {shapes[0]} and {shapes[1]}")
         return x
     if isinstance(layer, Flatten):
-        return (int(np.prod(x, dtype=np.int64)),)
+        return (int(np.prod(x, dtype=object)),)
     if isinstance(layer, Activation):
         if layer.kind == "softmax" and len(x) != 1:
             raise ValueError(f"softmax needs (features,) input, got {x}: add a Flatten")
         return x
     if isinstance(layer, Linear):
-        if x != (layer.in_features,):
-            raise ValueError(f"Linear expects ({layer.in_features},) features per sample, got {x}")
-        return (layer.out_features,)
-    if len(x) != 3:
-        raise ValueError(f"{type(layer).__name__} needs (C, H, W) images per sample, got {x}")
-    c, h, w = x
+        return _linear_shape(x, layer.in_features, layer.out_features)
     if isinstance(layer, BatchNorm2d):
-        if c != layer.channels:
-            raise ValueError(f"BatchNorm2d has {layer.channels} channels, got images of shape {x}")
-        return x
+        return _batchnorm_shape(x, layer.channels)
     if isinstance(layer, AdaptiveAvgPool2d):
-        if h < 1 or w < 1:
-            raise ValueError(f"AdaptiveAvgPool2d needs non-empty images, got {x}")
-        return (c, *layer.output_size)
+        return _adaptive_shape(x, layer.output_size)
     if isinstance(layer, Conv2d):
-        if c != layer.in_channels:
-            raise ValueError(f"Conv2d expects {layer.in_channels} input channels, got images of shape {x}")
-        c = layer.out_channels
-        reach = [d * (k - 1) + 1 for d, k in zip(layer.dilation, layer.kernel_size)]
-    else:
-        reach = list(layer.kernel_size)
+        return _window_shape(x, "Conv2d", layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                             (layer.in_channels, layer.out_channels))
+    return _window_shape(x, type(layer).__name__, layer.kernel_size, layer.stride, layer.padding)
+
+
+def _linear_shape(x: tuple, in_features: int, out_features: int) -> tuple:
+    if x != (in_features,):
+        raise ValueError(f"Linear expects ({in_features},) features per sample, got {x}")
+    return (out_features,)
+
+
+def _image(x: tuple, kind: str) -> tuple:
+    if len(x) != 3:
+        raise ValueError(f"{kind} needs (C, H, W) images per sample, got {x}")
+    return x
+
+
+def _batchnorm_shape(x: tuple, channels: int) -> tuple:
+    if _image(x, "BatchNorm2d")[0] != channels:
+        raise ValueError(f"BatchNorm2d has {channels} channels, got images of shape {x}")
+    return x
+
+
+def _adaptive_shape(x: tuple, output_size: tuple) -> tuple:
+    c, h, w = _image(x, "AdaptiveAvgPool2d")
+    if h < 1 or w < 1:
+        raise ValueError(f"AdaptiveAvgPool2d needs non-empty images, got {x}")
+    return (c, *output_size)
+
+
+def _window_shape(x: tuple, kind: str, kernel_size: tuple, stride: tuple, padding: tuple,
+                  dilation: tuple = (1, 1), channels: Optional[tuple] = None) -> tuple:
+    """Output shape of a conv (``channels`` = (in, out)) or pool window sliding over (C, H, W)."""
+    c, h, w = _image(x, kind)
+    if channels is not None:
+        if c != channels[0]:
+            raise ValueError(f"Conv2d expects {channels[0]} input channels, got images of shape {x}")
+        c = channels[1]
     sizes = []
-    for size, r, p, s in zip((h, w), reach, layer.padding, layer.stride):
-        if size + 2 * p < r:
-            raise ValueError(f"{type(layer).__name__} window {r} (kernel_size {layer.kernel_size}) is larger than "
-                             f"the padded input (images of shape {x}, padding {layer.padding})")
-        sizes.append((size + 2 * p - r) // s + 1)
+    for size, k, d, p, s in zip((h, w), kernel_size, dilation, padding, stride):
+        reach = d * (k - 1) + 1
+        if size + 2 * p < reach:
+            raise ValueError(f"{kind} window {reach} (kernel_size {kernel_size}, dilation {dilation}) is larger than "
+                             f"the padded input (images of shape {x}, padding {padding})")
+        sizes.append((size + 2 * p - reach) // s + 1)
     return (c, *sizes)
 
 
-def _infer_shapes(layers: list, inputs: list, input_shape: tuple, names: list) -> list:
-    """Per-sample output shapes of every layer (``inputs[i]``: indices of its inputs, -1 the model
-    input); ValueError naming the layer on a mismatch or an activation over 2**31 elements."""
+def _infer_shapes(shape_fns: list, inputs: list, input_shape: tuple, names: list) -> list:
+    """Per-sample output shapes of every layer (``shape_fns[i]``: input shapes -> output shape;
+    ``inputs[i]``: indices of its inputs, -1 the model input); ValueError naming the layer on a
+    mismatch or an activation over 2**31 elements."""
     shapes: list = []
-    for i, layer in enumerate(layers):
+    for i, fn in enumerate(shape_fns):
         try:
-            shape = _output_shape(layer, [input_shape if j < 0 else shapes[j] for j in inputs[i]])
+            shape = fn([input_shape if j < 0 else shapes[j] for j in inputs[i]])
         except ValueError as exc:
             raise ValueError(f"{names[i]}: {exc}") from None
         if int(np.prod(shape, dtype=object)) > _MAX_ACTIVATION:
@@ -439,7 +471,8 @@ class CompressedModel:
             self.layers = layers
             inputs = [[i - 1] for i in range(len(layers))]
             names = [f"layers[{i}] ({type(l).__name__})" for i, l in enumerate(layers)]
-        self._shapes = None if self.input_shape is None else _infer_shapes(self.layers, inputs, self.input_shape, names)
+        self._shapes = None if self.input_shape is None else _infer_shapes(
+            [functools.partial(_output_shape, l) for l in self.layers], inputs, self.input_shape, names)
         if self.nodes is not None:
             self._graph = _graph_plan(self.layers, inputs)
             return
