@@ -346,9 +346,10 @@ def _fx_layer(root: nn.Module, node: torch.fx.Node, batch_sizes: set) -> tuple[O
             size = extra[0] if extra else kwargs["output_size"]
             if isinstance(size, (int, tuple, list)) and not (isinstance(size, (tuple, list)) and None in size):
                 return AdaptiveAvgPool2d(tuple(size) if isinstance(size, list) else size), _tensor_args(node, 1)
-        if target in (F.max_pool2d, F.avg_pool2d) and extra and not kwargs and len(extra) <= 3:
-            pool = MaxPool2d if target is F.max_pool2d else AvgPool2d
-            return pool(extra[0], extra[1] if len(extra) > 1 else None, extra[2] if len(extra) > 2 else 0), _tensor_args(node, 1)
+        if target in (F.max_pool2d, F.avg_pool2d):
+            pool = _functional_pool(node, target is F.max_pool2d, extra, kwargs)
+            if pool is not None:
+                return pool, _tensor_args(node, 1)
     elif node.op == "call_method":
         if target == "add" and len(extra) == 1 and not kwargs:
             return Add(), _tensor_args(node, 2)
@@ -363,6 +364,34 @@ def _fx_layer(root: nn.Module, node: torch.fx.Node, batch_sizes: set) -> tuple[O
                     "supported functions: x + y, torch.add, torch.relu, F.relu, torch.flatten(x, 1), "
                     "F.adaptive_avg_pool2d, F.max_pool2d, F.avg_pool2d; methods add, relu, flatten(1), "
                     "view/reshape(x.size(0), -1)")
+
+
+_POOL_PARAMETERS = {  # parameter order of F.max_pool2d / F.avg_pool2d after the input, with the defaults the runtime computes
+    True: (("kernel_size", None), ("stride", None), ("padding", 0), ("dilation", 1), ("ceil_mode", False),
+           ("return_indices", False)),
+    False: (("kernel_size", None), ("stride", None), ("padding", 0), ("ceil_mode", False),
+            ("count_include_pad", True), ("divisor_override", None)),
+}
+
+
+def _functional_pool(node: torch.fx.Node, is_max: bool, extra: list, kwargs: dict) -> Optional[RuntimeLayer]:
+    """The pool of an F.max_pool2d / F.avg_pool2d call, or None when its settings are not the runtime's."""
+    names = [name for name, _ in _POOL_PARAMETERS[is_max]]
+    if len(extra) > len(names) or not set(kwargs) <= set(names) or set(kwargs) & set(names[:len(extra)]):
+        return None
+    given = {**dict(zip(names, extra)), **kwargs}
+    if "kernel_size" not in given:
+        return None
+    for name, default in _POOL_PARAMETERS[is_max][3:]:
+        value = given.get(name, default)
+        if value != default and not (name == "dilation" and value in ((1, 1), [1, 1])):
+            return None
+    stride = given.get("stride")
+    stride = None if stride in (None, []) else stride  # torch's "default: kernel_size"
+    try:
+        return (MaxPool2d if is_max else AvgPool2d)(given["kernel_size"], stride, given.get("padding", 0))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{_where(node)}: {exc}") from None
 
 
 def _flatten_from_one(extra: list, kwargs: dict) -> bool:

@@ -232,8 +232,6 @@ class BatchNorm2d:
         shift = as_float_array(self.shift, "shift", ndim=1, dtype=np.float32)
         if scale.shape != shift.shape or scale.shape[0] < 1:
             raise ValueError(f"scale and shift must have the same positive length (channels), got {scale.shape} and {shift.shape}")
-        if not (np.isfinite(scale).all() and np.isfinite(shift).all()):
-            raise ValueError("scale and shift must be finite")
         object.__setattr__(self, "scale", scale)
         object.__setattr__(self, "shift", shift)
 
