@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import operator
 import re
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -82,7 +82,7 @@ def activation_kind(module: nn.Module, name: str = "module") -> Optional[str]:
     return None
 
 
-def to_runtime_layers(module: nn.Module, *, fold_batchnorm: bool = True) -> Union[list[RuntimeLayer], list[Node]]:
+def to_runtime_layers(module: nn.Module, *, fold_batchnorm: bool = True) -> list[Any]:
     """Runtime layers (`htcore.runtime`) for an ``nn.Sequential``, or for any other module the
     result of `to_runtime_graph` (graph `Node`s, or layers when its graph is a chain); see
     `CompressedModel.from_torch`. ``fold_batchnorm``: fold each BatchNorm2d into the Conv2d before
@@ -216,7 +216,7 @@ def _fold(conv: Conv2d, bn: BatchNorm2d) -> Conv2d:
     bias = shift if conv.bias is None else conv.bias.astype(np.float64) * scale + shift
     w = conv.weight
     if isinstance(w, CSRMatrix):
-        rows = np.repeat(scale, np.diff(w.indptr.astype(np.int64)))
+        rows = np.repeat(scale, np.diff(w.indptr).astype(np.int64))
         weight: Any = CSRMatrix((w.data.astype(np.float64) * rows).astype(np.float32), w.indices, w.indptr, w.shape,
                                 index_dtype=w.indices.dtype, indptr_dtype=w.indptr.dtype)
     else:
@@ -237,7 +237,7 @@ _RELU = {torch.relu, F.relu}
 _FLATTEN_METHODS = {"view", "reshape"}
 
 
-def to_runtime_graph(module: nn.Module, *, fold_batchnorm: bool = True) -> Union[list[Node], list[RuntimeLayer]]:
+def to_runtime_graph(module: nn.Module, *, fold_batchnorm: bool = True) -> list[Any]:
     """Trace ``module`` with ``torch.fx`` (SparseLinear, SparseConv2d and the other htcore sparse
     modules are leaves) and map every node to a runtime layer: graph `Node`s in the traced order,
     named by the module's qualified name for module calls (e.g. "layer1.0.conv1", with a suffix "_1",

@@ -1,7 +1,9 @@
-"""A torch-free runtime for sequential compressed networks (MLPs and LeNet-style CNNs): numpy and
-htcore's kernels only.
+"""A torch-free runtime for compressed networks (MLPs, sequential CNNs and graphs such as ResNets):
+numpy and htcore's kernels only.
 
-A `CompressedModel` is a sequence of layers:
+A `CompressedModel` is a sequence of layers (each reads the previous one's output) or a graph of
+`Node(name, layer, inputs)` in topological order (each reads the named earlier nodes or "input";
+the output is the last node's). Layers:
 
 - `Linear(weight, bias)`: y = x W^T + b (torch's convention), W of shape (out, in) either a
   `CSRMatrix` (any storage format; runs in the CSR kernels) or a dense float32 array.
@@ -15,6 +17,17 @@ A `CompressedModel` is a sequence of layers:
   entry (built once, with the layer). An activation right after a Conv2d is fused into its kernel.
 - `MaxPool2d(kernel_size, stride=None, padding=0)`, `AvgPool2d(...)`: torch's pooling (ceil_mode
   False; average pooling counts the zero padding, count_include_pad=True), in numpy.
+- `AdaptiveAvgPool2d(output_size)`: torch's adaptive average pooling bins, in numpy (float64 sums).
+- `BatchNorm2d(scale, shift)`: inference batch norm as x * scale[c] + shift[c] per channel
+  (`htcore.nn` folds it into the conv before it when it can; this op is what remains).
+- `Add()`: the element-wise sum of two inputs of the same shape (graph models only).
+
+``input_shape`` (per sample, no batch dimension) is optional for sequential models and needed to
+save a graph model; when given, every layer's output shape is inferred and checked on construction
+(`output_shape`), and inputs are checked against it. Graph models run their nodes in order on
+batch-major arrays, drop each intermediate after its last reader, fuse an element-wise activation
+into a Conv2d or sparse Linear whose only reader it is, and let element-wise ops (activations,
+BatchNorm2d, Add) overwrite an input that is a fresh array nobody reads afterwards.
 
 Layers before the first Flatten see (batch, C, H, W) images when the model starts with a Conv2d or
 a pool; an element-wise activation there acts on the images (softmax needs a Flatten first).
@@ -45,7 +58,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -271,7 +284,7 @@ class Node:
 
     name: str
     layer: Any
-    inputs: tuple = ()
+    inputs: Sequence[str] = ()  # stored as a tuple
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or self.name == INPUT:

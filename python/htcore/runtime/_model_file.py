@@ -1,12 +1,15 @@
 """The compressed-model file: a `CompressedModel` in safetensors format (no pickle, mmap-able).
 
+The full format, for readers in other languages, is in docs/conventions.md ("Model file").
+
 Tensors, for layer i (its index in ``model.layers``):
 - sparse Linear: ``layers.{i}.indptr`` (int32/int64), ``layers.{i}.indices`` (uint16/int32),
   ``layers.{i}.data`` (float32/float16/float64, or uint8 codes plus ``layers.{i}.codebook``
   float32), optional ``layers.{i}.bias`` (float32);
 - dense Linear: ``layers.{i}.weight`` (float32, (out, in)) and optional ``layers.{i}.bias``;
 - Conv2d: the same tensors, the CSR matrix of shape (out, in_per_group * kh * kw) or the dense
-  weight of torch's shape (out, in_per_group, kh, kw).
+  weight of torch's shape (out, in_per_group, kh, kw);
+- BatchNorm2d: ``layers.{i}.scale`` and ``layers.{i}.shift`` (float32, (C,), finite).
 
 String metadata (each value JSON): ``format`` = "htcore-compressed-model", ``format_version`` = 1,
 ``htcore_version``, ``architecture`` (one object per layer: ``{"type": "linear", "storage":
@@ -14,14 +17,21 @@ String metadata (each value JSON): ``format`` = "htcore-compressed-model", ``for
 ``{"type": "flatten"}``, ``{"type": "conv2d", "storage": "csr"|"dense", "shape": [out,
 in_per_group, kh, kw], "stride": [h, w], "padding": [h, w], "dilation": [h, w], "groups": g,
 "bias": bool}``, ``{"type": "maxpool2d"|"avgpool2d", "kernel_size": [h, w], "stride": [h, w],
-"padding": [h, w]}``), ``provenance`` (a JSON object) and ``metadata`` (the model's dict). Files
-without image layers are written exactly as before; the image layer types are new in the same
-format version (an older htcore refuses them as unknown layer types).
+"padding": [h, w]}``, ``{"type": "batchnorm2d", "channels": C}``, ``{"type":
+"adaptiveavgpool2d", "output_size": [oh, ow]}``, ``{"type": "add"}``), ``provenance`` (a JSON
+object), ``metadata`` (the model's dict) and, when the model knows it, ``input_shape`` (the
+per-sample input shape). Graph models add ``"name"`` and ``"inputs"`` (names of earlier entries or
+"input") to every entry and always have ``input_shape``. Files of MLPs and sequential CNNs without
+an input shape are written exactly as before.
 
-`load_compressed` validates everything before returning — the header, the JSON schema, that the
-tensors present are exactly those the architecture needs with the right dtypes and shapes, the CSR
-structure, codebook ranges, finite values and that the layers chain — and never executes code
-from the file. Any problem raises ValueError naming the file and the offending part.
+`load_compressed` validates everything before returning, in two passes. First the JSON alone: the
+header, every entry's keys and field types, declared sizes (at most 2**40 weight elements), the
+graph's references (unique names, earlier entries only, so no cycle; the right number of inputs;
+no unused entry) and, with ``input_shape``, shape inference over the whole model (channels, Add
+operands, Linear in_features, windows that fit, at most 2**31 elements per sample per
+intermediate). Then the tensors: exactly those the architecture needs, with the right dtypes and
+shapes, the CSR structure, codebook ranges and finite values. It never executes code from the
+file. Any problem raises ValueError naming the file and the offending part.
 """
 from __future__ import annotations
 
@@ -104,6 +114,7 @@ def save_compressed(path: str | os.PathLike, model: Any, provenance: Optional[di
 def _entry(layer: RuntimeLayer) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """A layer's architecture entry and its tensors (by short name: indptr, data, weight, bias, ...)."""
     if isinstance(layer, (Linear, Conv2d)):
+        entry: dict[str, Any]
         if isinstance(layer, Linear):
             entry = {"type": "linear", "storage": "csr" if layer.sparse else "dense",
                      "shape": list(layer.weight.shape), "bias": layer.bias is not None}
