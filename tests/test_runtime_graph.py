@@ -374,6 +374,18 @@ def test_a_traced_chain_is_a_sequential_model():
     assert isinstance(hnn.to_torch(model), nn.Sequential)
 
 
+def test_a_sequential_of_residual_blocks_is_traced():
+    from htcore.nn._models import BasicBlock
+
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), BasicBlock(4, 8, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)).eval()
+    model = CompressedModel.from_torch(net, input_shape=(1, 9, 9))
+    assert model.is_graph and "1.conv1" in {n.name for n in model.nodes}
+    x = images(3, seed=14, size=9)
+    with torch.no_grad():
+        close(model(x), net.double()(as64(x)).numpy())
+
+
 class Unsupported(nn.Module):
     def __init__(self, how):
         super().__init__()

@@ -2,8 +2,8 @@
 between torch activation modules and the runtime's activation kinds.
 
 - `to_runtime_layers`: a torch module -> runtime layers (what `CompressedModel.from_torch` runs): an
-  ``nn.Sequential`` layer by layer (nested ones flattened) into a sequential model, any other module
-  through `to_runtime_graph`. nn.Conv2d (zero padding: int, pair or "valid"), `SparseConv2d`,
+  ``nn.Sequential`` of torch layers layer by layer (nested ones flattened) into a sequential model,
+  any other module (or a Sequential holding custom blocks) through `to_runtime_graph`. nn.Conv2d (zero padding: int, pair or "valid"), `SparseConv2d`,
   nn.MaxPool2d (dilation 1), nn.AvgPool2d (count_include_pad=True, no divisor_override), all with
   ceil_mode False, nn.BatchNorm2d and nn.AdaptiveAvgPool2d included.
 - `to_runtime_graph`: any module ``torch.fx`` can trace symbolically (the htcore sparse modules are
@@ -94,8 +94,11 @@ def to_runtime_layers(module: nn.Module, *, fold_batchnorm: bool = True) -> list
             layer = _module_layer(module, type(module).__name__)
             return [] if layer is None else [_plain(layer)]
         return to_runtime_graph(module, fold_batchnorm=fold_batchnorm)
+    children = _sequential_children(module, "")
+    if not all(isinstance(child, SparseModule) or _Tracer().is_leaf_module(child, "") for _, child in children):
+        return to_runtime_graph(module, fold_batchnorm=fold_batchnorm)  # e.g. a Sequential of residual blocks
     layers: list[RuntimeLayer] = []
-    for name, child in _sequential_children(module, ""):
+    for name, child in children:
         layer = _module_layer(child, name)
         if layer is None:
             continue  # no-ops at inference
