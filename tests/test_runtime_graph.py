@@ -425,6 +425,21 @@ def test_conversion_refusals():
         def forward(self, x, y):
             return x + y
 
+    class Sigmoid(nn.Module):
+        def forward(self, x):
+            return torch.sigmoid(x)
+
+    class Nested(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = nn.Sequential(nn.ReLU(), Sigmoid())
+
+        def forward(self, x):
+            return self.block(x)
+
+    with pytest.raises(TypeError, match=r"node 'sigmoid' \(call_function sigmoid, in module 'block.1'\)"):
+        hnn.to_runtime_graph(Nested())
+
     with pytest.raises(TypeError, match="exactly one tensor"):
         hnn.to_runtime_graph(TwoInputs())
     with pytest.raises(ValueError, match="track_running_stats=False"):

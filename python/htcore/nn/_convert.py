@@ -341,7 +341,7 @@ def _fx_layer(root: nn.Module, node: torch.fx.Node, batch_sizes: set) -> tuple[O
             kwargs.pop("alpha", None)
             if not kwargs:
                 return Add(), _tensor_args(node, 2)
-        if target in _RELU and not extra and kwargs.get("inplace", False) in (False, True) and set(kwargs) <= {"inplace"}:
+        if target in _RELU and extra in ([], [False], [True]) and set(kwargs) <= {"inplace"}:  # inplace changes nothing here
             return Activation("relu"), _tensor_args(node, 1)
         if target is torch.flatten and _flatten_from_one(extra, kwargs):
             return Flatten(), _tensor_args(node, 1)

@@ -274,6 +274,7 @@ RuntimeLayer = Union[Linear, Activation, Flatten, Conv2d, MaxPool2d, AvgPool2d, 
 _IMAGE_LAYERS = (Conv2d, MaxPool2d, AvgPool2d, BatchNorm2d, AdaptiveAvgPool2d)
 _LAYER_TYPES = (Linear, Activation, Flatten, Add) + _IMAGE_LAYERS
 _MAX_ACTIVATION = 2**31  # elements per sample of any intermediate; more is refused by shape inference
+INPUT = "input"  # the name by which graph nodes refer to the model input
 
 
 @dataclass(frozen=True)
@@ -300,9 +301,6 @@ class Node:
             raise ValueError(f"node {self.name!r}: a {type(self.layer).__name__} takes {arity} input{'s' if arity > 1 else ''}, "
                              f"got {len(inputs)} ({list(inputs)})")
         object.__setattr__(self, "inputs", inputs)
-
-
-INPUT = "input"  # the name by which graph nodes refer to the model input
 
 
 def _check_graph(nodes: list) -> None:
