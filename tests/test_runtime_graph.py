@@ -452,12 +452,14 @@ def test_conversion_refusals():
         save_compressed("never-written.safetensors", CompressedModel(small_nodes()))
 
 
-def test_to_torch_graph_with_names_that_are_not_module_paths():
+@pytest.mark.parametrize("suffix", ["-x", ".forward", ""])
+def test_to_torch_graph_with_names_that_are_not_module_paths(suffix):
     nodes = small_nodes()
-    nodes = [Node(f"{n.name}-x", n.layer, [i if i == "input" else f"{i}-x" for i in n.inputs]) for n in nodes]
+    nodes = [Node(f"{n.name}{suffix}", n.layer, [i if i == "input" else f"{i}{suffix}" for i in n.inputs]) for n in nodes]
     model = CompressedModel(nodes, input_shape=(1, 6, 6))
     back = hnn.to_torch(model)
     assert any(n.op == "call_function" and n.target is operator.add for n in back.graph.nodes)
+    assert ("conv" in dict(back.named_children())) == (suffix == "")
     x = images(2, seed=9, size=6)
     with torch.no_grad():
         np.testing.assert_allclose(back(torch.from_numpy(x)).numpy(), model(x), rtol=1e-5, atol=1e-5)
