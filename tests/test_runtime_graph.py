@@ -511,6 +511,24 @@ def test_sequential_files_record_input_shape_only_when_known(tmp_path):
     assert load_compressed(plain).input_shape is None and load_compressed(shaped).input_shape == (1, 28, 28)
 
 
+def test_sequential_file_with_batchnorm_and_adaptive_pool_round_trips(tmp_path):
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.BatchNorm2d(2), nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d((2, 3)), nn.Flatten(), nn.Linear(18, 4)).eval()
+    with torch.no_grad():
+        for bn in (net[0], net[2]):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+    model = CompressedModel.from_torch(net)
+    assert [type(layer).__name__ for layer in model.layers] == [
+        "BatchNorm2d", "Conv2d", "Activation", "AdaptiveAvgPool2d", "Flatten", "Linear"]  # the second BN folded
+    path = tmp_path / "seq.safetensors"
+    save_compressed(path, model)
+    x = images(3, seed=15, channels=2, size=8)
+    with torch.no_grad():
+        close(load_compressed(path)(x), net.double()(as64(x)).numpy())
+
+
 def edit(meta, fn):
     arch = json.loads(meta["architecture"])
     fn(arch)
