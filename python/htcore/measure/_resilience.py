@@ -137,7 +137,7 @@ def resilience(models: Mapping[str, Any], X: Any, y: Any, *, input_noise: Sequen
             raise TypeError(f"models keys must be str names, got {name!r}")
         ops[name] = sequential_ops(model, f"models[{name!r}]")
     X = as_float_array(X, "X", dtype=np.float64, allow_empty=False)
-    for name, net in ops.items():
+    for net in ops.values():
         check_input(net, X, "X")
     y = check_labels(y, X.shape[0], "y")
     levels_in, levels_w = _levels(input_noise, "input_noise"), _levels(weight_noise, "weight_noise")
@@ -153,7 +153,7 @@ def resilience(models: Mapping[str, Any], X: Any, y: Any, *, input_noise: Sequen
     acc_in = np.empty((len(ops), len(levels_in), trials))
     acc_w = np.empty((len(ops), len(levels_w), trials))
     with torch.no_grad():
-        for m, (name, net) in enumerate(ops.items()):
+        for name, net in ops.items():
             out = forward(net, x)
             if out.ndim != 2 or (y.size and y.max() >= out.shape[1]):
                 raise ValueError(f"models[{name!r}] must output (batch, classes) with more classes than max(y) = "
@@ -180,7 +180,7 @@ def _levels(values: Any, name: str) -> tuple:
         raise TypeError(f"{name} must be a non-empty sequence of noise levels, got {values!r}")
     out = []
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (math.isfinite(v) and v >= 0):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (math.isfinite(v) and float(v) >= 0):
             raise ValueError(f"{name} levels must be finite numbers >= 0, got {v!r}")
         out.append(float(v))
     return tuple(out)
