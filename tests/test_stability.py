@@ -259,3 +259,15 @@ def test_bad_inputs():
         htcore.layer_stability(W, W, np.full((2, 4), np.inf))
     with pytest.raises(ValueError, match="probes must be >= 1"):
         htcore.layer_stability(W, W, np.ones((2, 4)), probes=0)
+
+
+def test_without_torch_the_error_names_it(monkeypatch):
+    f, g = _hand_built()
+    runtime_f = CompressedModel.from_torch(f)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(ImportError, match="need torch"):
+        htcore.noise_stability(runtime_f, g, np.ones((2, 2)))
+    with pytest.raises(ImportError, match="need torch"):
+        htcore.resilience({"g": g}, np.ones((2, 2)), np.zeros(2, int))
+    with pytest.raises(ImportError, match="need torch"):
+        htcore.layer_stability(np.ones((2, 2)), np.ones((2, 2)), np.ones((3, 2)))

@@ -17,7 +17,7 @@ Conventions (tail index vs pdf exponent, the ESD): docs/conventions.md.
 from __future__ import annotations
 
 from ._analyze import DEFAULT_KEEPS, analyze, analyze_layer
-from ._plots import plot_report
+from ._plots import plot_report, plot_resilience, plot_stability
 from ._powerlaw_fit import PowerLawFit, fit_powerlaw
 from ._report import ElementTails, LayerReport, ModelReport
 from ._resilience import Resilience, resilience
@@ -50,6 +50,8 @@ __all__ = [
     "noise_stability",
     "pickands",
     "plot_report",
+    "plot_resilience",
+    "plot_stability",
     "resilience",
     "spectral_metrics",
     "stability_section",

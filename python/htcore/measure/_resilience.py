@@ -25,7 +25,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from .._validation import as_float_array, check_int, check_labels
-from ._sequential import WEIGHTED, check_input, forward, maybe_subsample, sequential_ops, to_tensor
+from ._sequential import WEIGHTED, check_input, forward, maybe_subsample, sequential_ops, to_tensor, torch_module
 
 DEFAULT_INPUT_NOISE = (0.0, 0.1, 0.25, 0.5, 1.0)
 DEFAULT_WEIGHT_NOISE = (0.0, 0.1, 0.25, 0.5, 1.0)
@@ -127,8 +127,7 @@ def resilience(models: Mapping[str, Any], X: Any, y: Any, *, input_noise: Sequen
 
     Returns a `Resilience`. Needs torch.
     """
-    import torch
-
+    torch = torch_module()
     if not isinstance(models, Mapping) or not models:
         raise TypeError(f"models must be a non-empty mapping name -> model, got {type(models).__name__}")
     ops = {}

@@ -41,7 +41,8 @@ class Op:
         return f"{self.kind}({', '.join(s for s in (shape, extra) if s)})"
 
 
-def _torch():
+def torch_module():
+    """torch, or an ImportError saying what needs it."""
     try:
         import torch
     except ImportError:
@@ -51,7 +52,7 @@ def _torch():
 
 def sequential_ops(model: Any, name: str) -> list[Op]:
     """``model`` (a torch ``nn.Sequential`` or a `htcore.runtime.CompressedModel`) as float64 ops."""
-    torch = _torch()
+    torch = torch_module()
     from ..runtime import Activation, AvgPool2d, CompressedModel, Conv2d, Flatten, Linear, MaxPool2d
     from ..sparse import CSRMatrix
 
@@ -122,7 +123,7 @@ def check_input(ops: list[Op], X: np.ndarray, name: str) -> None:
 
 def apply(op: Op, h: Any) -> Any:
     """One op on a float64 batch."""
-    torch = _torch()
+    torch = torch_module()
     F = torch.nn.functional
     if op.kind == "linear":
         return F.linear(h, op.weight, op.bias)
@@ -156,7 +157,7 @@ def layer_matrix(op: Op) -> Any:
     its Frobenius norm is the kernel's)."""
     if op.kind == "linear":
         return op.weight
-    torch = _torch()
+    torch = torch_module()
     out, per_group, kh, kw = op.weight.shape
     groups = op.params["groups"]
     flat = op.weight.reshape(out, per_group * kh * kw)
@@ -175,7 +176,7 @@ def layer_vectors(op: Op, h: Any) -> Any:
     image for a Conv2d."""
     if op.kind == "linear":
         return h
-    torch = _torch()
+    torch = torch_module()
     out, per_group, kh, kw = op.weight.shape
     p = op.params
     patches = torch.nn.functional.unfold(h, (kh, kw), dilation=p["dilation"], padding=p["padding"], stride=p["stride"])
@@ -183,7 +184,7 @@ def layer_vectors(op: Op, h: Any) -> Any:
 
 
 def to_tensor(X: np.ndarray) -> Any:
-    return _torch().from_numpy(np.asarray(X, dtype=np.float64))
+    return torch_module().from_numpy(np.asarray(X, dtype=np.float64))
 
 
 def maybe_subsample(n: int, max_samples: Optional[int], rng: np.random.Generator) -> Optional[np.ndarray]:

@@ -66,6 +66,7 @@ from ._sequential import (
     maybe_subsample,
     sequential_ops,
     to_tensor,
+    torch_module,
 )
 
 
@@ -273,8 +274,7 @@ def noise_stability(original: Any, compressed: Any, X: Any, y: Any = None, *, ma
     single-layer errors and one backward pass per output unit for the interlayer cushions. Needs
     torch; computed in float64 (deterministic, no htcore kernels: identical at any thread count).
     """
-    import torch
-
+    torch = torch_module()
     ops_f = sequential_ops(original, "original")
     ops_g = sequential_ops(compressed, "compressed")
     check_corresponds(ops_f, ops_g, ("original", "compressed"))
@@ -364,7 +364,7 @@ def noise_stability(original: Any, compressed: Any, X: Any, y: Any = None, *, ma
 def _local_stats(W: Any, W_hat: Any, V: Any, name: str, kind: str, rng: np.random.Generator,
                  probes: int) -> LayerStability:
     """Relative errors, cushions and the random-input prediction of one matrix on the rows of V."""
-    import torch
+    torch = torch_module()
 
     E = W - W_hat
     w_fro = float(torch.linalg.matrix_norm(W))
