@@ -214,6 +214,12 @@ def test_stability_section(tmp_path):
     assert "| layers.2 |" in s["markdown"] and "Accuracy under weight noise" in s["markdown"]
     json.dumps(s["json"], allow_nan=False)
     assert htcore.measure.stability_section(r)["figures"] == []
+    # the fields are those of the demo report's Section: the lead's wiring is one line
+    from htcore.demo._html_report import Section, write_html
+
+    write_html(tmp_path / "report.html", "t", [Section(**{k: s[k] for k in ("title", "paragraphs", "tables", "figures")})])
+    page = (tmp_path / "report.html").read_text()
+    assert s["title"] in page and "rel. error median" in page and "data:image/png;base64" in page
 
 
 def test_bad_inputs():
