@@ -49,15 +49,17 @@ from ..runtime import (
     MaxPool2d,
     Node,
 )
-from ._convert import _fold_graph, _Float64BatchNorm, _live, _plain, _unique
+from ._convert import _Float64BatchNorm, _fold_graph, _live, _plain, _unique
 
 _SUPPORTED = ("conv2d, convolution, linear, addmm, mm, relu, gelu, tanh, softmax, max_pool2d, avg_pool2d, "
               "adaptive_avg_pool2d, mean over (H, W), add, flatten, view/reshape to (batch, features), batch_norm "
               "(inference), dropout (inference), clone")
 _NO_OPS = {"clone", "contiguous", "alias", "detach", "lift_fresh_copy", "dropout", "feature_dropout"}
 _CONST_OPS = {"t", "permute", "transpose", "numpy_T"}
-_SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TOKEN = re.compile(r"\s+|'[su][0-9]+'|[0-9]+(?:\.[0-9]+)?(?:e[+-]?[0-9]+)?|[A-Za-z_][A-Za-z0-9_]*|[-+*/(),=]")
 _SIZE_SYMBOL = re.compile(r"[su][0-9]+")
+_SYMPY_NAMES = {"Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Max", "Min", "Abs", "True", "False",
+                "oo", "positive", "integer", "nonnegative", "real", "finite"}
 
 
 def load_exported(path: str | os.PathLike) -> Any:
@@ -99,25 +101,37 @@ def _check_payload_config(raw: bytes, where: str, name: str) -> None:
 
 
 def _check_expressions(node: Any, where: str, name: str) -> None:
-    """Every ``expr_str`` (what torch passes to sympy.sympify, i.e. eval) names only size symbols and
-    torch's sympy functions."""
+    """Every ``expr_str`` (what torch passes to sympy.sympify, i.e. eval) is made of numbers,
+    arithmetic, size symbols (``s0``, or ``Symbol('s0', positive=True, integer=True)``) and sympy's
+    or torch's shape functions: no attribute access, no other string, no other name."""
     from torch.utils._sympy import functions
 
+    allowed = _SYMPY_NAMES | {n for n in dir(functions) if not n.startswith("_") and isinstance(getattr(functions, n), type)}
     stack = [node]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
             expr = item.get("expr_str")
-            if isinstance(expr, str):
-                bad = [s for s in _SYMBOL.findall(expr) if not _SIZE_SYMBOL.fullmatch(s)
-                       and not (not s.startswith("_") and isinstance(getattr(functions, s, None), type))
-                       and s not in ("Max", "Min", "Abs")]
-                if bad or any(c in expr for c in "'\"[]{}.;:=\\@`!"):
-                    raise ValueError(f"{where}: {name}: symbolic expression {expr[:80]!r} is not a size expression "
-                                     "(torch evaluates it with sympy.sympify): refused")
+            if isinstance(expr, str) and not _safe_expression(expr, allowed):
+                raise ValueError(f"{where}: {name}: symbolic expression {expr[:80]!r} is not a size expression "
+                                 "(torch evaluates it with sympy.sympify, i.e. Python eval): refused")
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
+
+
+def _safe_expression(expr: str, allowed: set) -> bool:
+    pos = 0
+    while pos < len(expr):
+        token = _TOKEN.match(expr, pos)
+        if token is None:
+            return False
+        word = token.group()
+        if word[0].isalpha() or word[0] == "_":
+            if word not in allowed and not _SIZE_SYMBOL.fullmatch(word):
+                return False
+        pos = token.end()
+    return True
 
 
 def from_exported(program: Any, *, input_shape: Any = None, fold_batchnorm: bool = True,
@@ -287,7 +301,7 @@ def _layer(node: Any, consts: dict) -> tuple[Any, list]:
         if op == "addmm" and (a["beta"] != 1 or a["alpha"] != 1):
             raise TypeError(f"{_where(node)}: addmm with beta or alpha other than 1 is not supported")
         weight_t = _const(node, mat2, "second matrix", consts)
-        return _linear(node, mat1, weight_t.T, _const(node, a["self"], "bias", consts) if op == "addmm" else None)
+        return _linear(node, mat1, None if weight_t is None else weight_t.T, _const(node, a["self"], "bias", consts) if op == "addmm" else None)
     if op in ("relu", "tanh") or (op == "gelu" and a.get("approximate") == "none"):
         return Activation(op), [x]
     if op in ("softmax", "_softmax") and len(_shape(x)) == 2 and a["dim"] in (-1, 1):

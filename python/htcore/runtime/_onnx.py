@@ -239,8 +239,8 @@ class _Converter:
                     raise ValueError(f"{at}: training_mode=1 is not supported (export the model in eval mode)")
                 gamma, beta, mean, var = (self._const(node, i, what, at, 1) for i, what in
                                           ((1, "scale"), (2, "bias"), (3, "mean"), (4, "variance")))
-                scale = gamma / np.sqrt(var + attrs.get("epsilon", 1e-5))  # type: ignore[operator]
-                return BatchNorm2d(scale, beta - mean * scale), [x]  # type: ignore[operator]
+                scale = gamma / np.sqrt(var + attrs.get("epsilon", 1e-5))
+                return BatchNorm2d(scale, beta - mean * scale), [x]
             if op in ("MaxPool", "AveragePool"):
                 _check(at, attrs, {"kernel_shape", "strides", "pads", "auto_pad", "ceil_mode", "dilations",
                                    "storage_order", "count_include_pad"})
