@@ -251,6 +251,13 @@ def test_onnx_batchnorm_and_pools_match_torch():
     np.testing.assert_allclose(converted(x), t.mean((2, 3), keepdim=True).numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_onnx_matmul_read_before_and_after_its_bias_is_refused():
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["hb"]),
+             helper.make_node("Add", ["h", "hb"], ["y"])]
+    with pytest.raises(ValueError, match="bias Add was merged"):
+        from_onnx(_onnx_model(nodes, {"w": np.ones((4, 4)), "b": np.ones(4)}, [1, 4]))
+
+
 @pytest.mark.parametrize("node, message", [
     (helper.make_node("Sigmoid", ["x"], ["y"]), "operator Sigmoid"),
     (helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], ceil_mode=1), "ceil_mode"),

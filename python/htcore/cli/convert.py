@@ -1,14 +1,14 @@
-"""``htcore convert``: turn a torch model that ships with its graph into an htcore model file.
+"""htcore convert: turn a torch model that ships with its graph into an htcore model file.
 
-IN is a ``torch.export`` program (``.pt2``, from ``torch.export.save``; needs torch) or an ONNX
-model (``.onnx``, e.g. from ``torch.onnx.export``; needs the onnx package). The output is a
-dense htcore model file for ``htcore compress``, ``bound`` and ``run``.
+MODEL is a torch.export program (.pt2, from torch.export.save; needs torch) or an ONNX
+model (.onnx, e.g. from torch.onnx.export; needs the onnx package). The output is a
+dense htcore model file for htcore compress, bound and run.
 
-Safety: ONNX files are parsed as protobuf and never execute anything. A ``.pt2`` is read by torch's
-``torch.export.load``, which can execute code from the file (it unpickles some payloads and
+Safety: ONNX files are parsed as protobuf and never execute anything. A .pt2 is read by torch's
+torch.export.load, which can execute code from the file (it unpickles some payloads and
 evaluates shape expressions); htcore refuses the archives that use those paths, but convert
-``.pt2`` files only from sources you trust. A ``.pt`` state_dict (``torch.save``) has no graph:
-export the model with ``torch.export`` or ``torch.onnx.export`` first.
+.pt2 files only from sources you trust. A .pt state_dict (torch.save) has no graph:
+export the model with torch.export or torch.onnx.export first.
 """
 from __future__ import annotations
 

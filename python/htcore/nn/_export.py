@@ -18,8 +18,9 @@ archive's sample inputs with ``weights_only=False`` when the safe load fails, an
 symbolic-shape expressions with ``sympy.sympify`` (Python ``eval``). Any of these can execute code
 from the file. `load_exported` therefore checks the archive first and refuses a pickled weight or
 constant, a custom or opaque object, a legacy ``.pt`` payload, an AOTInductor package, sample inputs
-that need more than ``torch.load(weights_only=True)`` and a symbolic expression with any name but a
-size symbol (``s0``, ``u1``, ...) or torch's sympy functions. That closes the paths found in torch
+that need more than ``torch.load(weights_only=True)`` and a symbolic expression that is not
+arithmetic on numbers and size symbols (``s0``, ``Symbol('s0', positive=True, integer=True)``) with
+sympy's and torch's shape functions (no attribute access, no other name or string). That closes the paths found in torch
 2.13's loader; it cannot vouch for torch's deserializer as a whole, so convert ``.pt2`` files only
 from sources you trust, and prefer ONNX (`htcore.runtime.from_onnx`, parsed without executing
 anything) for files you do not.

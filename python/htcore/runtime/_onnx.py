@@ -118,6 +118,7 @@ class _Converter:
         self.built: list[tuple[str, Any, list[str]]] = []
         self.taken = {INPUT}
         self.readers: dict[str, int] = {}  # runtime name -> readers so far (a MatMul's bias Add must be the only one)
+        self.biased: set[str] = set()  # MatMul outputs whose Linear now includes the bias: no one else may read them
 
     def at(self, node: Any, index: int) -> str:
         return f"{self.where}: node {node.name or index!r} ({node.op_type})"
@@ -169,6 +170,9 @@ class _Converter:
         return [entry for entry in self.built if entry[0] in needed]
 
     def _ref(self, value: str, at: str) -> str:
+        if value in self.biased:
+            raise ValueError(f"{at}: input {value!r} is a MatMul output whose bias Add was merged into it; "
+                             "reading it elsewhere too is not supported")
         if value in self.consts:
             raise ValueError(f"{at}: input {value!r} is a constant where the runtime needs a computed tensor")
         if value not in self.alias:
@@ -204,6 +208,7 @@ class _Converter:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{at}: {exc}") from None
         self.built[self.built.index(entry)] = (entry[0], layer, entry[2])
+        self.biased.add(node.input[1 - const_pos])
         self.alias[node.output[0]] = src
 
     def _layer(self, op: str, node: Any, attrs: dict, at: str) -> tuple[Any, list[str]]:
