@@ -178,7 +178,8 @@ def test_state_dict_gets_an_error_naming_the_fix(tmp_path, capsys):
             load_compressed(path)
         for command in (["convert", str(path), "-o", str(tmp_path / "o.safetensors")],
                         ["compress", str(path), "-o", str(tmp_path / "o.safetensors"), "--keep", "0.1"],
-                        ["run", str(path), "--input", str(tmp_path / "x.npy")]):
+                        ["run", str(path), "--input", str(tmp_path / "x.npy")],
+                        ["bound", str(path), "--data", "digits"]):
             assert main(command) == 1
             assert "htcore convert" in capsys.readouterr().err
 

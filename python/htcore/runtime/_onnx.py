@@ -280,7 +280,7 @@ class _Converter:
         except (TypeError, ValueError) as exc:
             message = str(exc)
             raise ValueError(message if message.startswith(at) else f"{at}: {message}") from None
-        raise ValueError(f"{at}: operator {op} (attributes {attrs}) is not supported by the runtime; supported: {_SUPPORTED}")
+        raise ValueError(f"{at}: operator {op} (attributes {sorted(attrs)}) is not supported by the runtime; supported: {_SUPPORTED}")
 
 
 def _attribute(attr: Any) -> Any:
