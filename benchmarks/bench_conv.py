@@ -24,11 +24,14 @@ previous method) and one untimed call. Per-call time of a block = its time / its
 give each method's median over the rounds, and ratios torch / htcore as the median of the per-round
 ratios (both sides of a ratio saw the same machine load).
 
-Per-layer shares (1 thread): each layer alone, on its own input captured from the dense net:
+Per-layer shares (1 thread, p10 times): each layer alone, on its own input captured from the dense net:
 htcore runs a one-layer runtime model (a Conv2d with the ReLU after it fused, as the runtime fuses
 it; a pool; a Linear), torch the module itself. "rest" is the whole net minus the sum of its layers
 (Python between layers, unfused activations, residual adds, flatten; BatchNorm is folded into the
-convolutions by the runtime, so its torch time has no htcore counterpart).
+convolutions by the runtime, so its torch time has no htcore counterpart). Beside each max pool
+with stride = kernel, the maximum of its k * k strided slices in numpy is timed too (equal to
+torch's result, checked): a candidate for the runtime's pooling, which uses
+``sliding_window_view(...).max(axis=(4, 5))``.
 
 Usage: python benchmarks/bench_conv.py [--quick] [--rounds 7] [--out benchmarks/results]
 (~6-10 minutes on a loaded 2-core machine; --quick: one sparsity and batch pair, 3 rounds, ~1 minute).
@@ -121,6 +124,11 @@ def interleaved(methods: dict, rounds: int) -> dict:
     return times
 
 
+def p10(times: list) -> float:
+    """10th percentile of per-round times: the rounds least hit by other processes."""
+    return float(np.percentile(times, 10))
+
+
 def ratio(num: list, den: list) -> float:
     """Median over rounds of num / den (same rounds)."""
     return statistics.median(a / b for a, b in zip(num, den))
@@ -185,7 +193,7 @@ def layer_table(net: str, dense: nn.Module, sparsity: float, batch: int, x: torc
     methods["htcore whole"] = lambda: whole(xn)
     methods["torch whole"] = lambda: _no_grad(dense, x)
     times = interleaved(methods, rounds)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = {k: p10(v) for k, v in times.items()}  # p10: medians of single layers swing with the load
     total_h, total_t = med["htcore whole"], med["torch whole"]
     out = []
     for r in rows:
@@ -193,7 +201,7 @@ def layer_table(net: str, dense: nn.Module, sparsity: float, batch: int, x: torc
         out.append({"net": net, "sparsity": sparsity, "batch": batch, "layer": r["layer"], "desc": r["desc"],
                     "htcore_us": h * 1e6, "htcore_share": h / total_h, "torch_us": t * 1e6, "torch_share": t / total_t,
                     "torch_over_htcore": ratio(times[f"torch {r['key']}"], times[f"htcore {r['key']}"]),
-                    "slice_pool_us": statistics.median(times[f"slices {r['key']}"]) * 1e6
+                    "slice_pool_us": p10(times[f"slices {r['key']}"]) * 1e6
                     if f"slices {r['key']}" in times else None})
     rest_h = total_h - sum(med[f"htcore {r['key']}"] for r in rows)
     rest_t = total_t - sum(med[f"torch {r['key']}"] for r in rows)
@@ -253,7 +261,8 @@ def whole_case(net: str, dense: nn.Module, sparsities: list, batch: int, threads
     for s in sparsities:
         row = {"net": net, "batch": batch, "threads": threads, "sparsity": s, "torch_us": torch_med * 1e6,
                "htcore_us": statistics.median(times[f"htcore {s:.0%}"]) * 1e6,
-               "torch_over_htcore": ratio(times["torch"], times[f"htcore {s:.0%}"]), "rounds": rounds}
+               "torch_over_htcore": ratio(times["torch"], times[f"htcore {s:.0%}"]), "rounds": rounds,
+               "torch_p10_us": p10(times["torch"]) * 1e6, "htcore_p10_us": p10(times[f"htcore {s:.0%}"]) * 1e6}
         if s > 0:
             fd = times[f"first dense {s:.0%}"]
             row["first_dense_us"] = statistics.median(fd) * 1e6
@@ -320,15 +329,20 @@ def markdown(info: dict, whole: list, layers: list, skipped: list, crossover: li
         at90 = next((r["torch_over_htcore"] for r in rows if abs(r["sparsity"] - 0.9) < 1e-9), float("nan"))
         met = worst > 1 and (key[1] != 1 or at90 >= 2)
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {worst:.2f} | {at90:.2f} | {'yes' if met else 'no'} |")
-    lines += ["", "| net | batch | threads | torch µs | sparsity | htcore µs | torch/htcore | first conv dense µs "
-              "| torch/first dense | rounds |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "p10: the 10th percentile of the per-round times (the rounds least hit by other processes).", "",
+              "| net | batch | threads | torch µs | sparsity | htcore µs | torch/htcore | p10 torch/htcore "
+              "| first conv dense µs | torch/first dense | rounds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in whole:
         fd = (f"{r['first_dense_us']:.0f} | {r['torch_over_first_dense']:.2f}" if "first_dense_us" in r else "- | -")
         lines.append(f"| {r['net']} | {r['batch']} | {r['threads']} | {r['torch_us']:.0f} | {r['sparsity']:.0%} | "
-                     f"{r['htcore_us']:.0f} | {r['torch_over_htcore']:.2f} | {fd} | {r['rounds']} |")
+                     f"{r['htcore_us']:.0f} | {r['torch_over_htcore']:.2f} | "
+                     f"{r['torch_p10_us'] / r['htcore_p10_us']:.2f} | {fd} | {r['rounds']} |")
     lines += ["", "## Per-layer times and shares (1 thread)", "",
               "One layer alone on its own input; htcore: a one-layer runtime model (ReLU fused into the "
-              "convolution), torch: the module. rest = whole net minus its layers.", "",
+              "convolution), torch: the module. Times are p10 over the rounds (medians of single layers swing with "
+              "the load), shares of the whole net's p10; rest = whole net minus its layers; torch/htcore is the "
+              "median of per-round ratios. max of slices: the numpy pooling candidate (see the module docstring).",
+              "",
               "| net | sparsity | batch | layer | what | htcore µs | share | torch µs | share | torch/htcore "
               "| max of slices µs |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in layers:
