@@ -11,7 +11,7 @@
 """
 from __future__ import annotations
 
-from ._convert import TORCH_ACTIVATIONS, activation_kind, to_runtime_layers, to_torch
+from ._convert import TORCH_ACTIVATIONS, activation_kind, to_runtime_graph, to_runtime_layers, to_torch
 from ._models import lenet, resnet_small, vgg_small
 from ._sparse_conv import SparseConv2d
 from ._sparse_linear import SparseLinear
@@ -27,6 +27,7 @@ __all__ = [
     "lenet",
     "resnet_small",
     "sparsify_model",
+    "to_runtime_graph",
     "to_runtime_layers",
     "to_torch",
     "vgg_small",
