@@ -22,9 +22,13 @@ every method once, a block of consecutive calls of about ``BLOCK`` seconds each,
 between rounds); each block starts after an idle gap (so no thread pool is still spinning from the
 previous method) and one untimed call. Per-call time of a block = its time / its calls; the tables
 give each method's median over the rounds, and ratios torch / htcore as the median of the per-round
-ratios (both sides of a ratio saw the same machine load).
+ratios (both sides of a ratio saw the same machine load). Clock: at 1 thread, the calling thread's
+CPU time (torch, htcore and numpy all compute on the calling thread then, so this leaves out the
+time other processes held the core: on a shared, overloaded host wall times swing 2-10x between
+rounds); wall time is kept beside it. At 2 threads, wall time (CPU time would count the spinning
+of waiting workers); those rows are only as good as the host was quiet.
 
-Per-layer shares (1 thread, p10 times): each layer alone, on its own input captured from the dense net:
+Per-layer shares (1 thread, CPU time): each layer alone, on its own input captured from the dense net:
 htcore runs a one-layer runtime model (a Conv2d with the ReLU after it fused, as the runtime fuses
 it; a pool; a Linear), torch the module itself. "rest" is the whole net minus the sum of its layers
 (Python between layers, unfused activations, residual adds, flatten; BatchNorm is folded into the
@@ -103,8 +107,11 @@ def runtime_model(model: nn.Module, x: np.ndarray, reference: np.ndarray) -> Opt
     return compiled
 
 
-def interleaved(methods: dict, rounds: int) -> dict:
-    """Per-call seconds of each method in each round: {name: [seconds per round]}."""
+def interleaved(methods: dict, rounds: int, cpu_clock: bool) -> tuple[dict, dict]:
+    """Per-call seconds of each method in each round, ({name: [seconds per round]}, the same in wall
+    time). With ``cpu_clock`` the first is the calling thread's CPU time (at one thread every
+    library computes on the calling thread, so it leaves out the time other processes held the
+    core); else it is wall time too."""
     inner = {}
     for name, fn in methods.items():  # warm-up and a time estimate
         fn()
@@ -113,16 +120,19 @@ def interleaved(methods: dict, rounds: int) -> dict:
         inner[name] = int(np.clip(BLOCK / max(time.perf_counter() - t0, 1e-7), 1, 200))
     names = list(methods)
     times: dict = {name: [] for name in names}
+    wall: dict = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
             fn = methods[name]
             time.sleep(GAP)
             fn()
-            t0 = time.perf_counter()
+            c0, t0 = time.thread_time(), time.perf_counter()
             for _ in range(inner[name]):
                 fn()
-            times[name].append((time.perf_counter() - t0) / inner[name])
-    return times
+            t1, c1 = time.perf_counter(), time.thread_time()
+            wall[name].append((t1 - t0) / inner[name])
+            times[name].append((c1 - c0) / inner[name] if cpu_clock else wall[name][-1])
+    return times, wall
 
 
 def p10(times: list) -> float:
@@ -193,8 +203,8 @@ def layer_table(net: str, dense: nn.Module, sparsity: float, batch: int, x: torc
     xn = x.numpy()
     methods["htcore whole"] = lambda: whole(xn)
     methods["torch whole"] = lambda: _no_grad(dense, x)
-    times = interleaved(methods, rounds)
-    med = {k: p10(v) for k, v in times.items()}  # p10: medians of single layers swing with the load
+    times, _ = interleaved(methods, rounds, cpu_clock=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
     total_h, total_t = med["htcore whole"], med["torch whole"]
     out = []
     for r in rows:
@@ -202,7 +212,7 @@ def layer_table(net: str, dense: nn.Module, sparsity: float, batch: int, x: torc
         out.append({"net": net, "sparsity": sparsity, "batch": batch, "layer": r["layer"], "desc": r["desc"],
                     "htcore_us": h * 1e6, "htcore_share": h / total_h, "torch_us": t * 1e6, "torch_share": t / total_t,
                     "torch_over_htcore": ratio(times[f"torch {r['key']}"], times[f"htcore {r['key']}"]),
-                    "slice_pool_us": p10(times[f"slices {r['key']}"]) * 1e6
+                    "slice_pool_us": med[f"slices {r['key']}"] * 1e6
                     if f"slices {r['key']}" in times else None})
     rest_h = total_h - sum(med[f"htcore {r['key']}"] for r in rows)
     rest_t = total_t - sum(med[f"torch {r['key']}"] for r in rows)
@@ -256,13 +266,15 @@ def whole_case(net: str, dense: nn.Module, sparsities: list, batch: int, threads
             if compiled is None:
                 return []
             methods[("first dense " if first_dense else "htcore ") + f"{s:.0%}"] = lambda c=compiled: c(xn)
-    times = interleaved(methods, rounds)
+    times, wall = interleaved(methods, rounds, cpu_clock=threads == 1)
     torch_med = statistics.median(times["torch"])
     rows = []
     for s in sparsities:
         row = {"net": net, "batch": batch, "threads": threads, "sparsity": s, "torch_us": torch_med * 1e6,
                "htcore_us": statistics.median(times[f"htcore {s:.0%}"]) * 1e6,
                "torch_over_htcore": ratio(times["torch"], times[f"htcore {s:.0%}"]), "rounds": rounds,
+               "clock": "cpu" if threads == 1 else "wall",
+               "wall_torch_over_htcore": ratio(wall["torch"], wall[f"htcore {s:.0%}"]),
                "torch_p10_us": p10(times["torch"]) * 1e6, "htcore_p10_us": p10(times[f"htcore {s:.0%}"]) * 1e6}
         if s > 0:
             fd = times[f"first dense {s:.0%}"]
@@ -305,7 +317,7 @@ def crossover_table(rounds: int, batches: list) -> list:
             methods["dense, tiled loop"] = lambda: _core.sparse_conv2d(
                 full.indptr, full.indices, full.data, None, c_out, cols, x, k, k, 1, 1, pad, pad, 1, 1, 1, None,
                 _core.Activation.relu, _core.Conv2dAlgo.tiled)
-            times = interleaved(methods, rounds)
+            times, _ = interleaved(methods, rounds, cpu_clock=True)
             row = {"layer": what, "batch": batch, "torch_us": statistics.median(times["torch"]) * 1e6,
                    "dense_us": statistics.median(times["dense"]) * 1e6,
                    "torch_over_dense": ratio(times["torch"], times["dense"]),
@@ -318,6 +330,7 @@ def crossover_table(rounds: int, batches: list) -> list:
 
 def markdown(info: dict, whole: list, layers: list, skipped: list, crossover: list) -> str:
     lines = ["# Whole CNNs: htcore runtime vs dense torch (`benchmarks/bench_conv.py`)", "",
+             f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
              f"CPU: {info['cpu']} ({info['cores']} cores); torch {info.get('torch')}, numpy {info['numpy']}, "
              f"htcore {info['htcore']} ({info['htcore_build']['compiler']}, {info['htcore_build']['simd']}). Load average (1 min): "
              f"{info['load_average_1min']} at the start, {info['load_average_end']} at the end. "
@@ -335,19 +348,22 @@ def markdown(info: dict, whole: list, layers: list, skipped: list, crossover: li
         at90 = next((r["torch_over_htcore"] for r in rows if abs(r["sparsity"] - 0.9) < 1e-9), float("nan"))
         met = worst > 1 and (key[1] != 1 or at90 >= 2)
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {worst:.2f} | {at90:.2f} | {'yes' if met else 'no'} |")
-    lines += ["", "p10: the 10th percentile of the per-round times (the rounds least hit by other processes).", "",
-              "| net | batch | threads | torch µs | sparsity | htcore µs | torch/htcore | p10 torch/htcore "
-              "| first conv dense µs | torch/first dense | rounds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "clock: cpu = the calling thread's CPU time (1 thread), wall = wall time (2 threads); "
+              "wall ratio: the 1-thread ratio in wall time; p10: ratio of the 10th percentiles of the per-round "
+              "times.", "",
+              "| net | batch | threads | clock | torch µs | sparsity | htcore µs | torch/htcore | wall ratio | p10 ratio "
+              "| first conv dense µs | torch/first dense | rounds |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in whole:
         fd = (f"{r['first_dense_us']:.0f} | {r['torch_over_first_dense']:.2f}" if "first_dense_us" in r else "- | -")
-        lines.append(f"| {r['net']} | {r['batch']} | {r['threads']} | {r['torch_us']:.0f} | {r['sparsity']:.0%} | "
-                     f"{r['htcore_us']:.0f} | {r['torch_over_htcore']:.2f} | "
-                     f"{r['torch_p10_us'] / r['htcore_p10_us']:.2f} | {fd} | {r['rounds']} |")
+        lines.append(f"| {r['net']} | {r['batch']} | {r['threads']} | {r['clock']} | {r['torch_us']:.0f} | "
+                     f"{r['sparsity']:.0%} | {r['htcore_us']:.0f} | {r['torch_over_htcore']:.2f} | "
+                     f"{r['wall_torch_over_htcore']:.2f} | {r['torch_p10_us'] / r['htcore_p10_us']:.2f} | {fd} | "
+                     f"{r['rounds']} |")
     lines += ["", "## Per-layer times and shares (1 thread)", "",
               "One layer alone on its own input; htcore: a one-layer runtime model (ReLU fused into the "
-              "convolution), torch: the module. Times are p10 over the rounds (medians of single layers swing with "
-              "the load), shares of the whole net's p10; rest = whole net minus its layers; torch/htcore is the "
-              "median of per-round ratios. max of slices: the numpy pooling candidate (see the module docstring).",
+              "convolution), torch: the module. CPU time of the calling thread, medians over the rounds; shares "
+              "of the whole net; rest = whole net minus its layers; torch/htcore is the median of per-round "
+              "ratios. max of slices: the numpy pooling candidate (see the module docstring).",
               "",
               "| net | sparsity | batch | layer | what | htcore µs | share | torch µs | share | torch/htcore "
               "| max of slices µs |", "|---|---|---|---|---|---|---|---|---|---|---|"]
