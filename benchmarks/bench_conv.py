@@ -328,6 +328,21 @@ def crossover_table(rounds: int, batches: list) -> list:
     return rows
 
 
+def pooling_estimates(layers: list) -> list:
+    """Per (net, sparsity, batch) with max pools: the whole net's htcore time with the runtime's
+    pools replaced by the strided-slice maximum (times from the per-layer table)."""
+    out = []
+    for key in dict.fromkeys((r["net"], r["sparsity"], r["batch"]) for r in layers):
+        rows = [r for r in layers if (r["net"], r["sparsity"], r["batch"]) == key]
+        pools = [r for r in rows if r.get("slice_pool_us") is not None]
+        whole = next(r for r in rows if r["layer"] == "whole")
+        if pools:
+            saved = sum(r["htcore_us"] - r["slice_pool_us"] for r in pools)
+            out.append({"net": key[0], "sparsity": key[1], "batch": key[2], "torch_us": whole["torch_us"],
+                        "htcore_us": whole["htcore_us"], "estimate_us": whole["htcore_us"] - saved})
+    return out
+
+
 def markdown(info: dict, whole: list, layers: list, skipped: list, crossover: list) -> str:
     lines = ["# Whole CNNs: htcore runtime vs dense torch (`benchmarks/bench_conv.py`)", "",
              f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
@@ -373,6 +388,17 @@ def markdown(info: dict, whole: list, layers: list, skipped: list, crossover: li
         lines.append(f"| {r['net']} | {r['sparsity']:.0%} | {r['batch']} | {r['layer']} | {r['desc']} | "
                      f"{r['htcore_us']:.0f} | {r['htcore_share']:.0%} | {r['torch_us']:.0f} | {r['torch_share']:.0%} | "
                      f"{ratio_text} | {slices} |")
+    estimates = pooling_estimates(layers)
+    if estimates:
+        lines += ["", "## With the candidate pooling (estimate, 1 thread)", "",
+                  "The whole net's htcore time with each max pool's runtime time replaced by the strided-slice "
+                  "maximum's, both measured above (an estimate: the runtime does not run it).", "",
+                  "| net | sparsity | batch | torch µs | htcore µs | torch/htcore | htcore with slice pooling µs "
+                  "| torch/estimate |", "|---|---|---|---|---|---|---|---|"]
+        for e in estimates:
+            lines.append(f"| {e['net']} | {e['sparsity']:.0%} | {e['batch']} | {e['torch_us']:.0f} | "
+                         f"{e['htcore_us']:.0f} | {e['torch_us'] / e['htcore_us']:.2f} | {e['estimate_us']:.0f} | "
+                         f"{e['torch_us'] / e['estimate_us']:.2f} |")
     lines += ["", "## When to keep a layer dense (1 thread)", "",
               "One convolution + ReLU: htcore with a dense weight (the kernel's dense loop) against the same layer "
               "top-k sparsified to each density (dense time / sparse time: > 1, the sparse weight is faster), "
