@@ -37,8 +37,9 @@ with stride = kernel, the maximum of its k * k strided slices in numpy is timed 
 torch's result, checked): a candidate for the runtime's pooling, which uses
 ``sliding_window_view(...).max(axis=(4, 5))``.
 
-Usage: python benchmarks/bench_conv.py [--quick] [--rounds 7] [--out benchmarks/results]
-(~6-10 minutes on a loaded 2-core machine; --quick: one sparsity and batch pair, 3 rounds, ~1 minute).
+Usage: python benchmarks/bench_conv.py [--quick] [--rounds 7] [--nets LeNet,VGG,ResNet] [--out benchmarks/results]
+(5-10 minutes on the loaded 2-core host; --quick: 0% and 90% sparsity, 3 rounds, about a minute,
+written to conv_quick.md / .json).
 """
 from __future__ import annotations
 
@@ -416,7 +417,7 @@ def markdown(info: dict, whole: list, layers: list, skipped: list, crossover: li
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="90%% sparsity only, batch 1 and 32, 3 rounds")
+    parser.add_argument("--quick", action="store_true", help="0%% and 90%% sparsity only, 3 rounds (conv_quick.md)")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per case (>= 7 for the record)")
     parser.add_argument("--nets", default=",".join(NETS), help="comma-separated subset of " + ",".join(NETS))
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))

@@ -25,8 +25,9 @@
 //   dense:  a weight holding every entry in column order (groups 1; the runtime's dense Conv2d
 //           and layers kept dense) takes this loop under `automatic`, whatever the shape: per
 //           (image, block of 4 output channels), tiles of up to 24 positions in 4 x 3 registers, so
-//           each input vector loaded serves 4 FMAs instead of one (1.3-2x the tiled loop on dense
-//           VGG layers; benchmarks/results/conv.md, "When to keep a layer dense").
+//           each input vector loaded serves 4 FMAs instead of one (1.2-1.4x the tiled loop on
+//           dense 3x3 layers of 64-128 channels; benchmarks/results/conv.md, "When to keep a
+//           layer dense").
 // Each output element is a chain of FMAs (or multiply-adds, portable build) in CSR order starting
 // from 0, then + bias, then the activation: both loops give bitwise the same result, at any
 // thread count.
