@@ -21,13 +21,15 @@ from . import datasets, errors, train
 from ._threads import get_num_threads, set_num_threads
 from ._version import __version__
 from .certification import BoundReport, bounds, certify, code_length, search_bound
-from .compression import compress
+from .compression import Allocation, allocate, compress
 from .io import Layer, load_layers
 from .measure import (
     ModelReport,
     PowerLawFit,
+    TailComparison,
     TailEstimate,
     analyze,
+    compare_tails,
     element_sample,
     fit_powerlaw,
     hill,
@@ -51,6 +53,8 @@ from .sparse import (
 __all__ = [
     "__version__",
     # compression and bounds
+    "Allocation",
+    "allocate",
     "BoundReport",
     "bounds",
     "certify",
@@ -62,7 +66,9 @@ __all__ = [
     "train",
     # tails
     "PowerLawFit",
+    "TailComparison",
     "TailEstimate",
+    "compare_tails",
     "element_sample",
     "fit_powerlaw",
     "hill",
