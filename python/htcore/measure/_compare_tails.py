@@ -202,7 +202,10 @@ def _stretched_pointwise(t: _Tail, p: np.ndarray) -> np.ndarray:
 
 def _stretched_sum(t: _Tail, p: np.ndarray) -> float | None:
     lam, beta = p
-    if (lam * t.hi) ** beta > -_SAFE_LOG or (beta - 1) * np.log(lam * np.array([t.lo, t.hi])).min() < _SAFE_LOG:
+    ends = lam * np.array([t.lo, t.hi])
+    log_f = (beta - 1) * np.log(ends) - ends**beta  # concave or monotone in ln x: extremes at the ends
+    log_norm = np.log(beta * lam) + (lam * t.xmin) ** beta
+    if log_f.min() < _SAFE_LOG or log_f.max() + log_norm > -_SAFE_LOG:
         return None
     powers = float(np.sum(np.exp(beta * t.log_x)))
     return ((beta - 1) * (t.sum_log + t.n * np.log(lam)) - lam**beta * powers
