@@ -35,8 +35,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from scipy.optimize import minimize
-from scipy.special import erfc, exp1, gamma, gammaincc
 
 from .._validation import as_float_array, check_fraction
 from ._powerlaw_fit import fit_powerlaw
@@ -134,6 +132,8 @@ def _clamped_log(likelihoods: np.ndarray) -> np.ndarray:
 
 def _upper_gamma(s: float, x: float) -> float:
     """Upper incomplete gamma Gamma(s, x) for s > -3 (negative s by Gamma(s, x) = (Gamma(s+1, x) - x^s e^-x) / s)."""
+    from scipy.special import exp1, gamma, gammaincc
+
     if s > 0:
         return float(gammaincc(s, x) * gamma(s))
     if s == 0:
@@ -260,6 +260,8 @@ def _in_range(family: _Family, p: np.ndarray) -> bool:
 
 def _fit(family: _Family, tail: _Tail) -> np.ndarray:
     """powerlaw's fit: bounded Nelder-Mead (tol 1e-4) on the negative log-likelihood from its start."""
+    from scipy.optimize import minimize  # scipy on first use: `import htcore` stays light
+
     out_of_range = -tail.n * _LOG_TINY
 
     def objective(p: np.ndarray) -> float:
@@ -277,6 +279,7 @@ def _fit(family: _Family, tail: _Tail) -> np.ndarray:
 
 
 def _ratio_test(alternative: str, tail: _Tail, power_law_ll: np.ndarray, significance: float) -> LikelihoodRatioTest:
+    from scipy.special import erfc
     from scipy.stats import chi2
 
     family = _FAMILIES[alternative]
