@@ -152,7 +152,9 @@ def markdown(results: dict) -> str:
         for r in fa["rows"]:
             out.append(f"| {r['setting']} | {r['k']['0']} / {r['k']['2']} | {r['rel_output_error']:.4f} | "
                        f"{r['test_error']:.4f} | {r['allocate_s']:.3f} |")
-        if "bound" in fa:
+        if "bound" not in fa:
+            out += ["", "Certified bound with the curve keeps: not in this run (run with --bound)."]
+        else:
             out += ["", "Certified kl bound (delta 0.05) with the curve keeps "
                     f"({', '.join(f'{k}: {v:.4f}' for k, v in fa['bound_keep'].items())}), fine-tuned 3 epochs, "
                     "codebook levels 4 and 8, float16 biases, 1 search bit (bench_bound's hand-tuned grid: "
