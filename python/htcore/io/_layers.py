@@ -24,6 +24,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from ..sparse import CSRMatrix
 from ._safetensors import SafetensorsFile
 
 KINDS = ("linear", "conv", "embedding", "other")
@@ -214,14 +215,27 @@ def _is_module(obj: Any) -> bool:
 
 
 def _from_module(module: Any) -> Iterator[tuple]:
+    """Parameters in module order (a shared parameter once, under its first name), and the weight of
+    each htcore.nn sparse module (SparseLinear, SparseConv2d) as the dense tensor it stands for."""
     import torch
 
-    kinds: dict[str, str] = {}
+    entries: list[tuple] = []
+    seen: set[int] = set()
     for mod_name, mod in module.named_modules():
-        for p_name, _ in mod.named_parameters(recurse=False):
-            full = f"{mod_name}.{p_name}" if mod_name else p_name
-            kinds.setdefault(full, _module_kind(mod, p_name, torch))
-    return ((name, kinds.get(name, "other"), p, tuple(p.shape)) for name, p in module.named_parameters())
+        prefix = f"{mod_name}." if mod_name else ""
+        for p_name, p in mod.named_parameters(recurse=False):
+            if id(p) not in seen:
+                seen.add(id(p))
+                entries.append((prefix + p_name, _module_kind(mod, p_name, torch), p, tuple(p.shape)))
+        if isinstance(getattr(mod, "weight_csr", None), CSRMatrix):
+            shape = tuple(mod.dense_weight_shape)
+            entries.append((prefix + "weight", "linear" if len(shape) == 2 else "conv", _dense_reader(mod), shape))
+    return iter(entries)
+
+
+def _dense_reader(sparse_module: Any):
+    """Reads a sparse module's weight densely (zeros where nothing is kept) only when its layer is built."""
+    return lambda: sparse_module.to_dense().numpy()
 
 
 def _module_kind(mod: Any, param_name: str, torch: Any) -> str:
