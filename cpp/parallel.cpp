@@ -1,5 +1,6 @@
 #include "parallel.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 
@@ -16,9 +17,9 @@ int default_num_threads() {
   if (const char* env = std::getenv("OMP_NUM_THREADS")) {
     char* end = nullptr;
     const long n = std::strtol(env, &end, 10);
-    if (end != env && n >= 1 && n <= 4096) return static_cast<int>(n);
+    if (end != env && n >= 1 && n <= kMaxThreads) return static_cast<int>(n);
   }
-  return omp_get_num_procs();
+  return std::min(omp_get_num_procs(), kMaxThreads);
 }
 
 std::atomic<int> g_num_threads{default_num_threads()};
@@ -28,7 +29,9 @@ std::atomic<int> g_num_threads{default_num_threads()};
 int num_threads() { return g_num_threads.load(std::memory_order_relaxed); }
 
 void set_num_threads(int n) {
-  require(n >= 1, [&] { return "num_threads must be >= 1, got " + std::to_string(n); });
+  require(n >= 1 && n <= kMaxThreads, [&] {
+    return "num_threads must be in [1, " + std::to_string(kMaxThreads) + "], got " + std::to_string(n);
+  });
   g_num_threads.store(n, std::memory_order_relaxed);
 }
 

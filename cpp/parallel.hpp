@@ -10,8 +10,12 @@
 
 namespace htcore {
 
+// The most threads htcore runs: libgomp aborts the whole process when it cannot create the threads
+// asked for (about 40,000 here), and far fewer already only add fork/join cost on any CPU sold today.
+constexpr int kMaxThreads = 1024;
+
 int num_threads();
-void set_num_threads(int n);  // n >= 1
+void set_num_threads(int n);  // 1 <= n <= kMaxThreads
 
 // Splits [0, n_rows) into `parts` contiguous ranges of about equal nnz, given CSR row pointers.
 // bounds has parts + 1 entries; bounds[p]..bounds[p+1] is part p's row range.

@@ -83,3 +83,197 @@ def test_analyze_reads_sparse_modules():
     assert set(rows) == {"0.weight", "3.weight"}
     assert rows["0.weight"].kind == "conv" and rows["0.weight"].shape == (4, 2, 3, 3)
     assert rows["3.weight"].kind == "linear" and rows["3.weight"].elements.n == net[3].weight_csr.nnz
+
+
+# ---- item 5: a huge thread count is refused, not a crash ----
+
+@pytest.mark.parametrize("n", [100_000, 10**9, 1025])
+def test_huge_thread_count_is_refused(n):
+    before = htcore.get_num_threads()
+    with pytest.raises(ValueError, match=f"num_threads must be in \\[1, 1024\\], got {n}"):
+        htcore.set_num_threads(n)
+    assert htcore.get_num_threads() == before
+
+
+# ---- item 6: load_layers parses a safetensors header once, not once per tensor ----
+
+def test_load_layers_parses_the_header_once(tmp_path, monkeypatch):
+    path = tmp_path / "many.safetensors"
+    tensors = {f"t{i}.weight": np.full((2, 3), i, np.float32) for i in range(40)}
+    htcore.io.save_safetensors(path, tensors)
+    import htcore.io._safetensors as st
+
+    calls = []
+    real_loads = st.json.loads
+    monkeypatch.setattr(st.json, "loads", lambda raw: calls.append(1) or real_loads(raw))
+    layers = list(htcore.load_layers(path))
+    assert len(calls) == 1
+    assert [layer.name for layer in layers] == list(tensors)
+    np.testing.assert_array_equal(layers[7].weight, tensors["t7.weight"])
+
+
+# ---- item 7: a FIFO (or any non-regular file) is refused instead of hanging ----
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
+@pytest.mark.parametrize("name", ["m.safetensors", "m.npz", "m.pt"])
+def test_fifo_is_refused(tmp_path, name):
+    import subprocess
+    import sys
+
+    path = tmp_path / name
+    os.mkfifo(path)
+    code = ("import sys, htcore\n"
+            "for load in (htcore.load_compressed, lambda p: list(htcore.load_layers(p))):\n"
+            "    try:\n        load(sys.argv[1])\n    except ValueError as exc:\n        print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("not a regular file") + out.stdout.count("special file") == 2, out.stdout
+
+
+# ---- item 8: malformed input raises a clear ValueError, not a traceback of another kind ----
+
+def test_deeply_nested_header_is_a_safetensors_error(tmp_path):
+    path = tmp_path / "deep.safetensors"
+    path.write_bytes(struct.pack("<Q", 400000) + b"[" * 200000 + b"]" * 200000)
+    with pytest.raises(htcore.io.SafetensorsError, match=f"{path}.*nested too deeply"):
+        htcore.io.SafetensorsFile(path)
+
+
+def test_unhashable_dtype_in_header_names_the_file(tmp_path):
+    path = tmp_path / "bad.safetensors"
+    header = b'{"w":{"dtype":["F32"],"shape":[1],"data_offsets":[0,4]}}'
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    with pytest.raises(htcore.io.SafetensorsError, match=f"{path}: tensor 'w': unsupported dtype"):
+        htcore.io.SafetensorsFile(path)
+
+
+def test_meta_tensor_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "meta.pt"
+    torch.save({"w": torch.empty(4, 3, device="meta")}, path)
+    with pytest.raises(ValueError, match=f"{path}: tensor 'w' is on torch's meta device"):
+        htcore.load_layers(path)
+
+
+def test_npz_declaring_more_elements_than_it_holds_is_refused(tmp_path):
+    import zipfile
+
+    path = tmp_path / "huge.npz"
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(1, np.float32))
+    header["shape"] = (5, 5_000_000_000)  # 25e9 elements, 100 GB
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("w.npy", buf.getvalue() + b"\0" * 16)
+    with pytest.raises(ValueError, match=f"{path}.*declares shape \\(5, 5000000000\\)"):
+        htcore.load_layers(path)
+
+
+def test_csr_int32_indptr_that_wraps_is_refused():
+    with pytest.raises(ValueError, match="non-decreasing"):
+        htcore.CSRMatrix(np.ones(60, np.float32), np.zeros(60, np.int32),
+                         np.array([0, 50, -2**31 + 10, 5, 60], np.int32), (4, 1))
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.uint64, np.uint16])
+def test_csr_decreasing_unsigned_indptr_is_refused(dtype):
+    with pytest.raises(ValueError, match="non-decreasing"):
+        htcore.CSRMatrix(np.ones(4, np.float32), [0, 0, 0, 0], np.array([0, 3, 1, 4], dtype), (3, 1))
+
+
+def test_analyze_names_a_non_finite_tensor_and_goes_on(tmp_path):
+    rng = np.random.default_rng(0)
+    bad = rng.standard_normal((64, 32))
+    bad[3, 4] = np.nan
+    huge = rng.standard_normal((64, 32)) * 1e300
+    path = tmp_path / "w.npz"
+    np.savez(path, bad=bad, huge=huge, good=rng.standard_normal((64, 32)))
+    with pytest.warns(htcore.errors.DegenerateSampleWarning) as record:
+        report = htcore.analyze(path, progress=False, keeps=(0.5,))
+    messages = [str(w.message) for w in record]
+    assert any(m.startswith("bad: no spectral metrics") and "non-finite" in m for m in messages)
+    assert any(m.startswith("bad: no element statistics") for m in messages)
+    huge_spectral = [m for m in messages if m.startswith("huge: no spectral metrics")]
+    assert huge_spectral and "overflow" in huge_spectral[0] and "non-finite" not in huge_spectral[0]
+    rows = {layer.name: layer for layer in report.layers}
+    assert rows["bad"].spectral is None and rows["bad"].elements is None
+    assert rows["good"].spectral is not None and rows["good"].elements is not None
+    assert rows["huge"].elements is not None and np.isfinite(rows["huge"].elements.tail_index)
+
+
+# ---- item 9: no silent wrong results ----
+
+def test_analyze_reads_big_endian_arrays(tmp_path):
+    path = tmp_path / "be.npz"
+    w = np.random.default_rng(0).standard_normal((64, 32))
+    np.savez(path, w=w.astype(">f4"))
+    report = htcore.analyze(path, progress=False, keeps=None)
+    assert [layer.name for layer in report.layers] == ["w"]
+    native = htcore.analyze({"w": w.astype(np.float32)}, progress=False, keeps=None)
+    assert report.layers[0].spectral == native.layers[0].spectral
+
+
+def test_astype_float16_refuses_values_it_cannot_hold():
+    A = htcore.CSRMatrix(np.array([1e5, -2.0], np.float32), [0, 1], [0, 1, 2], (2, 2))
+    with pytest.raises(ValueError, match="float16 cannot hold values up to 1e\\+05"):
+        A.astype(value_dtype="float16")
+    ok = htcore.CSRMatrix(np.array([6e4, -2.0], np.float32), [0, 1], [0, 1, 2], (2, 2)).astype(value_dtype="float16")
+    assert np.isfinite(ok.data).all()
+
+
+@pytest.mark.parametrize("a", [float("inf"), float("nan"), True])
+def test_catoni_a_must_be_finite(a):
+    from htcore.certification.bounds import occam_bound
+
+    with pytest.raises(ValueError, match="catoni_a must be a finite number > 1"):
+        occam_bound(0.1, 1000, 100, form="catoni", catoni_a=a)
+
+
+def test_fit_powerlaw_refuses_resamples_beyond_float64():
+    with pytest.raises(ValueError, match="beyond float64's largest value"):
+        htcore.fit_powerlaw(np.logspace(0, 300, 30), gof_bootstrap=20)
+    fit = htcore.fit_powerlaw(np.logspace(0, 300, 30), xmax=1e301, gof_bootstrap=5)
+    assert 0.0 <= fit.p_value <= 1.0
+
+
+@pytest.mark.parametrize("module", [SparseLinear.from_dense(nn.Linear(4, 3), keep=0.5),
+                                    SparseConv2d.from_dense(nn.Conv2d(2, 3, 2), keep=0.5)])
+def test_sparse_modules_refuse_integer_input(module):
+    x = torch.ones(2, 4, dtype=torch.int64) if isinstance(module, SparseLinear) else torch.ones(1, 2, 3, 3, dtype=torch.int64)
+    with pytest.raises(TypeError, match="floating-point torch.Tensor, got dtype torch.int64"):
+        module(x)
+
+
+# ---- item 10: .npz and .pt files are read one tensor at a time ----
+
+def test_npz_members_are_read_when_their_layer_is_built(tmp_path, monkeypatch):
+    path = tmp_path / "w.npz"
+    np.savez(path, a=np.ones((3, 4), np.float32), b=np.full((5, 2), 2.0))
+    reads = []
+    real = np.lib.format.read_array
+    monkeypatch.setattr(np.lib.format, "read_array", lambda *a, **k: reads.append(1) or real(*a, **k))
+    layers = htcore.load_layers(path)
+    assert reads == []
+    first = next(layers)
+    assert first.name == "a" and len(reads) == 1
+    assert next(layers).weight.dtype == np.float64 and len(reads) == 2
+
+
+def test_pt_checkpoint_is_memory_mapped(tmp_path, monkeypatch):
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.ones(8, 4)}, path)
+    calls = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k) or real(*a, **k))
+    (layer,) = htcore.load_layers(path)
+    np.testing.assert_array_equal(layer.weight, np.ones((8, 4), np.float32))
+    assert calls == [{"map_location": "cpu", "weights_only": True, "mmap": True}]
+
+
+# ---- item 12: htcore info says which kernel path runs ----
+
+def test_info_reports_the_kernel_path_chosen_at_run_time():
+    from htcore.cli.info import collect
+
+    kernels = collect()["kernels"]
+    assert kernels["sparse products"] == ("avx2+fma+f16c" if htcore._core.csr_uses_avx2() else "portable")
+    assert kernels["eigenvalues"] == ("avx2+fma" if htcore._core.symmetric_eigenvalues_uses_avx2() else "portable")

@@ -51,8 +51,7 @@ class SparseModule(nn.Module):
         arrays = [None if t is None else t.detach().cpu().numpy() for t in self._weight_tensors()]
         data, indices, indptr, codebook = arrays
         assert indices is not None and indptr is not None
-        rows, cols = (int(s) for s in self.weight_shape)
-        return CSRMatrix(data, indices, indptr, (rows, cols), codebook=codebook, index_dtype=indices.dtype,
+        return CSRMatrix(data, indices, indptr, self._csr_shape(), codebook=codebook, index_dtype=indices.dtype,
                          indptr_dtype=indptr.dtype, check=False)
 
     def to_dense(self) -> torch.Tensor:
@@ -64,6 +63,10 @@ class SparseModule(nn.Module):
         """Shape of the equivalent dense torch weight (the CSR shape; subclasses refine it)."""
         return tuple(int(s) for s in self.weight_shape)
 
+    def _csr_shape(self) -> tuple[int, int]:
+        rows, cols = (int(s) for s in self.weight_shape)
+        return rows, cols
+
     def _weight_tensors(self) -> list[Optional[torch.Tensor]]:
         return [getattr(self, f"weight_{name}") for name in _ARRAYS]
 
@@ -74,7 +77,7 @@ class SparseModule(nn.Module):
         if prefix + "weight_data" in state_dict:
             incoming = {name: state_dict.get(f"{prefix}weight_{name}") for name in (*_ARRAYS, "shape")}
             try:
-                weight = _checked_weight(incoming, tuple(int(s) for s in self.weight_shape))
+                weight = _checked_weight(incoming, self._csr_shape())
             except (TypeError, ValueError) as exc:
                 error_msgs.append(f"{prefix}weight_*: refused ({exc})")
                 return
