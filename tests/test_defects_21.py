@@ -277,3 +277,48 @@ def test_info_reports_the_kernel_path_chosen_at_run_time():
     kernels = collect()["kernels"]
     assert kernels["sparse products"] == ("avx2+fma+f16c" if htcore._core.csr_uses_avx2() else "portable")
     assert kernels["eigenvalues"] == ("avx2+fma" if htcore._core.symmetric_eigenvalues_uses_avx2() else "portable")
+
+
+# ---- item 4: `htcore run` warms up before timing, and the pool's products match at 1 and 2 threads ----
+
+def test_run_warms_up_before_timing(tmp_path, monkeypatch, capsys):
+    import json
+
+    import htcore.cli.run as run_module
+    from htcore.cli import main
+
+    calls = []
+
+    class SlowFirstCall:
+        def __call__(self, x):
+            calls.append(len(x))
+            if len(calls) == 1:
+                import time
+                time.sleep(0.2)  # what a first call's thread start-up looks like on a busy machine
+            return np.zeros((len(x), 3), np.float32)
+
+    monkeypatch.setattr(run_module, "load_compressed", lambda path: SlowFirstCall())
+    np.save(tmp_path / "x.npy", np.ones((10, 4), np.float32))
+    assert main(["run", "m.safetensors", "--input", str(tmp_path / "x.npy"), "--batch", "4", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert calls == [4, 4, 4, 2] and summary["batches"] == 3
+    assert summary["latency_ms_median"] < 100 and summary["latency_ms_p90"] < 100
+
+
+@pytest.mark.parametrize("batch", [1, 3, 64])
+def test_parallel_products_are_identical_at_1_and_2_threads(batch):
+    rng = np.random.default_rng(5)
+    A = htcore.topk_sparsify(rng.standard_normal((700, 300)).astype(np.float32), 0.3)
+    X = rng.standard_normal((batch, 300)).astype(np.float32)
+    before = htcore.get_num_threads()
+    try:
+        htcore.set_num_threads(1)
+        one = htcore.sparse_linear(X, A, activation="relu")
+        htcore.set_num_threads(2)
+        assert htcore._core._csr_threads(700, A.nnz, batch) == 2
+        two = [htcore.sparse_linear(X, A, activation="relu") for _ in range(20)]
+    finally:
+        htcore.set_num_threads(before)
+    for y in two:
+        np.testing.assert_array_equal(y, one)
+    np.testing.assert_allclose(one, np.maximum(X @ A.todense().T, 0), rtol=1e-4, atol=1e-4)

@@ -2,7 +2,8 @@
 
 Predictions (argmax labels) go to stdout one per line, or to ``--output`` as .npy (``--scores``
 writes the float32 outputs instead); the latency summary (median and p90 per batch, samples/s)
-goes to stderr, or everything into one JSON object on stdout with ``--json``.
+goes to stderr, or everything into one JSON object on stdout with ``--json``. One untimed batch runs
+first as a warm-up.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     X = _load_input(args.input)
     if X.ndim < 2 or X.shape[0] == 0:
         raise ValueError(f"--input must hold a non-empty (samples, ...) array, got shape {X.shape}")
+    model(X[: args.batch])  # warm-up, untimed: thread start-up and first allocations are not a batch's cost
     outputs, seconds = [], []
     for start in range(0, X.shape[0], args.batch):
         chunk = X[start : start + args.batch]
