@@ -322,3 +322,41 @@ def test_parallel_products_are_identical_at_1_and_2_threads(batch):
     for y in two:
         np.testing.assert_array_equal(y, one)
     np.testing.assert_allclose(one, np.maximum(X @ A.todense().T, 0), rtol=1e-4, atol=1e-4)
+
+
+# ---- item 3: sparsify_model reports (and warns about) the damage on a calibration batch ----
+
+def test_sparsify_reports_calibration_error_and_warns_above_threshold():
+    torch.manual_seed(0)
+    x = torch.randn(16, 20)
+    dense = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))
+    want = dense(x).detach()
+    net = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))
+    net.load_state_dict(dense.state_dict())
+    with pytest.warns(htcore.errors.CalibrationWarning, match="warn_above = 0.01"):
+        report = sparsify_model(net, keep=0.2, calibration=x, warn_above=0.01)
+    got = net(x)
+    expected = float(torch.linalg.norm(got.double() - want.double()) / torch.linalg.norm(want.double()))
+    assert report.calibration_error == pytest.approx(expected, rel=1e-5) and expected > 0.01
+    assert "relative output error on the calibration batch" in str(report)
+    full = nn.Sequential(nn.Linear(20, 30))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sparsify_model(full, keep=1.0, calibration=(x,)).calibration_error < 1e-6  # summation order only
+    assert sparsify_model(nn.Sequential(nn.Linear(20, 3)), keep=0.5).calibration_error is None
+
+
+def test_calibration_reads_tensors_nested_in_dict_outputs():
+    class Features(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(6, 4)
+
+        def forward(self, features):
+            return {"sentence_embedding": self.proj(features["x"]), "ids": features["ids"]}
+
+    torch.manual_seed(1)
+    batch = {"x": torch.randn(5, 6), "ids": torch.arange(5)}
+    with pytest.warns(htcore.errors.CalibrationWarning):
+        report = sparsify_model(Features(), keep=0.25, calibration=batch)
+    assert 0 < report.calibration_error < 10
