@@ -360,3 +360,22 @@ def test_calibration_reads_tensors_nested_in_dict_outputs():
     with pytest.warns(htcore.errors.CalibrationWarning):
         report = sparsify_model(Features(), keep=0.25, calibration=batch)
     assert 0 < report.calibration_error < 10
+
+
+# ---- item 14: estimates from small samples are flagged in the table and the summary ----
+
+def test_small_samples_are_flagged():
+    from htcore.measure import MIN_HILL_K, MIN_SPECTRAL_EVALS, MIN_SPECTRAL_TAIL
+
+    rng = np.random.default_rng(0)
+    state = {"small": rng.standard_t(3, (30, 20)), "large": rng.standard_t(3, (400, 300))}
+    report = htcore.analyze(state, keeps=None, progress=False)
+    rows = {row["name"]: row for row in report.rows()}
+    small, large = report["small"], report["large"]
+    assert small.spectral.num_evals < MIN_SPECTRAL_EVALS and rows["small"]["alpha_small_sample"] is True
+    assert large.spectral.num_spikes >= MIN_SPECTRAL_TAIL and rows["large"]["alpha_small_sample"] is False
+    assert rows["small"]["element_small_sample"] == (small.elements.hill_k < MIN_HILL_K)
+    assert rows["large"]["element_small_sample"] is False and large.elements.hill_k >= MIN_HILL_K
+    summary = report.summary()
+    assert f"fewer than {MIN_SPECTRAL_EVALS} eigenvalues or a tail of fewer than {MIN_SPECTRAL_TAIL}, read with care (small;" in summary
+    assert "large" not in summary.split("small sample:")[1]

@@ -15,12 +15,15 @@ from __future__ import annotations
 from ._analyze import DEFAULT_KEEPS, analyze, analyze_layer
 from ._plots import plot_report
 from ._powerlaw_fit import PowerLawFit, fit_powerlaw
-from ._report import ElementTails, LayerReport, ModelReport
+from ._report import MIN_HILL_K, MIN_SPECTRAL_EVALS, MIN_SPECTRAL_TAIL, ElementTails, LayerReport, ModelReport
 from ._spectra import MIN_EVALS, ZERO_EIGENVALUE, SpectralMetrics, esd, spectral_metrics, symmetric_eigenvalues
 from ._tails import TailEstimate, element_sample, hill, moments, pickands
 
 __all__ = [
     "DEFAULT_KEEPS",
+    "MIN_HILL_K",
+    "MIN_SPECTRAL_EVALS",
+    "MIN_SPECTRAL_TAIL",
     "ElementTails",
     "LayerReport",
     "MIN_EVALS",
