@@ -35,12 +35,6 @@ std::atomic<int> g_num_threads{default_num_threads()};
 
 int num_threads() { return g_num_threads.load(std::memory_order_relaxed); }
 
-void set_num_threads(int n) {
-  require(n >= 1 && n <= kMaxThreads, [&] {
-    return "num_threads must be in [1, " + std::to_string(kMaxThreads) + "], got " + std::to_string(n);
-  });
-  g_num_threads.store(n, std::memory_order_relaxed);
-}
 
 namespace {
 
@@ -138,6 +132,13 @@ Pool& pool() {
 
 }  // namespace
 
+void set_num_threads(int n) {
+  require(n >= 1 && n <= kMaxThreads,
+          [&] { return "num_threads must be in [1, " + std::to_string(kMaxThreads) + "], got " + std::to_string(n); });
+  g_num_threads.store(n, std::memory_order_relaxed);
+  if (n > 1) pool().publish(nullptr, n - 1);  // start the workers now, not in the first product
+}
+
 void parallel_chunks(int threads, std::int64_t chunks, const std::function<void(std::int64_t)>& body) {
   if (threads <= 1 || chunks <= 1) {
     for (std::int64_t i = 0; i < chunks; ++i) body(i);
@@ -150,7 +151,15 @@ void parallel_chunks(int threads, std::int64_t chunks, const std::function<void(
   task->helpers.store(helpers, std::memory_order_relaxed);
   pool().publish(task, helpers);
   take_chunks(*task);
-  while (task->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();  // started chunks only
+  // Only chunks a worker has started are left: poll as long as one takes, and give the core away
+  // only after that (a yield on a loaded machine can cost this thread a whole scheduler round).
+  for (int poll = 0; task->done.load(std::memory_order_acquire) < chunks; ++poll) {
+    if (poll < kSpinPolls) {
+      cpu_relax();
+    } else {
+      std::this_thread::yield();
+    }
+  }
 }
 
 }  // namespace htcore

@@ -14,9 +14,11 @@ kernels: rows are split between threads by nnz, the GIL is released, and every o
 is summed by one thread in a fixed order, so results are bitwise identical at any thread count.
 Threads: each thread gets at least 8,192 multiply-adds ((nnz + rows) * batch), so a product below
 twice that (an SpMV with < ~16k stored values) runs on the calling thread with no fork/join; larger
-ones use `htcore.get_num_threads()`. A worker that has gone to sleep, or whose core another process
-holds, costs a wake-up of up to 1-2 ms on a loaded machine: call ``htcore.set_num_threads(1)`` where
-that latency matters more (figures: docs/performance.md, "Threads and forking").
+ones use up to `htcore.get_num_threads()` threads of htcore's own pool, in chunks of rows: the
+calling thread takes chunks itself and waits only for chunks another thread has started, so a
+worker that is asleep, or whose core another process holds, does not hold the product up (on a
+busy machine it degrades towards the one-thread time instead of waiting a scheduler time slice;
+benchmarks/results/contention.md).
 float16 and codebook values are accumulated in float32; float64 matrices compute in float64.
 """
 from __future__ import annotations
