@@ -35,7 +35,6 @@ std::atomic<int> g_num_threads{default_num_threads()};
 
 int num_threads() { return g_num_threads.load(std::memory_order_relaxed); }
 
-
 namespace {
 
 // One call's chunks. Workers hold it by shared_ptr, so a worker that arrives after the call has
