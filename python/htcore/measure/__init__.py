@@ -22,7 +22,7 @@ from ._analyze import DEFAULT_KEEPS, analyze, analyze_layer
 from ._compare_tails import ALTERNATIVES, LikelihoodRatioTest, TailComparison, compare_tails
 from ._plots import plot_report, plot_resilience, plot_stability
 from ._powerlaw_fit import PowerLawFit, fit_powerlaw
-from ._report import ElementTails, LayerReport, ModelReport
+from ._report import MIN_HILL_K, MIN_SPECTRAL_EVALS, MIN_SPECTRAL_TAIL, ElementTails, LayerReport, ModelReport
 from ._resilience import Resilience, resilience
 from ._spectra import MIN_EVALS, ZERO_EIGENVALUE, SpectralMetrics, esd, spectral_metrics, symmetric_eigenvalues
 from ._stability import LayerStability, NoiseStability, layer_stability, noise_stability
@@ -35,6 +35,9 @@ __all__ = [
     "TailComparison",
     "compare_tails",
     "DEFAULT_KEEPS",
+    "MIN_HILL_K",
+    "MIN_SPECTRAL_EVALS",
+    "MIN_SPECTRAL_TAIL",
     "ElementTails",
     "LayerReport",
     "LayerStability",
