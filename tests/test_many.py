@@ -149,6 +149,10 @@ def test_out_directory_resumes_only_what_is_not_done(zoo, serial, client, tmp_pa
     cut_model = next(r.model for r in first if r.ok and htcore.measure._many._out_file(out, r.model).endswith(documents[0]))
     assert redone == set(paths[5:]) | {cut_model, changed, corrupt}
     assert len(os.listdir(out)) == N_MODELS
+    good = [p for p in paths if p != corrupt]
+    again = htcore.analyze_many(good, out=out, progress=False, **OPTIONS)  # all done: no pool is started
+    assert all(r.resumed for r in again)
+    assert_matches_serial(again, good, corrupt, serial)
 
     other = htcore.analyze_many(paths[:2], executor=ThreadPoolExecutor(1), out=out, progress=False, keeps=(0.2,))
     assert not any(r.resumed for r in other) and other.keeps == (0.2,)  # other options: analysed again

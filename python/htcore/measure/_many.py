@@ -215,13 +215,12 @@ def analyze_many(
             if doc is not None:
                 results[i] = _result(path, doc, resumed=True)
     todo = [i for i in range(len(paths)) if i not in results]
-    own_executor = executor is None and bool(todo)
-    if own_executor:
-        executor = local_executor(min(len(todo), _cores()))
+    # A process pool starts its workers at the first submit: nothing is spawned when all is done.
+    pool = local_executor(max(1, min(len(todo), _cores()))) if executor is None else executor
     futures: dict[Future, int] = {}
     try:
         for i in todo:
-            futures[executor.submit(_analyze_file, paths[i], options)] = i  # type: ignore[union-attr]
+            futures[pool.submit(_analyze_file, paths[i], options)] = i
         finished = concurrent.futures.as_completed(futures)
         for future in progress_bar(finished, enabled=progress, total=len(futures), desc="htcore analyze_many", unit="model"):
             i = futures[future]
@@ -235,8 +234,8 @@ def analyze_many(
     finally:
         for future in futures:  # no-op for finished ones; stops queued work on an interrupt
             future.cancel()
-        if own_executor:
-            executor.shutdown(wait=True, cancel_futures=True)  # type: ignore[union-attr]
+        if executor is None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return ManyReport(keeps=keeps, models=tuple(results[i] for i in range(len(paths))))
 
 
