@@ -57,8 +57,9 @@ def serial(zoo):
 @pytest.fixture(scope="module")
 def client():
     distributed = pytest.importorskip("dask.distributed", reason="Dask is the optional extra htcore[dask]")
+    # dashboard_address=":0": any free port (8787 may be taken; the warning would fail the test)
     with distributed.LocalCluster(
-        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None, silence_logs=logging.CRITICAL
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0", silence_logs=logging.CRITICAL
     ) as cluster, distributed.Client(cluster) as client:
         yield client
 
