@@ -139,8 +139,6 @@ def main() -> None:
     from dask.distributed import Client, LocalCluster
 
     info = machine_info()
-    build = info["htcore_build"]  # a BuildInfo object: as a dict for the results file
-    info["htcore_build"] = {name: getattr(build, name) for name in ("build_flags", "compiler", "openmp_version", "simd")}
     with tempfile.TemporaryDirectory(prefix="bench_many_") as tmp:
         directory = Path(tmp)
         paths = generated_zoo(directory, 12 if args.quick else N_MODELS)
