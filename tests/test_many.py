@@ -286,3 +286,21 @@ def test_a_scheduler_without_dask_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "dask.distributed", None)  # as if dask were not installed
     with pytest.raises(ImportError, match=r"htcore\[dask\]"):
         executor_for("tcp://127.0.0.1:8786")
+
+
+def test_cli_analyze_many(zoo, serial, tmp_path):
+    import subprocess
+
+    paths, corrupt = zoo
+    directory = os.path.dirname(paths[0])
+    command = [sys.executable, "-m", "htcore", "analyze", directory, "--workers", "2", "--json", "--quiet", "--keeps", "0.1,0.5"]
+    out = subprocess.run(command + ["--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert out.returncode == 1 and corrupt in out.stderr  # every model done, the failure reported
+    rows = json.loads(out.stdout)["rows"]
+    assert [r["model"] for r in rows if r["row_type"] != "layer"] == paths
+    layers = [{k: v for k, v in r.items() if k not in ("model", "row_type", "error")} for r in rows if r["model"] == paths[0] and r["row_type"] == "layer"]
+    expected = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()} for row in serial[paths[0]]]
+    assert layers == expected
+    assert len(os.listdir(tmp_path / "out")) == N_MODELS
+    out = subprocess.run(command[:5] + ["--scheduler", "tcp://127.0.0.1:1", "--workers", "2"], capture_output=True, text=True)
+    assert out.returncode == 1 and "workers" in out.stderr
