@@ -57,11 +57,14 @@ def serial(zoo):
 @pytest.fixture(scope="module")
 def client():
     distributed = pytest.importorskip("dask.distributed", reason="Dask is the optional extra htcore[dask]")
+    environ = dict(os.environ)  # Dask sets OMP_NUM_THREADS=1 & co. in this process for its workers: undo it after
     # dashboard_address=":0": any free port (8787 may be taken; the warning would fail the test)
     with distributed.LocalCluster(
         n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0", silence_logs=logging.CRITICAL
     ) as cluster, distributed.Client(cluster) as client:
         yield client
+    os.environ.clear()
+    os.environ.update(environ)
 
 
 def same(a, b):

@@ -91,7 +91,8 @@ class ManyReport:
     @property
     def columns(self) -> list[str]:
         present = {c for r in self.models for c in r.columns}
-        canonical = _BASE_COLUMNS + _SPECTRAL + _ELEMENT + [_keep_column(k) for k in self.keeps]
+        canonical = (_BASE_COLUMNS + _SPECTRAL + [_SMALL_SPECTRAL] + _ELEMENT + [_SMALL_ELEMENT]
+                     + [_keep_column(k) for k in self.keeps])
         return _ROW_COLUMNS + [c for c in canonical if c in present]
 
     def rows(self, *, row_types: Sequence[str] = ("layer", "model", "error")) -> list[dict[str, Any]]:
@@ -382,6 +383,9 @@ def _check_options(analyze_kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**defaults, **analyze_kwargs, "keeps": list(empty.keeps)}
 
 
+_SMALL_SPECTRAL, _SMALL_ELEMENT = "alpha_small_sample", "element_small_sample"  # ModelReport's flag columns
+
+
 def _summary_row(result: ModelResult, keeps: tuple[float, ...]) -> dict[str, Any]:
     layers = result.layers
     params = np.array([layer["num_params"] for layer in layers], dtype=np.float64)
@@ -389,6 +393,9 @@ def _summary_row(result: ModelResult, keeps: tuple[float, ...]) -> dict[str, Any
     keep_columns = {_keep_column(k) for k in keeps}
     for column in result.columns:
         if column in _BASE_COLUMNS:
+            continue
+        if column in (_SMALL_SPECTRAL, _SMALL_ELEMENT):  # a model is flagged when any of its layers is
+            row[column] = any(bool(layer[column]) for layer in layers)
             continue
         values = np.array([layer[column] for layer in layers], dtype=np.float64)
         finite = np.isfinite(values)
