@@ -18,6 +18,11 @@ namespace {
 
 thread_local std::string g_last_error;
 
+// A bad argument of the call itself (a null pointer, a wrong count), even while loading.
+struct ArgumentError : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
 // Runs f and maps its exceptions to codes: std::invalid_argument means a bad model while loading
 // (`loading`), a bad argument otherwise; std::runtime_error is an I/O error.
 template <class F>
@@ -26,6 +31,9 @@ int guarded(bool loading, F&& f) {
     f();
     g_last_error.clear();
     return HTCORE_OK;
+  } catch (const ArgumentError& e) {
+    g_last_error = e.what();
+    return HTCORE_ERROR_INVALID_ARGUMENT;
   } catch (const htcore::type_error& e) {
     g_last_error = e.what();
     return loading ? HTCORE_ERROR_INVALID_MODEL : HTCORE_ERROR_INVALID_ARGUMENT;
@@ -51,28 +59,28 @@ int guarded(bool loading, F&& f) {
 }
 
 void require_not_null(const void* p, const char* name) {
-  if (p == nullptr) throw std::invalid_argument(std::string(name) + " must not be null");
+  if (p == nullptr) throw ArgumentError(std::string(name) + " must not be null");
 }
 
 htcore::runtime::Shape sample_shape(const htcore_model* m, const int64_t* dims, int ndim) {
   htcore::runtime::Shape shape;
   if (dims == nullptr) {
     if (!m->model.known_input_shape(&shape))
-      throw std::invalid_argument("the model file declares no input shape: pass input_dims");
+      throw ArgumentError("the model file declares no input shape: pass input_dims");
     return shape;
   }
   if (ndim < 1 || ndim > HTCORE_MAX_DIMS)
-    throw std::invalid_argument("input_ndim must be in [1, " + std::to_string(HTCORE_MAX_DIMS) + "], got " +
-                                std::to_string(ndim));
+    throw ArgumentError("input_ndim must be in [1, " + std::to_string(HTCORE_MAX_DIMS) + "], got " +
+                        std::to_string(ndim));
   for (int i = 0; i < ndim; ++i) {
-    if (dims[i] < 1) throw std::invalid_argument("input_dims must be positive");
+    if (dims[i] < 1) throw ArgumentError("input_dims must be positive");
     shape.push_back(dims[i]);
   }
   return shape;
 }
 
 void write_shape(const htcore::runtime::Shape& shape, int64_t* dims, int* ndim) {
-  if (shape.size() > HTCORE_MAX_DIMS) throw std::invalid_argument("the shape has more than HTCORE_MAX_DIMS dimensions");
+  if (shape.size() > HTCORE_MAX_DIMS) throw ArgumentError("the shape has more than HTCORE_MAX_DIMS dimensions");
   for (std::size_t i = 0; i < shape.size(); ++i) dims[i] = shape[i];
   *ndim = static_cast<int>(shape.size());
 }

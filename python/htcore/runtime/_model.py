@@ -48,6 +48,8 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from .._core import Activation as _KernelActivation
+from .._core import activate_inplace, avg_pool2d, max_pool2d, softmax_axis0
 from .._validation import as_float_array, check_int, check_pair
 from ..sparse import ACTIVATIONS, CSRMatrix, SellMatrix, as_kernel_array, sell_eligible, sparse_conv2d
 
@@ -305,7 +307,7 @@ class CompressedModel:
                 if isinstance(layer, Linear):  # the first Linear reads the (batch, features) input directly
                     h = _linear(layer, flat, step.activation, batch_major=True)
                     continue
-                h = np.ascontiguousarray(flat.T)
+                h = flat.T.copy()  # a copy: the activation below runs in place, and flat may be the caller's X
             if isinstance(layer, Linear):
                 h = _linear(layer, h, step.activation)
             else:
@@ -378,28 +380,21 @@ def _image_layer(layer: Any, x: np.ndarray, activation: str) -> np.ndarray:
     if x.shape[2] + 2 * ph < kh or x.shape[3] + 2 * pw < kw:
         raise ValueError(f"a {type(layer).__name__} with kernel_size {layer.kernel_size} and padding {layer.padding} "
                          f"does not fit images of shape {x.shape}")
-    if ph or pw:
-        fill = -np.inf if isinstance(layer, MaxPool2d) else 0.0
-        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
-    windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
-    if isinstance(layer, MaxPool2d):
-        return np.ascontiguousarray(windows.max(axis=(4, 5)))
-    return np.ascontiguousarray(windows.sum(axis=(4, 5), dtype=np.float32) / np.float32(kh * kw))
+    pool = max_pool2d if isinstance(layer, MaxPool2d) else avg_pool2d  # the C runtime's kernels (cpp/image_ops.hpp)
+    return pool(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw)
 
 
 def _activate(h: np.ndarray, kind: str) -> np.ndarray:
-    """Activation of (features, batch) activations (or, element-wise kinds, of images), in float32."""
-    if kind == "relu":
-        return np.maximum(h, 0, out=h)
-    if kind == "tanh":
-        return np.tanh(h, out=h)
-    if kind == "gelu":
-        from scipy.special import erf
-
-        return (0.5 * h * (1 + erf(h * np.float32(np.sqrt(0.5))))).astype(np.float32, copy=False)
-    shifted = h - h.max(axis=0, keepdims=True)  # softmax over the features
-    e = np.exp(shifted)
-    return e / e.sum(axis=0, keepdims=True)
+    """Activation of (features, batch) activations (or, element-wise kinds, of images), in float32,
+    in place when ``h`` is a C-contiguous writeable array. The kernels are the C runtime's
+    (cpp/image_ops.hpp), so both runtimes compute bitwise the same values."""
+    if not (h.flags.c_contiguous and h.flags.writeable):
+        h = np.array(h, dtype=np.float32, order="C")
+    if kind == "softmax":
+        softmax_axis0(h)  # over the features (axis 0)
+    else:
+        activate_inplace(h, _KernelActivation.__members__[kind])
+    return h
 
 
 def _describe(layer: RuntimeLayer) -> str:
