@@ -17,13 +17,16 @@ import pathlib
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 
 import numpy as np
 import pytest
 
 import htcore
+import test_files_safety as safety  # the malformed-file corpus of the Python loader's tests
 from htcore import _core, save_compressed
+from htcore.io import save_safetensors
 from htcore.runtime import Activation, CompressedModel, Flatten, Linear
 
 torch = pytest.importorskip("torch")
@@ -304,12 +307,6 @@ def test_runner_usage_and_data_errors(model_files, runner, tmp_path):
 
 def corpus() -> dict:
     """name -> bytes of every malformed file tests/test_files_safety.py feeds the Python loader."""
-    import tempfile
-
-    import test_files_safety as safety
-
-    from htcore.io import save_safetensors
-
     files = {}
     with tempfile.TemporaryDirectory() as d:
         path = pathlib.Path(d) / "bad.safetensors"
@@ -340,8 +337,6 @@ def test_every_malformed_file_is_refused_with_a_message(capi):
 def test_flipped_bytes_are_refused_exactly_when_python_refuses(capi, tmp_path):
     """A flipped byte anywhere: the C loader refuses the file exactly when load_compressed does,
     and a file both accept gives the same outputs."""
-    import test_files_safety as safety
-
     good = safety.good_bytes()
     rng = np.random.default_rng(0)
     path = tmp_path / "flipped.safetensors"
@@ -362,8 +357,6 @@ def test_flipped_bytes_are_refused_exactly_when_python_refuses(capi, tmp_path):
 
 
 def test_runner_refuses_a_malformed_file_in_one_line(runner, tmp_path):
-    import test_files_safety as safety
-
     path = tmp_path / "bad.safetensors"
     path.write_bytes(safety.good_bytes()[:100])
     np.save(tmp_path / "x.npy", np.ones((2, 8), np.float32))
