@@ -1,0 +1,190 @@
+"""The C runtime (libhtcore, htcore-run) against the Python runtime and dense torch, in one run.
+
+    python benchmarks/bench_embedded.py --prefix PREFIX [--repeats N]
+
+PREFIX is an installed C library (cmake -S . -B build/c -DHTCORE_PYTHON=OFF && cmake --build build/c
+&& cmake --install build/c --prefix PREFIX). Reports:
+- sizes: htcore-run and libhtcore.a, as installed and stripped (strip --strip-unneeded on copies);
+- per model: load time (C htcore_model_load vs load_compressed, medians), peak RSS of a process
+  that loads the model and runs 64 samples at batch 1 (htcore-run vs python with the Python
+  runtime), and batch-1 latency (median per call over blocks of calls, all three timed in turn
+  in every repetition, so a change in the shared machine's load reaches each alike) at 1 and 2
+  threads. The C runtime is timed through ctypes, whose call overhead (~1 us) counts against it.
+Models: the demo's Fashion-MNIST MLP shape (784-32-10, 5% / 50% kept, 8-level codebook on the
+first layer), an MLP 784-300-100-10 at 10%, a LeNet-5 CNN at 30% (all sparse; weights random:
+timing does not depend on their values). Writes benchmarks/results/embedded.md and embedded.json.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import htcore
+from htcore import CSRMatrix, load_compressed, save_compressed
+from htcore.runtime import Activation, CompressedModel, Linear
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def demo_mlp() -> CompressedModel:
+    rng = np.random.default_rng(0)
+    first = htcore.topk_sparsify(rng.standard_normal((32, 784)).astype(np.float32), 0.05)
+    codes = rng.integers(0, 8, first.nnz).astype(np.uint8)
+    first = CSRMatrix(codes, first.indices, first.indptr, first.shape, codebook=np.linspace(-1, 1, 8).astype(np.float32))
+    second = htcore.topk_sparsify(rng.standard_normal((10, 32)).astype(np.float32), 0.5)
+    return CompressedModel([Linear(first, np.zeros(32)), Activation("relu"), Linear(second, np.zeros(10))])
+
+
+def mlp() -> CompressedModel:
+    rng = np.random.default_rng(1)
+    sizes = [784, 300, 100, 10]
+    layers: list = []
+    for a, b in zip(sizes, sizes[1:]):
+        layers += [Linear(htcore.topk_sparsify(rng.standard_normal((b, a)).astype(np.float32), 0.1), np.zeros(b)),
+                   Activation("relu")]
+    return CompressedModel(layers[:-1])
+
+
+def lenet() -> CompressedModel:
+    import torch
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    net = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
+                        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                        nn.Linear(84, 10)).eval()
+    htcore.nn.sparsify_model(net, keep=0.3)
+    return CompressedModel.from_torch(net)
+
+
+MODELS = {"demo MLP 784-32-10": (demo_mlp, (784,)), "MLP 784-300-100-10, 10%": (mlp, (784,)),
+          "LeNet-5 CNN, 30%": (lenet, (1, 28, 28))}
+
+
+def stripped_size(path: Path, tmp: Path) -> int:
+    copy = tmp / path.name
+    shutil.copy(path, copy)
+    subprocess.run(["strip", "--strip-unneeded", str(copy)], check=True)
+    return copy.stat().st_size
+
+
+def peak_rss_mib(cmd: list) -> float:
+    """Peak resident set of one child process (wait4's rusage is that child's alone)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status:
+        raise RuntimeError(f"{cmd} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
+    return usage.ru_maxrss / 1024
+
+
+def per_call(fn, calls: int) -> float:
+    t = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t) / calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prefix", required=True, type=Path)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    import torch
+
+    lib = ctypes.CDLL(str(args.prefix / "lib" / "libhtcore.so"))
+    lib.htcore_model_load.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
+    lib.htcore_model_free.argtypes = [ctypes.c_void_p]
+    f32p, i64p = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int64)
+    lib.htcore_model_run.argtypes = [ctypes.c_void_p, f32p, ctypes.c_int64, i64p, ctypes.c_int, f32p, ctypes.c_int64]
+    runner = args.prefix / "bin" / "htcore-run"
+    tmp = Path(tempfile.mkdtemp())
+    sizes = {"htcore-run": (runner.stat().st_size, stripped_size(runner, tmp)),
+             "libhtcore.a": ((args.prefix / "lib" / "libhtcore.a").stat().st_size,
+                             stripped_size(args.prefix / "lib" / "libhtcore.a", tmp))}
+    rows = []
+    for name, (make, sample) in MODELS.items():
+        model = make()
+        path = tmp / "model.safetensors"
+        save_compressed(path, model)
+        x1 = np.random.default_rng(0).standard_normal((1, *sample)).astype(np.float32)
+        np.save(tmp / "x.npy", np.repeat(x1, 64, axis=0))
+        handle = ctypes.c_void_p()
+
+        def c_load():
+            h = ctypes.c_void_p()
+            assert lib.htcore_model_load(str(path).encode(), ctypes.byref(h)) == 0
+            lib.htcore_model_free(h)
+
+        load_c = statistics.median(per_call(c_load, 5) for _ in range(args.repeats))
+        load_py = statistics.median(per_call(lambda: load_compressed(path), 5) for _ in range(args.repeats))
+        rss_c = peak_rss_mib([str(runner), str(path), str(tmp / "x.npy"), str(tmp / "y.npy"), "--batch", "1"])
+        script = ("import sys, numpy as np, htcore; m = htcore.load_compressed(sys.argv[1]); x = np.load(sys.argv[2]); "
+                  "[m(x[i:i + 1]) for i in range(len(x))]")
+        rss_py = peak_rss_mib([sys.executable, "-c", script, str(path), str(tmp / "x.npy")])
+        assert lib.htcore_model_load(str(path).encode(), ctypes.byref(handle)) == 0
+        out = np.zeros_like(model(x1))
+        dims = (ctypes.c_int64 * len(sample))(*sample)
+        xp, yp = x1.ctypes.data_as(f32p), out.ctypes.data_as(f32p)
+        dense = htcore.nn.to_torch(model).eval()
+        xt = torch.from_numpy(x1)
+        peers = {
+            "C runtime": lambda: lib.htcore_model_run(handle, xp, 1, dims, len(sample), yp, out.size),
+            "Python runtime": lambda: model(x1),
+            "dense torch": lambda: dense(xt),
+        }
+        for threads in (1, 2):
+            htcore.set_num_threads(threads)
+            assert lib.htcore_set_num_threads(threads) == 0
+            torch.set_num_threads(threads)
+            calls = 200
+            with torch.no_grad():
+                for fn in peers.values():
+                    per_call(fn, 20)
+                times: dict = {k: [] for k in peers}
+                for _ in range(args.repeats):
+                    for k, fn in peers.items():
+                        times[k].append(per_call(fn, calls))
+            med = {k: statistics.median(v) * 1e6 for k, v in times.items()}
+            rows.append({"model": name, "threads": threads, "load_ms_c": load_c * 1e3, "load_ms_python": load_py * 1e3,
+                         "peak_rss_mib_runner": rss_c, "peak_rss_mib_python": rss_py,
+                         **{f"latency_us_{k}": v for k, v in med.items()}})
+        lib.htcore_model_free(handle)
+    info = machine()
+    (RESULTS / "embedded.json").write_text(json.dumps({"machine": info, "sizes": sizes, "rows": rows}, indent=1, default=str))
+    lines = ["# The C runtime (htcore-run, libhtcore) against the Python runtime and dense torch", "",
+             f"Machine: {info['cpu']}, {info['cores']} cores (shared; 1-min load average {info['load_average_1min']} "
+             f"at the end), torch {torch.__version__}. `python benchmarks/bench_embedded.py --prefix PREFIX`; "
+             f"medians of {args.repeats} repetitions. The C library was built with CMake's Release flags.", "",
+             "| file | installed bytes | stripped bytes |", "|---|---:|---:|"]
+    lines += [f"| {k} | {a:,} | {b:,} |" for k, (a, b) in sizes.items()]
+    lines += ["", "Load: median time to open and fully validate the file (C: htcore_model_load; Python: "
+              "load_compressed). Peak RSS: a process loading the model and running 64 samples one at a time "
+              "(htcore-run --batch 1; python with numpy and the Python runtime). Latency: one sample (batch 1), "
+              "median per call; ratio = Python runtime / C runtime (above 1: C faster).", "",
+              "| model | threads | load C ms | load Python ms | peak RSS runner MiB | peak RSS Python MiB | C us | "
+              "Python us | dense torch us | Python / C | torch / C |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        c, p, t = r["latency_us_C runtime"], r["latency_us_Python runtime"], r["latency_us_dense torch"]
+        lines.append(f"| {r['model']} | {r['threads']} | {r['load_ms_c']:.3f} | {r['load_ms_python']:.3f} | "
+                     f"{r['peak_rss_mib_runner']:.1f} | {r['peak_rss_mib_python']:.1f} | {c:.1f} | {p:.1f} | {t:.1f} | "
+                     f"{p / c:.2f} | {t / c:.2f} |")
+    (RESULTS / "embedded.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
