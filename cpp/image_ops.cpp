@@ -111,10 +111,10 @@ void adaptive_avg_pool2d(std::int64_t batch, std::int64_t channels, std::int64_t
       const std::int64_t r0 = i * height / out_h, r1 = ((i + 1) * height + out_h - 1) / out_h;
       for (std::int64_t j = 0; j < out_w; ++j) {
         const std::int64_t c0 = j * width / out_w, c1 = ((j + 1) * width + out_w - 1) / out_w;
-        float s = 0.0f;
+        double s = 0.0;  // a bin may be a whole image (global pooling): sum it in float64, round once
         for (std::int64_t r = r0; r < r1; ++r)
           for (std::int64_t c = c0; c < c1; ++c) s += xp[r * width + c];
-        yp[i * out_w + j] = s / static_cast<float>((r1 - r0) * (c1 - c0));
+        yp[i * out_w + j] = static_cast<float>(s / static_cast<double>((r1 - r0) * (c1 - c0)));
       }
     }
   }

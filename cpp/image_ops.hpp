@@ -34,7 +34,7 @@ void avg_pool2d(const Pool2dParams& p, const float* x, std::int64_t x_size, floa
 
 // torch's adaptive_avg_pool2d to (out_h, out_w): output (i, j) averages rows
 // [floor(i H / out_h), ceil((i + 1) H / out_h)) and the columns likewise; the window sum, taken row
-// by row, is divided by its number of elements.
+// by row in float64, is divided by its number of elements and rounded once to float32.
 void adaptive_avg_pool2d(std::int64_t batch, std::int64_t channels, std::int64_t height, std::int64_t width,
                          std::int64_t out_h, std::int64_t out_w, const float* x, std::int64_t x_size, float* y,
                          std::int64_t y_size);

@@ -27,7 +27,7 @@ import htcore
 import test_files_safety as safety  # the malformed-file corpus of the Python loader's tests
 from htcore import _core, save_compressed
 from htcore.io import save_safetensors
-from htcore.runtime import Activation, CompressedModel, Flatten, Linear
+from htcore.runtime import Activation, Add, CompressedModel, Flatten, Linear, Node
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -162,11 +162,41 @@ def lenet(seed: int, sparse: bool) -> nn.Module:
     return net
 
 
+def resnet(fold: bool) -> CompressedModel:
+    """htcore.nn.resnet_small sparsified, with BatchNorm statistics far from their initial values,
+    kept as batchnorm2d entries (``fold`` False) or folded into the convolutions: a graph file with
+    residual adds and an adaptive average pool."""
+    net = htcore.nn.resnet_small(seed=3)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) * 2 + 0.2)
+    htcore.nn.sparsify_model(net.eval(), keep=0.4)
+    layers = htcore.nn.to_runtime_layers(net, fold_batchnorm=fold)
+    return CompressedModel(layers, input_shape=(1, 12, 12))
+
+
+def residual_mlp() -> CompressedModel:
+    """A graph MLP whose residual add reads the model input and a Linear's output."""
+    rng = np.random.default_rng(4)
+    square = htcore.topk_sparsify(rng.standard_normal((24, 24)).astype(np.float32), 0.3)
+    head = htcore.topk_sparsify(rng.standard_normal((5, 24)).astype(np.float32), 0.5)
+    nodes = [Node("fc", Linear(square, rng.standard_normal(24)), ["input"]), Node("act", Activation("tanh"), ["fc"]),
+             Node("sum", Add(), ["act", "input"]), Node("relu", Activation("relu"), ["sum"]),
+             Node("head", Linear(head), ["relu"]), Node("soft", Activation("softmax"), ["head"])]
+    return CompressedModel(nodes, input_shape=(24,))
+
+
 def models() -> dict:
     """name -> (model, sample shape, whether every layer is sparse: bitwise equality expected)."""
     out = {f"mlp_{fmt}": (mlp(fmt), (4, 6), True) for fmt in ("float32", "float16", "float64", "codebook", "wide_indices")}
     out["lenet_sparse"] = (CompressedModel.from_torch(lenet(0, True)), (1, 28, 28), True)
     out["lenet_dense"] = (CompressedModel.from_torch(lenet(1, False)), (1, 28, 28), False)
+    out["resnet_batchnorm"] = (resnet(fold=False), (1, 12, 12), True)
+    out["resnet_folded"] = (resnet(fold=True), (1, 12, 12), True)
+    out["residual_mlp"] = (residual_mlp(), (24,), True)
     return out
 
 

@@ -121,7 +121,7 @@ void register_image_ops(py::module_& m) {
       "by kernel_h * kernel_w).");
   m.def("adaptive_avg_pool2d", &adaptive, py::arg("x"), py::arg("out_h"), py::arg("out_w"),
         "A new float32 (N, C, out_h, out_w) array: torch's adaptive_avg_pool2d of the C-contiguous float32 (N, C, H, "
-        "W) x (bins [floor(i H / out_h), ceil((i + 1) H / out_h)), sums taken row by row).");
+        "W) x (bins [floor(i H / out_h), ceil((i + 1) H / out_h)), sums taken row by row in float64, rounded once).");
   m.def("channel_affine", &affine, py::arg("x"), py::arg("scale"), py::arg("shift"),
         "A new float32 array x * scale[c] + shift[c] for the C-contiguous float32 (N, C, ...) x and C-entry float32 "
         "scale and shift (an inference BatchNorm2d).");

@@ -335,6 +335,10 @@ Layer read_layer(Reader& r, const json& spec, int i, bool graph, const std::stri
       fail(at + ": shape must be two non-negative integers, got " + shape.dump());
     layer.kind = LayerKind::linear;
     layer.out = int_value(shape[0]), layer.in = int_value(shape[1]);
+    std::int64_t total = 0;
+    if (layer.out >= kMaxActivation || layer.in >= kMaxActivation ||
+        __builtin_mul_overflow(layer.out, layer.in, &total) || total > kMaxElements)
+      fail(at + ": shape " + shape.dump() + " is too large");
     read_weight(r, spec, i, {layer.out, layer.in}, layer.out, layer.in, at, layer.weight);
     add_sell(layer.weight);
   } else if (kind == "conv2d") {
@@ -347,7 +351,8 @@ Layer read_layer(Reader& r, const json& spec, int i, bool graph, const std::stri
                        kw = int_value(shape[3]);
     std::int64_t cols = 0, total = 0;
     if (__builtin_mul_overflow(per_group, kh * 1, &cols) || __builtin_mul_overflow(cols, kw, &cols) ||
-        __builtin_mul_overflow(cols, out, &total) || total > kMaxElements || cols >= kMaxActivation)
+        __builtin_mul_overflow(cols, out, &total) || total > kMaxElements || cols >= kMaxActivation ||
+        out >= kMaxActivation)
       fail(at + ": shape " + shape.dump() + " is too large");
     std::tie(layer.stride_h, layer.stride_w) = pair(spec, "stride", 1, at);
     std::tie(layer.padding_h, layer.padding_w) = pair(spec, "padding", 0, at);
@@ -372,10 +377,13 @@ Layer read_layer(Reader& r, const json& spec, int i, bool graph, const std::stri
     require_keys(spec, {"type", "output_size"}, graph, at);
     layer.kind = LayerKind::adaptiveavgpool2d;
     std::tie(layer.out_h, layer.out_w) = pair(spec, "output_size", 1, at);
+    if (layer.out_h * layer.out_w >= kMaxActivation)
+      fail(at + ": output_size " + spec["output_size"].dump() + " is too large");
   } else if (kind == "batchnorm2d") {
     require_keys(spec, {"type", "channels"}, graph, at);
     const std::int64_t channels = int_value(field(spec, "channels", json::value_t::number_integer, at));
-    if (channels < 1) fail(at + ": channels must be a positive integer, got " + std::to_string(channels));
+    if (channels < 1 || channels >= kMaxActivation)
+      fail(at + ": channels must be a positive integer below 2**31, got " + std::to_string(channels));
     layer.kind = LayerKind::batchnorm2d;
     layer.out = channels;
     const std::string prefix = "layers." + std::to_string(i) + ".";
@@ -540,7 +548,8 @@ Model load_model(const unsigned char* data, std::size_t size, std::shared_ptr<vo
     std::int64_t total = 1;
     if (ok)
       for (const auto& d : s) {
-        ok = ok && is_int(d) && int_value(d) >= 1 && !__builtin_mul_overflow(total, int_value(d), &total);
+        ok = ok && is_int(d) && int_value(d) >= 1 && int_value(d) < kMaxActivation &&
+             !__builtin_mul_overflow(total, int_value(d), &total);
         if (ok) model.input_shape.push_back(int_value(d));
       }
     if (!ok) fail("input_shape must be a non-empty list of positive integers, got " + s.dump());

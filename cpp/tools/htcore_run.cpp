@@ -2,7 +2,8 @@
 //
 //   htcore-run MODEL.safetensors INPUT.npy OUTPUT.npy [--threads N] [--batch N]
 //
-// INPUT holds float32 (float64 is converted) samples of shape (samples, ...); OUTPUT receives the
+// INPUT holds float32 (float64 is converted) samples of shape (samples, ...) (flat samples take the
+// model's declared input shape, as in `htcore run`); OUTPUT receives the
 // float32 outputs, (samples, ...). Samples run in batches of --batch (default 64, as `htcore run`).
 // Errors are one line on stderr; exit codes as the Python CLI: 0 ok, 1 a runtime or data error,
 // 2 a usage error. Everything goes through the public C API (htcore/htcore.h).
@@ -183,7 +184,15 @@ int run(int argc, char** argv) {
   check(htcore_model_load(files[0].c_str(), &model));
   try {
     const Array x = read_npy(files[1]);
-    const std::vector<std::int64_t> sample(x.shape.begin() + 1, x.shape.end());
+    std::vector<std::int64_t> sample(x.shape.begin() + 1, x.shape.end());
+    // Flat samples take the model's declared input shape (as `htcore run` reshapes them).
+    std::int64_t declared[HTCORE_MAX_DIMS];
+    int declared_ndim = 0;
+    if (htcore_model_input_shape(model, declared, &declared_ndim) == HTCORE_OK && sample.size() == 1) {
+      std::int64_t n = 1;
+      for (int i = 0; i < declared_ndim; ++i) n *= declared[i];
+      if (n == sample[0]) sample.assign(declared, declared + declared_ndim);
+    }
     if (sample.size() > HTCORE_MAX_DIMS) throw std::runtime_error("input has too many dimensions");
     std::int64_t out_dims[HTCORE_MAX_DIMS];
     int out_ndim = 0;

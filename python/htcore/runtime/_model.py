@@ -63,7 +63,15 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from .._core import Activation as _KernelActivation
-from .._core import activate_inplace, avg_pool2d, max_pool2d, softmax_axis0
+from .._core import (
+    activate_inplace,
+    adaptive_avg_pool2d,
+    add_arrays,
+    avg_pool2d,
+    channel_affine,
+    max_pool2d,
+    softmax_axis0,
+)
 from .._validation import as_float_array, check_int, check_pair
 from ..sparse import ACTIVATIONS, CSRMatrix, SellMatrix, as_kernel_array, sell_eligible, sparse_conv2d
 
@@ -537,7 +545,7 @@ class CompressedModel:
                 if isinstance(layer, _IMAGE_LAYERS):
                     if flat.ndim != 4:
                         raise ValueError(f"a {type(layer).__name__} needs (batch, C, H, W) images, got shape {flat.shape}")
-                    flat = _image_layer(layer, flat, step.activation, in_place=flat is not X)
+                    flat = _image_layer(layer, flat, step.activation)
                     continue
                 if flat.ndim == 4 and isinstance(layer, Activation) and layer.kind in ACTIVATIONS:
                     flat = _activate(flat.copy() if np.shares_memory(flat, X) else flat, layer.kind)  # on images
@@ -682,7 +690,7 @@ def _graph_op(step: _GraphStep, args: list) -> np.ndarray:
         a, b = args
         if a.shape != b.shape:
             raise ValueError(f"Add needs two inputs of the same shape, got {a.shape} and {b.shape}")
-        return np.add(a, b, out=a if step.in_place else None)
+        return add_arrays(np.ascontiguousarray(a), np.ascontiguousarray(b))
     if isinstance(layer, Flatten):
         return x.reshape(x.shape[0], -1)
     if isinstance(layer, Linear):
@@ -697,7 +705,7 @@ def _graph_op(step: _GraphStep, args: list) -> np.ndarray:
         return _activate(x if step.in_place else x.copy(), layer.kind)
     if x.ndim != 4:
         raise ValueError(f"a {type(layer).__name__} needs (batch, C, H, W) images, got shape {x.shape}")
-    return _image_layer(layer, x, step.activation, in_place=step.in_place)
+    return _image_layer(layer, x, step.activation)
 
 
 def _plan(layers: list) -> list[_Step]:
@@ -731,16 +739,17 @@ def _linear(layer: Linear, h: np.ndarray, activation: str, batch_major: bool = F
     return out
 
 
-def _image_layer(layer: Any, x: np.ndarray, activation: str, in_place: bool = False) -> np.ndarray:
+def _image_layer(layer: Any, x: np.ndarray, activation: str) -> np.ndarray:
     """A Conv2d (activation fused), MaxPool2d, AvgPool2d, BatchNorm2d or AdaptiveAvgPool2d on
-    (batch, C, H, W) float32 images; BatchNorm2d overwrites ``x`` when ``in_place``."""
+    (batch, C, H, W) float32 images; all but Conv2d in the C runtime's kernels (cpp/image_ops.hpp)."""
     if isinstance(layer, BatchNorm2d):
         if x.shape[1] != layer.channels:
             raise ValueError(f"a BatchNorm2d has {layer.channels} channels, got images of shape {x.shape}")
-        out = np.multiply(x, layer.scale[:, None, None], out=x if in_place else None)
-        return np.add(out, layer.shift[:, None, None], out=out)
+        return channel_affine(np.ascontiguousarray(x), layer.scale, layer.shift)
     if isinstance(layer, AdaptiveAvgPool2d):
-        return _adaptive_avg_pool(x, layer.output_size)
+        if x.shape[2] < 1 or x.shape[3] < 1:
+            raise ValueError(f"an AdaptiveAvgPool2d needs non-empty images, got shape {x.shape}")
+        return adaptive_avg_pool2d(np.ascontiguousarray(x), *layer.output_size)
     if isinstance(layer, Conv2d):
         if x.shape[1] != layer.in_channels:
             raise ValueError(f"a Conv2d expects {layer.in_channels} input channels, got images of shape {x.shape}")
@@ -753,22 +762,6 @@ def _image_layer(layer: Any, x: np.ndarray, activation: str, in_place: bool = Fa
                          f"does not fit images of shape {x.shape}")
     pool = max_pool2d if isinstance(layer, MaxPool2d) else avg_pool2d  # the C runtime's kernels (cpp/image_ops.hpp)
     return pool(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw)
-
-
-def _adaptive_avg_pool(x: np.ndarray, output_size: tuple) -> np.ndarray:
-    """torch's adaptive average pooling bins (start floor(i H / oh), end ceil((i + 1) H / oh)),
-    summed in float64 and rounded once to float32."""
-    batch, channels, height, width = x.shape
-    if height < 1 or width < 1:
-        raise ValueError(f"an AdaptiveAvgPool2d needs non-empty images, got shape {x.shape}")
-    oh, ow = output_size
-    rows = [(i * height // oh, -(-(i + 1) * height // oh)) for i in range(oh)]
-    cols = [(j * width // ow, -(-(j + 1) * width // ow)) for j in range(ow)]
-    out = np.empty((batch, channels, oh, ow), np.float32)
-    for i, (r0, r1) in enumerate(rows):
-        for j, (c0, c1) in enumerate(cols):
-            out[:, :, i, j] = x[:, :, r0:r1, c0:c1].sum(axis=(2, 3), dtype=np.float64) / ((r1 - r0) * (c1 - c0))
-    return out
 
 
 def _activate(h: np.ndarray, kind: str) -> np.ndarray:
