@@ -54,7 +54,7 @@ py::array_t<float> affine(const py::array& x, const py::array& scale, const py::
   const std::int64_t batch = x.shape(0), channels = x.shape(1);
   require(scale.ndim() == 1 && shift.ndim() == 1 && scale.shape(0) == channels && shift.shape(0) == channels,
           [&] { return "scale and shift must have C = " + std::to_string(channels) + " entries"; });
-  const std::int64_t plane = channels * batch ? static_cast<std::int64_t>(x.size()) / (channels * batch) : 0;
+  const std::int64_t plane = channels * batch != 0 ? static_cast<std::int64_t>(x.size()) / (channels * batch) : 0;
   py::array_t<float> out(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
   float* yp = out.mutable_data();
   py::gil_scoped_release release;
