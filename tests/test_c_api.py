@@ -364,7 +364,7 @@ def test_every_malformed_file_is_refused_with_a_message(capi):
         assert message and "\n" not in message, name
 
 
-def test_flipped_bytes_are_refused_exactly_when_python_refuses(capi, tmp_path):
+def test_flipped_bytes_are_refused_exactly_when_python_refuses(capi, tmp_path, same_kernels):
     """A flipped byte anywhere: the C loader refuses the file exactly when load_compressed does,
     and a file both accept gives the same outputs."""
     good = safety.good_bytes()
