@@ -35,11 +35,18 @@ def machine() -> dict:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "htcore": htcore.__version__,
-        "htcore_build": _core.build_info(),
+        "htcore_build": _build(),
     }
     if "torch" in sys.modules:
         info["torch"] = sys.modules["torch"].__version__
     return info
+
+
+def _build() -> dict:
+    """htcore's build facts as JSON-ready fields (`build_info` returns a bound struct)."""
+    build = _core.build_info()
+    return {"compiler": build.compiler, "build_flags": build.build_flags, "openmp": build.openmp_version,
+            "simd": list(build.simd)}
 
 
 def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:

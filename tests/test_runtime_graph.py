@@ -452,12 +452,14 @@ def test_conversion_refusals():
         save_compressed("never-written.safetensors", CompressedModel(small_nodes()))
 
 
-def test_to_torch_graph_with_names_that_are_not_module_paths():
+@pytest.mark.parametrize("suffix", ["-x", ".forward", ""])
+def test_to_torch_graph_with_names_that_are_not_module_paths(suffix):
     nodes = small_nodes()
-    nodes = [Node(f"{n.name}-x", n.layer, [i if i == "input" else f"{i}-x" for i in n.inputs]) for n in nodes]
+    nodes = [Node(f"{n.name}{suffix}", n.layer, [i if i == "input" else f"{i}{suffix}" for i in n.inputs]) for n in nodes]
     model = CompressedModel(nodes, input_shape=(1, 6, 6))
     back = hnn.to_torch(model)
     assert any(n.op == "call_function" and n.target is operator.add for n in back.graph.nodes)
+    assert ("conv" in dict(back.named_children())) == (suffix == "")
     x = images(2, seed=9, size=6)
     with torch.no_grad():
         np.testing.assert_allclose(back(torch.from_numpy(x)).numpy(), model(x), rtol=1e-5, atol=1e-5)
@@ -507,6 +509,24 @@ def test_sequential_files_record_input_shape_only_when_known(tmp_path):
     with SafetensorsFile(plain) as f:
         assert "input_shape" not in f.metadata and "name" not in json.loads(f.metadata["architecture"])[0]
     assert load_compressed(plain).input_shape is None and load_compressed(shaped).input_shape == (1, 28, 28)
+
+
+def test_sequential_file_with_batchnorm_and_adaptive_pool_round_trips(tmp_path):
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.BatchNorm2d(2), nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d((2, 3)), nn.Flatten(), nn.Linear(18, 4)).eval()
+    with torch.no_grad():
+        for bn in (net[0], net[2]):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+    model = CompressedModel.from_torch(net)
+    assert [type(layer).__name__ for layer in model.layers] == [
+        "BatchNorm2d", "Conv2d", "Activation", "AdaptiveAvgPool2d", "Flatten", "Linear"]  # the second BN folded
+    path = tmp_path / "seq.safetensors"
+    save_compressed(path, model)
+    x = images(3, seed=15, channels=2, size=8)
+    with torch.no_grad():
+        close(load_compressed(path)(x), net.double()(as64(x)).numpy())
 
 
 def edit(meta, fn):

@@ -24,15 +24,21 @@ from .certification import BoundReport, bounds, certify, code_length, search_bou
 from .compression import compress
 from .io import Layer, load_layers
 from .measure import (
+    LayerStability,
     ModelReport,
+    NoiseStability,
     PowerLawFit,
+    Resilience,
     TailEstimate,
     analyze,
     element_sample,
     fit_powerlaw,
     hill,
+    layer_stability,
     moments,
+    noise_stability,
     pickands,
+    resilience,
 )
 from .runtime import load_compressed, save_compressed
 from .sparse import (
@@ -89,6 +95,13 @@ __all__ = [
     "ModelReport",
     "analyze",
     "load_layers",
+    # compressed nets on real inputs
+    "LayerStability",
+    "NoiseStability",
+    "Resilience",
+    "layer_stability",
+    "noise_stability",
+    "resilience",
 ]
 
 

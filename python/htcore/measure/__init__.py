@@ -5,6 +5,10 @@
   (`PowerLawFit`, with both the pdf exponent and the tail index).
 - Spectra: `esd` (eigenvalues of W^T W, `symmetric_eigenvalues` for htcore's own solver) and
   WeightWatcher's metrics (`spectral_metrics` -> `SpectralMetrics`).
+- Compressed nets on real inputs: `noise_stability` -> `NoiseStability` (relative errors vs the
+  Frobenius prediction, Arora et al.'s cushions, error propagation, margins; `layer_stability` for one
+  matrix), `resilience` -> `Resilience` (accuracy under input and weight noise, several nets side by
+  side), `stability_section` (both as a report section). Need torch.
 - Whole models: `analyze` -> `ModelReport` (one `LayerReport` per weight tensor; CSV, JSON, markdown,
   pandas and PNG plots).
 
@@ -13,19 +17,25 @@ Conventions (tail index vs pdf exponent, the ESD): docs/conventions.md.
 from __future__ import annotations
 
 from ._analyze import DEFAULT_KEEPS, analyze, analyze_layer
-from ._plots import plot_report
+from ._plots import plot_report, plot_resilience, plot_stability
 from ._powerlaw_fit import PowerLawFit, fit_powerlaw
 from ._report import ElementTails, LayerReport, ModelReport
+from ._resilience import Resilience, resilience
 from ._spectra import MIN_EVALS, ZERO_EIGENVALUE, SpectralMetrics, esd, spectral_metrics, symmetric_eigenvalues
+from ._stability import LayerStability, NoiseStability, layer_stability, noise_stability
+from ._stability_section import stability_section
 from ._tails import TailEstimate, element_sample, hill, moments, pickands
 
 __all__ = [
     "DEFAULT_KEEPS",
     "ElementTails",
     "LayerReport",
+    "LayerStability",
     "MIN_EVALS",
     "ModelReport",
+    "NoiseStability",
     "PowerLawFit",
+    "Resilience",
     "SpectralMetrics",
     "TailEstimate",
     "ZERO_EIGENVALUE",
@@ -35,9 +45,15 @@ __all__ = [
     "esd",
     "fit_powerlaw",
     "hill",
+    "layer_stability",
     "moments",
+    "noise_stability",
     "pickands",
     "plot_report",
+    "plot_resilience",
+    "plot_stability",
+    "resilience",
     "spectral_metrics",
+    "stability_section",
     "symmetric_eigenvalues",
 ]

@@ -14,15 +14,23 @@ import numpy as np
 
 if TYPE_CHECKING:
     from ._report import LayerReport, ModelReport
+    from ._resilience import Resilience
+    from ._stability import NoiseStability
 
 
-def plot_report(report: "ModelReport", directory: str | os.PathLike) -> list[str]:
-    """Write ``NNN_<layer>.png`` per layer and ``compressibility.png``; return the paths written."""
+def _matplotlib(owner: str):
+    """(Figure, FigureCanvasAgg), or an ImportError naming matplotlib and the method that needs it."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise ImportError("ModelReport.plot needs matplotlib (pip install matplotlib)") from None
+        raise ImportError(f"{owner} needs matplotlib (pip install matplotlib)") from None
+    return Figure, FigureCanvasAgg
+
+
+def plot_report(report: "ModelReport", directory: str | os.PathLike) -> list[str]:
+    """Write ``NNN_<layer>.png`` per layer and ``compressibility.png``; return the paths written."""
+    Figure, FigureCanvasAgg = _matplotlib("ModelReport.plot")
     os.makedirs(directory, exist_ok=True)
     paths = []
     for i, layer in enumerate(report.layers):
@@ -111,3 +119,79 @@ def _plot_compressibility(ax, report: "ModelReport") -> None:
     ax.set_ylabel(r"$\|W - W_k\|_F / \|W\|_F$")
     ax.set_title(f"Compressibility of {len(report.layers)} layers", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
+
+
+def plot_stability(result: "NoiseStability", directory: str | os.PathLike, filename: str = "noise_stability.png") -> list[str]:
+    """Write one PNG with three panels: per-layer relative errors ||E x|| / ||W x|| (median, 90th
+    percentile, max) against the Frobenius ratio and the random-input median; layer cushions against
+    1/sqrt(h); margin histograms of the original and compressed nets. Return its path in a list."""
+    Figure, FigureCanvasAgg = _matplotlib("NoiseStability.plot")
+    os.makedirs(directory, exist_ok=True)
+    fig = Figure(figsize=(15, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    errors, cushions, margins = fig.subplots(1, 3)
+    layers = result.layers
+    pos = np.arange(len(layers))
+    labels = [layer.name for layer in layers]
+    med = np.array([l.rel_error_median for l in layers])
+    errors.errorbar(pos, med, yerr=[np.zeros_like(med), np.array([l.rel_error_p90 for l in layers]) - med],
+                    fmt="o", color="tab:blue", capsize=3, label="real inputs: median, 90th pct")
+    errors.plot(pos, [l.rel_error_max for l in layers], "v", color="tab:blue", ms=4, alpha=0.6, label="real inputs: max")
+    errors.plot(pos, [l.frobenius_ratio for l in layers], "s", mfc="none", color="tab:red", ms=9,
+                label=r"$\|W-\hat W\|_F / \|W\|_F$")
+    errors.plot(pos, [l.random_median for l in layers], "x", color="tab:orange", ms=8, label="random x: median")
+    errors.set_ylabel(r"$\|(W-\hat W)x\| / \|Wx\|$")
+    errors.set_title("Relative error of each compressed layer", fontsize=10)
+    errors.set_ylim(bottom=0)
+    cushion_data = [l.cushion if l.cushion.size else np.array([np.nan]) for l in layers]
+    cushions.boxplot(cushion_data, positions=pos, widths=0.5, showfliers=False)
+    cushions.plot(pos, [l.cushion_reference for l in layers], "_", color="tab:red", ms=20, mew=2,
+                  label=r"$1/\sqrt{h}$ (random)")
+    cushions.set_yscale("log")
+    cushions.set_ylabel(r"layer cushion $\|Wx\| / (\|W\|_F \|x\|)$")
+    cushions.set_title("Layer cushions on real inputs", fontsize=10)
+    for ax in (errors, cushions):
+        ax.set_xticks(pos)
+        ax.set_xticklabels(labels, rotation=45 if len(layers) > 4 else 0, ha="right" if len(layers) > 4 else "center",
+                           fontsize=7)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    both = np.concatenate([result.margins_original, result.margins_compressed])
+    both = both[np.isfinite(both)]
+    if both.size:
+        bins = np.linspace(both.min(), both.max(), 50)
+        margins.hist(result.margins_original, bins=bins, alpha=0.5, color="tab:blue", label="original")
+        margins.hist(result.margins_compressed, bins=bins, alpha=0.5, color="tab:orange", label="compressed")
+        margins.axvline(0, color="k", lw=0.8)
+        margins.axvline(2 * result.gamma, color="tab:red", ls=":", label=f"2 gamma = {2 * result.gamma:.3g}")
+        margins.legend(fontsize=7)
+    margins.set_xlabel(r"margin $f(x)_y - \max_{j \neq y} f(x)_j$")
+    margins.set_title(f"Margins ({result.n_samples} samples, labels: {result.labels})", fontsize=10)
+    path = os.path.join(os.fspath(directory), filename)
+    fig.savefig(path, dpi=90)
+    return [path]
+
+
+def plot_resilience(result: "Resilience", directory: str | os.PathLike, filename: str = "resilience.png") -> list[str]:
+    """Write one PNG: accuracy vs input-noise sigma and vs weight-noise sigma, one curve per model with
+    a band of +- one standard deviation over draws. Return its path in a list."""
+    Figure, FigureCanvasAgg = _matplotlib("Resilience.plot")
+    os.makedirs(directory, exist_ok=True)
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    panels = fig.subplots(1, 2, sharey=True)
+    for ax, kind, levels, acc in ((panels[0], "input", result.input_noise, result.input_accuracy),
+                                  (panels[1], "weight", result.weight_noise, result.weight_accuracy)):
+        for m, name in enumerate(result.names):
+            mean, std = acc[m].mean(1), acc[m].std(1)
+            line, = ax.plot(levels, mean, "o-", ms=4, label=name)
+            ax.fill_between(levels, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        ax.set_xlabel(r"$\sigma$ (input: relative to the input RMS)" if kind == "input"
+                      else r"$\sigma$ ($w \to w(1 + \sigma N(0,1))$)")
+        ax.set_title(f"Accuracy under {kind} noise", fontsize=10)
+        ax.grid(True, alpha=0.3)
+    panels[0].set_ylabel("accuracy")
+    panels[0].legend(fontsize=7)
+    path = os.path.join(os.fspath(directory), filename)
+    fig.savefig(path, dpi=90)
+    return [path]

@@ -5,8 +5,9 @@
 - `sparsify_model`: swaps a model's ``nn.Linear`` and ``nn.Conv2d`` modules for top-k `SparseLinear`
   and `SparseConv2d` ones and returns a `SparsifyReport` of what changed.
 - Conversion both ways between torch and the runtime: `to_runtime_layers` (torch -> runtime, what
-  `htcore.runtime.CompressedModel.from_torch` runs) and `to_torch` (runtime -> ``nn.Sequential``),
-  with the one activation mapping (`TORCH_ACTIVATIONS`, `activation_kind`).
+  `htcore.runtime.CompressedModel.from_torch` runs; any ``torch.fx``-traceable module through
+  `to_runtime_graph`) and `to_torch` (runtime -> ``nn.Sequential``, or a ``torch.fx.GraphModule``
+  for a graph model), with the one activation mapping (`TORCH_ACTIVATIONS`, `activation_kind`).
 - `lenet`, `vgg_small`, `resnet_small`: small seeded CNNs for tests, benchmarks and the demo.
 """
 from __future__ import annotations

@@ -473,7 +473,8 @@ def to_torch(model: Any) -> nn.Module:
 def _module_paths(names: list[str]) -> list[str]:
     """The node names as GraphModule submodule paths when they all are valid, distinct and none is
     a prefix of another (e.g. "layer1.0.conv1"); else "node0", "node1", ..."""
-    valid = all(re.fullmatch(r"[A-Za-z_0-9]+(\.[A-Za-z_0-9]+)*", n) and n not in ("training", "graph", "code")
+    valid = all(re.fullmatch(r"[A-Za-z_0-9]+(\.[A-Za-z_0-9]+)*", n)
+                and not any(hasattr(torch.fx.GraphModule, part) for part in n.split("."))  # e.g. "forward", "graph"
                 for n in names)
     prefixes = {".".join(n.split(".")[:k]) for n in names for k in range(1, n.count(".") + 1)}
     if valid and not prefixes & set(names):

@@ -490,6 +490,7 @@ class CompressedModel:
             self.layers = layers
             inputs = [[i - 1] for i in range(len(layers))]
             names = [f"layers[{i}] ({type(l).__name__})" for i, l in enumerate(layers)]
+        self._not_plain = self.nodes is not None or self.input_shape is not None
         self._shapes = None if self.input_shape is None else _infer_shapes(
             [functools.partial(_output_shape, l) for l in self.layers], inputs, self.input_shape, names)
         if self.nodes is not None:
@@ -526,10 +527,11 @@ class CompressedModel:
         X = as_kernel_array(X, "X", X.ndim if isinstance(X, np.ndarray) else None, np.float32)
         if X.ndim < 2:
             raise ValueError(f"X must be (batch, ...) with a batch dimension, got shape {X.shape}")
-        if self.input_shape is not None and X.shape[1:] != self.input_shape:
-            raise ValueError(f"X has shape {X.shape}, expected (batch, {', '.join(map(str, self.input_shape))})")
-        if self.nodes is not None:
-            return self._run_graph(X)
+        if self._not_plain:  # one test on the MLP path, which stays as fast as before graphs existed
+            if self.input_shape is not None and X.shape[1:] != self.input_shape:
+                raise ValueError(f"X has shape {X.shape}, expected (batch, {', '.join(map(str, self.input_shape))})")
+            if self.nodes is not None:
+                return self._run_graph(X)
         if not self._kernel_checks_input and X.size and not np.isfinite(X).all():
             raise ValueError("X contains non-finite values (NaN or Inf)")
         batch = X.shape[0]
