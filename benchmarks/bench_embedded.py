@@ -8,8 +8,8 @@ PREFIX is an installed C library (cmake -S . -B build/c -DHTCORE_PYTHON=OFF && c
 - per model: load time (C htcore_model_load vs load_compressed, medians), peak RSS of a process
   that loads the model and runs 64 samples at batch 1 (htcore-run vs python with the Python
   runtime), and batch-1 latency (median per call over blocks of calls, all three timed in turn
-  in every repetition, so a change in the shared machine's load reaches each alike) at 1 and 2
-  threads. The C runtime is timed through ctypes, whose call overhead (~1 us) counts against it.
+  in every repetition, so a change in the shared machine's load reaches each alike; 5 x N blocks of
+  20 calls) at 1 and 2 threads. The C runtime is timed through ctypes, whose call overhead (~1 us) counts against it.
 Models: the demo's Fashion-MNIST MLP shape (784-32-10, 5% / 50% kept, 8-level codebook on the
 first layer), an MLP 784-300-100-10 at 10%, a LeNet-5 CNN at 30% (all sparse; weights random:
 timing does not depend on their values). A last table backs the choice for dense Linear layers (the
@@ -87,11 +87,14 @@ def stripped_size(path: Path, tmp: Path) -> int:
 
 
 def peak_rss_mib(cmd: list) -> float:
-    """Peak resident set of one child process (wait4's rusage is that child's alone)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    """Peak resident set of one child process (wait4's rusage is that child's alone). posix_spawn,
+    not fork: a forked child starts with this process's resident pages counted as its own."""
+    with open(os.devnull, "wb") as null:
+        actions = [(os.POSIX_SPAWN_DUP2, null.fileno(), 1)]
+        pid = os.posix_spawn(cmd[0], cmd, os.environ, file_actions=actions)
+        _, status, usage = os.wait4(pid, 0)
     if status:
-        raise RuntimeError(f"{cmd} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
+        raise RuntimeError(f"{cmd} failed with status {status}")
     return usage.ru_maxrss / 1024
 
 
@@ -178,12 +181,12 @@ def main() -> None:
             htcore.set_num_threads(threads)
             assert lib.htcore_set_num_threads(threads) == 0
             torch.set_num_threads(threads)
-            calls = 200
+            calls = 20  # short blocks, many repetitions: on a shared machine a preemption spoils fewer blocks
             with torch.no_grad():
                 for fn in peers.values():
                     per_call(fn, 20)
                 times: dict = {k: [] for k in peers}
-                for _ in range(args.repeats):
+                for _ in range(5 * args.repeats):
                     for k, fn in peers.items():
                         times[k].append(per_call(fn, calls))
             med = {k: statistics.median(v) * 1e6 for k, v in times.items()}
