@@ -5,7 +5,7 @@
 PREFIX is an installed C library (cmake -S . -B build/c -DHTCORE_PYTHON=OFF && cmake --build build/c
 && cmake --install build/c --prefix PREFIX). Reports:
 - sizes: htcore-run and libhtcore.a, as installed and stripped (strip --strip-unneeded on copies);
-- per model: load time (C htcore_model_load vs load_compressed, medians), peak RSS of a process
+- per model: load time (C htcore_model_load vs load_compressed, medians), peak RSS (GNU time) of a process
   that loads the model and runs 64 samples at batch 1 (htcore-run vs python with the Python
   runtime), and batch-1 latency (median per call over blocks of calls, all three timed in turn
   in every repetition, so a change in the shared machine's load reaches each alike; 5 x N blocks of
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -42,6 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+STALL_NOTE = ("On a loaded machine a 2-thread call that forks can wait milliseconds for a descheduled worker "
+              "(docs/performance.md, \"Threads and forking\"); such stalls, not the kernels, make the 2-thread rows "
+              "scatter (both runtimes fork in the same kernels), so read the 1-thread rows and the load average.")
 
 
 def demo_mlp() -> CompressedModel:
@@ -87,15 +89,11 @@ def stripped_size(path: Path, tmp: Path) -> int:
 
 
 def peak_rss_mib(cmd: list) -> float:
-    """Peak resident set of one child process (wait4's rusage is that child's alone). posix_spawn,
-    not fork: a forked child starts with this process's resident pages counted as its own."""
-    with open(os.devnull, "wb") as null:
-        actions = [(os.POSIX_SPAWN_DUP2, null.fileno(), 1)]
-        pid = os.posix_spawn(cmd[0], cmd, os.environ, file_actions=actions)
-        _, status, usage = os.wait4(pid, 0)
-    if status:
-        raise RuntimeError(f"{cmd} failed with status {status}")
-    return usage.ru_maxrss / 1024
+    """Peak resident set of a command, as GNU time (/usr/bin/time) reports it. (This process's own
+    wait4 would not do: Linux starts a child's peak at its parent's resident size, fork or vfork.)"""
+    done = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True, check=True)
+    return int(done.stderr.strip().splitlines()[-1]) / 1024
 
 
 def per_call(fn, calls: int) -> float:
@@ -207,7 +205,7 @@ def main() -> None:
     lines += ["", "Load: median time to open and fully validate the file (C: htcore_model_load; Python: "
               "load_compressed). Peak RSS: a process loading the model and running 64 samples one at a time "
               "(htcore-run --batch 1; python with numpy and the Python runtime). Latency: one sample (batch 1), "
-              "median per call; ratio = Python runtime / C runtime (above 1: C faster).", "",
+              "median per call; ratio = Python runtime / C runtime (above 1: C faster). " + STALL_NOTE, "",
               "| model | threads | load C ms | load Python ms | peak RSS runner MiB | peak RSS Python MiB | C us | "
               "Python us | dense torch us | Python / C | torch / C |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
