@@ -22,6 +22,12 @@
 //           held in 8 AVX2 registers, each running over the channel's kept weights (broadcast w,
 //           load xp[off + j0 ..], FMA); bias + relu in registers. The 1x1 convolution is then
 //           the plain SpMM out = W X in CHW layout, its tiles stored straight into the output.
+//   dense:  a weight holding every entry in column order (groups 1; the runtime's dense Conv2d
+//           and layers kept dense) takes this loop under `automatic`, whatever the shape: per
+//           (image, block of 4 output channels), tiles of up to 24 positions in 4 x 3 registers, so
+//           each input vector loaded serves 4 FMAs instead of one (1.2-1.4x the tiled loop on
+//           dense 3x3 layers of 64-128 channels; benchmarks/results/conv.md, "When to keep a
+//           layer dense").
 // Each output element is a chain of FMAs (or multiply-adds, portable build) in CSR order starting
 // from 0, then + bias, then the activation: both loops give bitwise the same result, at any
 // thread count.
@@ -51,6 +57,11 @@ std::atomic<bool> g_ignore_grain{false};
 // interleaved A/B at 1 thread: 1.0-1.3x the time on every grid layer but LeNet conv1, where the
 // direct loop runs anyway.)
 constexpr std::int64_t kConvTile = 64;
+
+// The dense loop's block: kDenseRows output channels x kDenseVectors 8-float vectors of positions
+// (12 accumulators; each input vector serves 4 FMAs).
+constexpr int kDenseRows = 4;
+constexpr std::int64_t kDenseVectors = 3;
 
 // The shape of one call, with the derived sizes.
 struct Geometry {
@@ -83,6 +94,7 @@ struct Decoded {
   std::vector<float> val;
   std::vector<std::int64_t> off;
   std::vector<std::int64_t> col_off;  // offset of each column
+  bool full = false;                  // every row holds every column, in order (a dense weight)
 };
 
 #ifdef HTCORE_CSR_X86
@@ -128,6 +140,10 @@ void decode(const CsrRef& a, const Geometry& g, bool avx2, Decoded& d) {
   require(bad_index == 0, [&] {
     return "weight column indices must lie in [0, (C_in / groups) * kh * kw) = [0, " + std::to_string(a.cols) + ")";
   });
+  d.full = a.nnz == a.rows * a.cols;  // then rows hold cols entries each iff the pointers are i * cols
+  for (std::int64_t i = 0; d.full && i <= a.rows; ++i) d.full = d.ptr[i] == i * a.cols;
+  for (std::int64_t p = 0, c = 0; d.full && p < a.nnz; ++p, c = c + 1 == a.cols ? 0 : c + 1)
+    d.full = static_cast<std::int64_t>(indices[p]) == c;
   if constexpr (std::is_same<V, std::uint8_t>::value) {
     const std::uint8_t* codes = static_cast<const std::uint8_t*>(a.data);
     std::uint8_t top = 0;
@@ -386,6 +402,29 @@ void direct_avx2(const Job& job, const float* xi, std::int64_t n, std::int64_t c
   store_plane_avx2(job, acc, job.y_plane(n, co), job.b(co));
 }
 
+// Stores the sums a[0 .. G) of positions j0 .. j0 + w of output channel co (the last register
+// partial when Masked), with bias and activation; the epilogue runs in registers for no
+// activation and relu (relu as v < 0 ? 0 : v, like activate(): -0 stays -0).
+template <int G, bool Masked>
+HTCORE_ALWAYS_INLINE void store_registers(const Job& job, std::int64_t n, std::int64_t co, std::int64_t j0,
+                                          std::int64_t w, __m256* a, __m256i mask) {
+  const bool in_registers = job.act == Activation::none || job.act == Activation::relu;
+  if (in_registers) {
+    for (int i = 0; i < G; ++i) a[i] = epilogue8(a[i], job.b(co), job.act == Activation::relu);
+    if (job.g.wq == job.g.wo) {  // the output plane is the padded-width plane: store straight into it
+      float* out = job.y_plane(n, co) + j0;
+      for (int i = 0; i < G; ++i) {
+        if (Masked && i == G - 1) _mm256_maskstore_ps(out + 8 * i, mask, a[i]);
+        else _mm256_storeu_ps(out + 8 * i, a[i]);
+      }
+      return;
+    }
+  }
+  alignas(32) float tile[kConvTile];
+  for (int i = 0; i < G; ++i) _mm256_store_ps(tile + 8 * i, a[i]);
+  store_tile(job, n, co, j0, w, tile, in_registers);
+}
+
 // Tiled: positions j0 .. j0 + w (w <= 8 G) of output channel co in G registers. Masked: the last
 // register is partial (masked loads never read past the input's planes).
 template <int G, bool Masked>
@@ -404,22 +443,7 @@ void tile_row_avx2(const Job& job, const float* xi, std::int64_t n, std::int64_t
       a[i] = _mm256_fmadd_ps(
           v, Masked && i == G - 1 ? _mm256_maskload_ps(xr + 8 * i, mask) : _mm256_loadu_ps(xr + 8 * i), a[i]);
   }
-  // Epilogue in registers for no activation and relu (relu as v < 0 ? 0 : v, like activate(): -0 stays -0).
-  const bool in_registers = job.act == Activation::none || job.act == Activation::relu;
-  if (in_registers) {
-    for (int i = 0; i < G; ++i) a[i] = epilogue8(a[i], job.b(co), job.act == Activation::relu);
-    if (job.g.wq == job.g.wo) {  // the output plane is the padded-width plane: store straight into it
-      float* out = job.y_plane(n, co) + j0;
-      for (int i = 0; i < G; ++i) {
-        if (Masked && i == G - 1) _mm256_maskstore_ps(out + 8 * i, mask, a[i]);
-        else _mm256_storeu_ps(out + 8 * i, a[i]);
-      }
-      return;
-    }
-  }
-  alignas(32) float tile[kConvTile];
-  for (int i = 0; i < G; ++i) _mm256_store_ps(tile + 8 * i, a[i]);
-  store_tile(job, n, co, j0, w, tile, in_registers);
+  store_registers<G, Masked>(job, n, co, j0, w, a, mask);
 }
 
 template <int G>
@@ -440,6 +464,63 @@ void tiled_avx2(const Job& job, const float* xi, std::int64_t n, std::int64_t co
     case 6: return tile_row_g_avx2<6>(job, xi, n, co, j0, w);
     case 7: return tile_row_g_avx2<7>(job, xi, n, co, j0, w);
     default: return tile_row_g_avx2<8>(job, xi, n, co, j0, w);
+  }
+}
+
+// Dense weight (every row holds every column, in order; groups 1): R <= kDenseRows output channels
+// co .. co + R at once over positions j0 .. j0 + w in R x G registers, so each input vector loaded
+// serves R FMAs (the tiled loop loads an input vector and broadcasts a weight for every FMA).
+// Each output is still the FMA chain over the columns in order from 0: bitwise the tiled loop's.
+template <int R, int G, bool Masked>
+void dense_tile_avx2(const Job& job, const float* xi, std::int64_t n, std::int64_t co, std::int64_t j0,
+                     std::int64_t w) {
+  const __m256i mask = tail_mask(w - 8 * (G - 1));
+  __m256 a[R][G];
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < G; ++i) a[r][i] = _mm256_setzero_ps();
+  const std::int64_t cols = job.g.cin_g * job.g.kh * job.g.kw;
+  const std::int64_t* off = job.d->col_off.data();
+  const float* weights = job.d->val.data() + co * cols;
+  const float* xg = xi + j0;
+  for (std::int64_t c = 0; c < cols; ++c) {
+    const float* xr = xg + off[c];
+    __m256 xv[G];
+    for (int i = 0; i < G; ++i)
+      xv[i] = Masked && i == G - 1 ? _mm256_maskload_ps(xr + 8 * i, mask) : _mm256_loadu_ps(xr + 8 * i);
+    for (int r = 0; r < R; ++r) {
+      const __m256 v = _mm256_set1_ps(weights[r * cols + c]);
+      for (int i = 0; i < G; ++i) a[r][i] = _mm256_fmadd_ps(v, xv[i], a[r][i]);
+    }
+  }
+  for (int r = 0; r < R; ++r) store_registers<G, Masked>(job, n, co + r, j0, w, a[r], mask);
+}
+
+template <int R, int G>
+void dense_tile_g_avx2(const Job& job, const float* xi, std::int64_t n, std::int64_t co, std::int64_t j0,
+                       std::int64_t w) {
+  if (w % 8) return dense_tile_avx2<R, G, true>(job, xi, n, co, j0, w);
+  dense_tile_avx2<R, G, false>(job, xi, n, co, j0, w);
+}
+
+template <int R>
+void dense_tile_r_avx2(const Job& job, const float* xi, std::int64_t n, std::int64_t co, std::int64_t j0,
+                       std::int64_t w) {
+  static_assert(kDenseVectors == 3, "dense tiles are up to 3 registers per channel");
+  switch ((w + 7) / 8) {
+    case 1: return dense_tile_g_avx2<R, 1>(job, xi, n, co, j0, w);
+    case 2: return dense_tile_g_avx2<R, 2>(job, xi, n, co, j0, w);
+    default: return dense_tile_g_avx2<R, 3>(job, xi, n, co, j0, w);
+  }
+}
+
+void dense_avx2(const Job& job, const float* xi, std::int64_t n, std::int64_t co, std::int64_t rows, std::int64_t j0,
+                std::int64_t w) {
+  static_assert(kDenseRows == 4, "dense blocks are up to 4 channels");
+  switch (rows) {
+    case 1: return dense_tile_r_avx2<1>(job, xi, n, co, j0, w);
+    case 2: return dense_tile_r_avx2<2>(job, xi, n, co, j0, w);
+    case 3: return dense_tile_r_avx2<3>(job, xi, n, co, j0, w);
+    default: return dense_tile_r_avx2<4>(job, xi, n, co, j0, w);
   }
 }
 HTCORE_AVX2_END
@@ -489,6 +570,25 @@ void run_tiled(const Job& job, int part, std::int64_t t0, std::int64_t t1) {
     }
   }
 }
+
+#ifdef HTCORE_CSR_X86
+// Items t in [t0, t1) are (image, block of kDenseRows output channels) pairs; tiles of up to
+// kDenseVectors vectors, the run's vectors dealt evenly over them (see run_tiled).
+void run_dense(const Job& job, int part, std::int64_t t0, std::int64_t t1) {
+  const Geometry& g = job.g;
+  const std::int64_t blocks = (g.c_out + kDenseRows - 1) / kDenseRows;
+  const std::int64_t vectors = (g.run + 7) / 8, tiles = (vectors + kDenseVectors - 1) / kDenseVectors;
+  const float* xi = nullptr;
+  for (std::int64_t t = t0; t < t1; ++t) {
+    const std::int64_t n = t / blocks, co = t % blocks * kDenseRows;
+    if (t == t0 || co == 0) xi = job.image(n, part);
+    for (std::int64_t tile = 0; tile < tiles; ++tile) {
+      const std::int64_t j0 = 8 * (vectors * tile / tiles), j1 = std::min(g.run, 8 * (vectors * (tile + 1) / tiles));
+      dense_avx2(job, xi, n, co, std::min<std::int64_t>(kDenseRows, g.c_out - co), j0, j1 - j0);
+    }
+  }
+}
+#endif
 
 // a * b into *out; false on int64 overflow.
 inline bool mul(std::int64_t a, std::int64_t b, std::int64_t* out) { return !__builtin_mul_overflow(a, b, out); }
@@ -604,20 +704,25 @@ void sparse_conv2d(const CsrRef& weight, const float* x, std::int64_t x_size, co
   // to hide the FMA latency) or has no dropped columns (tiles store straight into the output).
   const bool use_tiled =
       algo == Conv2dAlgo::tiled || (algo == Conv2dAlgo::automatic && (g.run <= kConvTile || g.wq == g.wo));
-  // (image, output channel) items, split between threads by kept weights (+1 per item for its
-  // stores), as csr_spmm splits rows by nnz. Threads: csr_threads's grain on (nnz + rows) * H_out W_out.
-  const std::int64_t items = g.n * g.c_out;
+  // A dense weight (every entry kept, e.g. a layer kept dense by the runtime) runs the dense loop:
+  // 4 output channels per pass over the input (measured in benchmarks/results/conv.md).
+  const bool use_dense = algo == Conv2dAlgo::automatic && avx2 && d.full && g.groups == 1;
+  // Items: (image, output channel) pairs, or (image, block of kDenseRows channels) for the dense
+  // loop; split between threads by kept weights (+1 per item for its stores), as csr_spmm splits
+  // rows by nnz. Threads: csr_threads's grain on (nnz + rows) * H_out W_out.
+  const std::int64_t blocks = use_dense ? (g.c_out + kDenseRows - 1) / kDenseRows : g.c_out;
+  const std::int64_t items = g.n * blocks;
   std::int64_t all_nnz;
   if (!mul(g.n, weight.nnz, &all_nnz)) all_nnz = std::numeric_limits<std::int64_t>::max() / 2;
   const int threads =
-      g_ignore_grain.load(std::memory_order_relaxed) ? num_threads() : csr_threads(items, all_nnz, g.plane_out);
+      g_ignore_grain.load(std::memory_order_relaxed) ? num_threads() : csr_threads(g.n * g.c_out, all_nnz, g.plane_out);
   const int parts = static_cast<int>(std::min<std::int64_t>(threads, items));
   std::vector<std::int64_t> bounds(parts + 1);
   if (parts > 1) {
     std::vector<std::int64_t> prefix(static_cast<std::size_t>(items) + 1);
     const std::int64_t per_image = weight.nnz + g.c_out;
     for (std::int64_t t = 0; t <= items; ++t) {
-      const std::int64_t n = t / g.c_out, co = t % g.c_out;
+      const std::int64_t n = t / blocks, co = std::min(g.c_out, t % blocks * (use_dense ? kDenseRows : 1));
       prefix[t] = n * per_image + d.ptr[co] + co;
     }
     split_rows_by_nnz(prefix.data(), items, parts, bounds.data());
@@ -643,6 +748,9 @@ void sparse_conv2d(const CsrRef& weight, const float* x, std::int64_t x_size, co
   }
   const Job job{g, &d, x, copied, prep, bias, act, y, avx2};
   auto compute = [&](int part) {
+#ifdef HTCORE_CSR_X86
+    if (use_dense) return run_dense(job, part, bounds[part], bounds[part + 1]);
+#endif
     if (use_tiled) run_tiled(job, part, bounds[part], bounds[part + 1]);
     else run_direct(job, part, bounds[part], bounds[part + 1]);
   };

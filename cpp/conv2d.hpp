@@ -30,8 +30,9 @@ struct Conv2dParams {
   std::int64_t groups = 1;                      // >= 1, divides C_in and C_out
 };
 
-// Which loop computes the convolution. automatic picks by shape (see conv2d.cpp); the others are
-// for benchmarks and tests. All give bitwise the same result.
+// Which loop computes the convolution. automatic picks by shape, and takes a dense loop for a
+// weight holding every entry (see conv2d.cpp); the others are for benchmarks and tests. All give
+// bitwise the same result.
 enum class Conv2dAlgo { automatic, direct, tiled };
 
 // H_out and W_out of a convolution, as torch computes them:

@@ -5,7 +5,6 @@
 //            time with __builtin_cpu_supports.
 // A X is computed in tiles of 8 rows x 32 batch columns (rows_tiled), stored at once.
 // float64 matrices always use the generic kernel (they are the reference format, not the fast one).
-#include <omp.h>
 
 #include <algorithm>
 #include <atomic>
@@ -468,10 +467,13 @@ void run(const CsrRef& a, const Call& c) {
       vectorised,
       a.nnz * static_cast<std::int64_t>(sizeof(Idx) + sizeof(V)) >= kPrefetchBytes && a.nnz >= kPrefetchRow * a.rows};
   check_row_pointers(job.indptr, a.rows, a.nnz);
-  const int parts = csr_threads(a.rows, a.nnz, k);
+  // Chunks rather than one part per thread: a thread that starts late (its core busy) then
+  // leaves fewer rows undone for the others to wait on, and the caller takes whatever is left.
+  const int threads = csr_threads(a.rows, a.nnz, k);
+  const int parts = threads == 1 ? 1 : kChunksPerThread * threads;
   std::vector<std::int64_t> bounds(parts + 1);
   split_rows_by_nnz(job.indptr, a.rows, parts, bounds.data());
-  auto kernel = [&](int part) {
+  auto kernel = [&](std::int64_t part) {
 #ifdef HTCORE_CSR_X86
     if constexpr (!std::is_same<V, double>::value) {
       if (vectorised) return rows_avx2(job, bounds[part], bounds[part + 1]);
@@ -479,40 +481,22 @@ void run(const CsrRef& a, const Call& c) {
 #endif
     rows_generic(job, bounds[part], bounds[part + 1]);
   };
-  // A transposed X is checked for NaN/Inf by each thread on its share of X^T, just written and
-  // still in cache, rather than in a serial pass over X before the region; no thread starts the
-  // product until every share has passed.
+  // A transposed X is checked for NaN/Inf by each chunk on its share of X^T, just written and
+  // still in cache, rather than in a serial pass over X first; the product starts once every
+  // share has passed.
   // Measured: docs/performance.md, "CSR kernels".
   std::atomic<bool> x_finite{true};
-  auto transpose_part = [&](int part) {
-    if (!transposed) return;
+  auto transpose_part = [&](std::int64_t part) {
     const std::int64_t c0 = a.cols * part / parts, c1 = a.cols * (part + 1) / parts;
     transpose(static_cast<const Acc*>(c.x), a.cols, k, c0, c1, scratch, k, vectorised);
     if (!finite(scratch + c0 * k, (c1 - c0) * k, avx2)) x_finite.store(false, std::memory_order_relaxed);
   };
-  auto require_x_finite = [&] { require(x_finite.load(), [] { return non_finite_message("X"); }); };
   // Threads split the rows and share one X^T: each thread transposing all of X, or threads
   // splitting the batch columns instead, won on some shapes and lost on others, so neither was kept.
   // Measured: docs/performance.md, "CSR kernels".
-  if (parts == 1) {
-    transpose_part(0);
-    require_x_finite();
-    kernel(0);
-    return;
-  }
-  // The team may be smaller than asked (OMP_THREAD_LIMIT, OMP_DYNAMIC, a caller's own parallel
-  // region): each thread takes every team-size-th part, so every part runs, each on one thread.
-#pragma omp parallel num_threads(parts)
-  {
-    const int first = omp_get_thread_num(), step = omp_get_num_threads();
-    for (int part = first; part < parts; part += step) transpose_part(part);
-    if (transposed) {
-#pragma omp barrier
-    }
-    if (x_finite.load(std::memory_order_relaxed))
-      for (int part = first; part < parts; part += step) kernel(part);
-  }
-  require_x_finite();
+  if (transposed) parallel_chunks(threads, parts, transpose_part);
+  require(x_finite.load(), [] { return non_finite_message("X"); });
+  parallel_chunks(threads, parts, kernel);
 }
 
 template <class Ptr, class Idx>

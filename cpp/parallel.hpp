@@ -1,4 +1,4 @@
-// One process-wide thread count for every OpenMP region in htcore.
+// One process-wide thread count for every parallel region in htcore, and the pool the CSR products use.
 // omp_set_num_threads only affects the calling thread, so a server that calls kernels from
 // several Python threads would see different counts; kernels read this value instead and pass
 // it as num_threads(...) explicitly.
@@ -7,11 +7,29 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 
 namespace htcore {
 
+// The most threads htcore runs: libgomp aborts the whole process when it cannot create the threads
+// asked for (about 40,000 here), and far fewer already only add fork/join cost on any CPU sold today.
+constexpr int kMaxThreads = 1024;
+
 int num_threads();
-void set_num_threads(int n);  // n >= 1
+void set_num_threads(int n);  // 1 <= n <= kMaxThreads
+
+// Chunks per thread a product is cut into for parallel_chunks: enough that a thread whose core is
+// taken late holds up little (the CSR products' chunks keep >= 1/4 of their parallel grain each).
+constexpr int kChunksPerThread = 4;
+
+// Runs body(0), ..., body(chunks - 1), each exactly once, on the calling thread and up to
+// threads - 1 pool workers, and returns when all have run. Unlike an OpenMP region, the caller
+// takes chunks itself and waits only for chunks a worker has already started: a worker that is
+// asleep, or whose core another process holds, costs nothing, so on a busy machine a product
+// degrades to the caller's own speed instead of waiting a scheduler time slice for its team.
+// Workers spin briefly for the next call before sleeping (fork/join of a few µs on a quiet
+// machine). body must not throw. After fork() the child starts a fresh pool.
+void parallel_chunks(int threads, std::int64_t chunks, const std::function<void(std::int64_t)>& body);
 
 // Splits [0, n_rows) into `parts` contiguous ranges of about equal nnz, given CSR row pointers.
 // bounds has parts + 1 entries; bounds[p]..bounds[p+1] is part p's row range.

@@ -1,8 +1,6 @@
 // SELL-8 layout and its A x kernel (see sell.hpp): a portable 8-lane loop and an AVX2 one.
 #include "sell.hpp"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <string>
 #include <vector>
@@ -162,20 +160,19 @@ void run(const SellRef& a, const float* x, const float* bias, Activation act, fl
                             y};
   const std::int64_t slices = a.slice_ptr_size - 1;
   const bool vectorised = csr_uses_avx2();
-  const int parts = csr_threads(a.rows, a.entries, 1);
+  // Chunks on htcore's pool, as the CSR products (see csr_spmm): a late thread holds up nobody.
+  const int threads = csr_threads(a.rows, a.entries, 1);
+  const int parts = threads == 1 ? 1 : kChunksPerThread * threads;
   std::vector<std::int64_t> bounds(parts + 1);
   split_rows_by_nnz(a.slice_ptr, slices, parts, bounds.data());
-  auto kernel = [&](int part) {
+  auto kernel = [&](std::int64_t part) {
 #ifdef HTCORE_CSR_X86
     if (vectorised) return slices_avx2(job, bounds[part], bounds[part + 1]);
 #endif
     (void)vectorised;
     slices_generic(job, bounds[part], bounds[part + 1]);
   };
-  if (parts == 1) return kernel(0);
-  // The team may be smaller than asked (see csr_spmm): each thread takes every team-size-th part.
-#pragma omp parallel num_threads(parts)
-  for (int part = omp_get_thread_num(); part < parts; part += omp_get_num_threads()) kernel(part);
+  parallel_chunks(threads, parts, kernel);
 }
 
 template <class Idx>

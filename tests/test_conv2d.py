@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import htcore
 from htcore import CSRMatrix, _core, sparse_conv2d
-from test_csr_kernels import kernel_path, quantize  # noqa: F401  (kernel_path is a fixture)
+from test_csr_kernels import kernel_path, quantize, restore_threads  # noqa: F401  (fixtures)
 
 FUZZ = settings(max_examples=120, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -189,6 +189,70 @@ def test_every_loop_gives_bitwise_the_same_result(hw, conv, kernel_path):
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_array_equal(outs[0], outs[2])
     np.testing.assert_array_equal(outs[0], sparse_conv2d(X, A, kernel_size=3, bias=b, activation="relu", **conv))
+
+
+def dense_weight(rng, c_out, cols, fmt="f32-u16"):
+    """A (c_out, cols) CSR matrix holding every entry in column order (the runtime's dense Conv2d)."""
+    w = rng.standard_normal((c_out, cols)).astype(np.float32)
+    w[0, 0] = 0.0  # an explicit zero stays an entry: still every entry stored
+    A = CSRMatrix(w.ravel(), np.tile(np.arange(cols), c_out), np.arange(0, c_out * cols + 1, cols), (c_out, cols))
+    if fmt == "f16":
+        return A.astype(value_dtype=np.float16)
+    return A.astype(index_dtype=np.int32) if fmt == "f32-i32" else A
+
+
+@pytest.mark.parametrize("c_out", [1, 3, 4, 5, 9])  # blocks of 4 output channels and every remainder
+@pytest.mark.parametrize("hw,conv", [
+    ((7, 7), dict(padding=1)),                        # padded-width plane: dropped columns
+    ((6, 8), dict()),                                 # stored straight into the output
+    ((13, 11), dict(padding=2, stride=2, dilation=2)),  # phase planes
+    ((3, 5), dict(padding=(1, 0))),                   # a plane shorter than one register
+])
+def test_dense_weights_match_the_sparse_loops_bitwise_and_torch(c_out, hw, conv):
+    rng = np.random.default_rng(c_out)
+    A = dense_weight(rng, c_out, 3 * 9)
+    X = rng.standard_normal((2, 3, *hw)).astype(np.float32)
+    b = rng.standard_normal(c_out).astype(np.float32)
+    p, s, d = (conv.get(k, v) for k, v in (("padding", 0), ("stride", 1), ("dilation", 1)))
+    ph, pw = (p, p) if isinstance(p, int) else p
+    for activation in ("relu", "tanh", "none"):
+        act = getattr(_core.Activation, activation)
+        outs = [_core.sparse_conv2d(A.indptr, A.indices, A.data, None, c_out, 27, X, 3, 3, s, s, ph, pw, d, d, 1, b,
+                                    act, algo)
+                for algo in (_core.Conv2dAlgo.automatic, _core.Conv2dAlgo.tiled, _core.Conv2dAlgo.direct)]
+        np.testing.assert_array_equal(outs[0], outs[1])
+        np.testing.assert_array_equal(outs[0], outs[2])
+    check(X, A, 3, bias=b, activation="relu", **conv)
+
+
+@pytest.mark.parametrize("fmt", ["f32-i32", "f16"])
+def test_dense_weights_in_other_formats_and_threads(fmt, restore_threads):
+    rng = np.random.default_rng(11)
+    A = dense_weight(rng, 10, 4 * 9, fmt)
+    X = rng.standard_normal((3, 4, 9, 9)).astype(np.float32)
+    got = check(X, A, 3, padding=1, activation="relu")
+    _core._conv2d_ignore_parallel_grain(True)
+    try:
+        for threads in (2, 1):
+            htcore.set_num_threads(threads)
+            np.testing.assert_array_equal(sparse_conv2d(X, A, kernel_size=3, padding=1, activation="relu"), got)
+    finally:
+        _core._conv2d_ignore_parallel_grain(False)
+
+
+def test_a_full_count_of_entries_out_of_column_order_is_not_taken_for_dense():
+    rng = np.random.default_rng(12)
+    A = dense_weight(rng, 5, 2 * 9)
+    X = rng.standard_normal((2, 2, 8, 8)).astype(np.float32)
+    # every entry, each row in reverse column order (CSRMatrix refuses it; the raw kernel takes it)
+    order = np.tile(np.arange(18)[::-1], 5)
+    data = A.data.reshape(5, 18)[:, ::-1].ravel()
+    got = _core.sparse_conv2d(A.indptr, order.astype(np.uint16), np.ascontiguousarray(data), None, 5, 18, X, 3, 3,
+                              1, 1, 1, 1, 1, 1, 1, None, _core.Activation.none, _core.Conv2dAlgo.automatic)
+    ref, scale = reference(X, A, 3, padding=1)
+    assert np.all(np.abs(got - ref) <= 1.2e-5 * scale + 1e-30)
+    grouped = dense_weight(rng, 6, 1 * 9)  # groups=2: the dense loop serves groups 1 only
+    check(rng.standard_normal((1, 2, 8, 8)).astype(np.float32), grouped, 3, padding=1, groups=2)
 
 
 def test_three_dimensional_input_without_batch():

@@ -10,7 +10,8 @@
 // on and off, at 1 and 2 threads (the parallel grain ignored, so small shapes split too); each
 // result must be within 1e-5 of the float64 reference (relative to sum |w x| + |bias|, the scale
 // of the float32 rounding), bitwise equal between 1 and 2 threads, and (AVX2 and portable
-// paths) bitwise equal between the two loops. Then argument errors: each must throw with the argument's name.
+// paths) bitwise equal between the two loops and the automatic choice (the dense loop for a full
+// weight). Then argument errors: each must throw with the argument's name.
 #include <omp.h>
 
 #include <algorithm>
@@ -214,7 +215,7 @@ int run_tests(int cases, uint64_t seed) {
     const size_t ysize = ref.size();
     for (int use_avx2 = has_avx2 ? 1 : 0; use_avx2 >= 0; --use_avx2) {
       csr_enable_avx2(use_avx2 == 1);
-      std::vector<std::vector<float>> loops;  // direct, tiled: for the bitwise comparison
+      std::vector<std::vector<float>> loops;  // direct, tiled, automatic: for the bitwise comparison
       for (Conv2dAlgo algo : {Conv2dAlgo::direct, Conv2dAlgo::tiled, Conv2dAlgo::automatic}) {
         std::vector<float> y1(ysize, NAN), y2(ysize, NAN);
         for (int threads : {1, 2}) {
@@ -242,11 +243,12 @@ int run_tests(int cases, uint64_t seed) {
               (long long)p.padding_w, (long long)p.dilation_h, (long long)p.dilation_w, (long long)w.nnz(), case_worst,
               bitwise ? "equal" : "DIFFERENT");
         }
-        if (algo != Conv2dAlgo::automatic) loops.push_back(y1);
+        loops.push_back(y1);
       }
-      // Both loops compute the same chain of FMAs (portable: multiply-adds) per output: they
-      // must agree bitwise.
-      if (std::memcmp(loops[0].data(), loops[1].data(), ysize * sizeof(float)) != 0)
+      // Every loop (and the automatic choice, which takes the dense loop for a full weight)
+      // computes the same chain of FMAs (portable: multiply-adds) per output: they must agree bitwise.
+      if (std::memcmp(loops[0].data(), loops[1].data(), ysize * sizeof(float)) != 0 ||
+          std::memcmp(loops[0].data(), loops[2].data(), ysize * sizeof(float)) != 0)
         ++two_loop_mismatch;
     }
   }
@@ -255,7 +257,7 @@ int run_tests(int cases, uint64_t seed) {
   std::printf(
       "%d random cases (%d float32, %d float16, %d uint8 codebook; %d with an empty output, checked to throw): %d runs "
       "(direct / tiled / auto x AVX2 %s x 1 and 2 threads), %lld outputs checked, worst relative error %.3g "
-      "(limit 1e-5), runs where direct and tiled differ bitwise (AVX2 and portable): %lld\n",
+      "(limit 1e-5), runs where direct, tiled and auto differ bitwise (AVX2 and portable): %lld\n",
       cases, by_format[0], by_format[1], by_format[2], empty_output_cases, ran, has_avx2 ? "on/off" : "off (no CPU support)",
       outputs_checked, worst, two_loop_mismatch);
   if (two_loop_mismatch) ++failures;

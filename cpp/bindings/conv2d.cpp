@@ -53,8 +53,9 @@ py::array_t<float> conv2d(const py::array& indptr, const py::array& indices, con
 void register_conv2d(py::module_& m) {
   py::enum_<Conv2dAlgo>(m, "Conv2dAlgo", "Which loop sparse_conv2d runs; all give bitwise the same result.")
       .value("automatic", Conv2dAlgo::automatic,
-             "tiled when the padded-width output plane is one tile (<= 64 positions) or has no dropped columns, "
-             "else direct (measured: benchmarks/conv/results.md).")
+             "a dense loop (4 output channels at a time) for a weight holding every entry in column order with "
+             "groups 1; else tiled when the padded-width output plane is one tile (<= 64 positions) or has no "
+             "dropped columns, else direct (measured: benchmarks/conv/results.md, benchmarks/results/conv.md).")
       .value("direct", Conv2dAlgo::direct, "An accumulator plane per (image, output channel), 4 kept weights a pass.")
       .value("tiled", Conv2dAlgo::tiled, "Tiles of up to 64 output positions held in registers.");
 

@@ -19,8 +19,12 @@ void register_system(py::module_& m) {
         "Number of threads every htcore kernel uses (one process-wide setting; starts at OMP_NUM_THREADS "
         "when that is a positive integer, else the number of cores).");
   m.def("set_num_threads", &set_num_threads, py::arg("n"),
-        "Set the number of threads every htcore kernel uses, for all Python threads. Expects n >= 1 "
+        "Set the number of threads every htcore kernel uses, for all Python threads. Expects 1 <= n <= 1024 "
         "(raises ValueError otherwise; htcore.set_num_threads checks the type first).");
+  m.def(
+      "max_num_threads", [] { return kMaxThreads; },
+      "The largest thread count set_num_threads accepts (more only add fork/join cost, and OpenMP aborts "
+      "the process when it cannot create the threads).");
   m.def("build_info", &build_info, "Compiler, build flags, OpenMP version and targeted SIMD sets of this build.");
 }
 

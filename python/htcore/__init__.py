@@ -21,7 +21,7 @@ from . import datasets, errors, train
 from ._threads import get_num_threads, set_num_threads
 from ._version import __version__
 from .certification import BoundReport, bounds, certify, code_length, search_bound
-from .compression import compress
+from .compression import Allocation, allocate, compress
 from .io import Layer, load_layers
 from .measure import (
     LayerStability,
@@ -29,8 +29,10 @@ from .measure import (
     NoiseStability,
     PowerLawFit,
     Resilience,
+    TailComparison,
     TailEstimate,
     analyze,
+    compare_tails,
     element_sample,
     fit_powerlaw,
     hill,
@@ -57,6 +59,8 @@ from .sparse import (
 __all__ = [
     "__version__",
     # compression and bounds
+    "Allocation",
+    "allocate",
     "BoundReport",
     "bounds",
     "certify",
@@ -68,7 +72,9 @@ __all__ = [
     "train",
     # tails
     "PowerLawFit",
+    "TailComparison",
     "TailEstimate",
+    "compare_tails",
     "element_sample",
     "fit_powerlaw",
     "hill",

@@ -1,7 +1,7 @@
 """Thread count for htcore's OpenMP kernels.
 
 One process-wide setting, read by every kernel. It starts at ``OMP_NUM_THREADS`` when that is
-set, else the number of cores. Results never depend on it: selection and fits are bitwise
+set (up to `MAX_THREADS`), else the number of cores. Results never depend on it: selection and fits are bitwise
 identical at any thread count, and reductions are ordered deterministically.
 """
 from __future__ import annotations
@@ -9,7 +9,10 @@ from __future__ import annotations
 import operator
 
 from ._core import get_num_threads as kernel_get_num_threads
+from ._core import max_num_threads
 from ._core import set_num_threads as kernel_set_num_threads
+
+MAX_THREADS = int(max_num_threads())
 
 
 def get_num_threads() -> int:
@@ -18,11 +21,12 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(n: int) -> None:
-    """Set the number of threads htcore's kernels use (``n >= 1``); affects all Python threads."""
+    """Set the number of threads htcore's kernels use, 1 <= ``n`` <= `MAX_THREADS` (1024: more only add
+    fork/join cost, and tens of thousands make OpenMP abort the process); affects all Python threads."""
     try:
         n = operator.index(n)
     except TypeError:
         raise TypeError(f"num_threads must be an integer, got {type(n).__name__}") from None
-    if n < 1:
-        raise ValueError(f"num_threads must be >= 1, got {n}")
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"num_threads must be in [1, {MAX_THREADS}], got {n}")
     kernel_set_num_threads(n=n)

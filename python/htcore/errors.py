@@ -7,7 +7,7 @@ derives from the built-in a caller would already catch, so ``except ValueError``
 """
 from __future__ import annotations
 
-__all__ = ["DegenerateSampleWarning", "SafetensorsError"]
+__all__ = ["CalibrationWarning", "DegenerateSampleWarning", "SafetensorsError"]
 
 
 class SafetensorsError(ValueError):
@@ -17,3 +17,8 @@ class SafetensorsError(ValueError):
 class DegenerateSampleWarning(RuntimeWarning):
     """A sample left no estimate (e.g. heavily quantised weights whose ties leave too few distinct
     values for a tail fit); the result carries no figure for it instead of failing the whole job."""
+
+
+class CalibrationWarning(UserWarning):
+    """Sparsifying a model changed its output on the calibration batch by more than the threshold
+    asked for (`htcore.nn.sparsify_model`'s ``warn_above``)."""

@@ -13,7 +13,7 @@ g, p is at most each of the following (``c = (L ln 2 + ln(1/delta)) / m`` nats p
 - ``"catoni"``: Catoni (2007, Theorem 1.2.7) as used by Zhou et al. (2019, "Non-vacuous generalization
   bounds at the ImageNet scale", Theorem 2.1), with KL(g || pi) = L ln 2:
   min over lambda > 1 of Phi^-1_{lambda/m}(q + (a / lambda) (L ln 2 + ln(1/delta) + 2 ln(ln(a^2 lambda) / ln a))),
-  where Phi^-1_g(x) = (1 - e^(-g x)) / (1 - e^(-g)) and a = ``catoni_a`` > 1 (default 1.0001, Zhou et
+  where Phi^-1_g(x) = (1 - e^(-g x)) / (1 - e^(-g)) and a = ``catoni_a`` > 1, finite (default 1.0001, Zhou et
   al.'s choice). The 2 ln(...) term is the union-bound charge over the geometric grid lambda = a^j,
   and the factor a pays for using any lambda between grid points, so minimising over lambda is allowed.
 
@@ -186,8 +186,8 @@ def occam_bound(train_error: float, m: int, code_bits: float, delta: float = 0.0
             raise ValueError(f"train_error * m must be a whole number of errors for form='binomial', got {errors}")
         value = binomial_tail_inverse(int(round(errors)), m, -complexity)
     else:
-        if not (isinstance(catoni_a, (int, float)) and catoni_a > 1.0):
-            raise ValueError(f"catoni_a must be a number > 1, got {catoni_a!r}")
+        if isinstance(catoni_a, bool) or not (isinstance(catoni_a, (int, float)) and 1.0 < catoni_a < math.inf):
+            raise ValueError(f"catoni_a must be a finite number > 1, got {catoni_a!r}")
         value = _catoni(q, m, complexity, float(catoni_a))
     return min(max(value, q), 1.0)
 

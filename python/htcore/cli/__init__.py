@@ -11,10 +11,10 @@ import sys
 from typing import Sequence
 
 from .._version import __version__
-from . import analyze, bound, compress, demo, info, run
+from . import analyze, bound, compress, convert, demo, info, run
 
 # Order here is the order in --help: the pipeline's steps, then the whole pipeline.
-SUBCOMMANDS = [info, analyze, compress, bound, run, demo]
+SUBCOMMANDS = [info, convert, analyze, compress, bound, run, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

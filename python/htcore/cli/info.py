@@ -1,4 +1,8 @@
-"""``htcore info``: what this installation is (version, compiler, OpenMP, threads, SIMD, extras)."""
+"""``htcore info``: what this installation is (version, compiler, OpenMP, threads, SIMD, extras).
+
+``simd`` lists what the compiler targeted for the whole build (portable: often just sse2);
+``kernels`` says which code path the hot kernels chose at run time on this CPU (AVX2 + FMA + F16C
+for the sparse products and convolutions, AVX2 + FMA for the eigenvalue solver, else portable)."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +10,7 @@ import importlib.util
 import json
 import platform
 
-from .._core import build_info
+from .._core import build_info, csr_uses_avx2, symmetric_eigenvalues_uses_avx2
 from .._threads import get_num_threads
 from .._version import __version__
 
@@ -31,6 +35,10 @@ def collect() -> dict:
         "openmp": build.openmp_version,
         "threads": get_num_threads(),
         "simd": list(build.simd),
+        "kernels": {
+            "sparse products": "avx2+fma+f16c" if csr_uses_avx2() else "portable",
+            "eigenvalues": "avx2+fma" if symmetric_eigenvalues_uses_avx2() else "portable",
+        },
         "optional": {name: importlib.util.find_spec(name) is not None for name in OPTIONAL_PACKAGES},
     }
 
@@ -45,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
         if key == "optional":
             value = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in value.items())
         elif key == "simd":
-            value = " ".join(value) or "none"
+            value = f"{' '.join(value) or 'none'} (compile flags)"
+        elif key == "kernels":
+            value = ", ".join(f"{k} {v}" for k, v in value.items()) + " (chosen at run time)"
         elif key == "openmp":
             value = f"{value} (OpenMP {_openmp_release(value)})"
         print(f"{key:<{width}}  {value}")

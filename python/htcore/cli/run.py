@@ -2,7 +2,8 @@
 
 Predictions (argmax labels) go to stdout one per line, or to ``--output`` as .npy (``--scores``
 writes the float32 outputs instead); the latency summary (median and p90 per batch, samples/s)
-goes to stderr, or everything into one JSON object on stdout with ``--json``.
+goes to stderr, or everything into one JSON object on stdout with ``--json``. One untimed batch runs
+first as a warm-up.
 
 Input shape: each sample of the .npy file must have the model's per-sample input shape. A model
 file that records it ("input_shape", always there for graph models such as ResNets) reshapes
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if X.ndim < 2 or X.shape[0] == 0:
         raise ValueError(f"--input must hold a non-empty (samples, ...) array, got shape {X.shape}")
     X = _shaped(X, _input_shape(args.input_shape, model.input_shape), model)
+    model(X[: args.batch])  # warm-up, untimed: thread start-up and first allocations are not a batch's cost
     outputs, seconds = [], []
     for start in range(0, X.shape[0], args.batch):
         chunk = X[start : start + args.batch]

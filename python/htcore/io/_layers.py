@@ -7,15 +7,21 @@ tensor with at least two dimensions.
 
 Safety: files are read with loaders that cannot run code. ``.pt``/``.pth`` go through
 ``torch.load(weights_only=True)`` (tensors, containers and plain values only: a pickle naming any
-other callable is refused); ``.npz`` through ``np.load(allow_pickle=False)``; ``.safetensors`` through
-htcore's own validating reader. Any other suffix is refused. Malformed or truncated files raise
-ValueError with the path and the reason.
+other callable is refused; a tensor on the meta device, which has no data, is refused too);
+``.npz`` members through numpy's ``.npy`` reader with ``allow_pickle=False``; ``.safetensors`` through
+htcore's own validating reader. Any other suffix, and anything but a regular file (a FIFO would block
+forever), is refused. Malformed or truncated files raise ValueError with the path and the reason.
 
 Memory: a ``.safetensors`` file is memory-mapped and each tensor is mapped only while its `Layer`
-is alive, so iterating over a model larger than memory keeps one tensor resident at a time.
+is alive, so iterating over a model larger than memory keeps one tensor resident at a time. An
+``.npz`` is read one member at a time, each inflated whole when its layer is built (its declared
+shape is checked against the member's size first; a compressed member can still inflate to ~1000x
+its compressed size). A ``.pt`` in torch's zip format is loaded with ``mmap=True``, so a tensor's
+pages are read when it is used; the legacy (pre-1.6) format is read whole.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import zipfile
@@ -24,6 +30,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from ..sparse import CSRMatrix
 from ._safetensors import SafetensorsFile
 
 KINDS = ("linear", "conv", "embedding", "other")
@@ -142,7 +149,7 @@ def _open_path(path: str) -> Iterator[tuple]:
     if suffix == ".safetensors":
         return _from_safetensors(path)
     if suffix in (".pt", ".pth", ".bin"):
-        return _from_mapping(_torch_load(path))
+        return _from_torch_file(path)
     if suffix == ".npz":
         return _from_npz(path)
     raise ValueError(
@@ -152,15 +159,15 @@ def _open_path(path: str) -> Iterator[tuple]:
 
 
 def _from_safetensors(path: str) -> Iterator[tuple]:
-    with SafetensorsFile(path) as f:  # validates the whole header now
-        entries = [(name, f.info(name).shape) for name in f]
+    f = SafetensorsFile(path)  # validates the whole header now, once
+    f.close()  # each tensor gets its own mapping instead (see `SafetensorsFile.map_tensor`)
 
     def read(name: str):
-        # A fresh mapping per tensor: it is unmapped (and its pages leave this process's RSS) as
-        # soon as the layer holding the view is released, so memory stays near one tensor.
-        return lambda: SafetensorsFile(path)[name]
+        # Unmapped (and its pages leave this process's RSS) as soon as the layer holding the view is
+        # released, so memory stays near one tensor.
+        return lambda: f.map_tensor(name)
 
-    return ((name, None, read(name), shape) for name, shape in entries)
+    return ((name, None, read(name), f.info(name).shape) for name in f)
 
 
 def _torch_load(path: str) -> Mapping:
@@ -171,7 +178,8 @@ def _torch_load(path: str) -> Mapping:
     import pickle
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: tensors stay in the file until read (torch's zip format; the legacy format is read whole)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         raise ValueError(
             f"{path}: refused to load: not a plain tensor checkpoint (torch.load weights_only=True: {_reason(exc, 'GLOBAL')}); "
@@ -184,17 +192,54 @@ def _torch_load(path: str) -> Mapping:
     return obj
 
 
+def _from_torch_file(path: str) -> Iterator[tuple]:
+    entries = list(_from_mapping(_torch_load(path)))
+    for name, _, value, _ in entries:
+        if getattr(value, "is_meta", False):
+            raise ValueError(f"{path}: tensor {name!r} is on torch's meta device: it has a shape but no data "
+                             f"(saved before the model's weights were materialised)")
+    return iter(entries)
+
+
 def _from_npz(path: str) -> Iterator[tuple]:
+    """The arrays of an .npz, each read (inflated) only when its layer is built, after its declared
+    shape and dtype were checked against the member's size."""
     try:
-        # Our own handle: np.load leaves its file open when the zip directory is corrupt.
-        with open(path, "rb") as f:
-            archive = np.load(f, allow_pickle=False)
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise ValueError("not an .npz archive")
-            arrays = {name: archive[name] for name in archive.files}
+        with zipfile.ZipFile(path) as archive:
+            members = [_npz_member(archive, info) for info in archive.infolist()]
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path}: not a readable .npz archive of numeric arrays (pickled objects are refused): {_reason(exc)}") from None
-    return _from_mapping(arrays)
+
+    def read(member: str):
+        def inflate() -> np.ndarray:
+            with zipfile.ZipFile(path) as archive, archive.open(member) as stream:
+                return np.lib.format.read_array(stream, allow_pickle=False)
+        return inflate
+
+    return ((name, None, read(member), shape) for name, member, shape in members)
+
+
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _npz_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[str, str, tuple[int, ...]]:
+    """(array name, member name, shape) of one .npy member, refusing pickled objects and a header
+    that declares more (or fewer) bytes than the member holds."""
+    if not info.filename.endswith(".npy"):
+        raise ValueError(f"member {info.filename!r} is not an .npy array")
+    with archive.open(info) as stream:
+        version = np.lib.format.read_magic(stream)
+        if version not in _NPY_HEADER_READERS:
+            raise ValueError(f"member {info.filename!r}: unsupported .npy format version {version}")
+        shape, _, dtype = _NPY_HEADER_READERS[version](stream)
+        header_bytes = stream.tell()
+    if dtype.hasobject:
+        raise ValueError(f"member {info.filename!r} holds Python objects")
+    declared = math.prod(shape) * dtype.itemsize
+    if declared != info.file_size - header_bytes:
+        raise ValueError(f"member {info.filename!r} declares shape {shape} of {dtype} ({declared} bytes) but holds "
+                         f"{info.file_size - header_bytes} bytes")
+    return info.filename[: -len(".npy")], info.filename, tuple(shape)
 
 
 def _reason(exc: BaseException, prefer: str | None = None) -> str:
@@ -214,14 +259,27 @@ def _is_module(obj: Any) -> bool:
 
 
 def _from_module(module: Any) -> Iterator[tuple]:
+    """Parameters in module order (a shared parameter once, under its first name), and the weight of
+    each htcore.nn sparse module (SparseLinear, SparseConv2d) as the dense tensor it stands for."""
     import torch
 
-    kinds: dict[str, str] = {}
+    entries: list[tuple] = []
+    seen: set[int] = set()
     for mod_name, mod in module.named_modules():
-        for p_name, _ in mod.named_parameters(recurse=False):
-            full = f"{mod_name}.{p_name}" if mod_name else p_name
-            kinds.setdefault(full, _module_kind(mod, p_name, torch))
-    return ((name, kinds.get(name, "other"), p, tuple(p.shape)) for name, p in module.named_parameters())
+        prefix = f"{mod_name}." if mod_name else ""
+        for p_name, p in mod.named_parameters(recurse=False):
+            if id(p) not in seen:
+                seen.add(id(p))
+                entries.append((prefix + p_name, _module_kind(mod, p_name, torch), p, tuple(p.shape)))
+        if isinstance(getattr(mod, "weight_csr", None), CSRMatrix):
+            shape = tuple(mod.dense_weight_shape)
+            entries.append((prefix + "weight", "linear" if len(shape) == 2 else "conv", _dense_reader(mod), shape))
+    return iter(entries)
+
+
+def _dense_reader(sparse_module: Any):
+    """Reads a sparse module's weight densely (zeros where nothing is kept) only when its layer is built."""
+    return lambda: sparse_module.to_dense().numpy()
 
 
 def _module_kind(mod: Any, param_name: str, torch: Any) -> str:
@@ -270,6 +328,9 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 
 def _is_float_dtype(dtype: Any) -> bool:
+    """A real floating dtype, numpy's (any byte order) or torch's."""
+    if isinstance(dtype, np.dtype):
+        return dtype.kind == "f"
     text = str(dtype)
     return "float" in text and "complex" not in text
 
@@ -282,6 +343,8 @@ def _make_layer(name: str, kind: str | None, value: Any, shape: tuple[int, ...])
     arr = _to_numpy(value() if callable(value) else value)
     if not np.issubdtype(arr.dtype, np.floating):
         return None
+    if not arr.dtype.isnative:  # big-endian arrays (an .npz written on such a machine, or ">f4")
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     kind = kind or _guess_kind(name, arr.ndim)
     matrices = conv_slices(arr) if arr.ndim >= 3 else (arr,)
     return Layer(name=name, kind=kind, shape=tuple(int(d) for d in arr.shape), weight=arr, matrices=matrices)

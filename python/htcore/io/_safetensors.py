@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import struct
 from typing import Iterator, Mapping
 
@@ -43,6 +44,21 @@ _CODES = {np.dtype(v).newbyteorder("<") if v.itemsize > 1 else np.dtype(v): k fo
 MAX_HEADER_BYTES = 100_000_000
 
 
+def regular_file_size(path: str) -> int:
+    """The size in bytes of ``path``, which must be a regular file: opening a FIFO or a device to
+    read it would block forever or never end. Raises FileNotFoundError, IsADirectoryError or
+    ValueError."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such file: {path}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(f"{path}: a directory, not a model file")
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{path}: not a regular file (a FIFO, socket or device?); model files must be regular files")
+    return info.st_size
+
+
 class TensorInfo:
     """Where one tensor lives in the file: dtype code, shape and absolute byte range."""
 
@@ -71,7 +87,7 @@ class SafetensorsFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
-        size = os.path.getsize(self.path)
+        size = regular_file_size(self.path)
         with open(self.path, "rb") as fh:
             head = fh.read(8)
             if len(head) < 8:
@@ -86,6 +102,8 @@ class SafetensorsFile:
             header = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise SafetensorsError(f"{self.path}: header is not valid JSON ({exc})") from None
+        except RecursionError:  # JSON nested deeper than Python's recursion limit
+            raise SafetensorsError(f"{self.path}: header JSON is nested too deeply to be a safetensors header") from None
         if not isinstance(header, dict):
             raise SafetensorsError(f"{self.path}: header must be a JSON object")
         self._data_start = 8 + header_len
@@ -93,7 +111,10 @@ class SafetensorsFile:
         self._infos = self._parse_tensors(header, size - self._data_start)
         self._map: np.memmap | None = None
         if size > self._data_start:
-            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+            try:
+                self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+            except (OSError, ValueError) as exc:  # e.g. [Errno 12] when the address space runs out
+                raise SafetensorsError(f"{self.path}: cannot memory-map the file ({exc})") from None
 
     def _parse_metadata(self, meta: object) -> dict[str, str]:
         if meta is None:
@@ -109,7 +130,7 @@ class SafetensorsFile:
             if not isinstance(entry, dict) or set(entry) - {"dtype", "shape", "data_offsets"}:
                 raise SafetensorsError(f"{where}: entry must have exactly dtype, shape, data_offsets")
             dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-            if dtype not in _DTYPES:
+            if not isinstance(dtype, str) or dtype not in _DTYPES:
                 raise SafetensorsError(f"{where}: unsupported dtype {dtype!r}")
             if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
                 raise SafetensorsError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
@@ -157,16 +178,34 @@ class SafetensorsFile:
 
     def __getitem__(self, name: str) -> np.ndarray:
         info = self.info(name)
-        dtype = _DTYPES[info.dtype]
+        return _as_tensor(None if self._map is None else self._map[info.begin : info.end], info)
+
+    def map_tensor(self, name: str) -> np.ndarray:
+        """Tensor ``name`` backed by a memory mapping of its own bytes only, which is released
+        with the array (``f[name]`` keeps the whole file's mapping alive instead). The header is
+        not read again."""
+        info = self.info(name)
         if info.nbytes == 0:
-            arr = np.zeros(info.shape, dtype=dtype)
-        else:
-            assert self._map is not None
-            arr = self._map[info.begin : info.end].view(dtype).reshape(info.shape)
-        if info.dtype == "BF16":  # bfloat16 is the top half of a float32
-            arr = (arr.astype(np.uint32) << 16).view(np.float32)
-        arr.flags.writeable = False
-        return arr
+            return _as_tensor(None, info)
+        try:
+            raw = np.memmap(self.path, dtype=np.uint8, mode="r", offset=info.begin, shape=(info.nbytes,))
+        except (OSError, ValueError) as exc:  # the file shrank since its header was read, or no address space
+            raise SafetensorsError(f"{self.path}: tensor {name!r}: cannot map its bytes ({exc})") from None
+        return _as_tensor(raw, info)
+
+
+def _as_tensor(raw: np.ndarray | None, info: TensorInfo) -> np.ndarray:
+    """The bytes of a tensor (None when it has none) as a read-only array of its dtype and shape
+    (BF16 widened to float32)."""
+    dtype = _DTYPES[info.dtype]
+    if raw is None or info.nbytes == 0:
+        arr = np.zeros(info.shape, dtype=dtype)
+    else:
+        arr = raw.view(dtype).reshape(info.shape)
+    if info.dtype == "BF16":  # bfloat16 is the top half of a float32
+        arr = (arr.astype(np.uint32) << 16).view(np.float32)
+    arr.flags.writeable = False
+    return arr
 
 
 def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> None:

@@ -3,6 +3,8 @@
 - Element tails of a sample (|w| of a matrix, zeros dropped: `element_sample`): the tail index by
   `hill`, `moments`, `pickands` (`TailEstimate`), and the exact Clauset power-law fit `fit_powerlaw`
   (`PowerLawFit`, with both the pdf exponent and the tail index).
+- Is a tail a power law at all: `compare_tails` (Clauset et al.'s likelihood-ratio tests against the
+  exponential, log-normal, stretched exponential and truncated power law -> `TailComparison`).
 - Spectra: `esd` (eigenvalues of W^T W, `symmetric_eigenvalues` for htcore's own solver) and
   WeightWatcher's metrics (`spectral_metrics` -> `SpectralMetrics`).
 - Compressed nets on real inputs: `noise_stability` -> `NoiseStability` (relative errors vs the
@@ -17,9 +19,10 @@ Conventions (tail index vs pdf exponent, the ESD): docs/conventions.md.
 from __future__ import annotations
 
 from ._analyze import DEFAULT_KEEPS, analyze, analyze_layer
+from ._compare_tails import ALTERNATIVES, LikelihoodRatioTest, TailComparison, compare_tails
 from ._plots import plot_report, plot_resilience, plot_stability
 from ._powerlaw_fit import PowerLawFit, fit_powerlaw
-from ._report import ElementTails, LayerReport, ModelReport
+from ._report import MIN_HILL_K, MIN_SPECTRAL_EVALS, MIN_SPECTRAL_TAIL, ElementTails, LayerReport, ModelReport
 from ._resilience import Resilience, resilience
 from ._spectra import MIN_EVALS, ZERO_EIGENVALUE, SpectralMetrics, esd, spectral_metrics, symmetric_eigenvalues
 from ._stability import LayerStability, NoiseStability, layer_stability, noise_stability
@@ -27,7 +30,14 @@ from ._stability_section import stability_section
 from ._tails import TailEstimate, element_sample, hill, moments, pickands
 
 __all__ = [
+    "ALTERNATIVES",
+    "LikelihoodRatioTest",
+    "TailComparison",
+    "compare_tails",
     "DEFAULT_KEEPS",
+    "MIN_HILL_K",
+    "MIN_SPECTRAL_EVALS",
+    "MIN_SPECTRAL_TAIL",
     "ElementTails",
     "LayerReport",
     "LayerStability",

@@ -71,7 +71,7 @@ def analyze(
     """
     keeps = _check_keeps(keeps)
     layers = load_layers(source, include=include, exclude=exclude)
-    pairs: Iterable[tuple[Layer, np.ndarray | None]]
+    pairs: Iterable[tuple[Layer, np.ndarray | ValueError | None]]
     if spectral:
         pairs = ordered_map(_layer_esd, layers, workers=get_num_threads(), exclusive=_big_layer)
     else:
@@ -85,12 +85,19 @@ def analyze(
 
 
 def analyze_layer(layer: Layer, *, spectral: bool = True, elements: bool = True, keeps: Sequence[float] = DEFAULT_KEEPS) -> LayerReport:
-    """The `LayerReport` of one `Layer` (what `analyze` does per row)."""
+    """The `LayerReport` of one `Layer` (what `analyze` does per row). A measurement the tensor
+    does not allow (NaN or Inf weights, or weights so large their squares overflow) is left out
+    with a `DegenerateSampleWarning` naming the tensor and the reason."""
     return _layer_report(layer, _layer_esd(layer) if spectral else None, elements=elements, keeps=keeps)
 
 
-def _layer_esd(layer: Layer) -> np.ndarray:
-    return esd(layer.matrices)
+def _layer_esd(layer: Layer) -> np.ndarray | ValueError:
+    """The ESD, or why there is none (non-finite or overflowing weights), for `_layer_report` to warn
+    about: one bad tensor does not stop the analysis."""
+    try:
+        return esd(layer.matrices)
+    except ValueError as exc:
+        return exc
 
 
 def _big_layer(layer: Layer) -> bool:
@@ -99,17 +106,28 @@ def _big_layer(layer: Layer) -> bool:
     return splits_into_blocks(layer.matrices)
 
 
-def _layer_report(layer: Layer, evals: np.ndarray | None, *, elements: bool, keeps: Sequence[float]) -> LayerReport:
-    """The row of ``layer`` given its ESD (None: no spectral metrics)."""
+def _layer_report(layer: Layer, evals: np.ndarray | ValueError | None, *, elements: bool,
+                  keeps: Sequence[float]) -> LayerReport:
+    """The row of ``layer`` given its ESD (None: no spectral metrics; an exception: why there is none)."""
+    if isinstance(evals, ValueError):
+        _warn_missing(layer.name, "spectral metrics", evals)
+        evals = None
     element_tails = ccdf = None
     if elements:
-        sample = element_sample(layer.weight)
+        try:
+            sample = element_sample(layer.weight)
+        except ValueError as exc:  # NaN or Inf weights
+            _warn_missing(layer.name, "element statistics", exc)
+            sample = np.zeros(0)
         if sample.size >= MIN_ELEMENT_SAMPLES:
             element_tails = _element_tails(layer.name, sample)
             ccdf = _ccdf_summary(sample)
     rel_error = None
     if keeps:
-        rel_error = tuple(float(e) for e in compressibility_curve(layer.weight, keeps).rel_error)
+        try:
+            rel_error = tuple(float(e) for e in compressibility_curve(layer.weight, keeps).rel_error)
+        except ValueError as exc:
+            _warn_missing(layer.name, "compressibility curve", exc)
     return LayerReport(
         name=layer.name,
         kind=layer.kind,
@@ -120,6 +138,10 @@ def _layer_report(layer: Layer, evals: np.ndarray | None, *, elements: bool, kee
         evals=evals,
         element_ccdf=ccdf,
     )
+
+
+def _warn_missing(name: str, what: str, reason: Exception) -> None:
+    warnings.warn(f"{name}: no {what} ({reason})", DegenerateSampleWarning, stacklevel=4)
 
 
 def _element_tails(name: str, sample: np.ndarray) -> ElementTails | None:

@@ -85,7 +85,13 @@ def _synthetic(
     n_tail = int(rng.binomial(n, fit.n_tail / n)) if body.size else n
     u = rng.random(n_tail)
     z = 1.0 if xmax is None else -np.expm1((1.0 - a) * np.log(xmax / xmin))
-    tail = xmin * np.exp(-np.log1p(-u * z) / (a - 1.0))
+    with np.errstate(over="ignore"):
+        tail = xmin * np.exp(-np.log1p(-u * z) / (a - 1.0))
+    if not np.isfinite(tail).all():  # a fit with a near 1 puts real mass beyond float64's range
+        beyond = float(np.exp((1.0 - a) * (np.log(np.finfo(np.float64).max) - np.log(xmin))))
+        raise ValueError(f"gof_bootstrap: the fitted tail (pdf exponent {a:.6g}, xmin {xmin:.6g}) puts probability "
+                         f"{beyond:.3g} beyond float64's largest value, so its resamples cannot be drawn; "
+                         f"pass xmax, or gof_bootstrap=0")
     return np.concatenate([rng.choice(body, size=n - n_tail, replace=True) if body.size else body, tail])
 
 
@@ -114,7 +120,8 @@ def fit_powerlaw(
         random_state: seed for the bootstrap (None means seed 0, or an int or numpy Generator).
 
     Raises ValueError for non-finite or non-positive samples, fewer than 2 distinct values
-    <= xmax, or an xmin that leaves fewer than 2 distinct tail values.
+    <= xmax, an xmin that leaves fewer than 2 distinct tail values, or (with ``gof_bootstrap``) a
+    fitted tail too heavy for its resamples to stay finite in float64 (pass ``xmax`` then).
     """
     sample = as_float_array(x, "x", ndim=1, dtype=kernel_dtype(x))
     bad = int(np.count_nonzero(sample <= 0))

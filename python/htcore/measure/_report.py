@@ -60,6 +60,26 @@ class LayerReport:
 _SPECTRAL = [f.name for f in fields(SpectralMetrics)]
 _ELEMENT = ["element_" + f.name for f in fields(ElementTails)]
 
+# Below these sample sizes an estimate is printed but flagged (``*_small_sample`` columns, a note in
+# `ModelReport.summary`): a spectral alpha from an ESD of fewer than 50 eigenvalues (a 10-class
+# output layer has 10) or a tail fit over fewer than 10 of them (its standard error
+# (a - 1) / sqrt(n) is then a third of a - 1 or more, and the KS choice of xmin is unstable); a Hill
+# estimate from fewer than 20 order statistics (95 % CI wider than about +-45 %).
+MIN_SPECTRAL_EVALS = 50
+MIN_SPECTRAL_TAIL = 10
+MIN_HILL_K = 20
+
+
+def spectral_small_sample(metrics: SpectralMetrics) -> bool:
+    """Whether ``metrics.alpha`` comes from fewer than `MIN_SPECTRAL_EVALS` eigenvalues or a tail of
+    fewer than `MIN_SPECTRAL_TAIL`."""
+    return metrics.num_evals < MIN_SPECTRAL_EVALS or metrics.num_spikes < MIN_SPECTRAL_TAIL
+
+
+def element_small_sample(tails: ElementTails) -> bool:
+    """Whether the Hill estimate uses fewer than `MIN_HILL_K` order statistics."""
+    return tails.hill_k < MIN_HILL_K
+
 
 def _keep_column(keep: float) -> str:
     return f"rel_error_keep_{keep:g}"
@@ -74,7 +94,11 @@ class ModelReport:
     ``xmin``, ``xmax``, ``ks_distance``, ``num_spikes``, ``alpha_weighted``, ``log_norm``,
     ``log_spectral_norm``, ``stable_rank``; elements (`ElementTails`): ``element_n``,
     ``element_tail_index`` (Hill) with ``element_tail_index_ci_low/high`` and ``element_hill_k``,
-    ``element_fit_tail_index``, ``element_fit_xmin``, ``element_fit_ks_distance``; compressibility:
+    ``element_fit_tail_index``, ``element_fit_xmin``, ``element_fit_ks_distance``; small-sample flags
+    ``alpha_small_sample`` (an ESD of fewer than `MIN_SPECTRAL_EVALS` = 50 eigenvalues, or a fitted
+    tail of fewer than `MIN_SPECTRAL_TAIL` = 10)
+    and ``element_small_sample`` (Hill's k < `MIN_HILL_K` = 20): such estimates are printed but
+    noted in `summary` as unreliable; compressibility:
     ``rel_error_keep_<keep>`` for each keep. Missing values are NaN (null in JSON, empty in CSV).
     """
 
@@ -100,9 +124,9 @@ class ModelReport:
     def columns(self) -> list[str]:
         cols = ["name", "kind", "shape", "num_params"]
         if any(layer.spectral is not None for layer in self.layers):
-            cols += _SPECTRAL
+            cols += _SPECTRAL + ["alpha_small_sample"]
         if any(layer.elements is not None for layer in self.layers):
-            cols += _ELEMENT
+            cols += _ELEMENT + ["element_small_sample"]
         if any(layer.rel_error is not None for layer in self.layers):
             cols += [_keep_column(k) for k in self.keeps]
         return cols
@@ -120,8 +144,10 @@ class ModelReport:
             }
             if layer.spectral is not None:
                 row.update({f: getattr(layer.spectral, f) for f in _SPECTRAL})
+                row["alpha_small_sample"] = spectral_small_sample(layer.spectral)
             if layer.elements is not None:
                 row.update({c: getattr(layer.elements, f.name) for c, f in zip(_ELEMENT, fields(ElementTails))})
+                row["element_small_sample"] = element_small_sample(layer.elements)
             if layer.rel_error is not None:
                 row.update({_keep_column(k): e for k, e in zip(self.keeps, layer.rel_error)})
             out.append({c: row.get(c, math.nan) for c in cols})
@@ -180,11 +206,19 @@ class ModelReport:
             high = [n for n, a in alphas.items() if a > 6]
             lines.append(f"  alpha < 2 (WeightWatcher: over-trained): {len(low)}" + (f" ({', '.join(low[:5])}{', ...' if len(low) > 5 else ''})" if low else ""))
             lines.append(f"  alpha > 6 (WeightWatcher: under-trained): {len(high)}" + (f" ({', '.join(high[:5])}{', ...' if len(high) > 5 else ''})" if high else ""))
+            small = [l.name for l in self.layers if l.name in alphas and l.spectral is not None and spectral_small_sample(l.spectral)]
+            if small:
+                lines.append(f"  small sample: {len(small)} alpha(s) from fewer than {MIN_SPECTRAL_EVALS} eigenvalues or a tail of "
+                             f"fewer than {MIN_SPECTRAL_TAIL}, read with care ({_names(small)}; column alpha_small_sample)")
         tails = np.array([l.elements.tail_index for l in self.layers if l.elements is not None and not math.isnan(l.elements.tail_index)])
         if tails.size:
             lines.append(
                 f"element tail index (Hill, P(|w|>x) ~ x^-alpha): median {np.median(tails):.3f}, range {tails.min():.3f}..{tails.max():.3f}"
             )
+            small = [l.name for l in self.layers if l.elements is not None and element_small_sample(l.elements)]
+            if small:
+                lines.append(f"  small sample: {len(small)} Hill estimate(s) from fewer than {MIN_HILL_K} order statistics, "
+                             f"read with care ({_names(small)}; column element_small_sample)")
         with_errors = [l for l in self.layers if l.rel_error is not None]
         if with_errors:
             weights = np.array([l.num_params for l in with_errors], dtype=np.float64)
@@ -200,6 +234,10 @@ class ModelReport:
         from ._plots import plot_report
 
         return plot_report(self, directory)
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
 
 
 def _is_nan(v: Any) -> bool:

@@ -91,6 +91,7 @@ def _gram_eigenvalues(w: np.ndarray) -> np.ndarray:
     n, m = w.shape
     if m == 0:
         return np.zeros(0)
+    _check_gram_range(w)
     step = _block_rows(w.shape)
     blocks = (w[start : start + step] for start in range(0, n, step))
     workers = get_num_threads() if n > step else 1
@@ -100,6 +101,18 @@ def _gram_eigenvalues(w: np.ndarray) -> np.ndarray:
     if not np.isfinite(gram).all():
         raise ValueError(f"matrix of shape {w.shape} contains non-finite values (NaN or Inf)")
     return np.maximum(_gram_spectrum(gram), 0.0)
+
+
+def _check_gram_range(w: np.ndarray) -> None:
+    """Refuse NaN/Inf, and finite entries so large that W^T W overflows float64 (each Gram entry
+    sums n products of at most max|w|^2), saying which: before the products, which would warn."""
+    peak = max(abs(float(w.max())), abs(float(w.min())))
+    if not math.isfinite(peak):
+        raise ValueError(f"matrix of shape {w.shape} contains non-finite values (NaN or Inf)")
+    limit = math.sqrt(np.finfo(np.float64).max / w.shape[0])
+    if peak > limit:
+        raise ValueError(f"matrix of shape {w.shape} has entries up to {peak:.4g}: W^T W would overflow float64 "
+                         f"(entries must stay below {limit:.4g}); rescale the weights")
 
 
 def _gram_spectrum(gram: np.ndarray) -> np.ndarray:

@@ -8,11 +8,14 @@
   `htcore.runtime.CompressedModel.from_torch` runs; any ``torch.fx``-traceable module through
   `to_runtime_graph`) and `to_torch` (runtime -> ``nn.Sequential``, or a ``torch.fx.GraphModule``
   for a graph model), with the one activation mapping (`TORCH_ACTIVATIONS`, `activation_kind`).
+- `from_exported`: a ``torch.export`` program (or its ``.pt2`` archive, via `load_exported`, whose
+  docstring says what torch's loader can execute) -> a runtime `CompressedModel`.
 - `lenet`, `vgg_small`, `resnet_small`: small seeded CNNs for tests, benchmarks and the demo.
 """
 from __future__ import annotations
 
 from ._convert import TORCH_ACTIVATIONS, activation_kind, to_runtime_graph, to_runtime_layers, to_torch
+from ._export import from_exported, load_exported
 from ._models import lenet, resnet_small, vgg_small
 from ._sparse_conv import SparseConv2d
 from ._sparse_linear import SparseLinear
@@ -25,7 +28,9 @@ __all__ = [
     "SparsifyReport",
     "TORCH_ACTIVATIONS",
     "activation_kind",
+    "from_exported",
     "lenet",
+    "load_exported",
     "resnet_small",
     "sparsify_model",
     "to_runtime_graph",

@@ -68,6 +68,11 @@ class SparseConv2d(SparseModule):
         return cls(cls._topk(conv.weight, keep, k, mode, value_dtype), conv.bias, kernel_size=conv.kernel_size,
                    stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
 
+    @property
+    def dense_weight_shape(self) -> tuple[int, ...]:
+        """torch's conv weight shape (out_channels, in_channels / groups, kh, kw)."""
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() not in (3, 4) or x.shape[-3] != self.in_channels:
             raise ValueError(f"input has shape {tuple(x.shape)}, expected (N, {self.in_channels}, H, W) "

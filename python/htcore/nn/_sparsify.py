@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import fnmatch
+import math
+import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 import numpy as np
+import torch
 from torch import nn
 
 from .._validation import check_fraction
+from ..errors import CalibrationWarning
 from ._sparse_conv import SparseConv2d
 from ._sparse_linear import SparseLinear
 
@@ -38,11 +42,13 @@ class SparsifiedLayer:
 
 @dataclass(frozen=True)
 class SparsifyReport:
-    """What `sparsify_model` changed: the swapped layers (in module order) and the names of the
-    ``nn.Linear`` / ``nn.Conv2d`` modules (of the kinds asked for) it left dense."""
+    """What `sparsify_model` changed: the swapped layers (in module order), the names of the
+    ``nn.Linear`` / ``nn.Conv2d`` modules (of the kinds asked for) it left dense, and, when a
+    calibration batch was given, the relative output error it caused (None otherwise)."""
 
     layers: tuple
     skipped: tuple
+    calibration_error: Optional[float] = None  # ||y_sparse - y_dense|| / ||y_dense|| on the calibration batch
 
     @property
     def dense_bytes(self) -> int:
@@ -62,6 +68,8 @@ class SparsifyReport:
                             for kind in _KINDS if any(l.kind == kind for l in self.layers))
         lines.append(f"\n{counts or 0} layers sparsified, {len(self.skipped)} left dense; "
                      f"{self.dense_bytes} -> {self.sparse_bytes} bytes")
+        if self.calibration_error is not None:
+            lines.append(f"relative output error on the calibration batch: {self.calibration_error:.4g}")
         return "\n".join(lines)
 
 
@@ -73,6 +81,8 @@ def sparsify_model(
     mode: str = "matrix",
     value_dtype: Any = np.float32,
     kinds: Iterable[str] = ("Linear", "Conv2d"),
+    calibration: Any = None,
+    warn_above: float = 0.1,
 ) -> SparsifyReport:
     """Replace the ``nn.Linear`` and ``nn.Conv2d`` modules of ``model`` (in place) by top-k
     `SparseLinear` and `SparseConv2d` ones.
@@ -84,7 +94,13 @@ def sparsify_model(
     in `SparseLinear.from_dense` / `SparseConv2d.from_dense` (a conv weight ranks as the matrix
     (out, in / groups * kh * kw); SparseConv2d needs padding_mode="zeros" and float32 or float16
     values). ``kinds``: which module kinds to swap, "Linear" and/or "Conv2d" (both by default).
-    Returns a `SparsifyReport`.
+
+    ``calibration``: an input batch (called as ``model(calibration)``; a tuple is unpacked as
+    positional arguments). When given, the model runs on it before and after the swap (no grad)
+    and the report's ``calibration_error`` is ||y_sparse - y_dense||_F / ||y_dense||_F over every
+    floating tensor of the output (tensors nested in tuples, lists and dicts, e.g. a
+    SentenceTransformer's features). Above ``warn_above`` (default 0.1, i.e. 10 %) a
+    `htcore.errors.CalibrationWarning` says so. Returns a `SparsifyReport`.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -104,7 +120,11 @@ def sparsify_model(
     else:
         keeps = None
         every = check_fraction(keep, "keep")
+    warn_above = float(warn_above)
+    if not warn_above >= 0:
+        raise ValueError(f"warn_above must be a number >= 0, got {warn_above}")
     selected = _selector(include)
+    dense_output = None if calibration is None else _outputs(model, calibration)
     changed, skipped = [], []
     for name, module in list(model.named_modules()):
         kind = next((kind for kind, dense in swaps if isinstance(module, dense)), None)
@@ -120,7 +140,43 @@ def sparsify_model(
         _replace(model, name, sparse)
         w = sparse.weight_csr
         changed.append(SparsifiedLayer(name, w.shape, fraction, w.nnz, 4 * w.shape[0] * w.shape[1], w.nbytes, kind))
-    return SparsifyReport(tuple(changed), tuple(skipped))
+    error = None
+    if dense_output is not None:
+        error = _relative_error(_outputs(model, calibration), dense_output)
+        if error > warn_above:
+            warnings.warn(f"sparsify_model changed the output on the calibration batch by {error:.3g} (relative, "
+                          f"Frobenius) > warn_above = {warn_above:g}: keep more entries, or sparsify fewer layers",
+                          CalibrationWarning, stacklevel=2)
+    return SparsifyReport(tuple(changed), tuple(skipped), error)
+
+
+def _outputs(model: nn.Module, batch: Any) -> list[torch.Tensor]:
+    """Every floating tensor of ``model``'s output on ``batch``, flattened, as float64."""
+    with torch.no_grad():
+        out = model(*batch) if isinstance(batch, tuple) else model(batch)
+    tensors: list[torch.Tensor] = []
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, torch.Tensor):
+            if obj.is_floating_point():
+                tensors.append(obj.detach().to("cpu", torch.float64).reshape(-1))
+        elif isinstance(obj, Mapping):
+            for value in obj.values():
+                walk(value)
+        elif isinstance(obj, (tuple, list)):
+            for value in obj:
+                walk(value)
+
+    walk(out)
+    if not tensors:
+        raise ValueError(f"calibration: the model's output holds no floating tensor ({type(out).__name__})")
+    return tensors
+
+
+def _relative_error(sparse: list[torch.Tensor], dense: list[torch.Tensor]) -> float:
+    diff = math.sqrt(sum(float(((s - d) ** 2).sum()) for s, d in zip(sparse, dense)))
+    norm = math.sqrt(sum(float((d**2).sum()) for d in dense))
+    return diff / norm if norm > 0 else (0.0 if diff == 0 else math.inf)
 
 
 def _selector(include: Any) -> Callable[[str, nn.Module], bool]:

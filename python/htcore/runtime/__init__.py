@@ -7,7 +7,8 @@
   sparse Linear or a Conv2d are fused into its kernel.
 - `save_compressed` / `load_compressed`: the model file (safetensors: CSR arrays as tensors,
   architecture and provenance as JSON metadata), validated in full before any kernel runs; loading
-  never executes code from the file.
+  never executes code from the file (a torch or ONNX file is refused with a pointer to `htcore convert`).
+- `from_onnx`: an ONNX model (the ``onnx`` extra) -> a `CompressedModel`, parsed without executing anything.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from ._model import (
     RuntimeLayer,
 )
 from ._model_file import FORMAT, FORMAT_VERSION, load_compressed, save_compressed
+from ._onnx import from_onnx
 
 __all__ = [
     "ACTIVATION_KINDS",
@@ -46,6 +48,7 @@ __all__ = [
     "MaxPool2d",
     "Node",
     "RuntimeLayer",
+    "from_onnx",
     "load_compressed",
     "save_compressed",
 ]

@@ -68,6 +68,7 @@ from ._model import (
     _output_shape,
     _window_shape,
 )
+from ._sniff import ONNX, TORCH_EXPORT, TORCH_PICKLE, not_a_model_file, sniff_model_file
 
 _MAX_ELEMENTS = 2**40  # a declared weight shape with more elements is refused before anything is built
 
@@ -149,8 +150,12 @@ def _entry(layer: RuntimeLayer) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 
 def load_compressed(path: str | os.PathLike) -> CompressedModel:
-    """Read and fully validate a compressed-model file (see the module docstring)."""
+    """Read and fully validate a compressed-model file (see the module docstring). A torch.save
+    file, a torch.export program or an ONNX model is refused with a message naming `htcore convert`."""
     where = os.fspath(path)
+    kind = sniff_model_file(where)
+    if kind in (TORCH_EXPORT, TORCH_PICKLE, ONNX):
+        raise ValueError(not_a_model_file(where, kind))
     with SafetensorsFile(where) as f:
         meta = _parse_metadata(f.metadata, where)
         tensors = {name: f[name] for name in f}

@@ -83,7 +83,11 @@ def sparse_conv2d(
     multiply-adds) run on the calling thread. The GIL is released. Every output is a chain of
     multiply-adds in CSR order, so results are bitwise identical at any thread count. Which loop
     runs for which shape, and the measurements behind it: docs/performance.md, "Sparse
-    convolution", and benchmarks/conv/results.md. Each calling thread keeps its decoded weights
+    convolution", and benchmarks/conv/results.md. A weight holding every entry (a dense layer
+    as a CSR matrix, groups 1) runs a dense loop, 4 output channels at a time, with the same
+    result; a top-k weight at 40% sparsity is already 1.1-1.5x faster than the dense one, so a
+    layer kept dense is a choice for accuracy, not speed (benchmarks/results/conv.md, "When to
+    keep a layer dense"). Each calling thread keeps its decoded weights
     (12 bytes per kept weight) and, with padding or stride > 1, one padded image per thread (up to
     4 MiB) between calls.
     """

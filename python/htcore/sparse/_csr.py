@@ -14,9 +14,11 @@ kernels: rows are split between threads by nnz, the GIL is released, and every o
 is summed by one thread in a fixed order, so results are bitwise identical at any thread count.
 Threads: each thread gets at least 8,192 multiply-adds ((nnz + rows) * batch), so a product below
 twice that (an SpMV with < ~16k stored values) runs on the calling thread with no fork/join; larger
-ones use `htcore.get_num_threads()`. A worker that has gone to sleep, or whose core another process
-holds, costs a wake-up of up to 1-2 ms on a loaded machine: call ``htcore.set_num_threads(1)`` where
-that latency matters more (figures: docs/performance.md, "Threads and forking").
+ones use up to `htcore.get_num_threads()` threads of htcore's own pool, in chunks of rows: the
+calling thread takes chunks itself and waits only for chunks another thread has started, so a
+worker that is asleep, or whose core another process holds, does not hold the product up (on a
+busy machine it degrades towards the one-thread time instead of waiting a scheduler time slice;
+benchmarks/results/contention.md).
 float16 and codebook values are accumulated in float32; float64 matrices compute in float64.
 """
 from __future__ import annotations
@@ -155,14 +157,20 @@ class CSRMatrix:
         """This matrix with other storage dtypes (arrays that do not change are shared, not copied).
 
         ``index_dtype``: uint16 (cols <= 65536) or int32. ``value_dtype``: float16, float32 or
-        float64 (a codebook matrix is decoded). None keeps the current storage.
+        float64 (a codebook matrix is decoded); a value beyond its range raises ValueError. None
+        keeps the current storage.
         """
         data, codebook = self.data, self.codebook
         if value_dtype is not None:
             value_dtype = np.dtype(value_dtype)
             if value_dtype not in _VALUE_DTYPES:
                 raise TypeError(f"value_dtype must be float16, float32 or float64, got {value_dtype}")
-            data, codebook = self.values().astype(value_dtype, copy=False), None
+            values = self.values()
+            peak, largest = float(np.abs(values).max()) if values.size else 0.0, float(np.finfo(value_dtype).max)
+            if peak > largest:  # would store +-inf, and every product through it gives inf/NaN
+                raise ValueError(f"value_dtype={value_dtype.name} cannot hold values up to {peak:.4g} "
+                                 f"(its largest is {largest:.4g}); keep {values.dtype.name}")
+            data, codebook = values.astype(value_dtype, copy=False), None
         return CSRMatrix(data, self.indices, self.indptr, self.shape, codebook=codebook,
                          index_dtype=self.indices.dtype if index_dtype is None else index_dtype,
                          indptr_dtype=self.indptr.dtype, check=False)
@@ -359,7 +367,8 @@ def _check_structure(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, 
         raise ValueError(f"indices has {indices.shape[0]} entries but data has {nnz}")
     if indptr[0] != 0 or indptr[-1] != nnz:
         raise ValueError(f"indptr must start at 0 and end at nnz = {nnz}, got {indptr[0]} and {indptr[-1]}")
-    steps = np.diff(indptr)
+    # int64 differences: int32 ones wrap (50 - (-2**31 + 10) looks positive), unsigned ones never go negative (uint64 beyond int64 turns negative, so decreasing)
+    steps = np.diff(indptr.astype(np.int64))
     if (steps < 0).any():
         raise ValueError(f"indptr must be non-decreasing (first decrease at row {int(np.argmax(steps < 0))})")
     if nnz:
