@@ -4,8 +4,8 @@ value format, dense and sparse layers, CNNs, graph models) at the same thread co
 malformed file the Python tests use refused with a message before anything runs.
 
 The C library is built with CMake once per session into a temporary prefix (a minute or two),
-unless HTCORE_C_PREFIX names an installed one (.ci/run builds it there, also as the portable,
-single-threaded variant: HTCORE_C_PORTABLE=1 then makes the Python reference use its portable
+unless HTCORE_C_PREFIX names an installed one (.ci/run builds it there, also as the portable
+variant without OpenMP: HTCORE_C_PORTABLE=1 then makes the Python reference use its portable
 kernels too). Dense Linear layers run in numpy's BLAS in Python and in the CSR kernel in C: they
 agree to float32 rounding, not bitwise (benchmarks/results/embedded.md says why).
 """

@@ -1,6 +1,7 @@
 // Stand-in for <omp.h> in builds without OpenMP (CMake: -DHTCORE_OPENMP=OFF): the kernels' OpenMP
-// pragmas are then ignored and each parallel loop runs all of its parts on the calling thread, in
-// the same order, so results are unchanged. Only the functions the runtime's kernels call.
+// pragmas (the convolution's) are then ignored and each such loop runs all of its parts on the
+// calling thread, in the same order, so results are unchanged; the CSR products keep htcore's own
+// thread pool (parallel.hpp). Only the functions the runtime's kernels call.
 #pragma once
 
 inline int omp_get_thread_num() { return 0; }
