@@ -290,6 +290,8 @@ def test_run_warms_up_before_timing(tmp_path, monkeypatch, capsys):
     calls = []
 
     class SlowFirstCall:
+        input_shape = (4,)
+
         def __call__(self, x):
             calls.append(len(x))
             if len(calls) == 1:

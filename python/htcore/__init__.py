@@ -25,6 +25,7 @@ from .compression import Allocation, allocate, compress
 from .io import Layer, load_layers
 from .measure import (
     LayerStability,
+    ManyReport,
     ModelReport,
     NoiseStability,
     PowerLawFit,
@@ -32,6 +33,7 @@ from .measure import (
     TailComparison,
     TailEstimate,
     analyze,
+    analyze_many,
     compare_tails,
     element_sample,
     fit_powerlaw,
@@ -98,8 +100,10 @@ __all__ = [
     "topk_threshold",
     # model I/O and whole-model analysis
     "Layer",
+    "ManyReport",
     "ModelReport",
     "analyze",
+    "analyze_many",
     "load_layers",
     # compressed nets on real inputs
     "LayerStability",

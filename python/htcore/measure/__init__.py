@@ -13,6 +13,8 @@
   side), `stability_section` (both as a report section). Need torch.
 - Whole models: `analyze` -> `ModelReport` (one `LayerReport` per weight tensor; CSV, JSON, markdown,
   pandas and PNG plots).
+- Many models: `analyze_many` -> `ManyReport` (files, directories, globs on a local process pool,
+  a Dask cluster or any executor; `executor_for`, `local_executor`, `pool_executor`).
 
 Conventions (tail index vs pdf exponent, the ESD): docs/conventions.md.
 """
@@ -20,6 +22,16 @@ from __future__ import annotations
 
 from ._analyze import DEFAULT_KEEPS, analyze, analyze_layer
 from ._compare_tails import ALTERNATIVES, LikelihoodRatioTest, TailComparison, compare_tails
+from ._many import (
+    MODEL_SUFFIXES,
+    ManyReport,
+    ModelResult,
+    analyze_many,
+    executor_for,
+    local_executor,
+    model_files,
+    pool_executor,
+)
 from ._plots import plot_report, plot_resilience, plot_stability
 from ._powerlaw_fit import PowerLawFit, fit_powerlaw
 from ._report import MIN_HILL_K, MIN_SPECTRAL_EVALS, MIN_SPECTRAL_TAIL, ElementTails, LayerReport, ModelReport
@@ -42,7 +54,10 @@ __all__ = [
     "LayerReport",
     "LayerStability",
     "MIN_EVALS",
+    "MODEL_SUFFIXES",
+    "ManyReport",
     "ModelReport",
+    "ModelResult",
     "NoiseStability",
     "PowerLawFit",
     "Resilience",
@@ -51,17 +66,22 @@ __all__ = [
     "ZERO_EIGENVALUE",
     "analyze",
     "analyze_layer",
+    "analyze_many",
     "element_sample",
     "esd",
+    "executor_for",
     "fit_powerlaw",
     "hill",
     "layer_stability",
+    "local_executor",
+    "model_files",
     "moments",
     "noise_stability",
     "pickands",
     "plot_report",
     "plot_resilience",
     "plot_stability",
+    "pool_executor",
     "resilience",
     "spectral_metrics",
     "stability_section",
