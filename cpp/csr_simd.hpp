@@ -12,7 +12,8 @@
 #include "csr.hpp"
 #include "errors.hpp"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// HTCORE_PORTABLE (CMake option of the C library) compiles the portable kernels only.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(HTCORE_PORTABLE)
 #define HTCORE_CSR_X86 1
 #include <immintrin.h>
 #endif

@@ -105,6 +105,8 @@ def test_enums_refuse_undeclared_values():
         _core.csr_spmm(indptr=A[0], indices=A[1], data=A[2], codebook=None, rows=2, cols=1, x=np.ones(1, np.float32),
                        k=1, x_batch_major=False, bias=None, activation=_core.Activation(9), out=np.zeros(2, np.float32),
                        out_row_stride=1, out_col_stride=1)
+    with pytest.raises(ValueError, match="activation must be none, relu, gelu or tanh"):
+        _core.activate_inplace(x=np.ones(2, np.float32), activation=_core.Activation(9))
     with pytest.raises(ValueError, match="tail method"):
         _core.tail_estimate(x=np.arange(1.0, 50.0), method=_core.TailMethod(5), k=3, seed=0, resamples=10,
                             eps_stop=0.99, cap_factor=3.0, rho_max=-0.25)

@@ -30,6 +30,7 @@ void register_topk(py::module_& m);
 void register_csr(py::module_& m);  // also binds Activation, used by register_sell and register_conv2d
 void register_sell(py::module_& m);
 void register_conv2d(py::module_& m);
+void register_image_ops(py::module_& m);  // pooling, affine, sums, activations (both runtimes)
 void register_spectra(py::module_& m);
 
 namespace detail {

@@ -12,5 +12,6 @@ PYBIND11_MODULE(_core, m) {
   htcore::register_csr(m);
   htcore::register_sell(m);
   htcore::register_conv2d(m);
+  htcore::register_image_ops(m);
   htcore::register_spectra(m);
 }

@@ -62,6 +62,16 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from .._core import Activation as _KernelActivation
+from .._core import (
+    activate_inplace,
+    adaptive_avg_pool2d,
+    add_arrays,
+    avg_pool2d,
+    channel_affine,
+    max_pool2d,
+    softmax_axis0,
+)
 from .._validation import as_float_array, check_int, check_pair
 from ..sparse import ACTIVATIONS, CSRMatrix, SellMatrix, as_kernel_array, sell_eligible, sparse_conv2d
 
@@ -537,7 +547,7 @@ class CompressedModel:
                 if isinstance(layer, _IMAGE_LAYERS):
                     if flat.ndim != 4:
                         raise ValueError(f"a {type(layer).__name__} needs (batch, C, H, W) images, got shape {flat.shape}")
-                    flat = _image_layer(layer, flat, step.activation, in_place=flat is not X)
+                    flat = _image_layer(layer, flat, step.activation)
                     continue
                 if flat.ndim == 4 and isinstance(layer, Activation) and layer.kind in ACTIVATIONS:
                     flat = _activate(flat.copy() if np.shares_memory(flat, X) else flat, layer.kind)  # on images
@@ -547,7 +557,7 @@ class CompressedModel:
                 if isinstance(layer, Linear):  # the first Linear reads the (batch, features) input directly
                     h = _linear(layer, flat, step.activation, batch_major=True)
                     continue
-                h = np.ascontiguousarray(flat.T)
+                h = flat.T.copy()  # a copy: the activation below runs in place, and flat may be the caller's X
             if isinstance(layer, Linear):
                 h = _linear(layer, h, step.activation)
             else:
@@ -682,7 +692,7 @@ def _graph_op(step: _GraphStep, args: list) -> np.ndarray:
         a, b = args
         if a.shape != b.shape:
             raise ValueError(f"Add needs two inputs of the same shape, got {a.shape} and {b.shape}")
-        return np.add(a, b, out=a if step.in_place else None)
+        return add_arrays(np.ascontiguousarray(a), np.ascontiguousarray(b))
     if isinstance(layer, Flatten):
         return x.reshape(x.shape[0], -1)
     if isinstance(layer, Linear):
@@ -697,7 +707,7 @@ def _graph_op(step: _GraphStep, args: list) -> np.ndarray:
         return _activate(x if step.in_place else x.copy(), layer.kind)
     if x.ndim != 4:
         raise ValueError(f"a {type(layer).__name__} needs (batch, C, H, W) images, got shape {x.shape}")
-    return _image_layer(layer, x, step.activation, in_place=step.in_place)
+    return _image_layer(layer, x, step.activation)
 
 
 def _plan(layers: list) -> list[_Step]:
@@ -731,16 +741,17 @@ def _linear(layer: Linear, h: np.ndarray, activation: str, batch_major: bool = F
     return out
 
 
-def _image_layer(layer: Any, x: np.ndarray, activation: str, in_place: bool = False) -> np.ndarray:
+def _image_layer(layer: Any, x: np.ndarray, activation: str) -> np.ndarray:
     """A Conv2d (activation fused), MaxPool2d, AvgPool2d, BatchNorm2d or AdaptiveAvgPool2d on
-    (batch, C, H, W) float32 images; BatchNorm2d overwrites ``x`` when ``in_place``."""
+    (batch, C, H, W) float32 images; all but Conv2d in the C runtime's kernels (cpp/image_ops.hpp)."""
     if isinstance(layer, BatchNorm2d):
         if x.shape[1] != layer.channels:
             raise ValueError(f"a BatchNorm2d has {layer.channels} channels, got images of shape {x.shape}")
-        out = np.multiply(x, layer.scale[:, None, None], out=x if in_place else None)
-        return np.add(out, layer.shift[:, None, None], out=out)
+        return channel_affine(np.ascontiguousarray(x), layer.scale, layer.shift)
     if isinstance(layer, AdaptiveAvgPool2d):
-        return _adaptive_avg_pool(x, layer.output_size)
+        if x.shape[2] < 1 or x.shape[3] < 1:
+            raise ValueError(f"an AdaptiveAvgPool2d needs non-empty images, got shape {x.shape}")
+        return adaptive_avg_pool2d(np.ascontiguousarray(x), *layer.output_size)
     if isinstance(layer, Conv2d):
         if x.shape[1] != layer.in_channels:
             raise ValueError(f"a Conv2d expects {layer.in_channels} input channels, got images of shape {x.shape}")
@@ -751,44 +762,21 @@ def _image_layer(layer: Any, x: np.ndarray, activation: str, in_place: bool = Fa
     if x.shape[2] + 2 * ph < kh or x.shape[3] + 2 * pw < kw:
         raise ValueError(f"a {type(layer).__name__} with kernel_size {layer.kernel_size} and padding {layer.padding} "
                          f"does not fit images of shape {x.shape}")
-    if ph or pw:
-        fill = -np.inf if isinstance(layer, MaxPool2d) else 0.0
-        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
-    windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
-    if isinstance(layer, MaxPool2d):
-        return np.ascontiguousarray(windows.max(axis=(4, 5)))
-    return np.ascontiguousarray(windows.sum(axis=(4, 5), dtype=np.float32) / np.float32(kh * kw))
-
-
-def _adaptive_avg_pool(x: np.ndarray, output_size: tuple) -> np.ndarray:
-    """torch's adaptive average pooling bins (start floor(i H / oh), end ceil((i + 1) H / oh)),
-    summed in float64 and rounded once to float32."""
-    batch, channels, height, width = x.shape
-    if height < 1 or width < 1:
-        raise ValueError(f"an AdaptiveAvgPool2d needs non-empty images, got shape {x.shape}")
-    oh, ow = output_size
-    rows = [(i * height // oh, -(-(i + 1) * height // oh)) for i in range(oh)]
-    cols = [(j * width // ow, -(-(j + 1) * width // ow)) for j in range(ow)]
-    out = np.empty((batch, channels, oh, ow), np.float32)
-    for i, (r0, r1) in enumerate(rows):
-        for j, (c0, c1) in enumerate(cols):
-            out[:, :, i, j] = x[:, :, r0:r1, c0:c1].sum(axis=(2, 3), dtype=np.float64) / ((r1 - r0) * (c1 - c0))
-    return out
+    pool = max_pool2d if isinstance(layer, MaxPool2d) else avg_pool2d  # the C runtime's kernels (cpp/image_ops.hpp)
+    return pool(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw)
 
 
 def _activate(h: np.ndarray, kind: str) -> np.ndarray:
-    """Activation of (features, batch) activations (or, element-wise kinds, of images), in float32."""
-    if kind == "relu":
-        return np.maximum(h, 0, out=h)
-    if kind == "tanh":
-        return np.tanh(h, out=h)
-    if kind == "gelu":
-        from scipy.special import erf
-
-        return (0.5 * h * (1 + erf(h * np.float32(np.sqrt(0.5))))).astype(np.float32, copy=False)
-    shifted = h - h.max(axis=0, keepdims=True)  # softmax over the features
-    e = np.exp(shifted)
-    return e / e.sum(axis=0, keepdims=True)
+    """Activation of (features, batch) activations (or, element-wise kinds, of images), in float32,
+    in place when ``h`` is a C-contiguous writeable array. The kernels are the C runtime's
+    (cpp/image_ops.hpp), so both runtimes compute bitwise the same values."""
+    if not (h.flags.c_contiguous and h.flags.writeable):
+        h = np.array(h, dtype=np.float32, order="C")
+    if kind == "softmax":
+        softmax_axis0(h)  # over the features (axis 0)
+    else:
+        activate_inplace(h, _KernelActivation.__members__[kind])
+    return h
 
 
 def _describe(layer: RuntimeLayer) -> str:
