@@ -41,9 +41,9 @@ def load_data(spec: str) -> Dataset:
 def default_grid(model) -> list[dict]:
     """First layers at keep 2%, 5% or 10%, the output layer at 50% (a 10-way output layer does not
     survive heavy pruning), times 4, 8 or 16 codebook levels; biases rounded to float16."""
-    from ..compression import linear_names
+    from ..compression import layer_names
 
-    names = linear_names(model)
+    names = layer_names(model)
     return [dict(per_layer={**{n: keep for n in names[:-1]}, names[-1]: 0.5}, levels=levels, bias_precision="float16")
             for keep in (0.02, 0.05, 0.1) for levels in (4, 8, 16)]
 

@@ -162,9 +162,9 @@ def _compress_certify(figures: dict, model: Any, data: Any, preset: Preset, cand
                       progress: bool):
     from tqdm.auto import tqdm
 
-    from htcore.compression import compress_grid, linear_names
+    from htcore.compression import compress_grid, layer_names
 
-    linears = linear_names(model)  # the keys of compress's per_layer
+    linears = layer_names(model)  # the keys of compress's per_layer
     grid: list[dict[str, Any]] = [dict(per_layer=dict(zip(linears, keeps)), levels=levels, bias_precision="float16")
             for keeps in candidates for levels in preset.levels]
     finetune = {**preset.finetune, "seed": seed}
