@@ -96,7 +96,7 @@ def test_summary_names_every_step(demo):
     (dict(dataset="mnist"), ValueError, "dataset must be one of"),
     (dict(keep=0.0), ValueError, "keep"),
     (dict(keep=1.5), ValueError, "keep"),
-    (dict(keep=(0.1, 0.2, 0.3)), ValueError, r"one per Linear layer \(2\)"),
+    (dict(keep=(0.1, 0.2, 0.3)), ValueError, r"one per weight layer \(2\)"),
     (dict(keep="0.1"), TypeError, "keep must be"),
     (dict(seed=-1), ValueError, "seed"),
     (dict(epochs=0), ValueError, "epochs"),
