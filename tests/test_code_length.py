@@ -178,3 +178,31 @@ def test_helpers_and_validation():
         code_length(42)
     with pytest.raises(TypeError, match="must be a CSRMatrix"):
         sparse_code_length(np.zeros((2, 2)))
+
+
+def test_graph_models_pay_their_references_and_new_kinds():
+    from htcore.runtime import AdaptiveAvgPool2d, Add, BatchNorm2d, CompressedModel, Conv2d, Flatten, Linear, Node
+
+    rng = np.random.default_rng(7)
+    conv = Conv2d(random_csr(rng, 4, 9, 0.5), kernel_size=3, padding=1)
+    bn = BatchNorm2d(rng.standard_normal(4), np.zeros(4))
+    pool, flat = AdaptiveAvgPool2d((3, 1)), Flatten()
+    fc = Linear(rng.standard_normal((2, 12)).astype(np.float32))
+    sequential = code_length(CompressedModel([conv, bn, pool, flat, fc]))
+    chain = code_length(CompressedModel([Node("c", conv, ["input"]), Node("b", bn, ["c"]), Node("p", pool, ["b"]),
+                                         Node("f", flat, ["p"]), Node("l", fc, ["f"])]))
+    # the graph escape (1 bit) and one reference per node in ceil log2(i + 1) bits: 0 + 1 + 2 + 2 + 3
+    assert chain.architecture_bits == sequential.architecture_bits + 1 + 8
+    assert [t.name for t in sequential.tensors] == ["layers.0.weight", "layers.1.scale", "layers.1.shift", "layers.4.weight"]
+    assert sequential.tensors[2].total_bits == 4 * 16 + 1  # zeros are float16-exact: dense code at 16 bits
+    without_bn = code_length(CompressedModel([conv, pool, flat, fc]))
+    # batchnorm2d: 3 + 2 kind bits and Elias gamma of channels + 1, plus its two tensors
+    assert sequential.architecture_bits - without_bn.architecture_bits == 3 + 2 + elias_gamma_bits(5)
+    residual = code_length(CompressedModel([Node("c", conv, ["input"]), Node("a", Add(), ["c", "c"]),
+                                            Node("p", pool, ["a"]), Node("f", flat, ["p"]), Node("l", fc, ["f"])]))
+    # add: 3 + 2 kind bits and two references of ceil log2(2) bits each, instead of bn's kind, size and reference
+    assert residual.architecture_bits == chain.architecture_bits - elias_gamma_bits(5) + 1
+    bigger_pool = code_length(CompressedModel([conv, bn, AdaptiveAvgPool2d((3, 4)), flat,
+                                               Linear(rng.standard_normal((2, 48)).astype(np.float32))]))
+    assert bigger_pool.architecture_bits - sequential.architecture_bits == (
+        elias_gamma_bits(5) - elias_gamma_bits(2) + elias_gamma_bits(49) - elias_gamma_bits(13))

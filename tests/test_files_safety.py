@@ -291,3 +291,85 @@ def test_missing_file_and_directory_are_os_errors(tmp_path, capsys):
         with pytest.raises(OSError):
             load_compressed(path)
         assert run_cli(path, tmp_path, capsys)[0] == 1
+
+
+# ---- graph model files (named nodes, residual adds, BatchNorm) -----------------------------------
+
+def graph_model() -> CompressedModel:
+    from htcore.runtime import AdaptiveAvgPool2d, Add, BatchNorm2d, Conv2d, Flatten, Node
+
+    rng = np.random.default_rng(1)
+    conv = Conv2d(htcore.topk_sparsify(rng.standard_normal((3, 18)).astype(np.float32), 0.5), kernel_size=3, padding=1)
+    return CompressedModel([
+        Node("conv", conv, ["input"]),
+        Node("bn", BatchNorm2d(rng.random(3) + 0.5, rng.standard_normal(3)), ["conv"]),
+        Node("relu", Activation("relu"), ["bn"]),
+        Node("add", Add(), ["relu", "conv"]),
+        Node("pool", AdaptiveAvgPool2d(2), ["add"]),
+        Node("flat", Flatten(), ["pool"]),
+        Node("fc", Linear(rng.standard_normal((4, 12)).astype(np.float32)), ["flat"]),
+    ], input_shape=(2, 4, 4))
+
+
+@functools.lru_cache(maxsize=None)
+def graph_parts() -> tuple[dict, dict]:
+    with tempfile.TemporaryDirectory() as d:
+        p = os.path.join(d, "g.safetensors")
+        save_compressed(p, graph_model())
+        with SafetensorsFile(p) as f:
+            return {n: np.array(f[n]) for n in f}, dict(f.metadata)
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-3, 2**41) | st.floats(allow_nan=True)
+                           | st.sampled_from(["input", "conv", "bn", "relu", "add", "pool", "flat", "fc", ""]),
+                           lambda inner: st.lists(inner, max_size=3), max_leaves=6)
+
+
+@settings(FUZZ, max_examples=200)
+@given(st.lists(st.tuples(st.integers(0, 6), st.sampled_from(["name", "inputs", "type", "channels", "output_size",
+                                                              "shape", "padding", "stride", "kind", "bias"]),
+                          JSON_VALUES), min_size=1, max_size=3),
+       st.one_of(st.none(), st.lists(st.integers(0, 9), max_size=4)), st.booleans())
+def test_fuzzed_graph_architectures_raise_or_run(tmp_path_factory, edits, input_shape, swap):
+    """Random field values, swapped entries and input shapes in a graph file: a ValueError naming
+    the file, or a model that passed every check and runs on inputs of its input_shape."""
+    tensors, meta = graph_parts()
+    meta = dict(meta)
+    arch = json.loads(meta["architecture"])
+    for i, key, value in edits:
+        arch[i][key] = value
+    if swap:
+        arch[1], arch[2] = arch[2], arch[1]
+    meta["architecture"] = json.dumps(arch)
+    if input_shape is not None:
+        meta["input_shape"] = json.dumps(input_shape)
+    path = tmp_path_factory.getbasetemp() / "fuzzed-graph.safetensors"
+    save_safetensors(path, tensors, meta)
+    try:
+        m = load_compressed(path)
+    except ValueError as exc:
+        assert "fuzzed-graph.safetensors" in str(exc)
+        event("refused")
+        return
+    event("loaded")
+    out = m(np.ones((2, *m.input_shape), np.float32))
+    assert out.shape == (2, *m.output_shape) and np.isfinite(out).all()
+
+
+@settings(FUZZ, max_examples=100)
+@given(st.data())
+def test_corrupted_graph_file_bytes_raise_or_load_validated(tmp_path_factory, data):
+    tensors, meta = graph_parts()
+    path = tmp_path_factory.getbasetemp() / "graph.safetensors"
+    save_safetensors(path, tensors, meta)
+    blob = bytearray(path.read_bytes())
+    pos = data.draw(st.integers(0, len(blob) - 1))
+    blob[pos] ^= data.draw(st.integers(1, 255))
+    path.write_bytes(bytes(blob))
+    try:
+        m = load_compressed(path)
+    except ValueError:
+        event("refused")
+        return
+    event("loaded (a value byte changed)")
+    assert m(np.ones((1, 2, 4, 4), np.float32)).shape == (1, 4)

@@ -123,9 +123,22 @@ def test_from_torch_matches_torch():
     for bad, match in [(nn.Sequential(nn.Conv1d(1, 1, 3)), "Conv1d is not supported"),
                        (nn.Sequential(nn.GELU(approximate="tanh")), "exact GELU"),
                        (nn.Sequential(nn.Softmax(dim=0)), "over the features"),
-                       (nn.Linear(2, 2), "nn.Sequential")]:
+                       (_data_dependent(nn), "cannot be traced by torch.fx")]:
         with pytest.raises((TypeError, ValueError), match=match):
             CompressedModel.from_torch(bad)
+    single = nn.Linear(20, 3)  # a lone supported module converts as a one-layer model
+    np.testing.assert_allclose(CompressedModel.from_torch(single)(X.numpy().reshape(9, 20)),
+                               single(X.reshape(9, 20)).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def _data_dependent(nn):
+    """A module whose forward branches on tensor values, which torch.fx cannot trace."""
+
+    class DataDependent(nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x
+
+    return DataDependent()
 
 
 def test_file_round_trip(tmp_path):

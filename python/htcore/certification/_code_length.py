@@ -7,7 +7,14 @@ The code is prefix-free and fixed before seeing data; every choice that picks g 
   layer spends one more kind code (the 3 bits, then 2 bits for conv2d, maxpool2d or avgpool2d),
   then Elias gamma of (size + 1) for each size: a conv's out, in_per_group, kh, kw, stride, padding,
   dilation (pairs) and groups plus the sparse/dense and has-bias flags, a pool's kernel, stride and
-  padding pairs (an MLP's figure does not change);
+  padding pairs (an MLP's figure does not change); the last 3-bit kind code escapes to 2 bits for
+  batchnorm2d (then Elias gamma of channels + 1; its scale and shift are charged as dense tensors),
+  adaptiveavgpool2d (Elias gamma of oh + 1 and ow + 1) or add;
+- graph models (`htcore.runtime.Node`s): a count of zero layers (Elias gamma of 1, the one bit no
+  non-empty sequential model starts with) announces a graph, then the same layer code (count, kinds,
+  sizes) plus, for node i (0-based), each input reference in ceil log2(i + 1) bits (one of the
+  model input and the i earlier nodes; an add has two, every other kind one; names are not charged,
+  they do not change the function). Sequential figures do not change;
 - per sparse matrix with n = rows * cols entries and k kept: k itself (ceil log2(n + 1) bits), the set
   of kept positions (ceil log2 C(n, k) bits, an enumerative code; `elias_fano_encode` is a real
   encoder whose size is reported beside it), and the kept values by the cheapest of three codes, plus
@@ -29,10 +36,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from .._validation import check_int
+from ..runtime import AdaptiveAvgPool2d, Add, BatchNorm2d
 from ..sparse import CSRMatrix
 
-_KIND_BITS = 3  # linear, flatten, relu, gelu, tanh, softmax and the image-layer escape (7 codes of 8)
-_IMAGE_KIND_BITS = 2  # after the escape: conv2d, maxpool2d, avgpool2d
+_KIND_BITS = 3  # linear, flatten, relu, gelu, tanh, softmax, the image-layer escape and the graph-op escape
+_IMAGE_KIND_BITS = 2  # after the image escape: conv2d, maxpool2d, avgpool2d
+_GRAPH_OP_BITS = 2  # after the graph-op escape: batchnorm2d, adaptiveavgpool2d, add
 
 
 def elias_gamma_bits(value: int) -> int:
@@ -249,17 +258,33 @@ def _layers_of(compressed: Any) -> Sequence[Any]:
 def code_length(compressed: Any, *, settings_tried: int = 1) -> CodeLength:
     """The description length L(g) of a compressed model, per tensor and in total (bits).
 
-    ``compressed`` is a `htcore.runtime.CompressedModel` (or its ``layers``): layers with a ``weight``
-    (CSRMatrix -> sparse code, ndarray -> dense; Linear and Conv2d) and optional ``bias`` are charged in
-    full; other layers (activations, flatten, pools) cost only their architecture bits. ``settings_tried`` is the number of
-    compression settings searched over to pick this model; ceil log2 of it is charged.
+    ``compressed`` is a `htcore.runtime.CompressedModel` (sequential or graph) or a sequence of
+    layers: layers with a ``weight`` (CSRMatrix -> sparse code, ndarray -> dense; Linear and Conv2d)
+    and optional ``bias`` are charged in full, as are a BatchNorm2d's ``scale`` and ``shift``; other
+    layers (activations, flatten, pools, add) cost only their architecture bits, and a graph its
+    input references. ``settings_tried`` is the number of compression settings searched over to
+    pick this model; ceil log2 of it is charged.
     """
     settings_tried = check_int(settings_tried, "settings_tried", low=1)
     layers = _layers_of(compressed)
+    nodes = getattr(compressed, "nodes", None)
     tensors: list[TensorCodeLength] = []
     architecture = elias_gamma_bits(len(layers) + 1)
+    if nodes is not None:  # the zero-count escape, then each node's input references
+        architecture += elias_gamma_bits(1)
+        index = {node.name: i for i, node in enumerate(nodes)}
+        architecture += sum(ceil_log2(index[node.name] + 1) * len(node.inputs) for node in nodes)
     for i, layer in enumerate(layers):
         architecture += _KIND_BITS
+        if isinstance(layer, (BatchNorm2d, AdaptiveAvgPool2d, Add)):
+            architecture += _GRAPH_OP_BITS
+            if isinstance(layer, AdaptiveAvgPool2d):
+                architecture += sum(elias_gamma_bits(v + 1) for v in layer.output_size)
+            elif isinstance(layer, BatchNorm2d):
+                architecture += elias_gamma_bits(layer.channels + 1)
+                tensors += [dense_code_length(layer.scale, f"layers.{i}.scale"),
+                            dense_code_length(layer.shift, f"layers.{i}.shift")]
+            continue
         weight = getattr(layer, "weight", None)
         kernel_size = getattr(layer, "kernel_size", None)
         if kernel_size is not None:  # Conv2d, MaxPool2d, AvgPool2d (htcore.runtime)

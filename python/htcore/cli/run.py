@@ -3,6 +3,12 @@
 Predictions (argmax labels) go to stdout one per line, or to ``--output`` as .npy (``--scores``
 writes the float32 outputs instead); the latency summary (median and p90 per batch, samples/s)
 goes to stderr, or everything into one JSON object on stdout with ``--json``.
+
+Input shape: each sample of the .npy file must have the model's per-sample input shape. A model
+file that records it ("input_shape", always there for graph models such as ResNets) reshapes
+flat samples to it, e.g. (samples, 784) to (samples, 1, 28, 28); for a file without it (a sequential
+CNN saved without ``input_shape``) pass ``--input-shape 1,28,28`` or store the images in the .npy
+as (samples, C, H, W).
 """
 from __future__ import annotations
 
@@ -10,17 +16,21 @@ import argparse
 import json
 import sys
 import time
+from typing import Any, Optional
 
 import numpy as np
 
 from .._threads import get_num_threads, set_num_threads
-from ..runtime import load_compressed
+from ..runtime import AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, MaxPool2d, load_compressed
+
+_IMAGE_LAYERS = (Conv2d, MaxPool2d, AvgPool2d, BatchNorm2d, AdaptiveAvgPool2d)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a compressed model on a .npy input and time it", description=__doc__)
     p.add_argument("model", help="compressed model file (.safetensors, from htcore.save_compressed)")
     p.add_argument("--input", required=True, help="inputs as .npy, shape (samples, ...)")
+    p.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28 (default: the model file's input_shape)")
     p.add_argument("--batch", type=int, default=64, help="samples per batch (default 64)")
     p.add_argument("--threads", type=int, default=None, help="threads for the kernels (default: htcore's setting)")
     p.add_argument("--output", help="write predictions (or --scores) to this .npy file instead of printing them")
@@ -38,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     X = _load_input(args.input)
     if X.ndim < 2 or X.shape[0] == 0:
         raise ValueError(f"--input must hold a non-empty (samples, ...) array, got shape {X.shape}")
+    X = _shaped(X, _input_shape(args.input_shape, model.input_shape), model)
     outputs, seconds = [], []
     for start in range(0, X.shape[0], args.batch):
         chunk = X[start : start + args.batch]
@@ -63,6 +74,36 @@ def run(args: argparse.Namespace) -> int:
           f"latency per batch median {summary['latency_ms_median']:.3f} ms, p90 {summary['latency_ms_p90']:.3f} ms; "
           f"{summary['samples_per_s']:.0f} samples/s", file=sys.stderr)
     return 0
+
+
+def _input_shape(text: Optional[str], recorded: Optional[tuple]) -> Optional[tuple]:
+    """The per-sample shape from --input-shape ("1,28,28"), else the one the model file records."""
+    if text is None:
+        return recorded
+    try:
+        shape = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise ValueError(f"--input-shape must be comma-separated positive integers such as 1,28,28, got {text!r}") from None
+    if not shape or min(shape) < 1:
+        raise ValueError(f"--input-shape must be comma-separated positive integers such as 1,28,28, got {text!r}")
+    if recorded is not None and shape != recorded:
+        raise ValueError(f"--input-shape {text} differs from the model's input_shape {list(recorded)}")
+    return shape
+
+
+def _shaped(X: np.ndarray, shape: Optional[tuple], model: Any) -> np.ndarray:
+    """``X`` with samples of ``shape`` (flat samples of the same size are reshaped)."""
+    if shape is None:
+        if X.ndim == 2 and isinstance(model.layers[0] if model.layers else None, _IMAGE_LAYERS):
+            raise ValueError(f"--input holds flat samples (shape {X.shape}) but the model starts with image layers "
+                             "and its file records no input_shape: pass --input-shape C,H,W (e.g. 1,28,28)")
+        return X
+    if X.shape[1:] == shape:
+        return X
+    if int(np.prod(X.shape[1:])) == int(np.prod(shape)):
+        return X.reshape(X.shape[0], *shape)
+    raise ValueError(f"--input has samples of shape {X.shape[1:]} but the model takes {shape} "
+                     f"({int(np.prod(shape))} values per sample)")
 
 
 def _load_input(path: str) -> np.ndarray:
