@@ -190,3 +190,62 @@ def test_as_training_tensors_checks_images_against_the_model(images):
     with pytest.raises(ValueError, match="does not fit the model"):
         as_training_tensors(X[:, :, :4, :4], y, model=model)
     assert model.training  # the trial forward pass restores the mode
+
+
+class Residual(nn.Module):
+    """A traced graph (not a Sequential): conv + BatchNorm stem, a residual block, global pooling."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(2, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.block = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.stem(x)))
+        x = torch.relu(x + self.block(x))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def residual_net():
+    torch.manual_seed(2)
+    model = Residual()
+    with torch.no_grad():  # BatchNorm statistics that are not the identity, so folding matters
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+        model.bn.weight.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def test_a_graph_model_with_batchnorm_compresses_saves_and_matches_the_masked_net(images, tmp_path):
+    X, y = images
+    model = residual_net()
+    g = compress(model, per_layer={"block.*": 0.5, "stem": 0.75}, input_shape=(2, 10, 10))
+    assert g.is_graph and g.input_shape == (2, 10, 10)
+    masked = residual_net()
+    for name, keep in {"stem": 0.75, "block.0": 0.5, "block.2": 0.5}.items():
+        w = dict(masked.named_modules())[name].weight
+        matrix = w.detach().numpy().reshape(w.shape[0], -1)
+        mask = topk_mask(matrix, int(np.ceil(keep * matrix.size)))
+        with torch.no_grad():
+            w.mul_(torch.from_numpy(mask.reshape(w.shape).astype(np.float32)))
+    with torch.no_grad():
+        expected = masked(torch.from_numpy(X[:16])).numpy()
+    np.testing.assert_allclose(g(X[:16]), expected, rtol=1e-4, atol=1e-5)
+    htcore.save_compressed(tmp_path / "g.safetensors", g)
+    np.testing.assert_array_equal(htcore.load_compressed(tmp_path / "g.safetensors")(X[:16]), g(X[:16]))
+
+
+def test_finetuning_a_batchnorm_net_trains_a_copy_and_converts_in_eval_mode(images):
+    X, y = images
+    model = residual_net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    g = compress(model, keep=0.5, levels=4, finetune=dict(epochs=1, codebook_epochs=1, batch_size=48), train_data=images)
+    assert not model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # BatchNorm statistics of the input model untouched
+    assert g.input_shape == (2, 10, 10)  # from the training data
+    report = htcore.certify(g, X, y)  # deterministic: eval-mode BatchNorm in the converted net
+    assert report.train_error == htcore.certify(g, X, y).train_error == np.mean(g.predict(X) != y)

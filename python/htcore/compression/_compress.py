@@ -142,7 +142,8 @@ def _shared_weight_finetune(model: Any, quantised: dict, X: Any, y: Any, setting
 
 def compress(model: Any, *, keep: float | None = None, per_layer: Mapping[Any, float] | None = None,
              levels: int | None = None, finetune: Mapping[str, Any] | None = None,
-             train_data: tuple[Any, Any] | None = None, bias_precision: str = "float32") -> Any:
+             train_data: tuple[Any, Any] | None = None, bias_precision: str = "float32",
+             input_shape: Sequence[int] | None = None) -> Any:
     """Compress a torch module with nn.Linear and nn.Conv2d layers (an MLP, a CNN, or, where
     `CompressedModel.from_torch` converts it, any graph) or a dense runtime `CompressedModel`
     (rebuilt by `htcore.nn.to_torch`) into a runtime model. See the module docstring.
@@ -167,6 +168,9 @@ def compress(model: Any, *, keep: float | None = None, per_layer: Mapping[Any, f
     bias_precision : "float32" or "float16"
         "float16" rounds every Linear/Conv2d bias to the nearest float16 value at the end (still
         stored as float32 for the runtime); `code_length` then charges 16 bits per bias instead of 32.
+    input_shape : tuple, optional
+        Per-sample input shape recorded in the runtime model (needed to save a graph model); by
+        default that of a runtime ``model`` or of the fine-tuning data, if any.
 
     Returns a `htcore.runtime.CompressedModel` whose sparse layers hold `CSRMatrix` weights: float32
     values, or for quantised matrices uint8 codes into a float32 codebook of <= ``levels`` values.
@@ -176,16 +180,18 @@ def compress(model: Any, *, keep: float | None = None, per_layer: Mapping[Any, f
         levels = check_int(levels, "levels", low=1, high=256)
     if bias_precision not in ("float32", "float16"):
         raise ValueError(f"bias_precision must be 'float32' or 'float16', got {bias_precision!r}")
-    return _finish(_prune(_as_torch(model), keep, per_layer, finetune, train_data), levels, bias_precision)
+    pruned = _prune(_as_torch(model), keep, per_layer, finetune, train_data, _input_shape(model, input_shape, train_data))
+    return _finish(pruned, levels, bias_precision)
 
 
 def compress_grid(model: Any, grid: Sequence[Mapping[str, Any]], *, finetune: Mapping[str, Any] | None = None,
-                  train_data: tuple[Any, Any] | None = None) -> Iterator[tuple[dict, Any]]:
+                  train_data: tuple[Any, Any] | None = None, input_shape: Sequence[int] | None = None
+                  ) -> Iterator[tuple[dict, Any]]:
     """Yield ``(settings, compress(model, **settings))`` for every dict of `compress` keywords in
     ``grid`` (``finetune`` and ``train_data`` are the defaults for settings that do not give their own),
     pruning and fine-tuning once per distinct (keep, per_layer, finetune): settings that differ only
     in ``levels`` or ``bias_precision`` share that work. Results equal separate `compress` calls."""
-    model = _as_torch(model)
+    torch_model = _as_torch(model)
     cache: dict[str, _Pruned] = {}
     for settings in grid:
         kwargs = {"finetune": finetune, "train_data": train_data, **settings}
@@ -194,7 +200,7 @@ def compress_grid(model: Any, grid: Sequence[Mapping[str, Any]], *, finetune: Ma
         key = repr((kwargs.get("keep"), [(str(k), v) for k, v in (kwargs.get("per_layer") or {}).items()],
                     sorted((kwargs.get("finetune") or {}).items()), id(kwargs.get("train_data"))))
         if key not in cache:
-            cache[key] = _prune(model, **kwargs)
+            cache[key] = _prune(torch_model, **kwargs, input_shape=_input_shape(model, input_shape, kwargs["train_data"]))
         yield dict(settings), _finish(cache[key], levels, bias_precision)
 
 
@@ -208,6 +214,18 @@ class _Pruned:
     fractions: dict
     settings: dict | None
     data: tuple[Any, Any] | None  # (X, y) training tensors when fine-tuning
+    input_shape: tuple | None
+
+
+def _input_shape(model: Any, input_shape: Any, train_data: Any) -> tuple | None:
+    """The per-sample input shape: given, else the runtime model's, else the training data's."""
+    if input_shape is not None:
+        return tuple(input_shape)
+    if isinstance(model, CompressedModel) and model.input_shape is not None:
+        return model.input_shape
+    if train_data is not None:
+        return tuple(np.shape(train_data[0])[1:]) or None
+    return None
 
 
 def _matrix(weight: Any) -> np.ndarray:
@@ -215,7 +233,8 @@ def _matrix(weight: Any) -> np.ndarray:
     return weight.detach().reshape(weight.shape[0], -1).numpy()
 
 
-def _prune(model: Any, keep: Any = None, per_layer: Any = None, finetune: Any = None, train_data: Any = None) -> _Pruned:
+def _prune(model: Any, keep: Any = None, per_layer: Any = None, finetune: Any = None, train_data: Any = None,
+           input_shape: tuple | None = None) -> _Pruned:
     """Stage 1: validate, keep the top-k entries, fine-tune with the mask fixed."""
     import torch
 
@@ -224,7 +243,7 @@ def _prune(model: Any, keep: Any = None, per_layer: Any = None, finetune: Any = 
     if settings is not None and train_data is None:
         raise ValueError("finetune needs train_data=(X, y)")
     model = copy.deepcopy(model).float().eval()
-    CompressedModel.from_torch(model)  # refuse what the runtime cannot run before any training
+    CompressedModel.from_torch(model, input_shape=input_shape)  # refuse what the runtime cannot run before training
     layers = dict(_weight_layers(model))
     data = None if settings is None else as_training_tensors(*train_data, model=model)
     masks = {}
@@ -251,7 +270,7 @@ def _prune(model: Any, keep: Any = None, per_layer: Any = None, finetune: Any = 
         fit(model, list(model.parameters()), *data, epochs=settings["epochs"], lr=settings["lr"],
             batch_size=settings["batch_size"], seed=settings["seed"], after_step=reapply)
         model.eval()
-    return _Pruned(model, masks, fractions, settings, data)
+    return _Pruned(model, masks, fractions, settings, data, input_shape)
 
 
 def _finish(pruned: _Pruned, levels: int | None, bias_precision: str) -> Any:
@@ -299,4 +318,4 @@ def _finish(pruned: _Pruned, levels: int | None, bias_precision: str) -> Any:
         model.set_submodule(name, sparse)
     metadata = {"compress": {"keep": dict(pruned.fractions), "levels": levels,
                              "finetune": settings, "bias_precision": bias_precision}}
-    return CompressedModel.from_torch(model, metadata)
+    return CompressedModel.from_torch(model, metadata, input_shape=pruned.input_shape)
