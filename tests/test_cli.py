@@ -103,4 +103,4 @@ def test_compress_and_bound_take_a_cnn_model_file(tmp_path, capsys):
     assert out["settings"]["per_layer"]["0"] == 0.5  # the first conv keeps half in every CNN setting
     np.savez(npz, X_train=np.zeros((4, 64), np.float32), y_train=np.zeros(4, np.int64))
     assert main(["bound", str(small), "--data", str(npz)]) == 1
-    assert "(batch, C, H, W) images" in capsys.readouterr().err
+    assert "expected (batch, 1, 8, 8)" in capsys.readouterr().err  # the file's input shape

@@ -243,9 +243,9 @@ def _prune(model: Any, keep: Any = None, per_layer: Any = None, finetune: Any = 
     if settings is not None and train_data is None:
         raise ValueError("finetune needs train_data=(X, y)")
     model = copy.deepcopy(model).float().eval()
+    data = None if settings is None else as_training_tensors(*train_data, model=model)
     CompressedModel.from_torch(model, input_shape=input_shape)  # refuse what the runtime cannot run before training
     layers = dict(_weight_layers(model))
-    data = None if settings is None else as_training_tensors(*train_data, model=model)
     masks = {}
     with torch.no_grad():
         for name, fraction in fractions.items():
