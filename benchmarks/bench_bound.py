@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     cfgs = configs(args.quick)
     info = {**machine(), "torch_threads": torch.get_num_threads()}
+    build = info["htcore_build"]  # htcore._core.BuildInfo: its fields, for the JSON file
+    info["htcore_build"] = {k: list(v) if k == "simd" else v for k in ("compiler", "build_flags", "openmp_version", "simd")
+                            for v in [getattr(build, k)]}
     stem = "bound_quick" if args.quick else "bound"
     previous = RESULTS / f"{stem}.json"
     kept = json.loads(previous.read_text())["results"] if previous.is_file() else []
