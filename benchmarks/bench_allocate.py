@@ -35,9 +35,6 @@ from common import machine
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def plain(obj):
-    """JSON for the compiled BuildInfo record in machine(): its public attributes."""
-    return {name: getattr(obj, name) for name in dir(obj) if not name.startswith("_")}
 SENTENCES = Path(__file__).resolve().parent / "data" / "sentences.txt"
 HAND_TUNED = {"0": 0.03, "2": 0.5}  # bench_bound.py's best Fashion-MNIST setting (kl 0.453 with r = 8)
 METHODS = ("curve", "global", "uniform", "tail")
@@ -193,7 +190,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     previous = RESULTS / "allocate.json"  # a run of some parts keeps the other parts' figures
     results = {**(json.loads(previous.read_text()) if previous.exists() else {}), **results}
-    (RESULTS / "allocate.json").write_text(json.dumps(results, indent=1, default=plain) + "\n")
+    (RESULTS / "allocate.json").write_text(json.dumps(results, indent=1) + "\n")
     (RESULTS / "allocate.md").write_text(markdown(results))
     print(markdown(results))
 

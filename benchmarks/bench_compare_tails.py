@@ -27,9 +27,6 @@ from common import machine, median_time
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def plain(obj):
-    """JSON for the compiled BuildInfo record in machine(): its public attributes."""
-    return {name: getattr(obj, name) for name in dir(obj) if not name.startswith("_")}
 ALTERNATIVES = htcore.measure.ALTERNATIVES
 
 
@@ -78,7 +75,7 @@ def run(quick: bool) -> dict:
 def write(results: dict, quick: bool) -> None:
     stem = "compare_tails_quick" if quick else "compare_tails"
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=1, default=plain))
+    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=1))
     m = results["machine"]
     lines = [
         "# compare_tails vs powerlaw.distribution_compare",

@@ -425,8 +425,6 @@ def main() -> None:
     sparsities = [0.0, 0.9] if args.quick else SPARSITIES
     rounds = 3 if args.quick else args.rounds
     info = machine()
-    build = info["htcore_build"]
-    info["htcore_build"] = {k: getattr(build, k) for k in ("compiler", "build_flags", "openmp_version", "simd")}
     rng = np.random.default_rng(0)
     whole: list = []
     layers: list = []

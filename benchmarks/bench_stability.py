@@ -265,9 +265,6 @@ def main(argv: list[str] | None = None) -> int:
         minilm = run_minilm(args.max_tokens)
         minilm["plot"] = Path(plot_minilm(minilm, RESULTS / "stability_minilm.png")).name
     info = {**machine(), "torch_threads": torch.get_num_threads()}
-    build = info["htcore_build"]  # a pybind BuildInfo object: its fields as a dict for the JSON file
-    if not isinstance(build, dict):
-        info["htcore_build"] = {k: getattr(build, k) for k in dir(build) if not k.startswith("_")}
     md = [f"# Noise stability and resilience of top-k compressed nets{' (quick run)' if args.quick else ''}", "",
           f"Machine: {info['cpu']}, {info['cores']} cores (load {info['load_average_1min']}), torch {info['torch']} "
           f"({info['torch_threads']} threads). Definitions: docs/stability.md. Relative error = ||(W - W_hat) x|| / "

@@ -45,7 +45,7 @@ def machine() -> dict:
 def _build() -> dict:
     """htcore's build facts as JSON-ready fields (`build_info` returns a bound struct)."""
     build = _core.build_info()
-    return {"compiler": build.compiler, "build_flags": build.build_flags, "openmp": build.openmp_version,
+    return {"compiler": build.compiler, "build_flags": build.build_flags, "openmp_version": build.openmp_version,
             "simd": list(build.simd)}
 
 

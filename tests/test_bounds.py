@@ -147,3 +147,26 @@ def test_kl_inverse_validation_and_edges():
         kl_inverse(0.1, -1.0)
     with pytest.raises(ValueError, match="q must be"):
         kl_inverse(1.1, 0.1)
+
+
+def test_certify_a_runtime_cnn_on_images_against_its_own_errors():
+    """A sequential runtime CNN (no torch) certified on (n, C, H, W) images: the training error is
+    the model's own, the bounds are the Occam forms of its code length; other input ranks are refused."""
+    from htcore import certify, code_length
+    from htcore.runtime import CompressedModel, Conv2d, Flatten, Linear
+    from htcore.sparse import topk_sparsify
+
+    rng = np.random.default_rng(5)
+    conv = Conv2d(topk_sparsify(rng.standard_normal((3, 2 * 3 * 3)).astype(np.float32), keep=0.5),
+                  rng.standard_normal(3).astype(np.float32), kernel_size=3)
+    g = CompressedModel([conv, Flatten(), Linear(rng.standard_normal((4, 3 * 4 * 4)).astype(np.float32))])
+    X = rng.random((50, 2, 6, 6), dtype=np.float32)
+    y = rng.integers(0, 4, 50)
+    report = certify(g, X, y, settings_tried=3)
+    assert report.train_error == np.mean(g.predict(X) != y)
+    assert report.code_bits == code_length(g, settings_tried=3).total_bits
+    assert report.kl == bounds.occam_bound(report.train_error, 50, report.code_bits, 0.05, form="kl")
+    with pytest.raises(ValueError, match="X_train must be 2-D or 4-D"):
+        certify(g, X[:, 0], y)
+    with pytest.raises(ValueError, match="X_test must be 4-D"):
+        certify(g, X, y, X_test=X.reshape(50, -1), y_test=y)

@@ -67,3 +67,40 @@ def test_a_closed_pipe_ends_quietly():
             "from htcore.cli import main; sys.exit(main(['info', '--json']))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 141 and done.stderr == "", (done.returncode, done.stderr)
+
+
+def test_compress_and_bound_take_a_cnn_model_file(tmp_path, capsys):
+    """A dense CNN file: `htcore compress` (glob keep, fine-tuning on (n, 1, 8, 8) images from a .npz),
+    `htcore bound` on it with digits loaded as images, and `bound --search` (the CNN grid) on the dense file."""
+    import numpy as np
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    from htcore import load_compressed, save_compressed
+    from htcore.datasets import load_digits
+    from htcore.runtime import Conv2d
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                                torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    dense, small, npz = tmp_path / "dense.safetensors", tmp_path / "small.safetensors", tmp_path / "images.npz"
+    save_compressed(dense, model)
+    digits = load_digits(images=True)
+    np.savez(npz, X_train=digits.X_train[:128], y_train=digits.y_train[:128])
+    assert main(["compress", str(dense), "-o", str(small), "--per-layer", "*=0.5", "0=0.75", "--levels", "4",
+                 "--data", str(npz), "--finetune-epochs", "1"]) == 0
+    g = load_compressed(small)
+    conv = g.layers[0]
+    assert isinstance(conv, Conv2d) and conv.weight.nnz == 27 and np.unique(conv.weight.values()).size <= 4
+    capsys.readouterr()
+    assert main(["bound", str(small), "--data", "digits", "--original", str(dense), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["report"]
+    assert report["m"] == 1347 and report["train_error"] <= report["kl"] <= 1 and report["test_error"] is not None
+    assert main(["bound", str(dense), "--data", str(npz), "--search", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["grid"]) == 6 and out["report"]["code"]["search_bits"] == 3
+    assert out["settings"]["per_layer"]["0"] == 0.5  # the first conv keeps half in every CNN setting
+    np.savez(npz, X_train=np.zeros((4, 64), np.float32), y_train=np.zeros(4, np.int64))
+    assert main(["bound", str(small), "--data", str(npz)]) == 1
+    assert "expected (batch, 1, 8, 8)" in capsys.readouterr().err  # the file's input shape

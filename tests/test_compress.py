@@ -156,7 +156,7 @@ def test_finetune_keeps_the_mask_lowers_the_error_and_is_reproducible(mlp, digit
     [
         (dict(), ValueError, "keep= .* per_layer="),
         (dict(keep=0.0), ValueError, "keep must be in"),
-        (dict(per_layer={"7": 0.5}), ValueError, "not a Linear layer"),
+        (dict(per_layer={"7": 0.5}), ValueError, "names no Linear or Conv2d layer"),
         (dict(keep=0.1, levels=0), ValueError, "levels must be >= 1"),
         (dict(keep=0.1, bias_precision="int8"), ValueError, "bias_precision"),
         (dict(keep=0.1, finetune=dict(epochs=1)), ValueError, "train_data"),
@@ -342,7 +342,7 @@ def test_finetune_data_that_does_not_fit_the_model_is_refused_before_training(ml
     y[0] = 10  # the digits MLP has 10 outputs
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
         compress(mlp, keep=0.1, finetune=dict(epochs=1), train_data=(X, y))
-    with pytest.raises(ValueError, match="63 features but the model takes 64"):
+    with pytest.raises(ValueError, match=r"does not fit the model \(its first Linear takes \(n, 64\) rows\)"):
         compress(mlp, keep=0.1, finetune=dict(epochs=1), train_data=(X[:, :63], digits.y_train[:64]))
     with pytest.raises(ValueError, match="positive finite"):
         compress(mlp, keep=0.1, finetune=dict(epochs=1, lr=float("inf")), train_data=(X, digits.y_train[:64]))

@@ -49,6 +49,17 @@ def test_fashion_mnist_from_a_custom_root(tmp_path):
     assert d.X_train.shape == (6, 784) and d.X_test.shape == (4, 784)
     assert d.X_train.dtype == np.float32 and d.y_train.dtype == np.int64
     assert 0.0 <= d.X_train.min() and d.X_train.max() <= 1.0
+    images = load_fashion_mnist(tmp_path, images=True)
+    assert images.X_train.shape == (6, 1, 28, 28) and images.X_test.shape == (4, 1, 28, 28)
+    np.testing.assert_array_equal(images.X_train.reshape(6, -1), d.X_train)
+    np.testing.assert_array_equal(images.y_test, d.y_test)
+
+
+def test_digits_as_images_are_the_rows_reshaped():
+    rows, images = load_digits(random_state=2), load_digits(random_state=2, images=True)
+    assert images.X_train.shape == (rows.X_train.shape[0], 1, 8, 8)
+    np.testing.assert_array_equal(images.X_test.reshape(rows.X_test.shape), rows.X_test)
+    np.testing.assert_array_equal(images.y_train, rows.y_train)
 
 
 def test_fashion_mnist_missing_files_say_how_to_install(tmp_path):

@@ -96,11 +96,14 @@ def test_summary_names_every_step(demo):
     (dict(dataset="mnist"), ValueError, "dataset must be one of"),
     (dict(keep=0.0), ValueError, "keep"),
     (dict(keep=1.5), ValueError, "keep"),
-    (dict(keep=(0.1, 0.2, 0.3)), ValueError, r"one per Linear layer \(2\)"),
+    (dict(keep=(0.1, 0.2, 0.3)), ValueError, r"one per weight layer \(2\)"),
     (dict(keep="0.1"), TypeError, "keep must be"),
     (dict(seed=-1), ValueError, "seed"),
     (dict(epochs=0), ValueError, "epochs"),
     (dict(hidden=8), TypeError, "hidden"),
+    (dict(model="resnet"), ValueError, "model must be one of"),
+    (dict(model="cnn", hidden=(8,)), ValueError, "does not apply to model='cnn'"),
+    (dict(model="cnn", keep=(0.1, 0.2)), ValueError, r"one per weight layer \(3\)"),
 ])
 def test_bad_arguments_fail_before_any_work(tmp_path, kwargs, error, match):
     out = tmp_path / "never"
@@ -140,3 +143,23 @@ def test_fashion_mnist_reduced(tmp_path):
     bound = figures["bound"]
     assert bound["train_error"] <= bound["kl"] < 1
     assert (tmp_path / "report.html").is_file()
+
+
+def test_cnn_demo_on_digits_images_reports_every_conv_layer(tmp_path):
+    """The CNN path at digits scale: (n, 1, 8, 8) images, a per-layer table naming the Conv2d layers,
+    the saved runtime file reproducing the certified net."""
+    figures = run_demo(dataset="digits", model="cnn", out=tmp_path, keep=(0.5, 0.3, 0.3), epochs=4,
+                       finetune_epochs=1, progress=False)
+    assert figures["model"]["kind"] == "cnn" and figures["data"]["input_shape"] == [1, 8, 8]
+    assert figures["model"]["architecture"] == "conv 1->4 5x5, conv 4->8 5x5, linear 32->10"
+    layers = figures["layers"]
+    assert [row["layer"] for row in layers] == ["0", "3", "7"]
+    assert [row["kind"].split()[0] for row in layers] == ["Conv2d", "Conv2d", "Linear"]
+    assert [row["matrix"] for row in layers] == [[4, 25], [8, 100], [10, 32]]
+    assert [row["kept"] for row in layers] == [50, 240, 96]  # ceil(keep * n) of each matrix
+    bound = figures["bound"]
+    code_bits = sum(t["total_bits"] for t in bound["code"]["tensors"])
+    assert sum(row["weight_bits"] + row["bias_bits"] for row in layers) == code_bits
+    assert figures["runtime"]["agrees_with_certified"] == 1.0 and bound["train_error"] <= bound["kl"] < 1
+    page = (tmp_path / "report.html").read_text()
+    assert "Conv2d 4-&gt;8 5x5" in page and "Train a dense CNN" in page

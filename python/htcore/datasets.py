@@ -1,7 +1,8 @@
 """Small real datasets available without downloads: Fashion-MNIST (IDX files) and scikit-learn's digits.
 
-Both loaders return a `Dataset` named tuple ``(X_train, y_train, X_test, y_test)``: images flattened
-to float32 rows scaled to [0, 1], labels int64 class numbers 0..9.
+Both loaders return a `Dataset` named tuple ``(X_train, y_train, X_test, y_test)``: images scaled to
+float32 in [0, 1], flattened to rows (n, H * W) by default or, with ``images=True``, as (n, 1, H, W)
+batches for convolutional networks; labels int64 class numbers 0..9.
 """
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ _IDX_DTYPES: dict[int, np.dtype] = {
 
 
 class Dataset(NamedTuple):
-    """A train/test split. X: (n, features) float32 in [0, 1]; y: (n,) int64 labels. A user's
-    own data may come without a test split (X_test and y_test None)."""
+    """A train/test split. X: (n, features) or (n, C, H, W) float32 in [0, 1]; y: (n,) int64 labels.
+    A user's own data may come without a test split (X_test and y_test None)."""
 
     X_train: np.ndarray
     y_train: np.ndarray
@@ -72,27 +73,30 @@ def _find(root: Path, stem: str) -> Path:
         "or pass root= to a folder holding the four IDX files.")
 
 
-def load_fashion_mnist(root: str | os.PathLike | None = None) -> Dataset:
+def load_fashion_mnist(root: str | os.PathLike | None = None, *, images: bool = False) -> Dataset:
     """Fashion-MNIST (60,000 train / 10,000 test 28x28 grey images, 10 classes) from its IDX files.
 
     ``root`` defaults to /usr/share/datasets/fashion-mnist. Also reads MNIST, whose files have the
-    same names. Images come back as (n, 784) float32 rows in [0, 1].
+    same names. Images come back as (n, 784) float32 rows in [0, 1], or as (n, 1, 28, 28) with
+    ``images=True``.
     """
     root = Path(FASHION_MNIST_ROOT if root is None else root)
     parts = []
     for split in ("train", "t10k"):
-        images = load_idx(_find(root, f"{split}-images-idx3-ubyte"))
+        pixels = load_idx(_find(root, f"{split}-images-idx3-ubyte"))
         labels = load_idx(_find(root, f"{split}-labels-idx1-ubyte"))
-        if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-            raise ValueError(f"{split} files disagree: images {images.shape}, labels {labels.shape}")
-        parts += [images.reshape(images.shape[0], -1).astype(np.float32) / 255.0, labels.astype(np.int64)]
+        if pixels.ndim != 3 or labels.ndim != 1 or pixels.shape[0] != labels.shape[0]:
+            raise ValueError(f"{split} files disagree: images {pixels.shape}, labels {labels.shape}")
+        X = pixels.astype(np.float32) / 255.0
+        parts += [X[:, None] if images else X.reshape(X.shape[0], -1), labels.astype(np.int64)]
     return Dataset(*parts)
 
 
-def load_digits(*, test_fraction: float = 0.25, random_state: int = 0) -> Dataset:
+def load_digits(*, test_fraction: float = 0.25, random_state: int = 0, images: bool = False) -> Dataset:
     """scikit-learn's digits (1,797 8x8 images, 10 classes) split into train and test.
 
     The split is stratified and seeded by ``random_state``; pixels are scaled from 0..16 to [0, 1].
+    Rows of 64 pixels, or (n, 1, 8, 8) images with ``images=True``.
     """
     from sklearn.datasets import load_digits as sk_load_digits
     from sklearn.model_selection import train_test_split
@@ -108,4 +112,6 @@ def load_digits(*, test_fraction: float = 0.25, random_state: int = 0) -> Datase
     y = digits.target.astype(np.int64)
     X_train, X_test, y_train, y_test = train_test_split(
         X, y, test_size=test_fraction, random_state=random_state, stratify=y)
+    if images:
+        X_train, X_test = X_train.reshape(-1, 1, 8, 8), X_test.reshape(-1, 1, 8, 8)
     return Dataset(X_train, y_train, X_test, y_test)

@@ -8,18 +8,48 @@ import numpy as np
 from ._validation import as_float_array, check_int, check_labels
 
 
-def as_training_tensors(X: Any, y: Any, name: str = "train_data", *, n_features: int | None = None,
-                        n_classes: int | None = None):
-    """(X, y) as torch tensors: X float32 (n, features), y int64 labels of shape (n,). With
-    ``n_features`` / ``n_classes`` (the model's input width and output count) a mismatch is a
-    ValueError here rather than an error deep inside torch."""
+def as_training_tensors(X: Any, y: Any, name: str = "train_data", *, model: Any = None):
+    """(X, y) as torch tensors: X float32 of shape (n, features) or images (n, C, H, W), y int64
+    labels of shape (n,). With ``model`` (a torch module), one sample is run through it (eval mode,
+    no gradient) so that an input the model cannot take, or labels it cannot output, is a
+    ValueError here rather than an error deep inside torch's training loop."""
     import torch
 
-    X = as_float_array(X, f"{name} X", ndim=2, dtype=np.float32, allow_empty=False)
-    if n_features is not None and X.shape[1] != n_features:
-        raise ValueError(f"{name} X has {X.shape[1]} features but the model takes {n_features}")
+    X = as_float_array(X, f"{name} X", ndim=(2, 4), dtype=np.float32, allow_empty=False)
+    n_classes = None if model is None else _output_classes(model, X, name)
     y = check_labels(y, X.shape[0], f"{name} y", n_classes=n_classes)
     return torch.from_numpy(X), torch.from_numpy(y)
+
+
+def _output_classes(model: Any, X: np.ndarray, name: str) -> int:
+    """The number of scores ``model`` outputs for the first sample of X; a ValueError saying what
+    the first weight layer expects when the sample does not fit."""
+    import torch
+
+    was_training = model.training
+    model.eval()  # BatchNorm on a batch of one needs its running statistics
+    try:
+        with torch.no_grad():
+            out = model(torch.from_numpy(X[:1]))
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"{name} X of shape {X.shape} does not fit the model{_expected_input(model)}: "
+                         f"{str(exc).splitlines()[0]}") from None
+    finally:
+        model.train(was_training)
+    if out.ndim != 2:
+        raise ValueError(f"the model must output (n, classes) scores, got shape {tuple(out.shape)} for one sample")
+    return int(out.shape[1])
+
+
+def _expected_input(model: Any) -> str:
+    from torch import nn
+
+    first = next((m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))), None)
+    if first is None:
+        return ""
+    if isinstance(first, nn.Linear):
+        return f" (its first Linear takes (n, {first.in_features}) rows)"
+    return f" (its first Conv2d takes (n, {first.in_channels}, H, W) images)"
 
 
 def fit(forward: Callable, params: list, X: Any, y: Any, *, epochs: int, lr: float, batch_size: int, seed: int,
@@ -44,23 +74,40 @@ def fit(forward: Callable, params: list, X: Any, y: Any, *, epochs: int, lr: flo
                 after_step()
 
 
-def train_mlp(X: Any, y: Any, *, hidden: Sequence[int] = (32,), epochs: int = 10, lr: float = 1e-3,
-              batch_size: int = 128, seed: int = 0) -> Any:
-    """Train a ReLU MLP ``features -> hidden... -> classes`` (torch.nn.Sequential of Linear/ReLU,
-    logits out) with Adam on cross-entropy; initialisation and shuffles seeded by ``seed``.
-    Returns the model in eval mode."""
+def train_classifier(model: Any, X: Any, y: Any, *, epochs: int = 10, lr: float = 1e-3, batch_size: int = 128,
+                     seed: int = 0) -> Any:
+    """Train any torch classifier (scores (n, classes) out) in place with Adam on cross-entropy over
+    ``epochs`` seeded shuffles of (X, y); X is (n, features) or images (n, C, H, W). The model runs in
+    train mode while fitting (BatchNorm statistics, Dropout drawn from torch's generator seeded by
+    ``seed`` inside a forked RNG state) and is returned in eval mode."""
     import torch
 
-    Xt, yt = as_training_tensors(X, y)
+    Xt, yt = as_training_tensors(X, y, "training data", model=model)
     epochs = check_int(epochs, "epochs", low=0)
     batch_size = check_int(batch_size, "batch_size", low=1)
     seed = check_int(seed, "seed", low=0)
-    widths = [Xt.shape[1], *(check_int(h, "hidden width", low=1) for h in hidden), int(yt.max()) + 1]
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model.train()
+        fit(model, list(model.parameters()), Xt, yt, epochs=epochs, lr=float(lr), batch_size=batch_size, seed=seed)
+    return model.eval()
+
+
+def train_mlp(X: Any, y: Any, *, hidden: Sequence[int] = (32,), epochs: int = 10, lr: float = 1e-3,
+              batch_size: int = 128, seed: int = 0) -> Any:
+    """Train a ReLU MLP ``features -> hidden... -> classes`` (torch.nn.Sequential of Linear/ReLU,
+    logits out) with `train_classifier`; initialisation and shuffles seeded by ``seed``.
+    Returns the model in eval mode."""
+    import torch
+
+    X = as_float_array(X, "training data X", ndim=2, dtype=np.float32, allow_empty=False)
+    y = check_labels(y, X.shape[0], "training data y")
+    seed = check_int(seed, "seed", low=0)
+    widths = [X.shape[1], *(check_int(h, "hidden width", low=1) for h in hidden), int(y.max()) + 1]
     torch.manual_seed(seed)
     layers: list = []
     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
         layers += [torch.nn.Linear(a, b)] + ([torch.nn.ReLU()] if i < len(widths) - 2 else [])
-    model = torch.nn.Sequential(*layers)
-    model.train()
-    fit(model, list(model.parameters()), Xt, yt, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
-    return model.eval()
+    return train_classifier(torch.nn.Sequential(*layers), X, y, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)

@@ -131,7 +131,8 @@ def _arora_parameters(code: CodeLength) -> tuple[int, int]:
 
 def certify(compressed: Any, X_train: Any, y_train: Any, *, delta: float = 0.05, original: Any = None,
             X_test: Any = None, y_test: Any = None, settings_tried: int = 1) -> BoundReport:
-    """Certify a compressed model: its training error on (X_train, y_train), its description length
+    """Certify a compressed model (MLP or CNN): its training error on (X_train, y_train) (rows
+    (n, features) or images (n, C, H, W), whatever the model takes), its description length
     (`code_length`, with ceil log2(``settings_tried``) bits for the search that picked it), and every
     bound form. ``original`` (a torch module, runtime model or callable giving scores) adds the
     (gamma, S) figures and the Arora form; ``X_test``/``y_test`` add g's test error.

@@ -32,13 +32,14 @@ class SearchResult:
 def search_bound(model: Any, X_train: Any, y_train: Any, *, grid: Sequence[Mapping[str, Any]], delta: float = 0.05,
                  finetune: Mapping[str, Any] | None = None, X_test: Any = None, y_test: Any = None,
                  with_original: bool = True, progress: bool = False) -> SearchResult:
-    """Compress ``model`` (a torch Sequential) with every setting in ``grid`` (dicts of `compress`
+    """Compress ``model`` (a torch module with Linear and Conv2d layers, MLP or CNN, or a runtime
+    model; see `htcore.compress`) with every setting in ``grid`` (dicts of `compress`
     keywords: keep, per_layer, levels, bias_precision, and finetune to override the shared one),
     certify each with ceil log2(len(grid)) search bits charged, and return all reports and the one
     with the lowest kl bound. ``finetune`` is passed to every compression (unless the setting gives
     its own), with (X_train, y_train) as training data; settings differing only in levels or
-    bias_precision share one pruning and fine-tuning (`htcore.compression.compress_grid`). ``progress``
-    shows a bar on stderr.
+    bias_precision share one pruning and fine-tuning (`htcore.compression.compress_grid`). X_train and
+    X_test are (n, features) rows or, for a CNN, (n, C, H, W) images. ``progress`` shows a bar on stderr.
     """
     grid = tuple(dict(g) for g in grid)
     check_int(len(grid), "len(grid)", low=1)

@@ -2,7 +2,8 @@
 length), or with ``--search`` compress a dense model over a grid of settings and certify the best.
 
 Data: ``fashion-mnist`` (the Debian package's IDX files), ``digits`` (scikit-learn) or a ``.npz``
-with arrays X_train, y_train and optionally X_test, y_test. The training split is the sample the
+with arrays X_train, y_train and optionally X_test, y_test. For a model whose first weight layer is
+a Conv2d the two named datasets come as (n, 1, H, W) images (a .npz must hold them in that shape). The training split is the sample the
 bound is about: it must be i.i.d. and must not have chosen anything the code length does not charge.
 """
 from __future__ import annotations
@@ -15,15 +16,22 @@ from typing import Any
 import numpy as np
 
 from ..datasets import Dataset, load_digits, load_fashion_mnist
-from ..runtime import load_compressed
+from ..runtime import Conv2d, Linear, load_compressed
 
 
-def load_data(spec: str) -> Dataset:
-    """``fashion-mnist``, ``digits`` or a path to a .npz with X_train, y_train[, X_test, y_test]."""
+def takes_images(model: Any) -> bool:
+    """Whether a runtime model's first weight layer is a Conv2d, so its input is (n, C, H, W) images."""
+    first = next((layer for layer in model.layers if isinstance(layer, (Linear, Conv2d))), None)
+    return isinstance(first, Conv2d)
+
+
+def load_data(spec: str, *, images: bool = False) -> Dataset:
+    """``fashion-mnist``, ``digits`` (as (n, 1, H, W) with ``images``) or a path to a .npz with
+    X_train, y_train[, X_test, y_test] (used as stored)."""
     if spec == "fashion-mnist":
-        return load_fashion_mnist()
+        return load_fashion_mnist(images=images)
     if spec == "digits":
-        return load_digits()
+        return load_digits(images=images)
     if not spec.endswith(".npz"):
         raise ValueError(f"--data must be fashion-mnist, digits or a .npz file, got {spec!r}")
     with np.load(spec, allow_pickle=False) as f:
@@ -38,19 +46,24 @@ def load_data(spec: str) -> Dataset:
         return Dataset(f["X_train"], f["y_train"], None, None)
 
 
-def default_grid(model) -> list[dict]:
-    """First layers at keep 2%, 5% or 10%, the output layer at 50% (a 10-way output layer does not
-    survive heavy pruning), times 4, 8 or 16 codebook levels; biases rounded to float16."""
-    from ..compression import linear_names
+def default_grid(model: Any) -> list[dict]:
+    """MLP: first layers at keep 2%, 5% or 10%, the output layer at 50% (a 10-way output layer does
+    not survive heavy pruning), times 4, 8 or 16 codebook levels. CNN: the first conv (few weights,
+    all of them needed) at 50%, the other layers at 10%, 15% or 25%, times 4 or 8 levels. Biases
+    rounded to float16."""
+    from ..compression import layer_names
 
-    names = linear_names(model)
+    names = layer_names(model)
+    if takes_images(model):
+        return [dict(per_layer={names[0]: 0.5, **{n: keep for n in names[1:]}}, levels=levels, bias_precision="float16")
+                for keep in (0.1, 0.15, 0.25) for levels in (4, 8)]
     return [dict(per_layer={**{n: keep for n in names[:-1]}, names[-1]: 0.5}, levels=levels, bias_precision="float16")
             for keep in (0.02, 0.05, 0.1) for levels in (4, 8, 16)]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bound", help="certify a generalization bound for a compressed model", description=__doc__)
-    p.add_argument("model", help="model file (.safetensors from htcore.save_compressed); dense with --search")
+    p.add_argument("model", help="model file (.safetensors from htcore.save_compressed; an MLP or a CNN); dense with --search")
     p.add_argument("--data", required=True, help="fashion-mnist, digits or PATH.npz")
     p.add_argument("--delta", type=float, default=0.05, help="failure probability (default 0.05)")
     p.add_argument("--settings-tried", type=int, default=1,
@@ -67,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from ..certification import certify, search_bound
 
     model = load_compressed(args.model)
-    data = load_data(args.data)
+    data = load_data(args.data, images=takes_images(model))
     test: dict[str, Any] = dict(X_test=data.X_test, y_test=data.y_test) if data.X_test is not None else {}
     if args.search:
         result = search_bound(model, data.X_train, data.y_train, grid=default_grid(model), delta=args.delta,

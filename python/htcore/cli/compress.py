@@ -1,8 +1,11 @@
 """``htcore compress``: keep the top-k weights of every matrix of a model file, optionally quantise
 them to a codebook and fine-tune with the mask fixed, and write a compressed-model file.
 
-MODEL is a model file written by htcore.save_compressed (dense layers allowed, e.g. from
-CompressedModel.from_torch). Fine-tuning (``--finetune-epochs`` > 0) needs ``--data``.
+MODEL is a model file written by htcore.save_compressed (an MLP or a CNN; dense layers allowed, e.g.
+from CompressedModel.from_torch). Layers are named by their index in the model's layer list ("0",
+"3", ...; `htcore.compression.layer_names`); a Conv2d weight is compressed as the matrix
+(out, in/groups*kh*kw). Fine-tuning (``--finetune-epochs`` > 0) needs ``--data``; for a CNN the named
+datasets come as (n, 1, H, W) images.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ def _per_layer(items: list[str]) -> dict[str, float]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--per-layer takes NAME=FRACTION (layer names as in the torch Sequential, e.g. 0=0.05), got {item!r}")
+            raise ValueError(f"--per-layer takes NAME=FRACTION (a layer name or glob pattern, e.g. 0=0.05), got {item!r}")
         out[name] = float(value)
     return out
 
@@ -27,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="compressed model file to write (.safetensors)")
     p.add_argument("--keep", type=float, help="fraction of entries kept in every weight matrix")
     p.add_argument("--per-layer", nargs="+", default=[], metavar="NAME=FRACTION",
-                   help="keep fraction per Linear layer, by its index in the Sequential (0, 2, ...)")
+                   help="keep fraction per Linear or Conv2d layer, by its index in the layer list (0, 3, ...) "
+                        "or a glob pattern ('*' for all); a name beats a pattern, a later pattern an earlier one")
     p.add_argument("--levels", type=int, help="quantise kept values to this many codebook levels (k-means)")
     p.add_argument("--float16-biases", action="store_true", help="round biases to float16 (16 bits each in the code)")
     p.add_argument("--data", help="training data for fine-tuning: fashion-mnist, digits or PATH.npz")
@@ -39,16 +43,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..certification import code_length
     from ..compression import compress
-    from .bound import load_data
+    from .bound import load_data, takes_images
 
     if args.finetune_epochs and not args.data:
         raise ValueError("--finetune-epochs needs --data")
     finetune = dict(epochs=args.finetune_epochs, lr=args.lr) if args.finetune_epochs else None
+    model = load_compressed(args.model)
     train_data = None
     if finetune is not None:
-        data = load_data(args.data)
+        data = load_data(args.data, images=takes_images(model))
         train_data = (data.X_train, data.y_train)
-    g = compress(load_compressed(args.model), keep=args.keep, per_layer=_per_layer(args.per_layer) or None,
+    g = compress(model, keep=args.keep, per_layer=_per_layer(args.per_layer) or None,
                  levels=args.levels, finetune=finetune, train_data=train_data,
                  bias_precision="float16" if args.float16_biases else "float32")
     save_compressed(args.output, g, provenance={"compress": g.metadata.get("compress")})

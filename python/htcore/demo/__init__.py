@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-from ._demo import DATASETS, PRESETS, run_demo, summary
+from ._demo import DATASETS, MODELS, PRESETS, run_demo, summary
 from ._html_report import Section, write_html
 
-__all__ = ["DATASETS", "PRESETS", "Section", "run_demo", "summary", "write_html"]
+__all__ = ["DATASETS", "MODELS", "PRESETS", "Section", "run_demo", "summary", "write_html"]

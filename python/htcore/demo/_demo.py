@@ -1,9 +1,11 @@
 """`run_demo`: htcore's whole pipeline on a small real dataset, written as a worked example of the
 public API (each step below is what a user would type).
 
-1. **Train** a ReLU MLP with torch (`htcore.datasets`, `htcore.train.train_mlp`).
+1. **Train** a small net with torch: a ReLU MLP (`htcore.train.train_mlp`) or a LeNet-style CNN
+   on (n, 1, H, W) images (`htcore.train.train_classifier`); data from `htcore.datasets`.
 2. **Analyze** its heavy tails (`htcore.analyze` -> `ModelReport`, with its PNG plots).
-3. **Compress and certify**: a small grid of per-layer keep fractions x codebook levels, each
+3. **Compress and certify**: a small grid of per-layer keep fractions (one per Linear or Conv2d
+   layer; a conv weight is pruned as the matrix (out, in * kh * kw)) x codebook levels, each
    setting compressed (`htcore.compression.compress_grid`: `htcore.compress` per setting, sharing the
    fine-tuning between settings that differ only in levels) and certified (`htcore.certify`, with
    the grid size charged in the code length, so picking the best setting afterwards is paid for).
@@ -16,8 +18,11 @@ Conventions: element ``tail_index`` is alpha of P(|w| > x) ~ x^-alpha (Hill); th
 is WeightWatcher's ESD pdf exponent; ``keep`` is the fraction of a matrix's entries kept (top-k by |w|,
 k = ceil(keep * n)); code lengths are in bits; errors are fractions in [0, 1].
 
-The default settings (architecture, epochs, grid, fine-tuning) are those of
-``benchmarks/bench_bound.py``, which found non-vacuous bounds on both datasets.
+Digits runs an MLP by default (about 20 s), Fashion-MNIST a LeNet-style CNN (about 5 minutes on a
+busy 2-core machine; ``model="mlp"`` gives the MLP). The settings (architecture, epochs, grid,
+fine-tuning) follow ``benchmarks/bench_bound.py``, which found non-vacuous bounds on both datasets;
+the Fashion-MNIST CNN's are a shorter version of the benchmark's (6 training epochs, 3 of masked
+and 1 of codebook fine-tuning; the benchmark's longer fine-tuning tightens the bound by about 0.02).
 """
 from __future__ import annotations
 
@@ -46,45 +51,58 @@ SAVED_INPUTS = 256  # test samples written to DIR/inputs.npy for `htcore run`
 
 @dataclass(frozen=True)
 class Preset:
-    """Training and compression settings of one dataset.
+    """Training and compression settings of one dataset and model kind.
 
-    ``keeps``: candidate keep fractions, one tuple per candidate with one fraction per Linear layer
-    (first to last); ``levels``: codebook sizes tried for each; ``finetune``: `htcore.compress`'s
-    fine-tuning settings (epochs with the mask fixed, then codebook epochs)."""
+    ``model``: "mlp" (ReLU MLP with ``hidden`` widths) or "cnn" (`_lenet` with ``channels``);
+    ``keeps``: candidate keep fractions, one tuple per candidate with one fraction per weight layer
+    (Linear or Conv2d, first to last); ``levels``: codebook sizes tried for each; ``finetune``:
+    `htcore.compress`'s fine-tuning settings (epochs with the mask fixed, then codebook epochs)."""
 
+    model: str
     hidden: tuple[int, ...]
     epochs: int
     lr: float
     keeps: tuple[tuple[float, ...], ...]
     levels: tuple[int, ...]
     finetune: dict = field(default_factory=dict)
+    channels: tuple[int, ...] = ()
 
 
+MODELS = ("mlp", "cnn")
 PRESETS = {
-    "digits": Preset(hidden=(16,), epochs=60, lr=3e-3, keeps=((0.05, 0.5), (0.1, 0.5)), levels=(2, 4),
-                     finetune=dict(epochs=30, lr=3e-3, codebook_epochs=10)),
-    "fashion-mnist": Preset(hidden=(32,), epochs=10, lr=1e-3, keeps=((0.03, 0.5), (0.05, 0.5)), levels=(4, 8),
-                            finetune=dict(epochs=3, lr=1e-3, codebook_epochs=1)),
+    ("digits", "mlp"): Preset(model="mlp", hidden=(16,), epochs=60, lr=3e-3, keeps=((0.05, 0.5), (0.1, 0.5)),
+                              levels=(2, 4), finetune=dict(epochs=30, lr=3e-3, codebook_epochs=10)),
+    ("digits", "cnn"): Preset(model="cnn", hidden=(), channels=(4, 8), epochs=30, lr=3e-3,
+                              keeps=((0.5, 0.2, 0.3), (0.5, 0.3, 0.3)), levels=(2, 4),
+                              finetune=dict(epochs=15, lr=3e-3, codebook_epochs=5)),
+    ("fashion-mnist", "mlp"): Preset(model="mlp", hidden=(32,), epochs=10, lr=1e-3, keeps=((0.03, 0.5), (0.05, 0.5)),
+                                     levels=(4, 8), finetune=dict(epochs=3, lr=1e-3, codebook_epochs=1)),
+    ("fashion-mnist", "cnn"): Preset(model="cnn", hidden=(), channels=(8, 16), epochs=6, lr=2e-3,
+                                     keeps=((0.5, 0.15, 0.15),), levels=(4, 8),
+                                     finetune=dict(epochs=3, lr=1e-3, codebook_epochs=1)),
 }
+DEFAULT_MODEL = {"digits": "mlp", "fashion-mnist": "cnn"}
 
 
 def run_demo(dataset: str = "digits", out: str | os.PathLike = "htcore-demo", keep: float | Sequence[float] | None = None,
-             seed: int = 0, progress: bool = True, *, hidden: Sequence[int] | None = None, epochs: int | None = None,
-             finetune_epochs: int | None = None, threads: int = 1) -> dict[str, Any]:
+             seed: int = 0, progress: bool = True, *, model: str | None = None, hidden: Sequence[int] | None = None,
+             epochs: int | None = None, finetune_epochs: int | None = None, threads: int = 1) -> dict[str, Any]:
     """Run the pipeline (module docstring) and return every figure as a JSON-ready dict (also
     written to ``out/report.json``, beside ``report.html``, the PNG plots, the compressed model
     ``model.safetensors`` and ``inputs.npy``, a few test samples for ``htcore run``).
 
     ``dataset``: "digits" (scikit-learn's, 1,347 train / 450 test) or "fashion-mnist" (Debian package
-    ``dataset-fashion-mnist``). ``keep``: one fraction in (0, 1] for every weight matrix, or one per
-    Linear layer (first to last); default: the preset's candidates, searched. ``seed`` seeds the data
-    split, initialisation, shuffles and fine-tuning. ``hidden``, ``epochs``, ``finetune_epochs``
-    override the preset (smaller values give a quicker, looser run). ``threads``: threads for both
+    ``dataset-fashion-mnist``). ``model``: "mlp" or "cnn" (a LeNet-style CNN on (n, 1, H, W) images);
+    default "mlp" for digits (or whenever ``hidden`` is given), "cnn" for fashion-mnist. ``keep``: one
+    fraction in (0, 1] for every weight matrix, or one per weight layer (Linear or Conv2d, first to
+    last); default: the preset's candidates, searched. ``seed`` seeds the data split, initialisation,
+    shuffles and fine-tuning. ``hidden`` (MLP widths), ``epochs``, ``finetune_epochs`` override the
+    preset (smaller values give a quicker, looser run). ``threads``: threads for both
     peers in the timing step (default 1: these MLPs are too small to gain from more, and on a busy
-    machine every parallel region waits for a preempted thread); training runs torch on one thread. Needs torch and matplotlib (and scikit-learn
-    for digits).
+    machine every parallel region waits for a preempted thread); training runs torch on one thread.
+    Needs torch and matplotlib (and scikit-learn for digits).
     """
-    preset = _preset(dataset, hidden, epochs, finetune_epochs)
+    preset = _preset(dataset, model, hidden, epochs, finetune_epochs)
     candidates = _keep_candidates(keep, preset)
     seed = check_int(seed, "seed", low=0)
     threads = check_int(threads, "threads", low=1)
@@ -95,7 +113,7 @@ def run_demo(dataset: str = "digits", out: str | os.PathLike = "htcore-demo", ke
     figures: dict[str, Any] = {"htcore_version": htcore.__version__, "dataset": dataset, "seed": seed, "out": str(out),
                                "delta": DELTA, "machine": _machine(torch), "seconds": {}}
     steps = tqdm(total=4, desc="htcore demo", unit="step", file=sys.stderr, disable=not progress, leave=False)
-    with _timed(figures, "train"), _threads(torch, 1):  # a tiny MLP trains fastest on one thread
+    with _timed(figures, "train"), _threads(torch, 1):  # these small nets train fastest on one thread
         steps.set_postfix_str("training")
         data, model = _train(figures, dataset, preset, seed)
         steps.update()
@@ -122,18 +140,63 @@ def run_demo(dataset: str = "digits", out: str | os.PathLike = "htcore-demo", ke
 
 def _train(figures: dict, dataset: str, preset: Preset, seed: int):
     from htcore.datasets import load_digits, load_fashion_mnist
-    from htcore.train import train_mlp
+    from htcore.train import train_classifier, train_mlp
 
-    data = load_digits(random_state=seed) if dataset == "digits" else load_fashion_mnist()
+    images = preset.model == "cnn"
+    data = load_digits(random_state=seed, images=images) if dataset == "digits" else load_fashion_mnist(images=images)
     assert data.X_test is not None and data.y_test is not None  # both loaders return a test split
-    model = train_mlp(data.X_train, data.y_train, hidden=preset.hidden, epochs=preset.epochs, lr=preset.lr, seed=seed)
+    classes = int(data.y_train.max()) + 1
+    if images:
+        torch = _require(dataset)
+        torch.manual_seed(seed)
+        model = train_classifier(_lenet(data.X_train.shape[1:], preset.channels, classes), data.X_train, data.y_train,
+                                 epochs=preset.epochs, lr=preset.lr, seed=seed)
+        architecture: Any = _describe_cnn(model)
+    else:
+        model = train_mlp(data.X_train, data.y_train, hidden=preset.hidden, epochs=preset.epochs, lr=preset.lr, seed=seed)
+        architecture = [int(data.X_train.shape[1]), *preset.hidden, classes]
     figures["data"] = {"m": int(data.y_train.size), "n_test": int(data.y_test.size),
-                       "features": int(data.X_train.shape[1]), "classes": int(data.y_train.max()) + 1}
-    figures["model"] = {"architecture": [int(data.X_train.shape[1]), *preset.hidden, figures["data"]["classes"]],
+                       "features": int(np.prod(data.X_train.shape[1:])), "input_shape": list(data.X_train.shape[1:]),
+                       "classes": classes}
+    figures["model"] = {"kind": preset.model, "architecture": architecture,
                         "epochs": preset.epochs, "lr": preset.lr,
                         "train_error": _error(model, data.X_train, data.y_train),
                         "test_error": _error(model, data.X_test, data.y_test)}
     return data, model
+
+
+def _lenet(input_shape: Sequence[int], channels: Sequence[int], classes: int) -> Any:
+    """A LeNet-style CNN: per entry of ``channels`` a 5x5 Conv2d, ReLU and 2x2 max pooling, then
+    Flatten and one Linear to ``classes`` scores. Images of 16 pixels or fewer a side are padded
+    (padding 2, size kept) so that two stages fit digits' 8x8; larger ones are not (LeNet's 28 -> 4)."""
+    from torch import nn
+
+    in_channels, height, width = input_shape
+    padding = 2 if min(height, width) <= 16 else 0
+    layers: list = []
+    for out_channels in channels:
+        layers += [nn.Conv2d(in_channels, out_channels, 5, padding=padding), nn.ReLU(), nn.MaxPool2d(2)]
+        in_channels, height, width = out_channels, (height + 2 * padding - 4) // 2, (width + 2 * padding - 4) // 2
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(in_channels * height * width, classes))
+
+
+def _describe_cnn(model: Any) -> str:
+    """One line naming the weight layers of a CNN: "conv 1->8 5x5, conv 8->16 5x5, linear 256->10"."""
+    from torch import nn
+
+    parts = []
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            parts.append(f"conv {module.in_channels}->{module.out_channels} {module.kernel_size[0]}x{module.kernel_size[1]}")
+        elif isinstance(module, nn.Linear):
+            parts.append(f"linear {module.in_features}->{module.out_features}")
+    return ", ".join(parts)
+
+
+def _architecture_text(model: dict) -> str:
+    if model["kind"] == "cnn":
+        return f"CNN ({model['architecture']})"
+    return "MLP " + "-".join(map(str, model["architecture"]))
 
 
 def _error(model: Any, X: np.ndarray, y: np.ndarray) -> float:
@@ -162,10 +225,10 @@ def _compress_certify(figures: dict, model: Any, data: Any, preset: Preset, cand
                       progress: bool):
     from tqdm.auto import tqdm
 
-    from htcore.compression import compress_grid, linear_names
+    from htcore.compression import compress_grid, layer_names
 
-    linears = linear_names(model)  # the keys of compress's per_layer
-    grid: list[dict[str, Any]] = [dict(per_layer=dict(zip(linears, keeps)), levels=levels, bias_precision="float16")
+    names = layer_names(model)  # the keys of compress's per_layer: its Linear and Conv2d modules
+    grid: list[dict[str, Any]] = [dict(per_layer=dict(zip(names, keeps)), levels=levels, bias_precision="float16")
             for keeps in candidates for levels in preset.levels]
     finetune = {**preset.finetune, "seed": seed}
     models, reports = [], []
@@ -185,7 +248,29 @@ def _compress_certify(figures: dict, model: Any, data: Any, preset: Preset, cand
                               "keep": grid[chosen]["per_layer"], "levels": grid[chosen]["levels"],
                               "nnz": best.code.nnz, "params": sum(t.n for t in best.code.tensors)}
     figures["bound"] = best.as_dict()  # every bound form, the errors and the code length by tensor
+    figures["layers"] = _layer_table(model, names, grid[chosen]["per_layer"], best.code)
     return models[chosen]
+
+
+def _layer_table(model: Any, names: list, keeps: dict, code: Any) -> list[dict]:
+    """One row per Linear/Conv2d layer of the chosen net: its kind and shape, keep, kept entries and
+    bits (the weight's and bias's code lengths, in layer order as `code_length` lists them)."""
+    from torch import nn
+
+    modules = dict(model.named_modules())
+    weights = [t for t in code.tensors if t.name.endswith(".weight")]
+    biases = {t.name.rsplit(".", 1)[0]: t.total_bits for t in code.tensors if t.name.endswith(".bias")}
+    rows = []
+    for name, tensor in zip(names, weights):
+        module = modules[name]
+        if isinstance(module, nn.Conv2d):
+            kind = f"Conv2d {module.in_channels}->{module.out_channels} {module.kernel_size[0]}x{module.kernel_size[1]}"
+        else:
+            kind = f"Linear {module.in_features}->{module.out_features}"
+        rows.append({"layer": name, "kind": kind, "matrix": list(tensor.shape), "keep": keeps.get(name, 1.0),
+                     "kept": tensor.k, "of": tensor.n, "values_code": tensor.values_code, "weight_bits": tensor.total_bits,
+                     "bias_bits": biases.get(tensor.name.rsplit(".", 1)[0], 0)})
+    return rows
 
 
 # ---- step 4: the torch-free runtime against dense torch ---------------------------------------
@@ -198,7 +283,7 @@ def _deploy_and_time(figures: dict, model: Any, compressed: Any, data: Any, out:
     rows = []
     with _threads(htcore, threads), _threads(torch, threads), torch.inference_mode():
         for batch in TIMING_BATCHES:
-            X = np.resize(data.X_test, (batch, data.X_test.shape[1]))  # repeats samples if batch > n_test
+            X = np.resize(data.X_test, (batch, *data.X_test.shape[1:]))  # repeats samples if batch > n_test
             Xt = torch.from_numpy(X)
             dense_s, sparse_s = _median_seconds(lambda Xt=Xt: model(Xt), lambda X=X: runtime(X), calls=max(10, 1024 // batch))
             rows.append({"batch": batch, "dense_torch_ms": dense_s * 1e3, "htcore_ms": sparse_s * 1e3,
@@ -240,14 +325,17 @@ def _write_report(figures: dict, out: Path) -> None:
     code = [{"tensor": t["name"], "shape": "x".join(map(str, t["shape"])), "kept": t["k"], "of": t["n"],
              "position bits": t["position_bits"], "value bits": t["value_bits"], "values code": t["values_code"],
              "total bits": t["total_bits"]} for t in b["code"]["tensors"]]
+    layers = [{"layer": row["layer"], "kind": row["kind"], "as matrix": "x".join(map(str, row["matrix"])),
+               "keep": row["keep"], "kept": row["kept"], "of": row["of"], "values code": row["values_code"],
+               "weight bits": row["weight_bits"], "bias bits": row["bias_bits"]} for row in figures["layers"]]
     search = [{"keep per layer": " / ".join(f"{k:g}" for k in row["keep"]), "levels": row["levels"], "stored values": row["nnz"],
                "code bits": row["code_bits"], "train error": row["train_error"], "test error": row["test_error"],
                "kl bound": row["kl"], "chosen": "yes" if i == c["chosen"] else ""} for i, row in enumerate(figures["search"])]
     sections = [
-        Section("Run", [f"{figures['dataset']}: m = {d['m']} training and {d['n_test']} test samples, {d['features']} "
-                        f"features, {d['classes']} classes; seed {figures['seed']}; {figures['seconds']['total']:.0f} s on "
+        Section("Run", [f"{figures['dataset']}: m = {d['m']} training and {d['n_test']} test samples of shape "
+                        f"{'x'.join(map(str, d['input_shape']))}, {d['classes']} classes; seed {figures['seed']}; {figures['seconds']['total']:.0f} s on "
                         f"{figures['machine']['cpu']} ({figures['machine']['cores']} cores)."]),
-        Section("1. Train a dense MLP (torch)", [f"MLP {'-'.join(map(str, m['architecture']))}, {m['epochs']} epochs of Adam "
+        Section(f"1. Train a dense {m['kind'].upper()} (torch)", [f"{_architecture_text(m)}, {m['epochs']} epochs of Adam "
                                                  f"(lr {m['lr']:g}): train error {m['train_error']:.4f}, test error {m['test_error']:.4f}."]),
         Section("2. Heavy tails of the trained weights (htcore.analyze)",
                 ["Element tail index alpha: P(|w| > x) ~ x^-alpha over the entries of each matrix (smaller = heavier "
@@ -265,7 +353,7 @@ def _write_report(figures: dict, out: Path) -> None:
                  f"Bounds on its true error, each with probability >= {1 - figures['delta']:g}: kl {b['kl']:.4f}, binomial "
                  f"{b['binomial']:.4f}, Catoni {b['catoni']:.4f}, Hoeffding {b['hoeffding']:.4f}; Arora et al. Theorem 2.1 "
                  f"{b['arora']:.4f} (gamma = {b['gamma']:.3g}, 2gamma-margin error of the dense net {b['margin_error']:.4f})."],
-                [search, code], [(str(out / "bound.png"), "errors of the dense and compressed nets and the bounds")]),
+                [search, layers, code], [(str(out / "bound.png"), "errors of the dense and compressed nets and the bounds")]),
         Section("4. Deploy and time (htcore.save_compressed, htcore.load_compressed)",
                 [f"The compressed net, saved to model.safetensors ({r['model_file_bytes']} bytes; dense float32 weights "
                  f"{r['dense_float32_bytes']} bytes), loaded back and run with numpy and htcore's CSR kernels, "
@@ -284,8 +372,8 @@ def _write_report(figures: dict, out: Path) -> None:
 def summary(figures: dict) -> str:
     """The demo's printed summary: a dozen lines from the figures `run_demo` returns."""
     d, m, c, b, r = figures["data"], figures["model"], figures["compression"], figures["bound"], figures["runtime"]
-    lines = [f"htcore demo: {figures['dataset']} (m = {d['m']} train, {d['n_test']} test), MLP "
-             f"{'-'.join(map(str, m['architecture']))}, seed {figures['seed']}; pipeline {figures['seconds']['total']:.0f} s",
+    lines = [f"htcore demo: {figures['dataset']} (m = {d['m']} train, {d['n_test']} test), "
+             f"{_architecture_text(m)}, seed {figures['seed']}; pipeline {figures['seconds']['total']:.0f} s",
              f"1. dense net ({m['epochs']} epochs): train error {m['train_error']:.4f}, test error {m['test_error']:.4f}",
              "2. tails: element tail index alpha (Hill, P(|w|>x) ~ x^-alpha) and spectral alpha (ESD pdf exponent, WeightWatcher)"]
     for row in figures["tails"]["layers"]:
@@ -374,10 +462,16 @@ def _tail_caption(name: str) -> str:
 
 # ---- helpers ----------------------------------------------------------------------------------
 
-def _preset(dataset: str, hidden: Any, epochs: Any, finetune_epochs: Any) -> Preset:
-    if dataset not in PRESETS:
+def _preset(dataset: str, model: Any, hidden: Any, epochs: Any, finetune_epochs: Any) -> Preset:
+    if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
-    preset = PRESETS[dataset]
+    if model is None:
+        model = "mlp" if hidden is not None else DEFAULT_MODEL[dataset]
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    if model == "cnn" and hidden is not None:
+        raise ValueError("hidden gives the widths of an MLP; it does not apply to model='cnn'")
+    preset = PRESETS[dataset, model]
     if hidden is not None:
         if isinstance(hidden, (int, str)) or not hasattr(hidden, "__iter__"):
             raise TypeError(f"hidden must be a sequence of layer widths, got {hidden!r}")
@@ -394,7 +488,7 @@ def _preset(dataset: str, hidden: Any, epochs: Any, finetune_epochs: Any) -> Pre
 
 
 def _keep_candidates(keep: Any, preset: Preset) -> list[tuple[float, ...]]:
-    layers = len(preset.hidden) + 1
+    layers = len(preset.hidden or preset.channels) + 1
     if keep is None:
         return list(preset.keeps)
     if isinstance(keep, (int, float)) and not isinstance(keep, bool):
@@ -405,7 +499,7 @@ def _keep_candidates(keep: Any, preset: Preset) -> list[tuple[float, ...]]:
     if len(keep) == 1:
         return [keep * layers]
     if len(keep) != layers:
-        raise ValueError(f"keep must give one fraction or one per Linear layer ({layers}), got {len(keep)}: {keep}")
+        raise ValueError(f"keep must give one fraction or one per weight layer ({layers}), got {len(keep)}: {keep}")
     return [keep]
 
 
