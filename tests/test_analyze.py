@@ -183,10 +183,13 @@ def test_cli_formats_and_plots(model_file, tmp_path):
 def test_cli_unreadable_input_one_line_error(tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
-    for args in [(str(bad),), (str(tmp_path / "missing.pt"),), (str(tmp_path),)]:
+    for args in [(str(bad),), (str(tmp_path / "missing.pt"),)]:
         out = run_cli(*args)
         assert out.returncode == 1
         assert out.stderr.startswith("htcore analyze: error:") and out.stderr.count("\n") == 1, out.stderr
+    out = run_cli(str(tmp_path), "--quiet")  # a directory: every model in it, a failing one as an error row
+    assert out.returncode == 1 and bad.name in out.stdout
+    assert out.stderr.startswith(f"htcore analyze: {bad}: ") and out.stderr.count("\n") == 1, out.stderr
     out = run_cli(str(bad), "--json", "--csv")
     assert out.returncode == 2
 
