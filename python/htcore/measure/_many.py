@@ -28,7 +28,7 @@ from .._progress import progress as progress_bar
 from .._threads import get_num_threads, set_num_threads
 from .._validation import check_int
 from ._analyze import analyze
-from ._report import _ELEMENT, _SPECTRAL, _fmt, _is_nan, _keep_column, _maybe_write, _not_finite, _plain
+from ._report import _ELEMENT, _SPECTRAL, _fmt, _is_nan, _keep_column, _maybe_write, _not_finite, _plain, data_frame
 
 #: File name endings a directory is searched for (what `htcore.load_layers` reads).
 MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".npz")
@@ -140,11 +140,7 @@ class ManyReport:
 
     def to_pandas(self):
         """The table as a pandas DataFrame (needs pandas)."""
-        try:
-            import pandas as pd
-        except ImportError:
-            raise ImportError("ManyReport.to_pandas needs pandas (pip install pandas)") from None
-        return pd.DataFrame(self.rows(), columns=self.columns)
+        return data_frame(self.rows(), self.columns, "ManyReport")
 
     def summary(self) -> str:
         """A few lines: models analysed, layers and parameters, and each failure with its message."""

@@ -183,11 +183,7 @@ class ModelReport:
 
     def to_pandas(self):
         """The table as a pandas DataFrame (needs pandas)."""
-        try:
-            import pandas as pd
-        except ImportError:
-            raise ImportError("ModelReport.to_pandas needs pandas (pip install pandas)") from None
-        return pd.DataFrame(self.rows(), columns=self.columns)
+        return data_frame(self.rows(), self.columns, "ModelReport")
 
     def summary(self) -> str:
         """A few lines: layers, parameters, spread of alpha and of the element tail index,
@@ -257,6 +253,16 @@ def _fmt(v: Any) -> str:
     if isinstance(v, (float, np.floating)):
         return "" if math.isnan(v) else f"{v:.4g}"
     return str(v)
+
+
+def data_frame(rows: list, columns: list | None, owner: str) -> Any:
+    """``rows`` (dicts) as a pandas DataFrame, for the ``to_pandas`` of ``owner``; pandas is the
+    optional extra htcore[pandas]."""
+    try:
+        import pandas as pd
+    except ImportError:
+        raise ImportError(f"{owner}.to_pandas needs pandas (pip install 'htcore[pandas]')") from None
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _maybe_write(text: str, path: str | os.PathLike | None) -> str:

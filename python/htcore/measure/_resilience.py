@@ -25,6 +25,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from .._validation import as_float_array, check_int, check_labels
+from ._report import _maybe_write, data_frame
 from ._sequential import WEIGHTED, check_input, forward, maybe_subsample, sequential_ops, to_tensor, torch_module
 
 DEFAULT_INPUT_NOISE = (0.0, 0.1, 0.25, 0.5, 1.0)
@@ -65,19 +66,11 @@ class Resilience:
                 "weight_accuracy": {n: self.weight_accuracy[m].mean(1).tolist() for m, n in enumerate(self.names)}}
 
     def to_json(self, path: str | os.PathLike | None = None, *, indent: int | None = 2) -> str:
-        text = json.dumps(self.as_dict(), indent=indent)
-        if path is not None:
-            with open(path, "w") as fh:
-                fh.write(text + "\n")
-        return text
+        return _maybe_write(json.dumps(self.as_dict(), indent=indent) + "\n", path)
 
     def to_pandas(self):
         """`rows` as a pandas DataFrame (needs pandas)."""
-        try:
-            import pandas as pd
-        except ImportError:
-            raise ImportError("Resilience.to_pandas needs pandas (pip install pandas)") from None
-        return pd.DataFrame(self.rows())
+        return data_frame(self.rows(), None, "Resilience")
 
     def to_markdown(self) -> str:
         """Two tables (input noise, weight noise): one row per model, one column per sigma (mean accuracy)."""

@@ -53,6 +53,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .._validation import as_float_array, check_int, check_labels, make_rng
+from ._report import _maybe_write, data_frame
 from ._sequential import (
     ELEMENTWISE,
     WEIGHTED,
@@ -163,19 +164,11 @@ class NoiseStability:
         return {"layers": [l.as_dict() for l in self.layers], "net": {k: _plain(v) for k, v in self.net_figures().items()}}
 
     def to_json(self, path: str | os.PathLike | None = None, *, indent: int | None = 2) -> str:
-        text = json.dumps(self.as_dict(), indent=indent)
-        if path is not None:
-            with open(path, "w") as fh:
-                fh.write(text + "\n")
-        return text
+        return _maybe_write(json.dumps(self.as_dict(), indent=indent) + "\n", path)
 
     def to_pandas(self):
         """The per-layer table as a pandas DataFrame (needs pandas)."""
-        try:
-            import pandas as pd
-        except ImportError:
-            raise ImportError("NoiseStability.to_pandas needs pandas (pip install pandas)") from None
-        return pd.DataFrame(self.rows())
+        return data_frame(self.rows(), None, "NoiseStability")
 
     def to_markdown(self) -> str:
         """The per-layer table (relative errors vs the random-input predictions, cushions, propagation)
