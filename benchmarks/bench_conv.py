@@ -34,11 +34,10 @@ it; a pool; a Linear), torch the module itself. "rest" is the whole net minus th
 (Python between layers, unfused activations, residual adds, flatten; BatchNorm is folded into the
 convolutions by the runtime, so its torch time has no htcore counterpart). Beside each max pool
 with stride = kernel, the maximum of its k * k strided slices in numpy is timed too (equal to
-torch's result, checked): a candidate for the runtime's pooling, which uses
-``sliding_window_view(...).max(axis=(4, 5))``.
+torch's result, checked), beside the runtime's C++ ``max_pool2d`` (a scalar loop per output).
 
 Usage: python benchmarks/bench_conv.py [--quick] [--rounds 7] [--nets LeNet,VGG,ResNet] [--out benchmarks/results]
-(5-10 minutes on the loaded 2-core host; --quick: 0% and 90% sparsity, 3 rounds, about a minute,
+(about a minute on a quiet 2-core host, 5-10 on a loaded one; --quick: 0% and 90% sparsity, 3 rounds, about a minute,
 written to conv_quick.md / .json).
 """
 from __future__ import annotations
