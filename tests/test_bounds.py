@@ -170,3 +170,27 @@ def test_certify_a_runtime_cnn_on_images_against_its_own_errors():
         certify(g, X[:, 0], y)
     with pytest.raises(ValueError, match="X_test must be 4-D"):
         certify(g, X, y, X_test=X.reshape(50, -1), y_test=y)
+
+
+def test_certify_stability_fills_the_report_and_needs_the_original():
+    """certify(stability=True) attaches the NoiseStability of g against f on the training data (its
+    layers, its JSON under "stability", its markdown in the summary); without the original it refuses."""
+    torch = pytest.importorskip("torch")
+    import htcore
+
+    torch.manual_seed(0)
+    f = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)).eval()
+    g = htcore.compress(f, keep=0.5)
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((80, 12)).astype(np.float32)
+    y = rng.integers(0, 3, 80)
+    plain = htcore.certify(g, X, y, original=f)
+    report = htcore.certify(g, X, y, original=f, stability=True)
+    assert plain.stability is None and plain.as_dict()["stability"] is None
+    assert [layer.shape for layer in report.stability.layers] == [(16, 12), (3, 16)]
+    assert report.stability.n_samples == 80 and 0 < report.stability.layers[0].frobenius_ratio < 1
+    assert report.kl == plain.kl and report.gamma == plain.gamma
+    assert report.as_dict()["stability"]["layers"][0]["frobenius_ratio"] == report.stability.layers[0].frobenius_ratio
+    assert report.summary().startswith(plain.summary()) and "Noise stability" in report.summary()
+    with pytest.raises(ValueError, match="stability=True.*needs original"):
+        htcore.certify(g, X, y, stability=True)

@@ -95,10 +95,14 @@ def test_compress_and_bound_take_a_cnn_model_file(tmp_path, capsys):
     assert isinstance(conv, Conv2d) and conv.weight.nnz == 27 and np.unique(conv.weight.values()).size <= 4
     capsys.readouterr()
     assert main(["bound", str(small), "--data", "digits", "--original", str(dense), "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)["report"]
+    payload = json.loads(capsys.readouterr().out)
+    report, stability = payload["report"], payload["stability"]
     assert report["m"] == 1347 and report["train_error"] <= report["kl"] <= 1 and report["test_error"] is not None
+    assert stability["net"]["n_samples"] == 1000 and [layer["kind"] for layer in stability["layers"]] == ["conv2d", "linear"]
+    assert stability["net"]["gamma"] <= report["gamma"] * (1 + 1e-5)  # a subsample of the training set, float64
     assert main(["bound", str(dense), "--data", str(npz), "--search", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
+    assert out["stability"] is None  # no --original
     assert len(out["grid"]) == 6 and out["report"]["code"]["search_bits"] == 3
     assert out["settings"]["per_layer"]["0"] == 0.5  # the first conv keeps half in every CNN setting
     np.savez(npz, X_train=np.zeros((4, 64), np.float32), y_train=np.zeros(4, np.int64))

@@ -18,6 +18,7 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
 
 from htcore.demo import run_demo, summary  # noqa: E402
+from htcore.demo._demo import STABILITY_SAMPLES  # noqa: E402
 
 REDUCED = ["--hidden", "8", "--epochs", "25", "--finetune-epochs", "8", "--no-progress"]
 
@@ -38,7 +39,8 @@ def test_report_files_exist(demo):
     for name in ["report.html", "report.json", "model.safetensors", "inputs.npy", *figures["plots"]]:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert "bound.png" in figures["plots"] and "compressibility.png" in figures["plots"]
-    assert len(figures["plots"]) == len(figures["tails"]["layers"]) + 3  # per layer + compressibility, bound, runtime
+    # per layer + compressibility, bound, runtime, noise stability, resilience
+    assert len(figures["plots"]) == len(figures["tails"]["layers"]) + 5
 
 
 def test_cli_json_is_the_report_json(demo):
@@ -89,7 +91,24 @@ def test_summary_names_every_step(demo):
     for part in ("tail index", "spectral alpha", "kept", "bits", "kl", "catoni", "hoeffding", "batch 1:", "batch 256:",
                  "report.html"):
         assert part in text, part
+    assert "noise stability" in text
     assert len(text.splitlines()) < 25
+
+
+def test_report_has_the_noise_stability_section(demo):
+    """The stability step: its JSON (one row per weight layer of the chosen net, resilience of both
+    nets, on the seeded subsamples), its two plots and its section in report.html."""
+    out, figures = demo
+    stability = figures["stability"]
+    layers = stability["noise_stability"]["layers"]
+    assert [row["shape"] for row in layers] == [list(row["matrix"]) for row in figures["layers"]]
+    assert stability["noise_stability"]["net"]["n_samples"] == min(figures["data"]["m"], STABILITY_SAMPLES)
+    assert all(0 <= row["frobenius_ratio"] <= 1 for row in layers)
+    assert stability["resilience"]["names"] == ["dense", "compressed"] and stability["plots"] == ["noise_stability.png", "resilience.png"]
+    assert figures["seconds"]["stability"] > 0
+    page = (out / "report.html").read_text()
+    assert "Noise stability of the compressed net on real inputs" in page
+    assert f"{layers[0]['frobenius_ratio']:.4g}" in page  # the per-layer table
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

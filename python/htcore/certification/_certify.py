@@ -5,20 +5,26 @@ The (gamma, S) figures of Arora et al. (2018): gamma = max over the training set
 ||f(x) - g(x)||_inf between the outputs of the original net f and the compressed net g. Then every
 training margin of g is within 2 gamma of f's, so err_train(g) <= L_hat_{2 gamma}(f), the fraction
 of training points where f(x)[y] <= 2 gamma + max_{j != y} f(x)[j].
+
+``certify(..., original=f, stability=True)`` also measures how g's weight errors act on the real
+training activations (`htcore.noise_stability` on a seeded subsample of at most ``STABILITY_SAMPLES``
+rows); off by default because it costs a few passes through both nets (and needs torch).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Optional
 
 import numpy as np
 
 from .._validation import as_float_array, check_labels
+from ..measure import NoiseStability, noise_stability, stability_section
 from . import bounds
 from ._code_length import CodeLength, code_length
 
 _BATCH = 8192
+STABILITY_SAMPLES = 1000  # training rows (seeded subsample) measured by certify(stability=True)
 
 
 @dataclass(frozen=True)
@@ -30,7 +36,8 @@ class BoundReport:
     ``original`` net f: ``gamma``, ``margin_error`` = L_hat_{2 gamma}(f), and ``arora`` =
     `htcore.bounds.arora_bound` with ``arora_q`` parameters of ``arora_r`` values (positions not
     charged, as in Arora et al.); ``tighter`` says whether "arora" or "direct" (the kl form) is lower.
-    With test data: ``test_error`` of g beside the bounds.
+    With test data: ``test_error`` of g beside the bounds. With ``stability=True``: ``stability``,
+    the `NoiseStability` of g against f on the training data (its markdown closes `summary`).
     """
 
     m: int
@@ -50,6 +57,7 @@ class BoundReport:
     arora_q: int | None = None
     arora_r: int | None = None
     tighter: str | None = None
+    stability: Optional[NoiseStability] = None
 
     @property
     def best(self) -> float:
@@ -63,9 +71,11 @@ class BoundReport:
         return None if self.test_error is None else self.test_error <= self.kl
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (the per-tensor code lengths under "code")."""
-        out = asdict(self)
+        """JSON-ready fields (the per-tensor code lengths under "code", `NoiseStability.as_dict` under
+        "stability")."""
+        out = asdict(replace(self, stability=None))
         out["code"]["nnz"] = self.code.nnz
+        out["stability"] = None if self.stability is None else self.stability.as_dict()
         return out
 
     def summary(self) -> str:
@@ -78,6 +88,8 @@ class BoundReport:
             lines.append(f"(gamma, S): gamma = {self.gamma:.4g}, 2gamma-margin error of f = {self.margin_error:.4f}, "
                          f"Arora Thm 2.1 (q = {self.arora_q}, r = {self.arora_r}) = {self.arora:.4f}; "
                          f"tighter: {self.tighter}")
+        if self.stability is not None:
+            lines += ["", stability_section(self.stability)["markdown"]]
         return "\n".join(lines)
 
 
@@ -130,16 +142,21 @@ def _arora_parameters(code: CodeLength) -> tuple[int, int]:
 
 
 def certify(compressed: Any, X_train: Any, y_train: Any, *, delta: float = 0.05, original: Any = None,
-            X_test: Any = None, y_test: Any = None, settings_tried: int = 1) -> BoundReport:
+            X_test: Any = None, y_test: Any = None, settings_tried: int = 1, stability: bool = False) -> BoundReport:
     """Certify a compressed model (MLP or CNN): its training error on (X_train, y_train) (rows
     (n, features) or images (n, C, H, W), whatever the model takes), its description length
     (`code_length`, with ceil log2(``settings_tried``) bits for the search that picked it), and every
     bound form. ``original`` (a torch module, runtime model or callable giving scores) adds the
-    (gamma, S) figures and the Arora form; ``X_test``/``y_test`` add g's test error.
+    (gamma, S) figures and the Arora form; ``X_test``/``y_test`` add g's test error. ``stability=True``
+    (needs ``original`` as a torch ``nn.Sequential`` or runtime model, and torch) adds
+    ``report.stability``: `htcore.noise_stability` of g against f on at most ``STABILITY_SAMPLES``
+    training rows (seeded), also shown by ``report.summary()``.
 
     The training set must be the m i.i.d. samples the bound is about, and must not have been used to
     choose anything that the code length does not charge.
     """
+    if stability and original is None:
+        raise ValueError("certify(stability=True) needs original: the uncompressed net the stability is measured against")
     X_train = as_float_array(X_train, "X_train", ndim=(2, 4), dtype=np.float32, allow_empty=False)
     y_train = check_labels(y_train, X_train.shape[0], "y_train")
     delta = float(delta)
@@ -166,5 +183,7 @@ def certify(compressed: Any, X_train: Any, y_train: Any, *, delta: float = 0.05,
         X_test = as_float_array(X_test, "X_test", ndim=X_train.ndim, dtype=np.float32, allow_empty=False)
         y_test = check_labels(y_test, X_test.shape[0], "y_test")
         extra["test_error"] = float(np.mean(outputs(compressed, X_test).argmax(axis=1) != y_test))
+    if stability:
+        extra["stability"] = noise_stability(original, compressed, X_train, y_train, max_samples=STABILITY_SAMPLES)
     return BoundReport(m=m, delta=delta, train_error=train_error, code_bits=code.total_bits, code=code,
                        **forms, **extra)

@@ -10,9 +10,13 @@ public API (each step below is what a user would type).
    fine-tuning between settings that differ only in levels) and certified (`htcore.certify`, with
    the grid size charged in the code length, so picking the best setting afterwards is paid for).
    This loop is what `htcore.search_bound` does; it is spelled out to keep the chosen model.
-4. **Deploy and time**: write the compressed net with `htcore.save_compressed`, load it with
+4. **Noise stability**: how the chosen net's weight errors act on real activations
+   (`htcore.noise_stability` on a training subsample, against the dense net) and the accuracy of
+   both nets under input and weight noise (`htcore.resilience` on a test subsample);
+   `htcore.measure.stability_section` turns both into a report section with two plots.
+5. **Deploy and time**: write the compressed net with `htcore.save_compressed`, load it with
    `htcore.load_compressed` (numpy + C++ kernels, no torch) and time it against the dense torch net.
-5. **Report**: ``DIR/report.json`` (every figure), ``DIR/report.html`` (self-contained), PNG plots.
+6. **Report**: ``DIR/report.json`` (every figure), ``DIR/report.html`` (self-contained), PNG plots.
 
 Conventions: element ``tail_index`` is alpha of P(|w| > x) ~ x^-alpha (Hill); the spectral ``alpha``
 is WeightWatcher's ESD pdf exponent; ``keep`` is the fraction of a matrix's entries kept (top-k by |w|,
@@ -47,6 +51,8 @@ DELTA = 0.05  # bounds hold with probability >= 1 - DELTA
 TIMING_BATCHES = (1, 256)
 TIMING_REPEATS = 15
 SAVED_INPUTS = 256  # test samples written to DIR/inputs.npy for `htcore run`
+STABILITY_SAMPLES = 500  # training rows for noise_stability (seeded subsample; digits' pass ~0.3 s)
+RESILIENCE_SAMPLES = 300  # test rows for resilience (each of its noise levels and draws is one pass)
 
 
 @dataclass(frozen=True)
@@ -112,7 +118,7 @@ def run_demo(dataset: str = "digits", out: str | os.PathLike = "htcore-demo", ke
 
     figures: dict[str, Any] = {"htcore_version": htcore.__version__, "dataset": dataset, "seed": seed, "out": str(out),
                                "delta": DELTA, "machine": _machine(torch), "seconds": {}}
-    steps = tqdm(total=4, desc="htcore demo", unit="step", file=sys.stderr, disable=not progress, leave=False)
+    steps = tqdm(total=5, desc="htcore demo", unit="step", file=sys.stderr, disable=not progress, leave=False)
     with _timed(figures, "train"), _threads(torch, 1):  # these small nets train fastest on one thread
         steps.set_postfix_str("training")
         data, model = _train(figures, dataset, preset, seed)
@@ -126,13 +132,17 @@ def run_demo(dataset: str = "digits", out: str | os.PathLike = "htcore-demo", ke
         steps.set_postfix_str("compressing and certifying")
         compressed = _compress_certify(figures, model, data, preset, candidates, seed, progress)
         steps.update()
+    with _timed(figures, "stability"), _threads(torch, 1):
+        steps.set_postfix_str("measuring noise stability")
+        stability = _stability(figures, model, compressed, data, out, seed)
+        steps.update()
     with _timed(figures, "runtime"):
         steps.set_postfix_str("timing the runtime")
         _deploy_and_time(figures, model, compressed, data, out, torch, threads)
         steps.update()
     steps.close()
     figures["seconds"]["total"] = sum(figures["seconds"].values())
-    _write_report(figures, out)
+    _write_report(figures, out, stability)
     return figures
 
 
@@ -252,6 +262,23 @@ def _compress_certify(figures: dict, model: Any, data: Any, preset: Preset, cand
     return models[chosen]
 
 
+# ---- step 4: noise stability of the chosen net ----------------------------------------------
+
+def _stability(figures: dict, model: Any, compressed: Any, data: Any, out: Path, seed: int) -> dict[str, Any]:
+    """`stability_section` of the chosen net against the dense one (its JSON under figures["stability"],
+    its plots written to ``out``); the section is returned for the HTML page."""
+    from htcore.measure import stability_section
+
+    stability = htcore.noise_stability(model, compressed, data.X_train, data.y_train, max_samples=STABILITY_SAMPLES,
+                                       seed=seed)
+    resilience = htcore.resilience({"dense": model, "compressed": compressed}, data.X_test, data.y_test,
+                                   max_samples=RESILIENCE_SAMPLES, seed=seed)
+    section = stability_section(stability, resilience, directory=out)
+    figures["stability"] = section["json"]
+    figures["stability"]["plots"] = [os.path.basename(p) for p, _ in section["figures"]]
+    return section
+
+
 def _layer_table(model: Any, names: list, keeps: dict, code: Any) -> list[dict]:
     """One row per Linear/Conv2d layer of the chosen net: its kind and shape, keep, kept entries and
     bits (the weight's and bias's code lengths, in layer order as `code_length` lists them)."""
@@ -273,7 +300,7 @@ def _layer_table(model: Any, names: list, keeps: dict, code: Any) -> list[dict]:
     return rows
 
 
-# ---- step 4: the torch-free runtime against dense torch ---------------------------------------
+# ---- step 5: the torch-free runtime against dense torch ---------------------------------------
 
 def _deploy_and_time(figures: dict, model: Any, compressed: Any, data: Any, out: Path, torch: Any, threads: int) -> None:
     htcore.save_compressed(out / "model.safetensors", compressed, provenance={"demo": figures["dataset"]})
@@ -308,12 +335,13 @@ def _median_seconds(dense: Any, sparse: Any, calls: int) -> tuple[float, float]:
     return float(np.median(times[dense])), float(np.median(times[sparse]))
 
 
-# ---- step 5: the report -----------------------------------------------------------------------
+# ---- step 6: the report -----------------------------------------------------------------------
 
-def _write_report(figures: dict, out: Path) -> None:
+def _write_report(figures: dict, out: Path, stability: dict[str, Any]) -> None:
     from ._html_report import Section, write_html
 
-    figures["plots"] = figures["tails"]["plots"] + [_plot_bound(figures, out), _plot_runtime(figures, out)]
+    figures["plots"] = (figures["tails"]["plots"] + [_plot_bound(figures, out), _plot_runtime(figures, out)]
+                        + figures["stability"]["plots"])
     figures["files"] = ["report.html", "report.json", "model.safetensors", "inputs.npy", *figures["plots"]]
     (out / "report.json").write_text(json.dumps(figures, indent=1, allow_nan=False, default=_plain) + "\n")
     d, m, c, b, r = figures["data"], figures["model"], figures["compression"], figures["bound"], figures["runtime"]
@@ -354,7 +382,9 @@ def _write_report(figures: dict, out: Path) -> None:
                  f"{b['binomial']:.4f}, Catoni {b['catoni']:.4f}, Hoeffding {b['hoeffding']:.4f}; Arora et al. Theorem 2.1 "
                  f"{b['arora']:.4f} (gamma = {b['gamma']:.3g}, 2gamma-margin error of the dense net {b['margin_error']:.4f})."],
                 [search, layers, code], [(str(out / "bound.png"), "errors of the dense and compressed nets and the bounds")]),
-        Section("4. Deploy and time (htcore.save_compressed, htcore.load_compressed)",
+        Section(f"4. {stability['title']} (htcore.noise_stability, htcore.resilience)", stability["paragraphs"],
+                stability["tables"], stability["figures"]),
+        Section("5. Deploy and time (htcore.save_compressed, htcore.load_compressed)",
                 [f"The compressed net, saved to model.safetensors ({r['model_file_bytes']} bytes; dense float32 weights "
                  f"{r['dense_float32_bytes']} bytes), loaded back and run with numpy and htcore's CSR kernels, "
                  f"against the dense net in torch, both with threads = {r['threads']}. Median of "
@@ -388,11 +418,20 @@ def summary(figures: dict) -> str:
               f"train error {b['train_error']:.4f}, test error {b['test_error']:.4f}",
               f"   bound on its error (prob. {1 - figures['delta']:g}): kl {b['kl']:.4f}, binomial {b['binomial']:.4f}, "
               f"catoni {b['catoni']:.4f}, hoeffding {b['hoeffding']:.4f}, Arora Thm 2.1 {b['arora']:.4f}",
-              f"4. runtime, htcore CSR vs dense torch (threads={r['threads']}, median of {r['repeats']}): "
+              _stability_line(figures["stability"]),
+              f"5. runtime, htcore CSR vs dense torch (threads={r['threads']}, median of {r['repeats']}): "
               + "; ".join(f"batch {row['batch']}: {row['htcore_ms']:.4f} vs {row['dense_torch_ms']:.4f} ms "
                           f"({row['speedup']:.2f}x)" for row in r["batches"]),
               f"report: {figures['out']}/report.html (+ report.json, {len(figures['plots'])} PNG plots, model.safetensors)"]
     return "\n".join(lines)
+
+
+def _stability_line(stability: dict) -> str:
+    """Step 4 of the summary: per layer, the median relative error on real inputs vs the Frobenius ratio."""
+    layers = "; ".join(f"{l['name']} {_num(l['rel_error_median'])} vs {_num(l['frobenius_ratio'])}"
+                       for l in stability["noise_stability"]["layers"])
+    return (f"4. noise stability (median ||(W - W_hat) x|| / ||W x|| on real inputs vs ||W - W_hat||_F / ||W||_F): {layers}; "
+            f"output error {_num(stability['noise_stability']['net']['output_error_all_median'])}")
 
 
 def _plot_bound(figures: dict, out: Path) -> str:
