@@ -213,9 +213,9 @@ class Conv2d:
 
 
 @dataclass(frozen=True)
-class MaxPool2d:
-    """torch's max_pool2d (ceil_mode False, dilation 1): ``stride`` defaults to ``kernel_size``,
-    ``padding`` (at most half the kernel) pads with -inf. Sizes are stored as (h, w) pairs."""
+class _Pool2d:
+    """The window of a pooling layer: ``stride`` defaults to ``kernel_size``, ``padding`` is at most
+    half the kernel; sizes are ints or (h, w) pairs, stored as pairs."""
 
     kernel_size: Any
     stride: Any = None
@@ -226,18 +226,13 @@ class MaxPool2d:
             object.__setattr__(self, name, value)
 
 
-@dataclass(frozen=True)
-class AvgPool2d:
+class MaxPool2d(_Pool2d):
+    """torch's max_pool2d (ceil_mode False, dilation 1); the padding counts as -inf."""
+
+
+class AvgPool2d(_Pool2d):
     """torch's avg_pool2d (ceil_mode False, count_include_pad True: the zero padding counts in the
-    divisor kh * kw): ``stride`` defaults to ``kernel_size``. Sizes are stored as (h, w) pairs."""
-
-    kernel_size: Any
-    stride: Any = None
-    padding: Any = 0
-
-    def __post_init__(self) -> None:
-        for name, value in zip(("kernel_size", "stride", "padding"), _pool_sizes(self.kernel_size, self.stride, self.padding)):
-            object.__setattr__(self, name, value)
+    divisor kh * kw)."""
 
 
 @dataclass(frozen=True, eq=False)
