@@ -33,8 +33,6 @@
 // thread count.
 #include "conv2d.hpp"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <atomic>
 #include <limits>
@@ -716,7 +714,11 @@ void sparse_conv2d(const CsrRef& weight, const float* x, std::int64_t x_size, co
   if (!mul(g.n, weight.nnz, &all_nnz)) all_nnz = std::numeric_limits<std::int64_t>::max() / 2;
   const int threads =
       g_ignore_grain.load(std::memory_order_relaxed) ? num_threads() : csr_threads(g.n * g.c_out, all_nnz, g.plane_out);
-  const int parts = static_cast<int>(std::min<std::int64_t>(threads, items));
+  // Parts are chunks on htcore's pool, as the CSR products' (see csr_spmm): a late thread holds up
+  // nobody. Up to kChunksPerThread per thread when the batch has an image per part; fewer on small
+  // batches, where each extra part would prepare (copy) the same image once more.
+  const std::int64_t per_thread = std::clamp<std::int64_t>(g.n / threads, 1, kChunksPerThread);
+  const int parts = static_cast<int>(std::min<std::int64_t>(threads * per_thread, items));
   std::vector<std::int64_t> bounds(parts + 1);
   if (parts > 1) {
     std::vector<std::int64_t> prefix(static_cast<std::size_t>(items) + 1);
@@ -737,7 +739,9 @@ void sparse_conv2d(const CsrRef& weight, const float* x, std::int64_t x_size, co
   std::vector<float> owned;
   float* prep = nullptr;
   if (copied) {
-    const std::int64_t prep_size = parts * g.c_in * g.plane_in;  // <= xp_needed: no overflow
+    std::int64_t prep_size;  // (parts may exceed N: checked)
+    require(mul(parts, g.c_in, &prep_size) && mul(prep_size, g.plane_in, &prep_size),
+            "conv2d prepared-input buffers overflow int64");
     constexpr std::int64_t kKeptBytes = std::int64_t(4) << 20;
     if (prep_size * std::int64_t(sizeof(float)) <= kKeptBytes) {
       prep = kept_buffer<struct PreparedImages, float>(static_cast<std::size_t>(prep_size));
@@ -747,18 +751,18 @@ void sparse_conv2d(const CsrRef& weight, const float* x, std::int64_t x_size, co
     }
   }
   const Job job{g, &d, x, copied, prep, bias, act, y, avx2};
-  auto compute = [&](int part) {
+  auto compute = [&](std::int64_t part) {
 #ifdef HTCORE_CSR_X86
     if (use_dense) return run_dense(job, part, bounds[part], bounds[part + 1]);
 #endif
     if (use_tiled) run_tiled(job, part, bounds[part], bounds[part + 1]);
     else run_direct(job, part, bounds[part], bounds[part + 1]);
   };
-  // Each thread checks its share of x for NaN/Inf; no thread computes until every share has
+  // Each chunk checks its share of x for NaN/Inf; no chunk computes until every share has
   // passed (so nothing is written on a refused input).
   std::atomic<bool> x_finite{true};
   const std::int64_t planes = g.n * g.c_in;
-  auto prepare = [&](int part) {
+  auto prepare = [&](std::int64_t part) {
     const std::int64_t q0 = planes * part / parts, q1 = planes * (part + 1) / parts;
     if (!finite(x + q0 * g.h * g.w, (q1 - q0) * g.h * g.w, avx2)) x_finite.store(false, std::memory_order_relaxed);
   };
@@ -769,16 +773,9 @@ void sparse_conv2d(const CsrRef& weight, const float* x, std::int64_t x_size, co
     compute(0);
     return;
   }
-  // Parts are dealt round-robin to the threads the region actually gets (fewer than asked when
-  // called from inside another parallel region, where nesting is off): every part still runs.
-#pragma omp parallel num_threads(parts)
-  {
-    const int team = omp_get_num_threads();
-    for (int part = omp_get_thread_num(); part < parts; part += team) prepare(part);
-#pragma omp barrier
-    if (x_finite.load(std::memory_order_relaxed))
-      for (int part = omp_get_thread_num(); part < parts; part += team) compute(part);
-  }
+  const std::int64_t work = product_work(g.n * g.c_out, all_nnz, g.plane_out);
+  parallel_chunks(threads, parts, work, prepare);
+  if (x_finite.load(std::memory_order_relaxed)) parallel_chunks(threads, parts, work, compute);
   require_x_finite();
 }
 

@@ -34,6 +34,13 @@ using namespace detail;
 // Measured: docs/performance.md, "CSR kernels".
 constexpr std::int64_t kParallelGrain = 1 << 13;
 
+// A batch product (k > 1) whose matrix uses each input value fewer than kMinReuse times on
+// average ((nnz + rows) / cols) runs on one thread whatever its size: every thread reads nearly
+// all of X (or of the X^T the threads write together), so a second core spends as long fetching
+// X from the first one's cache as it saves in multiply-adds. Measured on the demo's 784-32 layer
+// at 3% (reuse 1): 2 threads 1.3-1.4x slower than 1 at batch 256 (benchmarks/results/contention.md).
+constexpr std::int64_t kMinReuse = 8;
+
 // A x prefetches kPrefetchAhead values ahead in its 16-value loop (the hardware prefetchers stop
 // at 4 KiB pages, and each stream crosses one every 512-2048 values) when the matrix has at least
 // kPrefetchBytes of values and indices (it comes from memory) and kPrefetchRow values per row on
@@ -469,7 +476,8 @@ void run(const CsrRef& a, const Call& c) {
   check_row_pointers(job.indptr, a.rows, a.nnz);
   // Chunks rather than one part per thread: a thread that starts late (its core busy) then
   // leaves fewer rows undone for the others to wait on, and the caller takes whatever is left.
-  const int threads = csr_threads(a.rows, a.nnz, k);
+  const bool reused = k == 1 || a.nnz + a.rows >= kMinReuse * a.cols;
+  const int threads = reused ? csr_threads(a.rows, a.nnz, k) : 1;
   const int parts = threads == 1 ? 1 : kChunksPerThread * threads;
   std::vector<std::int64_t> bounds(parts + 1);
   split_rows_by_nnz(job.indptr, a.rows, parts, bounds.data());
@@ -494,9 +502,10 @@ void run(const CsrRef& a, const Call& c) {
   // Threads split the rows and share one X^T: each thread transposing all of X, or threads
   // splitting the batch columns instead, won on some shapes and lost on others, so neither was kept.
   // Measured: docs/performance.md, "CSR kernels".
-  if (transposed) parallel_chunks(threads, parts, transpose_part);
+  const std::int64_t work = product_work(a.rows, a.nnz, k);
+  if (transposed) parallel_chunks(threads, parts, work, transpose_part);
   require(x_finite.load(), [] { return non_finite_message("X"); });
-  parallel_chunks(threads, parts, kernel);
+  parallel_chunks(threads, parts, work, kernel);
 }
 
 template <class Ptr, class Idx>
@@ -520,9 +529,8 @@ void dispatch_index(const CsrRef& a, const Call& c) {
 bool csr_uses_avx2() { return cpu_has_avx2(); }
 
 int csr_threads(std::int64_t rows, std::int64_t nnz, std::int64_t k) {
-  std::int64_t work;
-  if (__builtin_mul_overflow(nnz + rows, k, &work)) work = INT64_MAX;
-  return static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(num_threads(), work / kParallelGrain)));
+  return static_cast<int>(
+      std::max<std::int64_t>(1, std::min<std::int64_t>(num_threads(), product_work(rows, nnz, k) / kParallelGrain)));
 }
 
 void csr_enable_avx2(bool enabled) { g_avx2_enabled.store(enabled, std::memory_order_relaxed); }

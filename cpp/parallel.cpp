@@ -1,9 +1,11 @@
 #include "parallel.hpp"
 
 #include <pthread.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <memory>
@@ -45,6 +47,7 @@ struct Task {
   std::int64_t chunks;
   std::atomic<std::int64_t> next{0}, done{0};
   std::atomic<int> helpers{0};  // workers still allowed to join (the pool may hold more than asked for)
+  int caller_cpu = -1;          // where the caller runs (a worker there leaves the chunks to it)
 };
 
 void take_chunks(Task& task) {
@@ -60,37 +63,85 @@ inline void cpu_relax() {
 #endif
 }
 
-// About 50-100 µs of polling before a worker sleeps: calls that follow each other closely (the
-// layers of one forward pass) find it awake; an idle worker soon stops taking a core from others.
-constexpr int kSpinPolls = 20000;
+// The CPU the calling thread runs on, or -1 where that cannot be asked.
+int current_cpu() {
+#ifdef __linux__
+  return sched_getcpu();
+#else
+  return -1;
+#endif
+}
+
+// How long a worker polls for the next call before it sleeps: calls that follow each other
+// closely (the layers of one forward pass) find it awake; an idle worker soon stops taking a core
+// from others. A time, not a poll count: PAUSE takes 10-140 cycles depending on the CPU.
+constexpr auto kSpin = std::chrono::microseconds(50);
+
+// Workers run as SCHED_BATCH where Linux offers it: same share of the CPU as any thread, but a
+// woken worker never preempts the thread running on the core it is placed on. Without it, a
+// caller waking a worker on its own core (the other cores busy) was descheduled in favour of the
+// worker, which then ran the whole product and spun; the caller got its core back after a
+// scheduler slice: first calls of 0.5-10 ms instead of 0.02 ms (benchmarks/results/contention.md).
+// (Set by the thread that starts the worker, so it holds before the worker first runs.)
+void make_batch_thread(std::thread& worker) {
+#ifdef SCHED_BATCH
+  sched_param param{};
+  param.sched_priority = 0;
+  (void)pthread_setschedparam(worker.native_handle(), SCHED_BATCH, &param);
+#else
+  (void)worker;
+#endif
+}
+
+// How long the caller polls for chunks a worker has started before it yields its core instead.
+constexpr int kWaitPolls = 20000;
 
 class Pool {
  public:
-  // Publishes task to the workers (starting up to `wanted` of them), without waiting for any.
-  void publish(const std::shared_ptr<Task>& task, int wanted) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    while (workers_ < wanted) {
+  // Publishes task to the workers without waiting for any of them. Spinning workers see it at
+  // once; sleeping ones (and workers not started yet) are woken only when `wake`. Returns false
+  // (publishing nothing) when a worker holds the pool's lock, possibly descheduled while holding
+  // it: the caller then runs every chunk itself rather than wait for that worker.
+  bool publish(const std::shared_ptr<Task>& task, int wanted, bool wake) {
+    std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
+    if (!lock.owns_lock()) return false;
+    while (wake && workers_ < wanted) {
       try {
-        std::thread([this] { work(); }).detach();
+        std::thread worker([this] { work(); });
+        make_batch_thread(worker);
+        worker.detach();
       } catch (const std::system_error&) {
         break;  // no more threads to be had: the callers do the work themselves
       }
       ++workers_;
     }
     task_ = task;
+    caller_cpu_.store(task ? task->caller_cpu : -1, std::memory_order_relaxed);
     generation_.fetch_add(1, std::memory_order_release);
-    if (sleepers_ > 0) wake_.notify_all();
+    const bool notify = wake && sleepers_ > 0;
+    lock.unlock();  // (notifying under the lock would make a woken worker block on it at once)
+    if (notify) wake_.notify_all();
+    return true;
   }
 
  private:
+  // Polls for a new generation for up to kSpin, and stops early on the core of the last caller:
+  // there a poll only takes time from the caller.
+  bool spin_for(std::uint64_t seen) const {
+    const auto until = std::chrono::steady_clock::now() + kSpin;
+    for (int poll = 1;; ++poll) {
+      if (generation_.load(std::memory_order_acquire) != seen) return true;
+      cpu_relax();
+      if (poll % 64 == 0 &&
+          (std::chrono::steady_clock::now() >= until || current_cpu() == caller_cpu_.load(std::memory_order_relaxed)))
+        return false;
+    }
+  }
+
   void work() {
     std::uint64_t seen = 0;
     for (;;) {
-      bool ready = false;
-      for (int poll = 0; poll < kSpinPolls && !ready; ++poll) {
-        ready = generation_.load(std::memory_order_acquire) != seen;
-        if (!ready) cpu_relax();
-      }
+      const bool ready = spin_for(seen);
       std::shared_ptr<Task> task;
       {
         std::unique_lock<std::mutex> lock(mutex_);
@@ -102,7 +153,9 @@ class Pool {
         seen = generation_.load(std::memory_order_acquire);
         task = task_;
       }
-      if (task && task->helpers.fetch_sub(1, std::memory_order_relaxed) > 0) take_chunks(*task);
+      // On the caller's own core a worker would only time-share it with the caller.
+      if (!task || current_cpu() == task->caller_cpu) continue;
+      if (task->helpers.fetch_sub(1, std::memory_order_relaxed) > 0) take_chunks(*task);
     }
   }
 
@@ -110,6 +163,7 @@ class Pool {
   std::condition_variable wake_;
   std::shared_ptr<Task> task_;
   std::atomic<std::uint64_t> generation_{0};
+  std::atomic<int> caller_cpu_{-1};
   int workers_ = 0, sleepers_ = 0;
 };
 
@@ -135,10 +189,12 @@ void set_num_threads(int n) {
   require(n >= 1 && n <= kMaxThreads,
           [&] { return "num_threads must be in [1, " + std::to_string(kMaxThreads) + "], got " + std::to_string(n); });
   g_num_threads.store(n, std::memory_order_relaxed);
-  if (n > 1) pool().publish(nullptr, n - 1);  // start the workers now, not in the first product
+  // Start the workers now, not in the first product (thread creation costs that call ~50 µs).
+  if (n > 1) pool().publish(nullptr, n - 1, true);
 }
 
-void parallel_chunks(int threads, std::int64_t chunks, const std::function<void(std::int64_t)>& body) {
+void parallel_chunks(int threads, std::int64_t chunks, std::int64_t work,
+                     const std::function<void(std::int64_t)>& body) {
   if (threads <= 1 || chunks <= 1) {
     for (std::int64_t i = 0; i < chunks; ++i) body(i);
     return;
@@ -146,14 +202,15 @@ void parallel_chunks(int threads, std::int64_t chunks, const std::function<void(
   auto task = std::make_shared<Task>();
   task->body = &body;
   task->chunks = chunks;
+  task->caller_cpu = current_cpu();
   const int helpers = static_cast<int>(std::min<std::int64_t>(threads, chunks)) - 1;
   task->helpers.store(helpers, std::memory_order_relaxed);
-  pool().publish(task, helpers);
+  if (!pool().publish(task, helpers, work >= kWakeWork)) task->helpers.store(0, std::memory_order_relaxed);
   take_chunks(*task);
   // Only chunks a worker has started are left: poll as long as one takes, and give the core away
   // only after that (a yield on a loaded machine can cost this thread a whole scheduler round).
   for (int poll = 0; task->done.load(std::memory_order_acquire) < chunks; ++poll) {
-    if (poll < kSpinPolls) {
+    if (poll < kWaitPolls) {
       cpu_relax();
     } else {
       std::this_thread::yield();

@@ -22,14 +22,30 @@ void set_num_threads(int n);  // 1 <= n <= kMaxThreads
 // taken late holds up little (the CSR products' chunks keep >= 1/4 of their parallel grain each).
 constexpr int kChunksPerThread = 4;
 
+// Work (multiply-adds) from which a product wakes sleeping workers. A product this large takes
+// ~100 µs or more on one core: enough for a worker woken from sleep (tens of µs on a quiet
+// machine) to take a share. Smaller products use only workers still spinning from the call
+// before, so an idle pool costs them nothing. Measured: benchmarks/results/contention.md.
+constexpr std::int64_t kWakeWork = std::int64_t(1) << 18;
+
+// A sparse product's work in multiply-adds, (nnz + rows) * k (a row's store counts as one),
+// saturating instead of overflowing.
+inline std::int64_t product_work(std::int64_t rows, std::int64_t nnz, std::int64_t k) {
+  std::int64_t work;
+  if (__builtin_add_overflow(nnz, rows, &work) || __builtin_mul_overflow(work, k, &work)) return INT64_MAX;
+  return work;
+}
+
 // Runs body(0), ..., body(chunks - 1), each exactly once, on the calling thread and up to
-// threads - 1 pool workers, and returns when all have run. Unlike an OpenMP region, the caller
-// takes chunks itself and waits only for chunks a worker has already started: a worker that is
-// asleep, or whose core another process holds, costs nothing, so on a busy machine a product
-// degrades to the caller's own speed instead of waiting a scheduler time slice for its team.
-// Workers spin briefly for the next call before sleeping (fork/join of a few µs on a quiet
-// machine). body must not throw. After fork() the child starts a fresh pool.
-void parallel_chunks(int threads, std::int64_t chunks, const std::function<void(std::int64_t)>& body);
+// threads - 1 pool workers, and returns when all have run. `work` is the call's size in
+// multiply-adds (kWakeWork). Unlike an OpenMP region, the caller takes chunks itself and waits
+// only for chunks a worker has already started: a worker that is asleep, or whose core another
+// process holds, costs nothing, so on a busy machine a product degrades to the caller's own speed
+// instead of waiting a scheduler time slice for its team. Workers spin ~50 µs for the next call
+// before sleeping, and leave the chunks to the caller when they find themselves on its core.
+// body must not throw. After fork() the child starts a fresh pool.
+void parallel_chunks(int threads, std::int64_t chunks, std::int64_t work,
+                     const std::function<void(std::int64_t)>& body);
 
 // Splits [0, n_rows) into `parts` contiguous ranges of about equal nnz, given CSR row pointers.
 // bounds has parts + 1 entries; bounds[p]..bounds[p+1] is part p's row range.

@@ -172,7 +172,7 @@ void run(const SellRef& a, const float* x, const float* bias, Activation act, fl
     (void)vectorised;
     slices_generic(job, bounds[part], bounds[part + 1]);
   };
-  parallel_chunks(threads, parts, kernel);
+  parallel_chunks(threads, parts, product_work(a.rows, a.entries, 1), kernel);
 }
 
 template <class Idx>

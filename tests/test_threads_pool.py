@@ -1,0 +1,74 @@
+"""htcore's own thread pool (cpp/parallel.cpp): how its workers are scheduled and which kernels use
+it. Each check runs in a fresh process, so the pool and OpenMP start from nothing."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import htcore
+
+linux_only = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads /proc/self/task (Linux)")
+
+# Prints the scheduling policy (field 41 of /proc/.../stat; 0 normal, 3 batch) of every thread the
+# given code started (numpy's BLAS may hold threads of its own from the import).
+_POLICIES = """
+import os, sys, numpy as np, htcore
+before = set(os.listdir("/proc/self/task"))
+{code}
+for tid in sorted(set(os.listdir("/proc/self/task")) - before):
+        stat = open(f"/proc/self/task/{{tid}}/stat").read()
+        print(stat[stat.rindex(")") + 2:].split()[38])
+"""
+
+
+def _other_threads(code: str) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")}
+    out = subprocess.run([sys.executable, "-c", _POLICIES.format(code=code)], env=env, capture_output=True,
+                         text=True, check=True)
+    return out.stdout.split()
+
+
+@linux_only
+def test_workers_start_with_the_thread_count_and_never_preempt_on_wake_up():
+    """set_num_threads(3) starts two workers at once, as SCHED_BATCH (a woken worker must not push
+    the caller off its core: that made first calls on a busy machine take milliseconds)."""
+    assert _other_threads("htcore.set_num_threads(3)") == ["3", "3"]
+
+
+@linux_only
+def test_convolution_runs_on_the_pool_not_openmp():
+    """A parallel convolution adds no OpenMP team: the one thread it starts is the pool worker."""
+    code = """
+htcore.set_num_threads(2)
+htcore._core._conv2d_ignore_parallel_grain(True)
+rng = np.random.default_rng(0)
+K = htcore.topk_sparsify(rng.standard_normal((16, 8 * 9)).astype(np.float32), 0.3)
+htcore.sparse_conv2d(rng.standard_normal((4, 8, 12, 12)).astype(np.float32), K, kernel_size=3, padding=1)
+"""
+    assert _other_threads(code) == ["3"]
+
+
+@pytest.mark.parametrize("n", [1, 3, 17])
+def test_convolution_same_bits_for_any_number_of_chunks(n):
+    """Batches of 1, 3 and 17 images split into 2 to 8 chunks on 2 threads; every chunk count gives
+    the one-thread result bit for bit, NaN refusal included."""
+    rng = np.random.default_rng(n)
+    K = htcore.topk_sparsify(rng.standard_normal((6, 3 * 25)).astype(np.float32), 0.4)
+    x = rng.standard_normal((n, 3, 11, 9)).astype(np.float32)
+    before = htcore.get_num_threads()
+    try:
+        htcore._core._conv2d_ignore_parallel_grain(True)
+        results = []
+        for threads in (1, 2):
+            htcore.set_num_threads(threads)
+            results.append(htcore.sparse_conv2d(x, K, kernel_size=5, stride=2, padding=2, activation="relu"))
+            bad = x.copy()
+            bad[-1, -1, -1, -1] = np.nan
+            with pytest.raises(ValueError, match="X"):
+                htcore.sparse_conv2d(bad, K, kernel_size=5, stride=2, padding=2)
+    finally:
+        htcore._core._conv2d_ignore_parallel_grain(False)
+        htcore.set_num_threads(before)
+    assert np.array_equal(results[0], results[1])
