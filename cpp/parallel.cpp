@@ -72,6 +72,9 @@ int current_cpu() {
 #endif
 }
 
+// True when the calling thread runs on `cpu` (known: not -1).
+bool on_cpu(int cpu) { return cpu >= 0 && current_cpu() == cpu; }
+
 // How long a worker polls for the next call before it sleeps: calls that follow each other
 // closely (the layers of one forward pass) find it awake; an idle worker soon stops taking a core
 // from others. A time, not a poll count: PAUSE takes 10-140 cycles depending on the CPU.
@@ -81,7 +84,8 @@ constexpr auto kSpin = std::chrono::microseconds(50);
 // woken worker never preempts the thread running on the core it is placed on. Without it, a
 // caller waking a worker on its own core (the other cores busy) was descheduled in favour of the
 // worker, which then ran the whole product and spun; the caller got its core back after a
-// scheduler slice: first calls of 0.5-10 ms instead of 0.02 ms (benchmarks/results/contention.md).
+// scheduler slice: first calls of 0.5-10 ms instead of 0.05 ms (benchmarks/README.md, "Runtime
+// under contention").
 // (Set by the thread that starts the worker, so it holds before the worker first runs.)
 void make_batch_thread(std::thread& worker) {
 #ifdef SCHED_BATCH
@@ -133,7 +137,7 @@ class Pool {
       if (generation_.load(std::memory_order_acquire) != seen) return true;
       cpu_relax();
       if (poll % 64 == 0 &&
-          (std::chrono::steady_clock::now() >= until || current_cpu() == caller_cpu_.load(std::memory_order_relaxed)))
+          (std::chrono::steady_clock::now() >= until || on_cpu(caller_cpu_.load(std::memory_order_relaxed))))
         return false;
     }
   }
@@ -154,7 +158,7 @@ class Pool {
         task = task_;
       }
       // On the caller's own core a worker would only time-share it with the caller.
-      if (!task || current_cpu() == task->caller_cpu) continue;
+      if (!task || on_cpu(task->caller_cpu)) continue;
       if (task->helpers.fetch_sub(1, std::memory_order_relaxed) > 0) take_chunks(*task);
     }
   }

@@ -25,7 +25,8 @@ constexpr int kChunksPerThread = 4;
 // Work (multiply-adds) from which a product wakes sleeping workers. A product this large takes
 // ~100 µs or more on one core: enough for a worker woken from sleep (tens of µs on a quiet
 // machine) to take a share. Smaller products use only workers still spinning from the call
-// before, so an idle pool costs them nothing. Measured: benchmarks/results/contention.md.
+// before, so an idle pool costs them nothing. A round figure, not swept: with it the demo and
+// the MLP at batch 1 never wake a worker (benchmarks/results/contention.md).
 constexpr std::int64_t kWakeWork = std::int64_t(1) << 18;
 
 // A sparse product's work in multiply-adds, (nnz + rows) * k (a row's store counts as one),
