@@ -96,5 +96,18 @@ struct PowerLawResult {
 // value but the largest; g > 0 scans g log-spaced candidates snapped to data values.
 PowerLawResult fit_powerlaw(const double* x, std::int64_t n, double xmax, double fixed_xmin, std::int64_t grid);
 PowerLawResult fit_powerlaw(const float* x, std::int64_t n, double xmax, double fixed_xmin, std::int64_t grid);
+// The same fit of an ascending-sorted sample, which it overwrites (fit_powerlaw sorts a copy).
+PowerLawResult fit_sorted_powerlaw(double* sorted, std::int64_t n, double xmax, double fixed_xmin, std::int64_t grid);
+
+// What htcore.analyze measures on a layer's |w|: auto-k Hill (estimate_tail(hill, k = 0)) and the
+// power-law fit without xmax (fit_powerlaw(x, +inf, NaN, grid)), bit for bit, from one sort.
+struct ElementTails {
+  TailEstimate hill;
+  PowerLawResult fit;
+};
+ElementTails element_tails(const double* x, std::int64_t n, std::uint64_t seed, const DoubleBootstrapOptions& options,
+                           double rho_max, std::int64_t grid);
+ElementTails element_tails(const float* x, std::int64_t n, std::uint64_t seed, const DoubleBootstrapOptions& options,
+                           double rho_max, std::int64_t grid);
 
 }  // namespace htcore
