@@ -5,9 +5,10 @@
 // buckets of equal key width between its smallest and largest key (per-thread histograms over
 // fixed contiguous parts), then threads take whole buckets and sort each in cache by the same
 // split applied recursively down to small leaves. A sorted sequence is unique, so the result
-// does not depend on the thread count or on which thread sorted which bucket. float input is
-// widened on the fly (exactly), so a float32 sample needs no float64 copy besides the result, and
-// the bucket sorts use per-thread scratch sized to the largest bucket rather than a second copy.
+// does not depend on the thread count or on which thread sorted which bucket. The bucket sorts
+// use per-thread scratch sized to the largest bucket rather than a second copy. float samples
+// (most weights) take a cheaper route, an LSD radix sort of their 32-bit keys inside the result's
+// buffer (sort_float), so they need no float64 copy besides the result either.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>

@@ -13,9 +13,10 @@
 
 namespace htcore {
 
-// An ascending-sorted copy of a positive, finite sample (parallel MSD radix sort on the IEEE bit
-// patterns, which order like the values for positive doubles; see sort_positive.cpp). float
-// samples are widened exactly, so both overloads give the same doubles for the same values.
+// An ascending-sorted copy of a positive, finite sample (radix sorts on the IEEE bit patterns,
+// which order like the values for positive numbers: MSD on doubles, LSD on float keys; see
+// sort_positive.cpp). float samples are widened exactly, so both overloads give the same doubles
+// for the same values.
 std::unique_ptr<double[]> sorted_positive(const double* x, std::int64_t n);
 std::unique_ptr<double[]> sorted_positive(const float* x, std::int64_t n);
 
