@@ -208,10 +208,9 @@ std::vector<Candidate> make_candidates(const double* u, std::int64_t m, double f
   return out;
 }
 
-template <class T>
-PowerLawResult fit_powerlaw_of(const T* x, std::int64_t n, double xmax, double fixed_xmin, std::int64_t grid) {
-  const std::unique_ptr<double[]> sorted_copy = sorted_positive(x, n);
-  double* sorted = sorted_copy.get();
+}  // namespace
+
+PowerLawResult fit_sorted_powerlaw(double* sorted, std::int64_t n, double xmax, double fixed_xmin, std::int64_t grid) {
   const std::int64_t used = std::upper_bound(sorted, sorted + n, xmax) - sorted;
   require(used >= 2, [&] { return "the power-law fit needs at least 2 samples <= xmax, got " + std::to_string(used); });
   DistinctTail tail = distinct_values(sorted, used);
@@ -271,14 +270,12 @@ PowerLawResult fit_powerlaw_of(const T* x, std::int64_t n, double xmax, double f
   return out;
 }
 
-}  // namespace
-
 PowerLawResult fit_powerlaw(const double* x, std::int64_t n, double xmax, double fixed_xmin, std::int64_t grid) {
-  return fit_powerlaw_of(x, n, xmax, fixed_xmin, grid);
+  return fit_sorted_powerlaw(sorted_positive(x, n).get(), n, xmax, fixed_xmin, grid);
 }
 
 PowerLawResult fit_powerlaw(const float* x, std::int64_t n, double xmax, double fixed_xmin, std::int64_t grid) {
-  return fit_powerlaw_of(x, n, xmax, fixed_xmin, grid);
+  return fit_sorted_powerlaw(sorted_positive(x, n).get(), n, xmax, fixed_xmin, grid);
 }
 
 }  // namespace htcore

@@ -5,9 +5,10 @@
 // buckets of equal key width between its smallest and largest key (per-thread histograms over
 // fixed contiguous parts), then threads take whole buckets and sort each in cache by the same
 // split applied recursively down to small leaves. A sorted sequence is unique, so the result
-// does not depend on the thread count or on which thread sorted which bucket. float input is
-// widened on the fly (exactly), so a float32 sample needs no float64 copy besides the result, and
-// the bucket sorts use per-thread scratch sized to the largest bucket rather than a second copy.
+// does not depend on the thread count or on which thread sorted which bucket. The bucket sorts
+// use per-thread scratch sized to the largest bucket rather than a second copy. float samples
+// (most weights) take a cheaper route, an LSD radix sort of their 32-bit keys inside the result's
+// buffer (sort_float), so they need no float64 copy besides the result either.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -143,9 +144,86 @@ std::unique_ptr<double[]> sort_widened(const T* x, std::int64_t n) {
   return out;
 }
 
+// float samples: an LSD radix sort of their 32-bit keys (minus the smallest) in kDigitBits-bit
+// digits, inside the result's own buffer, whose two halves serve as the two key arrays; then the
+// keys are widened to doubles in place, from the back (double i ends at byte 8i + 8 and only
+// overwrites keys >= i, which are already widened). Half the bytes per pass of the double sort,
+// and no scratch. Each pass is a stable counting sort, parallel over fixed contiguous parts (one
+// histogram per part), so the result is the same at any thread count.
+constexpr int kDigitBits = 11;
+
+std::uint32_t key_of(float v) {
+  std::uint32_t k;
+  std::memcpy(&k, &v, sizeof k);
+  return k;
+}
+
+std::unique_ptr<double[]> sort_float(const float* x, std::int64_t n) {
+  const std::size_t size = static_cast<std::size_t>(n);
+  std::unique_ptr<double[]> out(new double[size]);
+  if (size < (1u << 14)) {
+    std::copy(x, x + size, out.get());
+    std::sort(out.get(), out.get() + size);
+    return out;
+  }
+  const int threads = size >= kParallelMin ? htcore::num_threads() : 1;
+  std::uint32_t lo = key_of(x[0]), hi = lo;
+#pragma omp parallel for num_threads(threads) reduction(min : lo) reduction(max : hi)
+  for (std::size_t i = 0; i < size; ++i) {
+    const std::uint32_t k = key_of(x[i]);
+    lo = std::min(lo, k);
+    hi = std::max(hi, k);
+  }
+  int passes = 0;
+  for (std::uint32_t span = hi - lo; span != 0; span >>= kDigitBits) ++passes;
+  auto* keys = reinterpret_cast<std::uint32_t*>(out.get());  // 2 * size keys fit in size doubles
+  std::uint32_t* halves[2] = {keys, keys + size};
+  constexpr std::size_t kDigits = std::size_t{1} << kDigitBits;
+  std::vector<std::size_t> counts(static_cast<std::size_t>(threads) * kDigits);
+  for (int pass = 0; pass < passes; ++pass) {
+    // The last pass writes the lower half, so the passes alternate backwards from it.
+    const std::uint32_t* src = halves[(passes - pass) % 2];
+    std::uint32_t* dst = halves[(passes - 1 - pass) % 2];
+    const int shift = pass * kDigitBits;
+    std::fill(counts.begin(), counts.end(), 0);
+#pragma omp parallel num_threads(threads)
+    {
+      const std::size_t t = static_cast<std::size_t>(omp_get_thread_num()),
+                        parts = static_cast<std::size_t>(omp_get_num_threads());
+      const std::size_t begin = size * t / parts, end = size * (t + 1) / parts;
+      std::size_t* mine = &counts[t * kDigits];
+      auto key = [&](std::size_t i) { return pass == 0 ? key_of(x[i]) - lo : src[i]; };
+      for (std::size_t i = begin; i < end; ++i) ++mine[(key(i) >> shift) & (kDigits - 1)];
+#pragma omp barrier
+#pragma omp single
+      {
+        std::size_t offset = 0;
+        for (std::size_t d = 0; d < kDigits; ++d)
+          for (std::size_t p = 0; p < parts; ++p) {
+            const std::size_t c = counts[p * kDigits + d];
+            counts[p * kDigits + d] = offset;
+            offset += c;
+          }
+      }
+      for (std::size_t i = begin; i < end; ++i) {
+        const std::uint32_t k = key(i);
+        dst[mine[(k >> shift) & (kDigits - 1)]++] = k;
+      }
+    }
+  }
+  for (std::size_t i = size; i-- > 0;) {
+    const std::uint32_t k = (passes == 0 ? 0 : keys[i]) + lo;
+    float v;
+    std::memcpy(&v, &k, sizeof v);
+    const double widened = v;
+    std::memcpy(reinterpret_cast<char*>(out.get()) + 8 * i, &widened, sizeof widened);
+  }
+  return out;
+}
+
 }  // namespace
 
 std::unique_ptr<double[]> sorted_positive(const double* x, std::int64_t n) { return sort_widened(x, n); }
-std::unique_ptr<double[]> sorted_positive(const float* x, std::int64_t n) { return sort_widened(x, n); }
+std::unique_ptr<double[]> sorted_positive(const float* x, std::int64_t n) { return sort_float(x, n); }
 
 }  // namespace htcore

@@ -91,6 +91,20 @@ class Rng {
     std::uint64_t state = seed ^ (stream * 0xD1B54A32D192ED03ull);
     for (auto& word : s_) word = splitmix64(state);
   }
+  static Rng from_state(std::uint64_t a, std::uint64_t b, std::uint64_t c, std::uint64_t d) {
+    Rng rng;
+    rng.s_[0] = a;
+    rng.s_[1] = b;
+    rng.s_[2] = c;
+    rng.s_[3] = d;
+    return rng;
+  }
+  void state(std::uint64_t& a, std::uint64_t& b, std::uint64_t& c, std::uint64_t& d) const {
+    a = s_[0];
+    b = s_[1];
+    c = s_[2];
+    d = s_[3];
+  }
   // Uniform on (0, 1].
   double uniform() { return static_cast<double>((next() >> 11) + 1) * 0x1.0p-53; }
   double normal() {  // Box-Muller, one of the pair
@@ -108,6 +122,7 @@ class Rng {
   }
 
  private:
+  Rng() = default;
   static std::uint64_t rotl(std::uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
   std::uint64_t next() {
     const std::uint64_t result = rotl(s_[1] * 5, 7) * 9;
@@ -156,62 +171,184 @@ void neg_log_units(double* v, std::int64_t m) {
   for (std::int64_t j = 0; j < m; ++j) v[j] = neg_log_unit(v[j]);
 }
 
-// Logs of the k_max + 1 largest values of one bootstrap resample (nb draws with replacement from
-// n), largest first, shifted so the first is 0. Only the smallest drawn ranks matter, so they are
-// generated directly in increasing order: the smallest k_max + 1 of nb uniforms are
-// U_(j) = S_j / S, with S_j the partial sums of exponential variates E_1..E_(k_max+1) and
-// S = S_(k_max+1) + G, G ~ Gamma(nb - k_max) (the remaining nb + 1 - (k_max + 1) spacings).
-// A drawn rank is floor(U n). O(k_max), not O(nb).
-void resample_top_logs(const double* logs, std::int64_t n, std::int64_t nb, std::int64_t k_max, Rng& rng,
-                       double* spacing, double* out) {
-  // E_j = -ln V_j for uniforms V_j drawn before G, the logs taken in one vectorised pass.
-  for (std::int64_t j = 0; j <= k_max; ++j) spacing[j] = rng.uniform();
-  const double gamma = rng.gamma(static_cast<double>(nb - k_max));
-  neg_log_units(spacing, k_max + 1);
-  double partial = 0;
-  for (std::int64_t j = 0; j <= k_max; ++j) {
-    partial += spacing[j];
-    spacing[j] = partial;
-  }
-  const double scale = static_cast<double>(n) / (partial + gamma);
-  double top = 0;
-  for (std::int64_t j = 0; j <= k_max; ++j) {
-    const std::int64_t rank = std::min(n - 1, static_cast<std::int64_t>(spacing[j] * scale));
-    const double v = logs[rank];
-    if (j == 0) top = v;
-    out[j] = v - top;
+// ---- the bootstrap, kLanes resamples at a time ----
+//
+// Each resample has its own random stream and its own running sums, so resamples r .. r + 3 are
+// computed side by side, one per vector lane (arrays indexed [j * kLanes + lane]): every lane does
+// exactly the operations, in the same order, that one resample alone would, so the results are
+// bit for bit those of a one-at-a-time loop, but the serial dependencies (partial sums) of four
+// resamples overlap and the arithmetic vectorises.
+constexpr int kLanes = 4;
+
+// kLanes xoshiro256** streams, word-major so that one step of all of them vectorises.
+struct LaneRngs {
+  std::uint64_t s[4][kLanes];
+  void seed(int lane, const Rng& rng) { rng.state(s[0][lane], s[1][lane], s[2][lane], s[3][lane]); }
+  Rng lane(int l) const { return Rng::from_state(s[0][l], s[1][l], s[2][l], s[3][l]); }
+};
+
+// u[l] = what Rng::uniform() of lane l returns, for all lanes (the uint64 -> double conversion is
+// done in two exact 32-bit halves, which vectorises where a 64-bit one does not).
+__attribute__((always_inline)) inline void lane_uniforms(LaneRngs& g, double* u) {
+#pragma omp simd
+  for (int l = 0; l < kLanes; ++l) {
+    const std::uint64_t s1 = g.s[1][l];
+    const std::uint64_t x = (s1 << 2) + s1, rotated = (x << 7) | (x >> 57);  // s1 * 5, rotated
+    const std::uint64_t result = (rotated << 3) + rotated;                   // times 9
+    const std::uint64_t t = s1 << 17;
+    g.s[2][l] ^= g.s[0][l];
+    g.s[3][l] ^= s1;
+    g.s[1][l] = s1 ^ g.s[2][l];
+    g.s[0][l] ^= g.s[3][l];
+    g.s[2][l] ^= t;
+    g.s[3][l] = (g.s[3][l] << 45) | (g.s[3][l] >> 19);
+    const std::uint64_t bits = result >> 11, hi = (bits >> 32) | 0x4330000000000000ull,
+                        lo = (bits & 0xFFFFFFFFull) | 0x4330000000000000ull;
+    double dh, dl;
+    std::memcpy(&dh, &hi, sizeof dh);
+    std::memcpy(&dl, &lo, sizeof dl);
+    // (hi - 2^52) 2^32 + (lo - 2^52) is exact (< 2^53), and so is adding 1 (<= 2^53).
+    u[l] = (((dh - 0x1p52) * 0x1p32 + (dl - 0x1p52)) + 1.0) * 0x1p-53;
   }
 }
 
+// spacing[j * kLanes + l] = S_(j+1) = E_1 + ... + E_(j+1) of lane l for j < m, E = -ln V for the
+// next m uniforms V of each stream; partial[l] ends as S_m. In blocks that stay in cache.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target_clones("avx2", "default")))
+#endif
+void draw_partial_sums(LaneRngs& rngs, std::int64_t m, double* spacing, double* partial) {
+  constexpr std::int64_t kBlock = 64;
+  for (std::int64_t j0 = 0; j0 < m; j0 += kBlock) {
+    const std::int64_t j1 = std::min(m, j0 + kBlock);
+    double* block = spacing + j0 * kLanes;
+    for (std::int64_t j = j0; j < j1; ++j) lane_uniforms(rngs, spacing + j * kLanes);
+    neg_log_units(block, (j1 - j0) * kLanes);
+    for (std::int64_t j = 0; j < j1 - j0; ++j)
+#pragma omp simd
+      for (int l = 0; l < kLanes; ++l) {
+        partial[l] += block[j * kLanes + l];
+        block[j * kLanes + l] = partial[l];
+      }
+  }
+}
+
+// The top k_max + 1 order statistics of kLanes bootstrap resamples (nb draws with replacement
+// from n each; lane l is the resample of stream l). Only the smallest drawn ranks matter, so they
+// are generated directly in increasing order: the smallest k_max + 1 of nb uniforms are
+// U_(j) = S_j / S, with S_j the partial sums of exponential variates E_1..E_(k_max+1) and
+// S = S_(k_max+1) + G, G ~ Gamma(nb - k_max) (the remaining nb + 1 - (k_max + 1) spacings).
+// A drawn rank is floor(U n). O(k_max), not O(nb): a resample reads only the top of the sorted
+// sample. The work is two fused passes over the k_max + 1 statistics (the arrays of four lanes
+// outgrow the caches on big samples, so fewer passes matter more than fewer operations).
+class LaneResamples {
+ public:
+  // Draws S_1..S_(k_max+1) (into spacing[j * kLanes + l]) and G; the streams advance as one
+  // resample's Rng would: the k_max + 1 uniforms V_j (E_j = -ln V_j), then G.
+  LaneResamples(const double* logs, std::int64_t n, std::int64_t nb, std::int64_t k_max, LaneRngs& rngs,
+                double* spacing)
+      : logs_(logs), spacing_(spacing), last_(static_cast<double>(n - 1)) {
+    double partial[kLanes] = {};
+    draw_partial_sums(rngs, k_max + 1, spacing, partial);
+    for (int l = 0; l < kLanes; ++l) {
+      Rng rng = rngs.lane(l);
+      const double gamma = rng.gamma(static_cast<double>(nb - k_max));
+      rngs.seed(l, rng);
+      scale_[l] = static_cast<double>(n) / (partial[l] + gamma);
+    }
+    log_at(0, 1, top_);
+  }
+
+  // out[(j - j0) * kLanes + l] = ln of statistic j of lane l minus ln of its largest, j in [j0, j1).
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __attribute__((target_clones("avx2", "default")))
+#endif
+  void shifted_logs(std::int64_t j0, std::int64_t j1, double* out) const {
+    log_at(j0, j1, out);
+    for (std::int64_t j = 0; j < j1 - j0; ++j)
+#pragma omp simd
+      for (int l = 0; l < kLanes; ++l) out[j * kLanes + l] -= top_[l];
+  }
+
+ private:
+  __attribute__((always_inline)) void log_at(std::int64_t j0, std::int64_t j1, double* out) const {
+    for (std::int64_t j = j0; j < j1; ++j)
+#pragma omp simd
+      for (int l = 0; l < kLanes; ++l) {
+        // min(n - 1, (int64) v) for 0 <= v < 2^52: floor, then the 2^52 trick for the conversion.
+        const double rank = std::min(last_, std::floor(spacing_[j * kLanes + l] * scale_[l])) + 0x1p52;
+        std::uint64_t bits;
+        std::memcpy(&bits, &rank, sizeof bits);
+        out[(j - j0) * kLanes + l] = logs_[bits - 0x4330000000000000ull];
+      }
+  }
+
+  const double* logs_;
+  const double* spacing_;
+  double last_, scale_[kLanes], top_[kLanes];
+};
+
 // The statistic whose bootstrap mean is the AMSE proxy at k (Danielsson et al. for Hill; the
-// difference of two moment-type estimators for the moments estimator, as Voitalov et al.). Values
-// where the moments are degenerate are skipped (Voitalov's "cleaning"), which marks that k unusable;
-// count[k - 1] counts the values used (Hill's are never degenerate, so it counts only for moments).
-template <TailMethod method>
-void add_amse_terms(const double* d, const double* inv_k, std::int64_t k_max, double* sum, int* count) {
-  double s1 = 0, s2 = 0, s3 = 0;
-  for (std::int64_t k = 1; k <= k_max; ++k) {
-    const double x = d[k - 1], r = d[k], ik = inv_k[k - 1];
-    s1 += x;
-    s2 += x * x;
-    const double m1 = s1 * ik - r;
-    const double m2 = s2 * ik - 2.0 * r * s1 * ik + r * r;
-    double term;
-    if constexpr (method == TailMethod::hill) {
-      const double delta = m2 - 2.0 * m1 * m1;
-      term = delta * delta;
-    } else {
+// difference of two moment-type estimators for the moments estimator, as Voitalov et al.), for the
+// first `used` lanes, added to sum[k - 1] in lane order (resample order). Values where the moments
+// are degenerate are skipped (Voitalov's "cleaning"), which marks that k unusable; count[k - 1]
+// counts the values used (Hill's are never degenerate, so it counts only for moments).
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target_clones("avx2", "default")))
+#endif
+void add_hill_amse_terms(const LaneResamples& resamples, const double* inv_k, std::int64_t k_max, int used,
+                         double* sum) {
+  constexpr std::int64_t kBlock = 128;
+  double d[(kBlock + 1) * kLanes];  // statistics j0 - 1 .. j1 - 1 of the current block
+  double s1[kLanes] = {}, s2[kLanes] = {}, term[kLanes];
+  resamples.shifted_logs(0, 1, d + kBlock * kLanes);
+  for (std::int64_t j0 = 1; j0 <= k_max; j0 += kBlock) {
+    const std::int64_t j1 = std::min(k_max + 1, j0 + kBlock);
+    std::copy(d + kBlock * kLanes, d + (kBlock + 1) * kLanes, d);  // the previous block's last
+    resamples.shifted_logs(j0, j1, d + kLanes);
+    for (std::int64_t k = j0; k < j1; ++k) {
+      const double ik = inv_k[k - 1];
+      const double* x = d + (k - j0) * kLanes;
+#pragma omp simd
+      for (int l = 0; l < kLanes; ++l) {
+        const double r = x[kLanes + l];
+        s1[l] += x[l];
+        s2[l] += x[l] * x[l];
+        const double m1 = s1[l] * ik - r;
+        const double m2 = s2[l] * ik - 2.0 * r * s1[l] * ik + r * r;
+        const double delta = m2 - 2.0 * m1 * m1;
+        term[l] = delta * delta;
+      }
+      double acc = sum[k - 1];
+      for (int l = 0; l < used; ++l) acc += term[l];
+      sum[k - 1] = acc;
+    }
+    if (j1 - j0 < kBlock) break;
+  }
+}
+
+void add_moments_amse_terms(const LaneResamples& resamples, const double* inv_k, std::int64_t k_max, int used,
+                            double* sum, int* count, double* d) {
+  resamples.shifted_logs(0, k_max + 1, d);
+  for (int l = 0; l < used; ++l) {
+    double s1 = 0, s2 = 0, s3 = 0;
+    for (std::int64_t k = 1; k <= k_max; ++k) {
+      const double x = d[(k - 1) * kLanes + l], r = d[k * kLanes + l], ik = inv_k[k - 1];
+      s1 += x;
+      s2 += x * x;
       s3 += x * x * x;
+      const double m1 = s1 * ik - r;
+      const double m2 = s2 * ik - 2.0 * r * s1 * ik + r * r;
       const double m3 = s3 * ik - 3.0 * r * s2 * ik + 3.0 * r * r * s1 * ik - r * r * r;
       if (m2 <= 0 || m3 == 0 || std::fabs(1.0 - m1 * m1 / m2) < 1e-10 || std::fabs(1.0 - m1 * m2 / m3) < 1e-10)
         continue;
       const double xi2 = m1 + 1.0 - 0.5 / (1.0 - m1 * m1 / m2);
       const double xi3 = std::sqrt(0.5 * m2) + 1.0 - (2.0 / 3.0) / (1.0 - m1 * m2 / m3);
-      term = (xi2 - xi3) * (xi2 - xi3);
+      const double term = (xi2 - xi3) * (xi2 - xi3);
       if (!std::isfinite(term)) continue;
+      sum[k - 1] += term;
+      ++count[k - 1];
     }
-    sum[k - 1] += term;
-    if constexpr (method != TailMethod::hill) ++count[k - 1];
   }
 }
 
@@ -229,16 +366,25 @@ std::vector<double> mean_amse(TailMethod method, const double* logs, std::int64_
   const bool parallel = static_cast<double>(resamples) * static_cast<double>(k_max) > 2e5;
 #pragma omp parallel num_threads(htcore::num_threads()) if (parallel)
   {
-    std::vector<double> top(static_cast<std::size_t>(k_max + 1)), spacing(static_cast<std::size_t>(k_max + 1));
+    const std::size_t size = static_cast<std::size_t>((k_max + 1) * kLanes);
+    std::vector<double> spacing(size), top(method == TailMethod::hill ? 0 : size);
 #pragma omp for schedule(dynamic, 1)
     for (int c = 0; c < kChunks; ++c) {
-      for (int r = c * resamples / kChunks; r < (c + 1) * resamples / kChunks; ++r) {
-        Rng rng(seed, (static_cast<std::uint64_t>(stage) << 32) + static_cast<std::uint64_t>(r));
-        resample_top_logs(logs, n, nb, k_max, rng, spacing.data(), top.data());
+      const int end = (c + 1) * resamples / kChunks;
+      for (int r = c * resamples / kChunks; r < end; r += kLanes) {
+        // Resamples r .. r + used - 1; lanes past the chunk's end are drawn but not added.
+        const int used = std::min(kLanes, end - r);
+        LaneRngs rngs;
+        for (int l = 0; l < kLanes; ++l)
+          rngs.seed(l, Rng(seed, (static_cast<std::uint64_t>(stage) << 32) + static_cast<std::uint64_t>(r + l)));
+        const LaneResamples drawn(logs, n, nb, k_max, rngs, spacing.data());
         double* sum = &sums[static_cast<std::size_t>(c * k_max)];
-        int* count = counts.empty() ? nullptr : counts.data() + static_cast<std::size_t>(c * k_max);
-        if (method == TailMethod::hill) add_amse_terms<TailMethod::hill>(top.data(), inv_k.data(), k_max, sum, count);
-        else add_amse_terms<TailMethod::moments>(top.data(), inv_k.data(), k_max, sum, count);
+        if (method == TailMethod::hill) {
+          add_hill_amse_terms(drawn, inv_k.data(), k_max, used, sum);
+        } else {
+          add_moments_amse_terms(drawn, inv_k.data(), k_max, used, sum,
+                                 counts.data() + static_cast<std::size_t>(c * k_max), top.data());
+        }
       }
     }
   }
@@ -437,34 +583,48 @@ void to_descending_logs(double* sorted, std::int64_t n) {
 
 namespace {
 
+// The double bootstrap's k for hill or moments and the second-order parameters, from
+// descending_logs(sorted); with_xi: also the estimate at that k (the Pickands caller takes another k).
+TailEstimate auto_k_estimate(TailMethod method, const double* logs, std::int64_t n, std::uint64_t seed,
+                             const DoubleBootstrapOptions& options, double rho_max, bool with_xi) {
+  TailEstimate out;
+  out.bootstrap = double_bootstrap(method, logs, n, seed, options);
+  out.k = out.bootstrap.k_star;
+  out.second = second_order(logs, n, rho_max);
+  if (with_xi) out.xi = tail_xi_from_logs(method, logs, n, out.k);
+  return out;
+}
+
 template <class T>
 TailEstimate estimate_tail_of(TailMethod method, const T* x, std::int64_t n, std::int64_t k, std::uint64_t seed,
                               const DoubleBootstrapOptions& options, double rho_max) {
   const std::unique_ptr<double[]> sorted = sorted_positive(x, n);
+  if (k == 0 && method != TailMethod::pickands) {
+    // Hill and moments read only the logs, so these overwrite the sorted copy (the peak memory is
+    // one float64 copy of the sample).
+    to_descending_logs(sorted.get(), n);
+    return auto_k_estimate(method, sorted.get(), n, seed, options, rho_max, true);
+  }
   TailEstimate out;
   out.k = k;
-  if (k == 0) {
-    // Hill and moments read only the logs, so these overwrite the sorted copy (the peak memory is
-    // one float64 copy of the sample); Pickands needs the values too.
-    std::unique_ptr<double[]> logs_copy;
-    double* logs = sorted.get();
-    if (method == TailMethod::pickands) {
-      logs_copy = descending_logs(sorted.get(), n);
-      logs = logs_copy.get();
-    } else {
-      to_descending_logs(sorted.get(), n);
-    }
-    const TailMethod chooser = method == TailMethod::hill ? TailMethod::hill : TailMethod::moments;
-    out.bootstrap = double_bootstrap(chooser, logs, n, seed, options);
-    out.k = out.bootstrap.k_star;
-    out.second = second_order(logs, n, rho_max);
-    if (method != TailMethod::pickands) {
-      out.xi = tail_xi_from_logs(method, logs, n, out.k);
-      return out;
-    }
+  if (k == 0) {  // Pickands: a quarter of the moments k; it needs the values too
+    out =
+        auto_k_estimate(TailMethod::moments, descending_logs(sorted.get(), n).get(), n, seed, options, rho_max, false);
     out.k = std::clamp<std::int64_t>(out.k / 4, 1, n / 4);
   }
   out.xi = tail_xi(method, sorted.get(), n, out.k);
+  return out;
+}
+
+template <class T>
+ElementTails element_tails_of(const T* x, std::int64_t n, std::uint64_t seed, const DoubleBootstrapOptions& options,
+                              double rho_max, std::int64_t grid) {
+  const std::unique_ptr<double[]> sorted = sorted_positive(x, n);
+  ElementTails out;
+  out.hill = auto_k_estimate(TailMethod::hill, descending_logs(sorted.get(), n).get(), n, seed, options, rho_max, true);
+  // The logs are freed before the fit, whose own working set (ranks of the distinct values) is as large.
+  out.fit = fit_sorted_powerlaw(sorted.get(), n, std::numeric_limits<double>::infinity(),
+                                std::numeric_limits<double>::quiet_NaN(), grid);
   return out;
 }
 
@@ -478,6 +638,16 @@ TailEstimate estimate_tail(TailMethod method, const double* x, std::int64_t n, s
 TailEstimate estimate_tail(TailMethod method, const float* x, std::int64_t n, std::int64_t k, std::uint64_t seed,
                            const DoubleBootstrapOptions& options, double rho_max) {
   return estimate_tail_of(method, x, n, k, seed, options, rho_max);
+}
+
+ElementTails element_tails(const double* x, std::int64_t n, std::uint64_t seed, const DoubleBootstrapOptions& options,
+                           double rho_max, std::int64_t grid) {
+  return element_tails_of(x, n, seed, options, rho_max, grid);
+}
+
+ElementTails element_tails(const float* x, std::int64_t n, std::uint64_t seed, const DoubleBootstrapOptions& options,
+                           double rho_max, std::int64_t grid) {
+  return element_tails_of(x, n, seed, options, rho_max, grid);
 }
 
 }  // namespace htcore

@@ -13,9 +13,10 @@
 
 namespace htcore {
 
-// An ascending-sorted copy of a positive, finite sample (parallel MSD radix sort on the IEEE bit
-// patterns, which order like the values for positive doubles; see sort_positive.cpp). float
-// samples are widened exactly, so both overloads give the same doubles for the same values.
+// An ascending-sorted copy of a positive, finite sample (radix sorts on the IEEE bit patterns,
+// which order like the values for positive numbers: MSD on doubles, LSD on float keys; see
+// sort_positive.cpp). float samples are widened exactly, so both overloads give the same doubles
+// for the same values.
 std::unique_ptr<double[]> sorted_positive(const double* x, std::int64_t n);
 std::unique_ptr<double[]> sorted_positive(const float* x, std::int64_t n);
 
@@ -96,5 +97,18 @@ struct PowerLawResult {
 // value but the largest; g > 0 scans g log-spaced candidates snapped to data values.
 PowerLawResult fit_powerlaw(const double* x, std::int64_t n, double xmax, double fixed_xmin, std::int64_t grid);
 PowerLawResult fit_powerlaw(const float* x, std::int64_t n, double xmax, double fixed_xmin, std::int64_t grid);
+// The same fit of an ascending-sorted sample, which it overwrites (fit_powerlaw sorts a copy).
+PowerLawResult fit_sorted_powerlaw(double* sorted, std::int64_t n, double xmax, double fixed_xmin, std::int64_t grid);
+
+// What htcore.analyze measures on a layer's |w|: auto-k Hill (estimate_tail(hill, k = 0)) and the
+// power-law fit without xmax (fit_powerlaw(x, +inf, NaN, grid)), bit for bit, from one sort.
+struct ElementTails {
+  TailEstimate hill;
+  PowerLawResult fit;
+};
+ElementTails element_tails(const double* x, std::int64_t n, std::uint64_t seed, const DoubleBootstrapOptions& options,
+                           double rho_max, std::int64_t grid);
+ElementTails element_tails(const float* x, std::int64_t n, std::uint64_t seed, const DoubleBootstrapOptions& options,
+                           double rho_max, std::int64_t grid);
 
 }  // namespace htcore

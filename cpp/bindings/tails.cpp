@@ -29,6 +29,20 @@ TailEstimate tail_estimate(const py::array& x, TailMethod method, std::int64_t k
   });
 }
 
+ElementTails element_tail_fits(const py::array& x, std::uint64_t seed, int resamples, double eps_stop,
+                               double cap_factor, double rho_max, std::int64_t grid) {
+  DoubleBootstrapOptions options;
+  options.resamples = resamples;
+  options.eps_stop = eps_stop;
+  options.cap_factor = cap_factor;
+  return detail::with_sample(x, [&](const auto& sample) {
+    const auto* data = sample.data();
+    const auto n = static_cast<std::int64_t>(sample.size());
+    py::gil_scoped_release release;
+    return element_tails(data, n, seed, options, rho_max, grid);
+  });
+}
+
 PowerLawResult powerlaw(const py::array& x, double xmax, double xmin, std::int64_t grid) {
   return detail::with_sample(x, [&](const auto& sample) {
     const auto* data = sample.data();
@@ -78,6 +92,10 @@ void register_tails(py::module_& m) {
       .def_readonly("n_tail", &PowerLawResult::n_tail, "Samples in [xmin, xmax].")
       .def_readonly("candidates", &PowerLawResult::candidates, "Number of xmin values scanned.");
 
+  py::class_<ElementTails>(m, "ElementTailsResult", "Result of element_tails.")
+      .def_readonly("hill", &ElementTails::hill, "Auto-k Hill: what tail_estimate(x, hill, k=0, ...) returns.")
+      .def_readonly("fit", &ElementTails::fit, "What fit_powerlaw(x, xmax=inf, xmin=NaN, grid) returns.");
+
   m.def("tail_estimate", &tail_estimate, py::arg("x"), py::arg("method"), py::arg("k"), py::arg("seed"),
         py::arg("resamples"), py::arg("eps_stop"), py::arg("cap_factor"), py::arg("rho_max"),
         "Tail estimate xi = 1 / alpha of a 1-D sample x the caller has checked to be finite and > 0 (float32 is "
@@ -87,6 +105,11 @@ void register_tails(py::module_& m) {
         "resamples per stage, AMSE minimised over k <= eps_stop * n_b and k <= cap_factor * n_b^(2/3); "
         "pickands uses a quarter of the moments k), plus the second-order parameters with rho capped at "
         "rho_max. Raises ValueError for k out of range or when ties make the estimator undefined.");
+  m.def("element_tails", &element_tail_fits, py::arg("x"), py::arg("seed"), py::arg("resamples"), py::arg("eps_stop"),
+        py::arg("cap_factor"), py::arg("rho_max"), py::arg("grid"),
+        "tail_estimate(x, hill, k=0, seed, resamples, eps_stop, cap_factor, rho_max) and fit_powerlaw(x, inf, NaN, "
+        "grid) of the same 1-D sample x (checked by the caller to be finite and > 0; needs n >= 20), bit for bit, "
+        "from one sort of x instead of two. Raises ValueError where either would.");
   m.def("fit_powerlaw", &powerlaw, py::arg("x"), py::arg("xmax"), py::arg("xmin"), py::arg("grid"),
         "Continuous Clauset-Shalizi-Newman power-law fit of a 1-D sample x the caller has checked to be finite "
         "and > 0 (float32 read as it is, any other dtype as float64). xmax: samples above it are dropped and the "

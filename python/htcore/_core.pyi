@@ -87,6 +87,12 @@ class PowerLawResult:
     @property
     def candidates(self) -> int: ...
 
+class ElementTailsResult:
+    @property
+    def hill(self) -> TailResult: ...
+    @property
+    def fit(self) -> PowerLawResult: ...
+
 def tail_estimate(
     x: npt.NDArray[np.float64] | npt.NDArray[np.float32],
     method: TailMethod,
@@ -100,6 +106,15 @@ def tail_estimate(
 def fit_powerlaw(
     x: npt.NDArray[np.float64] | npt.NDArray[np.float32], xmax: float, xmin: float, grid: int
 ) -> PowerLawResult: ...
+def element_tails(
+    x: npt.NDArray[np.float64] | npt.NDArray[np.float32],
+    seed: int,
+    resamples: int,
+    eps_stop: float,
+    cap_factor: float,
+    rho_max: float,
+    grid: int,
+) -> ElementTailsResult: ...
 
 # ---- top-k selection ----
 

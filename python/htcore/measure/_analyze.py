@@ -14,10 +14,9 @@ from .._validation import check_fraction
 from ..errors import DegenerateSampleWarning
 from ..io import Layer, load_layers
 from ..sparse import compressibility_curve
-from ._powerlaw_fit import fit_powerlaw
 from ._report import ElementTails, LayerReport, ModelReport
 from ._spectra import esd, single_threaded_blas, spectral_metrics, splits_into_blocks
-from ._tails import element_sample, hill
+from ._tails import element_sample, hill_and_powerlaw_kernel
 
 DEFAULT_KEEPS = (0.01, 0.05, 0.1, 0.25, 0.5)
 # Element fits scan every distinct |w| as xmin up to this many samples, a log-spaced grid of
@@ -145,9 +144,9 @@ def _warn_missing(name: str, what: str, reason: Exception) -> None:
 
 
 def _element_tails(name: str, sample: np.ndarray) -> ElementTails | None:
-    try:
-        h = hill(sample, random_state=0)
-        fit = fit_powerlaw(sample, candidates=None if sample.size <= ELEMENT_FIT_EXACT_MAX else ELEMENT_FIT_CANDIDATES)
+    try:  # = hill(sample, random_state=0) and fit_powerlaw(sample, candidates=grid), sorting the sample once
+        h, fit = hill_and_powerlaw_kernel(sample, 0 if sample.size <= ELEMENT_FIT_EXACT_MAX else ELEMENT_FIT_CANDIDATES,
+                                          random_state=0)
     except ValueError as exc:  # e.g. heavily quantized weights whose ties leave no estimate
         warnings.warn(f"{name}: no element tail estimate ({exc})", DegenerateSampleWarning, stacklevel=3)
         return None
@@ -157,7 +156,7 @@ def _element_tails(name: str, sample: np.ndarray) -> ElementTails | None:
         tail_index_ci_low=float(h.ci_low),
         tail_index_ci_high=float(h.ci_high),
         hill_k=int(h.k),
-        fit_tail_index=float(fit.alpha),
+        fit_tail_index=float(fit.pdf_exponent) - 1.0,
         fit_xmin=float(fit.xmin),
         fit_ks_distance=float(fit.ks_distance),
     )

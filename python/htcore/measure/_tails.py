@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from .._core import TailMethod, tail_estimate
+from .._core import PowerLawResult, TailMethod, TailResult, element_tails, tail_estimate
 from .._validation import as_float_array, check_fraction, check_int, make_rng
 
 # Double-bootstrap settings (Voitalov et al.'s defaults, plus htcore's cap on the k range).
@@ -171,12 +171,20 @@ def _estimate(method: str, x: Any, k: int | None, ci: float, random_state: Any) 
         k_arg = check_int(k, "k")
         if not k_min <= k_arg <= k_max:
             raise ValueError(f"{method} needs {k_min} <= k <= {k_max} for n = {n} samples, got k = {k_arg}")
-    seed = int(make_rng(random_state).integers(0, 2**63))
-    out = tail_estimate(x=sample, method=_TAIL_METHODS[method], k=k_arg, seed=seed,
-                              resamples=_DBS_RESAMPLES, eps_stop=_DBS_EPS_STOP, cap_factor=_DBS_CAP_FACTOR,
-                              rho_max=_RHO_MAX)
+    out = tail_estimate(x=sample, method=_TAIL_METHODS[method], k=k_arg, seed=_seed(random_state),
+                        resamples=_DBS_RESAMPLES, eps_stop=_DBS_EPS_STOP, cap_factor=_DBS_CAP_FACTOR,
+                        rho_max=_RHO_MAX)
+    return _from_kernel(method, out, n, level, auto_k=k is None)
+
+
+def _seed(random_state: Any) -> int:
+    return int(make_rng(random_state).integers(0, 2**63))
+
+
+def _from_kernel(method: str, out: TailResult, n: int, level: float, *, auto_k: bool) -> TailEstimate:
+    """The estimate and its interval (module docstring) from the kernel's result."""
     xi, k_used, second = float(out.xi), int(out.k), out.second_order
-    bias = _xi_bias(method, xi, n, k_used, float(second.rho), float(second.beta)) if k is None else 0.0
+    bias = _xi_bias(method, xi, n, k_used, float(second.rho), float(second.beta)) if auto_k else 0.0
     half = NormalDist().inv_cdf(0.5 + level / 2) * float(np.hypot(_xi_std(method, xi) / np.sqrt(k_used), bias))
     xi_low, xi_high = xi - half, xi + half
     return TailEstimate(
@@ -188,6 +196,19 @@ def _estimate(method: str, x: Any, k: int | None, ci: float, random_state: Any) 
         ci_high=_alpha_of(xi_low),
         method=method,
     )
+
+
+def hill_and_powerlaw_kernel(sample: np.ndarray, grid: int, random_state: Any = None) -> tuple[TailEstimate, PowerLawResult]:
+    """``hill(sample, random_state=random_state)`` (95% interval) and the kernel result of
+    ``fit_powerlaw(sample, candidates=grid or None)``, bit for bit, from one sort of the sample.
+
+    For `htcore.analyze`, which measures both on every layer: ``sample`` must be what
+    `element_sample` returns (1-D, finite, > 0, float32 or float64) with at least 20 values.
+    Raises ValueError where either call would.
+    """
+    out = element_tails(x=sample, seed=_seed(random_state), resamples=_DBS_RESAMPLES, eps_stop=_DBS_EPS_STOP,
+                        cap_factor=_DBS_CAP_FACTOR, rho_max=_RHO_MAX, grid=grid)
+    return _from_kernel("hill", out.hill, int(sample.size), 0.95, auto_k=True), out.fit
 
 
 def hill(x: Any, k: int | None = None, *, ci: float = 0.95, random_state: Any = None) -> TailEstimate:

@@ -1,0 +1,109 @@
+"""The fast paths of the element-tail measurements: one sort shared by auto-k Hill and the power-law fit
+(what htcore.analyze runs), the float32 key sort, and the bootstrap's resamples drawn four at a time."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import htcore
+from htcore import _core
+from htcore.measure._tails import hill_and_powerlaw_kernel
+
+
+def separate_calls(x: np.ndarray, grid: int) -> tuple:
+    h = htcore.hill(x, random_state=0)
+    fit = htcore.fit_powerlaw(x, candidates=grid or None)
+    return h, (fit.pdf_exponent, fit.xmin, fit.ks_distance, fit.n_tail)
+
+
+def shared(x: np.ndarray, grid: int) -> tuple:
+    h, fit = hill_and_powerlaw_kernel(x, grid, random_state=0)
+    return h, (fit.pdf_exponent, fit.xmin, fit.ks_distance, fit.n_tail)
+
+
+def shared_sort_samples() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(21)
+    t3 = np.abs(rng.standard_t(3, 20_000))
+    return {
+        "t3_float64": t3,
+        "t3_float32": t3.astype(np.float32),
+        "ties": np.round(rng.pareto(2.0, 5000) + 1, 1),
+        "tiny_20": rng.pareto(1.5, 20) + 1,
+        "tiny_21_float32": (rng.pareto(1.5, 21) + 1).astype(np.float32),
+        # Either side of the size where float32 samples switch from std::sort to the key sort.
+        "below_radix": np.abs(rng.standard_normal((1 << 14) - 1)).astype(np.float32) + 1e-6,
+        "at_radix": np.abs(rng.standard_normal(1 << 14)).astype(np.float32) + 1e-6,
+    }
+
+
+@pytest.mark.parametrize("name", list(shared_sort_samples()))
+@pytest.mark.parametrize("grid", [0, 50])
+def test_shared_sort_equals_separate_calls(name, grid):
+    x = shared_sort_samples()[name]
+    before = htcore.get_num_threads()
+    try:
+        for threads in (1, 2):
+            htcore.set_num_threads(threads)
+            assert shared(x, grid) == separate_calls(x, grid)
+    finally:
+        htcore.set_num_threads(before)
+
+
+def test_shared_sort_raises_where_hill_does():
+    x = np.r_[np.full(40, 2.0), np.full(40, 1.0)]  # two values: Hill is undefined at every k it can choose
+    with pytest.raises(ValueError) as separate:
+        separate_calls(x, 0)
+    with pytest.raises(ValueError) as together:
+        shared(x, 0)
+    assert str(together.value) == str(separate.value)
+
+
+@pytest.mark.parametrize("n", [1 << 14, 50_000])  # (2^20 and up, the parallel key sort: test_tails.py)
+def test_float32_key_sort_order_statistics(n):
+    # Fixed-k Hill reads the order statistics of the sorted copy: compare with numpy's sort at
+    # k = 1, the middle and n - 1 (the deepest it may go), on awkward float32 samples: the whole
+    # exponent range (subnormals to 1e38), heavy ties, and all but one value equal.
+    rng = np.random.default_rng(n)
+    wide = np.exp(rng.uniform(np.log(1e-44), np.log(3e38), n)).astype(np.float32)
+    wide[wide == 0] = np.float32(1e-45)
+    ties = (rng.integers(1, 6, n) * 0.25).astype(np.float32)
+    one_high = np.full(n, 0.5, np.float32)
+    one_high[n // 3] = 0.75
+    before = htcore.get_num_threads()
+    try:
+        for x in (wide, ties, one_high):
+            desc = np.sort(x.astype(np.float64))[::-1]
+            for threads in (1, 2):
+                htcore.set_num_threads(threads)
+                for k in (1, n // 2, n - 1):
+                    expected = np.mean(np.log(desc[:k])) - np.log(desc[k])
+                    if expected > 0:
+                        assert htcore.hill(x, k).xi == pytest.approx(expected, rel=1e-10, abs=1e-12)  # summation order
+                    else:  # ties at this k
+                        with pytest.raises(ValueError, match="tied"):
+                            htcore.hill(x, k)
+            with pytest.raises(ValueError, match="k = " + str(n)):
+                htcore.hill(x, n)  # k = n has no X_(k+1)
+    finally:
+        htcore.set_num_threads(before)
+
+
+@pytest.mark.parametrize("resamples", [1, 3, 5, 17, 64])
+def test_bootstrap_with_resample_counts_not_a_multiple_of_four(resamples):
+    # Resamples are drawn four at a time and a chunk's spare lanes are dropped: any count must give
+    # a deterministic, thread-independent choice inside the searched range.
+    x = np.abs(np.random.default_rng(9).standard_t(3, 20_000))
+    before = htcore.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 1):
+            htcore.set_num_threads(threads)
+            out = _core.tail_estimate(x=x, method=_core.TailMethod.hill, k=0, seed=11, resamples=resamples,
+                                      eps_stop=0.99, cap_factor=3.0, rho_max=-0.25)
+            results.append((out.xi, out.k, out.bootstrap.k1, out.bootstrap.k2))
+        assert results[0] == results[1] == results[2]
+        xi, k, k1, k2 = results[0]
+        assert 2 <= k < x.size and 1 <= k2 <= k1 and xi > 0
+    finally:
+        htcore.set_num_threads(before)
+
