@@ -299,7 +299,7 @@ def test_run_warms_up_before_timing(tmp_path, monkeypatch, capsys):
                 time.sleep(0.2)  # what a first call's thread start-up looks like on a busy machine
             return np.zeros((len(x), 3), np.float32)
 
-    monkeypatch.setattr(run_module, "load_compressed", lambda path: SlowFirstCall())
+    monkeypatch.setattr(run_module, "read_model", lambda path, input_shape=None: SlowFirstCall())
     np.save(tmp_path / "x.npy", np.ones((10, 4), np.float32))
     assert main(["run", "m.safetensors", "--input", str(tmp_path / "x.npy"), "--batch", "4", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from ..runtime import save_compressed
-from ._args import UsageError, add_command, count, fraction, integer, named_fraction, positive_real
+from ._args import UsageError, add_command, count, fraction, integer, named_fraction, plural, positive_real
 from ._model import read_model
 
 
@@ -56,5 +56,5 @@ def run(args: argparse.Namespace) -> int:
                  bias_precision="float16" if args.float16_biases else "float32")
     save_compressed(args.output, g, provenance={"compress": g.metadata.get("compress")})
     code = code_length(g)
-    print(f"wrote {args.output}: {code.nnz} stored values, description length {code.total_bits} bits")
+    print(f"wrote {args.output}: {plural(code.nnz, 'stored value')}, description length {plural(code.total_bits, 'bit')}")
     return 0

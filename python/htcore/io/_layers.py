@@ -165,7 +165,7 @@ def _open_path(path: str) -> Iterator[tuple]:
 def _from_safetensors(path: str) -> Iterator[tuple]:
     f = SafetensorsFile(path)  # validates the whole header now, once
     f.close()  # each tensor gets its own mapping instead (see `SafetensorsFile.map_tensor`)
-    if _json(f.metadata.get("format", "null"), path, "format") == MODEL_FILE_FORMAT:
+    if "format" in f.metadata and _json(f.metadata["format"], path, "format") == MODEL_FILE_FORMAT:
         return iter(_from_model_file(f))
 
     def read(name: str):
