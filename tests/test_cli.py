@@ -131,7 +131,7 @@ OUT_OF_RANGE = [
     ("bound", "--settings-tried", "0"), ("analyze", "--threads", "0"), ("analyze", "--workers", "0"),
     ("analyze", "--keeps", "0.1,2"), ("demo", "--keep", "1.5"), ("demo", "--seed", "-1"), ("demo", "--hidden", "0"),
     ("demo", "--epochs", "0"), ("demo", "--finetune-epochs", "-1"), ("demo", "--threads", "0"),
-    ("convert", "--input-shape", "1,x"),
+    ("convert", "--input-shape", "1,x"), ("bound", "--data", "mnist"), ("compress", "--data", "data.csv"),
 ]
 
 

@@ -66,6 +66,13 @@ def fractions(text: str) -> tuple[float, ...]:
     return tuple(fraction(part) for part in text.split(","))
 
 
+def dataset(text: str) -> str:
+    """A dataset for training or certifying: "fashion-mnist", "digits" or a path to a .npz file."""
+    if text in ("fashion-mnist", "digits") or text.endswith(".npz"):
+        return text
+    raise argparse.ArgumentTypeError(f"must be fashion-mnist, digits or a path to a .npz file, got {text!r}")
+
+
 def shape(text: str) -> tuple[int, ...]:
     """A per-sample shape such as "1,28,28": comma-separated positive integers."""
     try:

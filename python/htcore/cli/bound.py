@@ -22,7 +22,7 @@ import numpy as np
 
 from ..datasets import Dataset, load_digits, load_fashion_mnist
 from ..runtime import Conv2d, Linear
-from ._args import add_command, positive_int, probability
+from ._args import add_command, dataset, positive_int, probability
 from ._model import read_model
 
 
@@ -71,7 +71,7 @@ def default_grid(model: Any) -> list[dict]:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "bound", "certify a generalization bound for a compressed model", __doc__)
     p.add_argument("model", help="model file (.safetensors from htcore.save_compressed; an MLP or a CNN); dense with --search")
-    p.add_argument("--data", required=True, help="fashion-mnist, digits or PATH.npz")
+    p.add_argument("--data", required=True, type=dataset, help="fashion-mnist, digits or PATH.npz")
     p.add_argument("--delta", type=probability, default=0.05, help="failure probability (default 0.05)")
     p.add_argument("--settings-tried", type=positive_int, default=1,
                    help="compression settings searched to pick MODEL; ceil log2 of it is charged (default 1)")

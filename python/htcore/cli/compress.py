@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from ..runtime import save_compressed
-from ._args import UsageError, add_command, count, fraction, integer, named_fraction, plural, positive_real
+from ._args import UsageError, add_command, count, dataset, fraction, integer, named_fraction, plural, positive_real
 from ._model import read_model
 
 
@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--levels", type=integer(1, 256), metavar="N",
                    help="quantise kept values to this many codebook levels, 1 to 256 (k-means)")
     p.add_argument("--float16-biases", action="store_true", help="round biases to float16 (16 bits each in the code)")
-    p.add_argument("--data", help="training data for fine-tuning: fashion-mnist, digits or PATH.npz")
+    p.add_argument("--data", type=dataset, help="training data for fine-tuning: fashion-mnist, digits or PATH.npz")
     p.add_argument("--finetune-epochs", type=count, default=0, metavar="N",
                    help="epochs of masked fine-tuning (needs --data)")
     p.add_argument("--lr", type=positive_real, default=1e-3, help="fine-tuning learning rate (default 1e-3)")
