@@ -108,3 +108,106 @@ def test_compress_and_bound_take_a_cnn_model_file(tmp_path, capsys):
     np.savez(npz, X_train=np.zeros((4, 64), np.float32), y_train=np.zeros(4, np.int64))
     assert main(["bound", str(small), "--data", str(npz)]) == 1
     assert "expected (batch, 1, 8, 8)" in capsys.readouterr().err  # the file's input shape
+
+
+# ---- issue #21 item 13: usage errors, help texts, wording, pipes --------------------------------
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+
+import pytest  # noqa: E402
+
+from htcore.cli import build_parser  # noqa: E402
+
+_NEEDS = {"compress": ["m.safetensors", "-o", "o.safetensors"], "run": ["m.safetensors", "--input", "x.npy"],
+          "bound": ["m.safetensors", "--data", "digits"], "analyze": ["m.safetensors"], "demo": [],
+          "convert": ["m.onnx", "-o", "o.safetensors"]}
+OUT_OF_RANGE = [
+    ("compress", "--keep", "2"), ("compress", "--keep", "0"), ("compress", "--keep", "x"), ("compress", "--levels", "0"),
+    ("compress", "--levels", "257"), ("compress", "--finetune-epochs", "-1"), ("compress", "--lr", "0"),
+    ("compress", "--lr", "nan"), ("compress", "--per-layer", "0=2"), ("compress", "--per-layer", "0"),
+    ("run", "--threads", "0"), ("run", "--threads", "100000"), ("run", "--batch", "0"), ("run", "--batch", "1.5"),
+    ("run", "--input-shape", "0,28"), ("bound", "--delta", "0"), ("bound", "--delta", "1"),
+    ("bound", "--settings-tried", "0"), ("analyze", "--threads", "0"), ("analyze", "--workers", "0"),
+    ("analyze", "--keeps", "0.1,2"), ("demo", "--keep", "1.5"), ("demo", "--seed", "-1"), ("demo", "--hidden", "0"),
+    ("demo", "--epochs", "0"), ("demo", "--finetune-epochs", "-1"), ("demo", "--threads", "0"),
+    ("convert", "--input-shape", "1,x"), ("bound", "--data", "mnist"), ("compress", "--data", "data.csv"),
+]
+
+
+@pytest.mark.parametrize("command, option, value", OUT_OF_RANGE)
+def test_out_of_range_values_are_usage_errors_naming_option_and_value(command, option, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, *_NEEDS[command], option, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"htcore {command}: error: argument {option}: must be"), err
+    assert value.split("=")[-1].split(",")[-1] in err and "_" not in err.split(":", 3)[-1]  # no Python keyword
+
+
+def test_every_numeric_option_checks_its_range():
+    """No option converts with a bare int or float (which accept 0, -1, nan and leave the check to the job)."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            assert action.type not in (int, float), f"htcore {name} {action.option_strings}"
+
+
+def test_options_that_do_not_go_together_are_usage_errors(tmp_path, capsys):
+    assert main(["compress", "m.safetensors", "-o", "o.safetensors"]) == 2
+    assert main(["analyze", str(tmp_path), str(tmp_path), "--plots", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "htcore compress: error: give --keep" in err and "htcore analyze: error: --plots" in err
+
+
+def test_exit_codes(tmp_path):
+    assert run_cli("run", "--help").returncode == 0
+    assert run_cli("--version").returncode == 0
+    missing = run_cli("run", str(tmp_path / "missing.safetensors"), "--input", "x.npy")
+    assert missing.returncode == 1 and missing.stderr.startswith("htcore run: error: ") and "Traceback" not in missing.stderr
+    assert run_cli("run", "m.safetensors").returncode == 2  # --input missing
+
+
+def test_help_texts_show_no_markup():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in [("htcore", parser), *sub.choices.items()]:
+        text = p.format_help()
+        assert "``" not in text and "`" not in text, name
+        assert "\n\n" in text.split("positional arguments")[0] or name == "htcore", name  # paragraphs kept
+
+
+def test_counts_are_worded_in_the_singular_and_plural(tmp_path, capsys):
+    import numpy as np
+
+    model = htcore.runtime.CompressedModel([htcore.runtime.Linear(np.eye(3, dtype=np.float32))])
+    htcore.save_compressed(tmp_path / "m.safetensors", model)
+    np.save(tmp_path / "x.npy", np.ones((1, 3), np.float32))
+    np.save(tmp_path / "x2.npy", np.ones((2, 3), np.float32))
+    assert main(["run", str(tmp_path / "m.safetensors"), "--input", str(tmp_path / "x.npy"), "--threads", "1"]) == 0
+    assert "1 sample in 1 batch of 64 on 1 thread:" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "m.safetensors"), "--input", str(tmp_path / "x2.npy"), "--threads", "2",
+                 "--batch", "1"]) == 0
+    assert "2 samples in 2 batches of 1 on 2 threads:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["run", "{m}", "--input", "{x}"], ["analyze", "{m}", "--quiet"], ["info"], ["--help"]])
+def test_a_reader_leaving_before_the_output_is_flushed_ends_quietly(tmp_path, args):
+    """`htcore run m --input x | head -1` in an ordinary (buffered) environment: the output still
+    buffered when the job ends must not fail at exit with "Exception ignored ... Broken pipe"."""
+    import numpy as np
+
+    model = htcore.runtime.CompressedModel([htcore.runtime.Linear(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32))])
+    htcore.save_compressed(tmp_path / "m.safetensors", model)
+    np.save(tmp_path / "x.npy", np.ones((5, 3), np.float32))
+    argv = [a.format(m=tmp_path / "m.safetensors", x=tmp_path / "x.npy") for a in args]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone before anything is written
+    try:
+        done = subprocess.run([sys.executable, "-m", "htcore", *argv], stdout=write, stderr=subprocess.PIPE,
+                              text=True, env=env)
+    finally:
+        os.close(write)
+    assert "Broken pipe" not in done.stderr and "Exception" not in done.stderr, done.stderr
+    assert done.returncode in (0, 141) if args == ["--help"] else done.returncode == 141, (done.returncode, done.stderr)

@@ -313,7 +313,7 @@ def test_cli_compress_then_bound(mlp, digits, tmp_path, capsys):
     np.savez(npz, X_train=digits.X_train, y_train=digits.y_train, X_test=digits.X_test)
     assert main(["bound", str(small), "--data", str(npz)]) == 1
     assert "has X_test but not its pair" in capsys.readouterr().err
-    assert main(["compress", str(dense), "-o", str(small), "--keep", "0.1", "--finetune-epochs", "2"]) == 1
+    assert main(["compress", str(dense), "-o", str(small), "--keep", "0.1", "--finetune-epochs", "2"]) == 2  # usage
     assert "needs --data" in capsys.readouterr().err
 
 

@@ -299,7 +299,7 @@ def test_run_warms_up_before_timing(tmp_path, monkeypatch, capsys):
                 time.sleep(0.2)  # what a first call's thread start-up looks like on a busy machine
             return np.zeros((len(x), 3), np.float32)
 
-    monkeypatch.setattr(run_module, "load_compressed", lambda path: SlowFirstCall())
+    monkeypatch.setattr(run_module, "read_model", lambda path, input_shape=None: SlowFirstCall())
     np.save(tmp_path / "x.npy", np.ones((10, 4), np.float32))
     assert main(["run", "m.safetensors", "--input", str(tmp_path / "x.npy"), "--batch", "4", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -381,3 +381,106 @@ def test_small_samples_are_flagged():
     summary = report.summary()
     assert f"fewer than {MIN_SPECTRAL_EVALS} eigenvalues or a tail of fewer than {MIN_SPECTRAL_TAIL}, read with care (small;" in summary
     assert "large" not in summary.split("small sample:")[1]
+
+
+# ---- item 2 (part): compress, bound and run take a .pt2 or .onnx model directly ----
+
+def _export(net, path, fmt, n_in):
+    x = torch.randn(1, n_in, generator=torch.Generator().manual_seed(0))
+    if fmt == "pt2":
+        torch.export.save(torch.export.export(net, (x,)), str(path))
+        return
+    pytest.importorskip("onnx")
+    with warnings.catch_warnings():  # torch deprecates its TorchScript exporter; the dynamo one needs onnxscript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(net, (x,), str(path), dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "onnx"])
+def test_compress_bound_and_run_take_pt2_and_onnx_directly(tmp_path, capsys, fmt):
+    import json
+
+    from htcore.cli import main
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3)).eval()
+    source = tmp_path / f"m.{fmt}"
+    _export(net, source, fmt, 16)
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((40, 16)).astype(np.float32), rng.integers(0, 3, 40)
+    np.save(tmp_path / "x.npy", X)
+    np.savez(tmp_path / "d.npz", X_train=X, y_train=y)
+    direct, converted, via = (str(tmp_path / f"{n}.safetensors") for n in ("direct", "converted", "via"))
+    assert main(["compress", str(source), "-o", direct, "--keep", "0.5", "--levels", "4"]) == 0
+    assert main(["convert", str(source), "-o", converted]) == 0
+    assert main(["compress", converted, "-o", via, "--keep", "0.5", "--levels", "4"]) == 0
+    for a, b in zip(htcore.load_compressed(direct).layers, htcore.load_compressed(via).layers):  # as convert converts
+        if isinstance(a, htcore.runtime.Linear):
+            np.testing.assert_array_equal(a.weight.todense(), b.weight.todense())
+            np.testing.assert_array_equal(a.bias, b.bias)
+    capsys.readouterr()
+    assert main(["run", str(source), "--input", str(tmp_path / "x.npy"), "--json", "--scores"]) == 0
+    scores = np.array(json.loads(capsys.readouterr().out)["predictions"])
+    np.testing.assert_allclose(scores, net(torch.from_numpy(X)).detach().numpy(), rtol=1e-5, atol=1e-5)
+    assert main(["bound", direct, "--data", str(tmp_path / "d.npz"), "--original", str(source), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["stability"] is not None  # the .pt2/.onnx original was read
+    assert main(["bound", str(source), "--data", str(tmp_path / "d.npz"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["report"]["m"] == 40
+
+
+# ---- load_compressed on metadata nested very deep ----
+
+@pytest.mark.parametrize("key", ["metadata", "architecture", "format"])
+def test_deeply_nested_model_metadata_is_a_value_error_naming_the_file(tmp_path, key):
+    from htcore.io import SafetensorsFile, save_safetensors
+
+    path = tmp_path / "deep.safetensors"
+    htcore.save_compressed(path, htcore.runtime.CompressedModel([htcore.runtime.Linear(np.eye(2, dtype=np.float32))]))
+    with SafetensorsFile(path) as f:
+        meta, tensors = dict(f.metadata), {name: np.array(f[name]) for name in f}
+    save_safetensors(path, tensors, {**meta, key: "[" * 100_000 + "]" * 100_000})
+    with pytest.raises(ValueError, match=rf"deep\.safetensors: metadata '{key}' is JSON nested too deeply"):
+        htcore.load_compressed(path)
+    if key != "metadata":  # analyze reads the format and the architecture too
+        with pytest.raises(ValueError, match=rf"deep\.safetensors: metadata '{key}' is JSON nested too deeply"):
+            list(htcore.load_layers(path))
+
+
+# ---- analyze reads the weight matrices of a compressed model file ----
+
+@pytest.mark.parametrize("levels", [None, 4])
+def test_analyze_reads_the_weights_of_a_compressed_model_file(tmp_path, capsys, levels):
+    import json
+
+    from htcore.cli import main
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10)).eval()
+    g = htcore.compress(htcore.runtime.CompressedModel.from_torch(net), keep=0.3, levels=levels)
+    path = tmp_path / "small.safetensors"
+    htcore.save_compressed(path, g)
+    layers = list(htcore.load_layers(path))
+    assert [(l.name, l.kind, l.shape) for l in layers] == [("0.weight", "conv", (4, 1, 3, 3)), ("3.weight", "linear", (10, 144))]
+    assert [l.name for l in layers] == [l.name for l in htcore.load_layers(net)]  # the names the torch model has
+    np.testing.assert_array_equal(layers[0].weight, g.layers[0].weight.todense().reshape(4, 1, 3, 3))
+    np.testing.assert_array_equal(layers[1].weight, g.layers[3].weight.todense())
+    assert len(layers[0].matrices) == 9 and np.count_nonzero(layers[1].weight) == g.layers[3].weight.nnz
+    with warnings.catch_warnings():  # estimates from these few entries warn; the rows are what is tested
+        warnings.simplefilter("ignore")
+        assert main(["analyze", str(path), "--json", "--quiet", "--no-spectral"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["name"] for row in (rows["layers"] if isinstance(rows, dict) else rows)] == ["0.weight", "3.weight"]
+
+
+def test_analyze_names_a_graph_files_weights_after_its_nodes(tmp_path):
+    from htcore.runtime import CompressedModel, Linear, Node
+
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.standard_normal((5, 3)).astype(np.float32), rng.standard_normal((2, 5)).astype(np.float32)
+    model = CompressedModel([Node("encoder.fc", Linear(w1), ["input"]),
+                             Node("head", Linear(htcore.topk_sparsify(w2, keep=1.0)), ["encoder.fc"])], input_shape=(3,))
+    htcore.save_compressed(tmp_path / "g.safetensors", model)
+    layers = list(htcore.load_layers(tmp_path / "g.safetensors"))
+    assert [l.name for l in layers] == ["encoder.fc.weight", "head.weight"]
+    np.testing.assert_array_equal(layers[0].weight, w1)
+    np.testing.assert_array_equal(layers[1].weight, w2)

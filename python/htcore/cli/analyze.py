@@ -16,34 +16,28 @@ import os
 import sys
 from typing import Any
 
+from ._args import UsageError, add_command, fractions, plural, positive_int, threads
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("analyze", help="per-layer heavy-tail analysis of model files", description=__doc__)
+    p = add_command(sub, "analyze", "per-layer heavy-tail analysis of model files", __doc__)
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="model file (.safetensors, .pt, .pth, .bin, .npz), directory or glob pattern")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print the table as JSON")
     fmt.add_argument("--csv", action="store_true", help="print the table as CSV")
     p.add_argument("--plots", metavar="DIR", help="also write PNG plots (ESD, |w| CCDF, compressibility) to DIR")
-    p.add_argument("--threads", type=int, metavar="N", help="threads for htcore's kernels and BLAS (default: all cores; shared out between local --workers)")
+    p.add_argument("--threads", type=threads, metavar="N", help="threads for htcore's kernels and BLAS (default: all cores; shared out between local --workers)")
     p.add_argument("--include", metavar="REGEX", help="only tensors whose name matches REGEX")
     p.add_argument("--exclude", metavar="REGEX", help="skip tensors whose name matches REGEX")
     p.add_argument("--no-spectral", dest="spectral", action="store_false", help="skip the ESD and WeightWatcher metrics")
     p.add_argument("--no-elements", dest="elements", action="store_false", help="skip the element tail estimates")
-    p.add_argument("--keeps", type=_keeps, metavar="K1,K2,...", help="keep fractions for compressibility (default 0.01,0.05,0.1,0.25,0.5; 'none' skips)")
-    p.add_argument("--workers", type=int, metavar="N", help="several models: N local worker processes (default: one per core)")
+    p.add_argument("--keeps", type=fractions, metavar="K1,K2,...",
+                   help="keep fractions in (0, 1] for compressibility (default 0.01,0.05,0.1,0.25,0.5; 'none' skips)")
+    p.add_argument("--workers", type=positive_int, metavar="N", help="several models: N local worker processes (default: one per core)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="several models: run on the Dask cluster at ADDRESS (tcp://host:8786; needs htcore[dask])")
     p.add_argument("--out", metavar="DIR", help="several models: one JSON per model in DIR as it finishes; a re-run skips those done")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
-
-
-def _keeps(text: str) -> tuple[float, ...]:
-    if text.strip().lower() == "none":
-        return ()
-    try:
-        return tuple(float(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated fractions, got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         print(report.summary())
     if args.plots:
         paths = report.plot(args.plots)
-        print(f"htcore analyze: wrote {len(paths)} plots to {args.plots}", file=sys.stderr)
+        print(f"htcore analyze: wrote {plural(len(paths), 'plot')} to {args.plots}", file=sys.stderr)
     return 0
 
 
@@ -84,7 +78,7 @@ def _run_many(args: argparse.Namespace, options: dict[str, Any]) -> int:
     from ..measure import analyze_many, executor_for
 
     if args.plots:
-        raise ValueError("--plots draws one model's layers; give a single model file")
+        raise UsageError("--plots draws one model's layers; give a single model file")
     with executor_for(scheduler=args.scheduler, workers=args.workers) as executor:
         report = analyze_many(args.sources, executor=executor, out=args.out, progress=not args.quiet, **options)
     if args.json:

@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 
 from ..datasets import Dataset, load_digits, load_fashion_mnist
-from ..runtime import Conv2d, Linear, load_compressed
+from ..runtime import Conv2d, Linear
+from ._args import add_command, dataset, positive_int, probability
+from ._model import read_model
 
 
 def takes_images(model: Any) -> bool:
@@ -67,11 +69,11 @@ def default_grid(model: Any) -> list[dict]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bound", help="certify a generalization bound for a compressed model", description=__doc__)
+    p = add_command(sub, "bound", "certify a generalization bound for a compressed model", __doc__)
     p.add_argument("model", help="model file (.safetensors from htcore.save_compressed; an MLP or a CNN); dense with --search")
-    p.add_argument("--data", required=True, help="fashion-mnist, digits or PATH.npz")
-    p.add_argument("--delta", type=float, default=0.05, help="failure probability (default 0.05)")
-    p.add_argument("--settings-tried", type=int, default=1,
+    p.add_argument("--data", required=True, type=dataset, help="fashion-mnist, digits or PATH.npz")
+    p.add_argument("--delta", type=probability, default=0.05, help="failure probability (default 0.05)")
+    p.add_argument("--settings-tried", type=positive_int, default=1,
                    help="compression settings searched to pick MODEL; ceil log2 of it is charged (default 1)")
     p.add_argument("--original", help="the uncompressed model file, for the (gamma, S) figures, the Arora form and the noise "
                         "stability of the compressed net (at most 1000 training rows)")
@@ -85,7 +87,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..certification import certify, search_bound
 
-    model = load_compressed(args.model)
+    model = read_model(args.model)
     data = load_data(args.data, images=takes_images(model))
     test: dict[str, Any] = dict(X_test=data.X_test, y_test=data.y_test) if data.X_test is not None else {}
     if args.search:
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         table = [dict(settings=s, kl=r.kl, code_bits=r.code_bits, train_error=r.train_error, test_error=r.test_error)
                  for s, r in zip(result.settings, result.reports)]
     else:
-        original = load_compressed(args.original) if args.original else None
+        original = read_model(args.original) if args.original else None
         report = certify(model, data.X_train, data.y_train, delta=args.delta, original=original,
                          settings_tried=args.settings_tried, stability=original is not None, **test)
         settings, table = None, None

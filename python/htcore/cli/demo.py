@@ -16,25 +16,25 @@ import os
 import sys
 
 from ..demo import DATASETS, MODELS, run_demo, summary
+from ._args import add_command, count, fraction, positive_int, threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the whole pipeline on scikit-learn's digits (or Fashion-MNIST)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "demo", "run the whole pipeline on scikit-learn's digits (or Fashion-MNIST)", __doc__)
     p.add_argument("--dataset", choices=DATASETS, default="digits",
                    help="digits (scikit-learn, default) or fashion-mnist (Debian package dataset-fashion-mnist)")
     p.add_argument("--model", choices=MODELS,
                    help="mlp or cnn (a LeNet-style CNN on the images; default: mlp for digits, cnn for fashion-mnist, "
                         "mlp whenever --hidden is given)")
     p.add_argument("--out", default="htcore-demo", metavar="DIR", help="output directory (default: htcore-demo)")
-    p.add_argument("--keep", type=float, nargs="+", metavar="F",
+    p.add_argument("--keep", type=fraction, nargs="+", metavar="F",
                    help="keep fraction in (0, 1]: one for every weight matrix, or one per Linear/Conv2d layer "
                         "(default: search the dataset's preset candidates)")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed for the split, initialisation and shuffles (default 0)")
-    p.add_argument("--hidden", type=int, nargs="+", metavar="WIDTH", help="MLP hidden layer widths (default: the preset's)")
-    p.add_argument("--epochs", type=int, metavar="N", help="training epochs (default: the preset's)")
-    p.add_argument("--finetune-epochs", type=int, metavar="N", help="fine-tuning epochs after pruning (default: the preset's)")
-    p.add_argument("--threads", type=int, default=1, metavar="N", help="threads for htcore and torch in the timing step (default 1)")
+    p.add_argument("--seed", type=count, default=0, metavar="N", help="seed for the split, initialisation and shuffles (default 0)")
+    p.add_argument("--hidden", type=positive_int, nargs="+", metavar="WIDTH", help="MLP hidden layer widths (default: the preset's)")
+    p.add_argument("--epochs", type=positive_int, metavar="N", help="training epochs (default: the preset's)")
+    p.add_argument("--finetune-epochs", type=count, metavar="N", help="fine-tuning epochs after pruning (default: the preset's)")
+    p.add_argument("--threads", type=threads, default=1, metavar="N", help="threads for htcore and torch in the timing step (default 1)")
     p.add_argument("--json", action="store_true", help="print every figure as one JSON object instead of the summary")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     p.set_defaults(func=run)

@@ -13,12 +13,13 @@ import platform
 from .._core import build_info, csr_uses_avx2, symmetric_eigenvalues_uses_avx2
 from .._threads import get_num_threads
 from .._version import __version__
+from ._args import add_command
 
 OPTIONAL_PACKAGES = ["torch", "safetensors", "matplotlib", "sklearn", "powerlaw", "weightwatcher", "sparse_dot_mkl"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="show version, build, threads and optional extras", description=__doc__)
+    p = add_command(sub, "info", "show version, build, threads and optional extras", __doc__)
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=run)
 

@@ -22,18 +22,22 @@ from typing import Any, Optional
 import numpy as np
 
 from .._threads import get_num_threads, set_num_threads
-from ..runtime import AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, MaxPool2d, load_compressed
+from ..runtime import AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, MaxPool2d
+from ._args import add_command, plural, positive_int, shape, threads
+from ._model import read_model
 
 _IMAGE_LAYERS = (Conv2d, MaxPool2d, AvgPool2d, BatchNorm2d, AdaptiveAvgPool2d)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run a compressed model on a .npy input and time it", description=__doc__)
-    p.add_argument("model", help="compressed model file (.safetensors, from htcore.save_compressed)")
+    p = add_command(sub, "run", "run a compressed model on a .npy input and time it", __doc__)
+    p.add_argument("model", help="compressed model file (.safetensors, from htcore.save_compressed), or a .pt2 or "
+                                 ".onnx model (converted in memory as by htcore convert)")
     p.add_argument("--input", required=True, help="inputs as .npy, shape (samples, ...)")
-    p.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28 (default: the model file's input_shape)")
-    p.add_argument("--batch", type=int, default=64, help="samples per batch (default 64)")
-    p.add_argument("--threads", type=int, default=None, help="threads for the kernels (default: htcore's setting)")
+    p.add_argument("--input-shape", type=shape, metavar="C,H,W",
+                   help="per-sample input shape, e.g. 1,28,28 (default: the model file's input_shape)")
+    p.add_argument("--batch", type=positive_int, default=64, metavar="N", help="samples per batch (default 64)")
+    p.add_argument("--threads", type=threads, default=None, metavar="N", help="threads for the kernels (default: htcore's setting)")
     p.add_argument("--output", help="write predictions (or --scores) to this .npy file instead of printing them")
     p.add_argument("--scores", action="store_true", help="with --output or --json: the float32 outputs, not labels")
     p.add_argument("--json", action="store_true", help="print one JSON object with predictions and timings")
@@ -41,11 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {args.batch}")
     if args.threads is not None:
         set_num_threads(args.threads)
-    model = load_compressed(args.model)
+    model = read_model(args.model, input_shape=args.input_shape)
     X = _load_input(args.input)
     if X.ndim < 2 or X.shape[0] == 0:
         raise ValueError(f"--input must hold a non-empty (samples, ...) array, got shape {X.shape}")
@@ -72,25 +74,20 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.output:
         np.savetxt(sys.stdout, result, fmt="%d" if not args.scores else "%.7g")
-    print(f"{summary['samples']} samples in {summary['batches']} batches of {args.batch} on {summary['threads']} threads: "
+    print(f"{plural(summary['samples'], 'sample')} in {plural(summary['batches'], 'batch', 'batches')} of {args.batch} "
+          f"on {plural(summary['threads'], 'thread')}: "
           f"latency per batch median {summary['latency_ms_median']:.3f} ms, p90 {summary['latency_ms_p90']:.3f} ms; "
           f"{summary['samples_per_s']:.0f} samples/s", file=sys.stderr)
     return 0
 
 
-def _input_shape(text: Optional[str], recorded: Optional[tuple]) -> Optional[tuple]:
-    """The per-sample shape from --input-shape ("1,28,28"), else the one the model file records."""
-    if text is None:
+def _input_shape(given: Optional[tuple], recorded: Optional[tuple]) -> Optional[tuple]:
+    """The per-sample shape from --input-shape, else the one the model file records."""
+    if given is None:
         return recorded
-    try:
-        shape = tuple(int(d) for d in text.split(","))
-    except ValueError:
-        raise ValueError(f"--input-shape must be comma-separated positive integers such as 1,28,28, got {text!r}") from None
-    if not shape or min(shape) < 1:
-        raise ValueError(f"--input-shape must be comma-separated positive integers such as 1,28,28, got {text!r}")
-    if recorded is not None and shape != recorded:
-        raise ValueError(f"--input-shape {text} differs from the model's input_shape {list(recorded)}")
-    return shape
+    if recorded is not None and given != recorded:
+        raise ValueError(f"--input-shape {','.join(map(str, given))} differs from the model's input_shape {list(recorded)}")
+    return given
 
 
 def _shaped(X: np.ndarray, shape: Optional[tuple], model: Any) -> np.ndarray:

@@ -3,7 +3,9 @@
 `load_layers` accepts an ``nn.Module``, a state_dict (any mapping of names to tensors/arrays,
 nested mappings flattened with dots), or a path to a ``.safetensors``, ``.pt``/``.pth`` or ``.npz``
 file (``.pt``/``.pth``/``.bin`` are torch checkpoints), and yields one `Layer` per floating-point
-tensor with at least two dimensions.
+tensor with at least two dimensions. An htcore model file (what ``htcore compress`` and
+``save_compressed`` write) gives the weight of each Linear and Conv2d layer instead, a CSR weight
+expanded to the dense matrix it stands for, named as the model names the layer ("0.weight").
 
 Safety: files are read with loaders that cannot run code. ``.pt``/``.pth`` go through
 ``torch.load(weights_only=True)`` (tensors, containers and plain values only: a pickle naming any
@@ -21,6 +23,7 @@ pages are read when it is used; the legacy (pre-1.6) format is read whole.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -34,6 +37,7 @@ from ..sparse import CSRMatrix
 from ._safetensors import SafetensorsFile
 
 KINDS = ("linear", "conv", "embedding", "other")
+MODEL_FILE_FORMAT = "htcore-compressed-model"  # the "format" of htcore's model file (written by htcore.runtime)
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,8 +90,8 @@ def load_layers(
     Parameters
     ----------
     source : ``torch.nn.Module``, a mapping name -> tensor/array (a state_dict; nested mappings are
-        flattened with "."), or a path (str or PathLike) to a ``.safetensors``, ``.pt``/``.pth``/``.bin``
-        or ``.npz`` file. Pickled ``.pt`` files are read with ``torch.load(weights_only=True)``, which
+        flattened with "."), or a path (str or PathLike) to a ``.safetensors`` (an htcore model file
+        included), ``.pt``/``.pth``/``.bin`` or ``.npz`` file. Pickled ``.pt`` files are read with ``torch.load(weights_only=True)``, which
         refuses anything but tensors and plain containers; no code from a file is ever executed.
     include, exclude : regular expressions matched (``re.search``) against tensor names; a tensor
         is kept when it matches ``include`` (if given) and does not match ``exclude`` (if given).
@@ -161,6 +165,8 @@ def _open_path(path: str) -> Iterator[tuple]:
 def _from_safetensors(path: str) -> Iterator[tuple]:
     f = SafetensorsFile(path)  # validates the whole header now, once
     f.close()  # each tensor gets its own mapping instead (see `SafetensorsFile.map_tensor`)
+    if "format" in f.metadata and _json(f.metadata["format"], path, "format") == MODEL_FILE_FORMAT:
+        return iter(_from_model_file(f))
 
     def read(name: str):
         # Unmapped (and its pages leave this process's RSS) as soon as the layer holding the view is
@@ -168,6 +174,73 @@ def _from_safetensors(path: str) -> Iterator[tuple]:
         return lambda: f.map_tensor(name)
 
     return ((name, None, read(name), f.info(name).shape) for name in f)
+
+
+def _json(text: str, path: str, key: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:  # not JSON: the key means something else in this file
+        return None
+    except RecursionError:  # json recurses once per nesting level
+        raise ValueError(f"{path}: metadata {key!r} is JSON nested too deeply") from None
+
+
+def _from_model_file(f: SafetensorsFile) -> list[tuple]:
+    """The weight of every Linear and Conv2d of an htcore model file (the format is in
+    docs/conventions.md), as the dense matrix or kernel it stands for, named after its layer as the
+    model names it: "{index}.weight" in a sequential model (compression's per_layer keys), "{node
+    name}.weight" in a graph. A CSR weight is expanded (zeros where nothing is kept) when its layer
+    is built; a dense one is mapped as any safetensors tensor."""
+    where = f.path
+    specs = _json(f.metadata.get("architecture", "null"), where, "architecture")
+    if not isinstance(specs, list):
+        raise ValueError(f"{where}: an htcore model file whose 'architecture' metadata is not a JSON list")
+    entries = []
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict) or spec.get("type") not in ("linear", "conv2d"):
+            continue
+        at = f"{where}: architecture[{i}]"
+        shape, name, storage = spec.get("shape"), spec.get("name", str(i)), spec.get("storage")
+        ndim = 2 if spec["type"] == "linear" else 4
+        if type(shape) is not list or len(shape) != ndim or not all(type(d) is int and d >= 1 for d in shape):
+            raise ValueError(f"{at}: 'shape' must be {ndim} positive integers, got {shape!r}")
+        if not isinstance(name, str) or storage not in ("csr", "dense"):
+            raise ValueError(f"{at}: 'name' must be a string and 'storage' 'csr' or 'dense', got {name!r}, {storage!r}")
+        kind = "linear" if ndim == 2 else "conv"
+        reader = _dense_weight(f, i, tuple(shape)) if storage == "dense" else _csr_weight(f, i, tuple(shape))
+        entries.append((f"{name}.weight", kind, reader, tuple(shape)))
+    return entries
+
+
+def _dense_weight(f: SafetensorsFile, i: int, shape: tuple[int, ...]):
+    name = f"layers.{i}.weight"
+    if name not in f or f.info(name).shape != shape:
+        raise ValueError(f"{f.path}: architecture[{i}] is a dense weight of shape {list(shape)}: tensor {name!r} is "
+                         f"missing or of another shape")
+    return lambda: f.map_tensor(name)
+
+
+def _csr_weight(f: SafetensorsFile, i: int, shape: tuple[int, ...]):
+    names = [f"layers.{i}.{part}" for part in ("data", "indices", "indptr")]
+    missing = [n for n in names if n not in f]
+    if missing:
+        raise ValueError(f"{f.path}: architecture[{i}] is a CSR weight but the file lacks {missing}")
+    codebook = f"layers.{i}.codebook" if f"layers.{i}.codebook" in f else None
+    rows, cols = shape[0], math.prod(shape[1:])  # a conv kernel is stored as (out, in/groups * kh * kw)
+
+    def expand() -> np.ndarray:
+        data, indices, indptr = (f.map_tensor(n) for n in names)
+        try:
+            csr = CSRMatrix(data, indices, indptr, (rows, cols), codebook=None if codebook is None else f.map_tensor(codebook),
+                            index_dtype=indices.dtype, indptr_dtype=indptr.dtype)
+            return csr.todense().reshape(shape)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{f.path}: architecture[{i}]: invalid CSR weight: {exc}") from None
+        except MemoryError:
+            raise ValueError(f"{f.path}: architecture[{i}]: the {rows} x {cols} weight does not fit in memory as a "
+                             "dense matrix") from None
+
+    return expand
 
 
 def _torch_load(path: str) -> Mapping:

@@ -340,6 +340,8 @@ def _parse_metadata(raw: dict, where: str) -> dict:
             meta[key] = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{where}: metadata {key!r} is not valid JSON ({exc})") from None
+        except RecursionError:  # json recurses once per nesting level
+            raise ValueError(f"{where}: metadata {key!r} is JSON nested too deeply to be a model description") from None
     if meta["format"] != FORMAT:
         raise ValueError(f"{where}: format is {meta['format']!r}, expected {FORMAT!r}")
     if meta["format_version"] != FORMAT_VERSION:
