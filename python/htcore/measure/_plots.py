@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 # Font sizes (points; saved at DPI = 90) that stay readable when a figure is shown at its own width,
 # one figure per row of the report: legends and tick labels of 9 pt are 11 px.
 DPI = 90
-STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 9, "ytick.labelsize": 9,
+STYLE: dict[Any, Any] = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 9, "ytick.labelsize": 9,
          "legend.fontsize": 9, "figure.titlesize": 12}
 
 
