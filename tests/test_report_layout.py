@@ -208,7 +208,7 @@ def test_analyze_default_table_fits_100_columns_and_flags_small_samples(model_fi
     table = [line for line in text.splitlines() if line.startswith("|")]
     assert len(table) == 4 and all(len(line) <= 100 for line in text.split("\n\n")[0].splitlines())
     header = [c.strip() for c in table[0].strip("|").split("|")]
-    assert header[:3] == ["layer", "shape", "alpha"] and "flags" in header and "k" in header
+    assert header[:3] == ["name", "shape", "alpha"] and "flags" in header and "k" in header
     head = [c.strip() for c in table[3].strip("|").split("|")]
     assert head[0] == "head.weight" and "few evals" in head[header.index("flags")]
     assert "--wide" in text

@@ -218,7 +218,7 @@ class ModelReport:
         others = sum(max(len(h), *(len(c) for c in col)) for h, col in zip(headers, cells)) + 3 * len(headers)
         room = max(12, COMPACT_WIDTH - 4 - others)
         names = [_shorten(r["name"], room) for r in rows]
-        table = _aligned_markdown(["layer", *headers], [names, *cells])
+        table = _aligned_markdown(["name", *headers], [names, *cells])
         notes.append(f"all {len(self.columns)} columns: --wide, --csv or --json")
         return table + "\n" + textwrap.fill("; ".join(notes), COMPACT_WIDTH) + "\n"
 
