@@ -20,7 +20,9 @@ public API (each step below is what a user would type).
 
 Conventions: element ``tail_index`` is alpha of P(|w| > x) ~ x^-alpha (Hill); the spectral ``alpha``
 is WeightWatcher's ESD pdf exponent; ``keep`` is the fraction of a matrix's entries kept (top-k by |w|,
-k = ceil(keep * n)); code lengths are in bits; errors are fractions in [0, 1].
+k = ceil(keep * n)); code lengths are in bits; errors are fractions in [0, 1]. Layers and tensors are
+named as in the torch model everywhere (layer "0", its tensors "0.weight" and "0.bias"), not by the
+runtime's "layers.<i>"; table columns print their numbers alike (`htcore.measure.format_column`).
 
 Digits runs an MLP by default (about 20 s), Fashion-MNIST a LeNet-style CNN (about 5 minutes on a
 busy 2-core machine; ``model="mlp"`` gives the MLP). The settings (architecture, epochs, grid,

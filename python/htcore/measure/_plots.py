@@ -151,7 +151,10 @@ def _plot_ccdf(ax, layer: "LayerReport") -> None:
             xs = np.geomspace(u, x[-1], 30)
             ax.loglog(xs, share * (xs / u) ** (-e.tail_index), "--", color="tab:red", label=label)
         if element_small_sample(e):
-            ax.axvspan(u, x[-1], **SMALL_SAMPLE_HATCH, label=f"small sample: {label}\n(k < {MIN_HILL_K}): read with care")
+            # the hatch over the k largest |w| can be a sliver on log axes: a ring marks where it starts
+            ax.axvspan(u, x[-1], **SMALL_SAMPLE_HATCH)
+            ax.loglog([u], [share], "o", ms=12, mfc="none", mec="tab:gray", mew=1.5,
+                      label=f"small sample: {label}\n(k < {MIN_HILL_K}): read with care")
             _note(ax, f"Hill tail line not drawn: k = {e.hill_k} < {MIN_HILL_K}")
     ax.set_xlabel("|w|")
     ax.set_ylabel("fraction of entries")
