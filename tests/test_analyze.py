@@ -177,7 +177,7 @@ def test_cli_formats_and_plots(model_file, tmp_path):
     assert out.stdout.splitlines()[0].startswith("name,kind,shape,num_params,num_evals,alpha")
     assert len(list((tmp_path / "p").glob("*.png"))) == 4  # 4 layers, no compressibility curve
     out = run_cli(str(model_file))  # markdown + summary, progress bar on stderr
-    assert out.returncode == 0 and out.stdout.startswith("| name |") and "layers" in out.stdout
+    assert out.returncode == 0 and out.stdout.startswith("| name ") and "layers" in out.stdout  # columns padded
 
 
 def test_cli_unreadable_input_one_line_error(tmp_path):

@@ -19,6 +19,7 @@ pytest.importorskip("sklearn")
 
 from htcore.demo import run_demo, summary  # noqa: E402
 from htcore.demo._demo import STABILITY_SAMPLES  # noqa: E402
+from htcore.measure import format_column  # noqa: E402
 
 REDUCED = ["--hidden", "8", "--epochs", "25", "--finetune-epochs", "8", "--no-progress"]
 
@@ -108,7 +109,36 @@ def test_report_has_the_noise_stability_section(demo):
     assert figures["seconds"]["stability"] > 0
     page = (out / "report.html").read_text()
     assert "Noise stability of the compressed net on real inputs" in page
-    assert f"{layers[0]['frobenius_ratio']:.4g}" in page  # the per-layer table
+    assert f"<td>{format_column([row['frobenius_ratio'] for row in layers])[0]}</td>" in page  # the per-layer table
+
+
+def test_layers_and_tensors_are_named_as_in_the_torch_model(demo):
+    """One naming in every table, the JSON, the summary and the plots: layer "0" of the torch model,
+    its tensors "0.weight" and "0.bias" (not the runtime's "layers.0")."""
+    out, figures = demo
+    layers = [row["layer"] for row in figures["layers"]]
+    assert layers == ["0", "2"] and list(figures["compression"]["keep"]) == layers
+    assert [row["name"] for row in figures["stability"]["noise_stability"]["layers"]] == layers
+    assert [t["name"] for t in figures["bound"]["code"]["tensors"]] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert [row["name"] for row in figures["tails"]["layers"]] == ["0.weight", "2.weight"]
+    page = (out / "report.html").read_text()
+    assert "layers.0" not in page and "layers.2" not in page and "layers." not in summary(figures)
+    tails_table = page.split("<table>")[1]
+    assert re.findall(r"<tr><td>([^<]*)</td>", tails_table) == layers
+
+
+def test_small_sample_estimates_are_marked_in_the_report(demo):
+    """The 8x64 and 10x8 layers give spectral alphas from 8 eigenvalues: flagged in the tails table,
+    the summary and the figure captions."""
+    out, figures = demo
+    assert all(row["alpha_small_sample"] for row in figures["tails"]["layers"])
+    page = (out / "report.html").read_text()
+    tails_table = page.split("<table>")[1].split("</table>")[0]
+    assert "<th>small sample</th>" in tails_table and tails_table.count("spectral alpha</td>") + tails_table.count(
+        "spectral alpha, Hill k</td>") == 2
+    assert "a hatched tail is a small-sample estimate" in page
+    text = summary(figures)
+    assert text.count("(small sample: spectral alpha") == 2
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

@@ -25,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print the table as JSON")
     fmt.add_argument("--csv", action="store_true", help="print the table as CSV")
+    p.add_argument("--wide", action="store_true", help="print every column (the default table has the key ones, fits 100 characters)")
     p.add_argument("--plots", metavar="DIR", help="also write PNG plots (ESD, |w| CCDF, compressibility) to DIR")
     p.add_argument("--threads", type=threads, metavar="N", help="threads for htcore's kernels and BLAS (default: all cores; shared out between local --workers)")
     p.add_argument("--include", metavar="REGEX", help="only tensors whose name matches REGEX")
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.csv:
         sys.stdout.write(report.to_csv())
     else:
-        sys.stdout.write(report.to_markdown())
+        sys.stdout.write(report.to_markdown(compact=not args.wide))
         print()
         print(report.summary())
     if args.plots:

@@ -20,7 +20,9 @@ public API (each step below is what a user would type).
 
 Conventions: element ``tail_index`` is alpha of P(|w| > x) ~ x^-alpha (Hill); the spectral ``alpha``
 is WeightWatcher's ESD pdf exponent; ``keep`` is the fraction of a matrix's entries kept (top-k by |w|,
-k = ceil(keep * n)); code lengths are in bits; errors are fractions in [0, 1].
+k = ceil(keep * n)); code lengths are in bits; errors are fractions in [0, 1]. Layers and tensors are
+named as in the torch model everywhere (layer "0", its tensors "0.weight" and "0.bias"), not by the
+runtime's "layers.<i>"; table columns print their numbers alike (`htcore.measure.format_column`).
 
 Digits runs an MLP by default (about 20 s), Fashion-MNIST a LeNet-style CNN (about 5 minutes on a
 busy 2-core machine; ``model="mlp"`` gives the MLP). The settings (architecture, epochs, grid,
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import sys
@@ -45,6 +48,7 @@ import numpy as np
 import htcore
 
 from .._validation import check_fraction, check_int
+from ..measure import MIN_HILL_K, MIN_SPECTRAL_EVALS, MIN_SPECTRAL_TAIL
 
 DATASETS = ("digits", "fashion-mnist")
 DELTA = 0.05  # bounds hold with probability >= 1 - DELTA
@@ -130,11 +134,11 @@ def run_demo(dataset: str = "digits", out: str | os.PathLike = "htcore-demo", ke
         steps.update()
     with _timed(figures, "compress_certify"), _threads(torch, 1):
         steps.set_postfix_str("compressing and certifying")
-        compressed = _compress_certify(figures, model, data, preset, candidates, seed, progress)
+        compressed, torch_names = _compress_certify(figures, model, data, preset, candidates, seed, progress)
         steps.update()
     with _timed(figures, "stability"), _threads(torch, 1):
         steps.set_postfix_str("measuring noise stability")
-        stability = _stability(figures, model, compressed, data, out, seed)
+        stability = _stability(figures, model, compressed, data, out, seed, torch_names)
         steps.update()
     with _timed(figures, "runtime"):
         steps.set_postfix_str("timing the runtime")
@@ -258,19 +262,43 @@ def _compress_certify(figures: dict, model: Any, data: Any, preset: Preset, cand
                               "keep": grid[chosen]["per_layer"], "levels": grid[chosen]["levels"],
                               "nnz": best.code.nnz, "params": sum(t.n for t in best.code.tensors)}
     figures["bound"] = best.as_dict()  # every bound form, the errors and the code length by tensor
+    torch_names = _torch_names(names, best.code)
+    for tensor in figures["bound"]["code"]["tensors"]:
+        tensor["name"] = _renamed(tensor["name"], torch_names)
     figures["layers"] = _layer_table(model, names, grid[chosen]["per_layer"], best.code)
-    return models[chosen]
+    return models[chosen], torch_names
+
+
+def _torch_names(names: list, code: Any) -> dict[str, str]:
+    """The compressed net's layer names ("layers.<i>", its position in the runtime layer list) ->
+    the torch model's (``names``, "0", "2", ...): the report names every layer and tensor as the
+    user's model does (layer "0", tensors "0.weight" and "0.bias"). Both list the weight layers
+    first to last."""
+    weights = [t.name.rsplit(".", 1)[0] for t in code.tensors if t.name.endswith(".weight")]
+    return dict(zip(weights, names))
+
+
+def _renamed(name: str, torch_names: dict[str, str]) -> str:
+    """A runtime layer ("layers.0") or tensor ("layers.0.bias") name in the torch model's naming."""
+    if name in torch_names:
+        return torch_names[name]
+    layer, _, tensor = name.rpartition(".")
+    return f"{torch_names[layer]}.{tensor}" if layer in torch_names else name
 
 
 # ---- step 4: noise stability of the chosen net ----------------------------------------------
 
-def _stability(figures: dict, model: Any, compressed: Any, data: Any, out: Path, seed: int) -> dict[str, Any]:
+def _stability(figures: dict, model: Any, compressed: Any, data: Any, out: Path, seed: int,
+               torch_names: dict[str, str]) -> dict[str, Any]:
     """`stability_section` of the chosen net against the dense one (its JSON under figures["stability"],
-    its plots written to ``out``); the section is returned for the HTML page."""
+    its plots written to ``out``; layers named as in the torch model); the section is returned for the
+    HTML page."""
     from htcore.measure import stability_section
 
     stability = htcore.noise_stability(model, compressed, data.X_train, data.y_train, max_samples=STABILITY_SAMPLES,
                                        seed=seed)
+    stability = replace(stability, layers=tuple(replace(layer, name=_renamed(layer.name, torch_names))
+                                                for layer in stability.layers))
     resilience = htcore.resilience({"dense": model, "compressed": compressed}, data.X_test, data.y_test,
                                    max_samples=RESILIENCE_SAMPLES, seed=seed)
     section = stability_section(stability, resilience, directory=out)
@@ -345,11 +373,14 @@ def _write_report(figures: dict, out: Path, stability: dict[str, Any]) -> None:
     figures["files"] = ["report.html", "report.json", "model.safetensors", "inputs.npy", *figures["plots"]]
     (out / "report.json").write_text(json.dumps(figures, indent=1, allow_nan=False, default=_plain) + "\n")
     d, m, c, b, r = figures["data"], figures["model"], figures["compression"], figures["bound"], figures["runtime"]
-    tails = [{"layer": row["name"], "shape": row["shape"],
+    tails = [{"layer": _layer_of(row["name"]), "shape": row["shape"],
               "element tail index (Hill)": row.get("element_tail_index"),
-              "95% CI": _tail_ci(row),
+              "95% CI low": _or(row.get("element_tail_index_ci_low"), 0.0),
+              "95% CI high": _or(row.get("element_tail_index_ci_high"), math.inf),
+              "Hill k": row.get("element_hill_k"),
               "power-law fit tail index": row.get("element_fit_tail_index"),
-              "spectral alpha (ESD pdf exponent)": row.get("alpha")} for row in figures["tails"]["layers"]]
+              "spectral alpha (ESD pdf exponent)": row.get("alpha"),
+              "small sample": _small_sample_text(row)} for row in figures["tails"]["layers"]]
     code = [{"tensor": t["name"], "shape": "x".join(map(str, t["shape"])), "kept": t["k"], "of": t["n"],
              "position bits": t["position_bits"], "value bits": t["value_bits"], "values code": t["values_code"],
              "total bits": t["total_bits"]} for t in b["code"]["tensors"]]
@@ -368,8 +399,12 @@ def _write_report(figures: dict, out: Path, stability: dict[str, Any]) -> None:
         Section("2. Heavy tails of the trained weights (htcore.analyze)",
                 ["Element tail index alpha: P(|w| > x) ~ x^-alpha over the entries of each matrix (smaller = heavier "
                  "tail). Spectral alpha is WeightWatcher's: the pdf exponent of the power-law tail of the eigenvalues "
-                 "of W^T W (about 2-6 for well-trained layers)."], [tails],
-                [(str(out / p), _tail_caption(p)) for p in figures["tails"]["plots"]]),
+                 "of W^T W (about 2-6 for well-trained layers).",
+                 f"Small sample: a spectral alpha from fewer than {MIN_SPECTRAL_EVALS} eigenvalues or a tail of fewer "
+                 f"than {MIN_SPECTRAL_TAIL}, or a Hill estimate from fewer than {MIN_HILL_K} order statistics, is shown "
+                 "but unreliable; the plots hatch its tail and draw no fitted line over fewer points than these."],
+                [tails],
+                [(str(out / p), _tail_caption(p, figures["tails"]["layers"])) for p in figures["tails"]["plots"]]),
         Section("3. Compress by top-k and certify (htcore.compress, htcore.certify)",
                 [f"Each setting keeps the top-k |w| of every weight matrix, fine-tunes with the mask fixed, quantises the "
                  f"kept values to a k-means codebook and rounds biases to float16. The setting with the lowest kl bound is "
@@ -407,8 +442,9 @@ def summary(figures: dict) -> str:
              f"1. dense net ({m['epochs']} epochs): train error {m['train_error']:.4f}, test error {m['test_error']:.4f}",
              "2. tails: element tail index alpha (Hill, P(|w|>x) ~ x^-alpha) and spectral alpha (ESD pdf exponent, WeightWatcher)"]
     for row in figures["tails"]["layers"]:
-        lines.append(f"     {row['name']:<10} {row['shape']:>8}  tail index {_num(row.get('element_tail_index'))} "
-                     f"{_tail_ci(row)}  spectral alpha {_num(row.get('alpha'))}")
+        lines.append(f"     {_layer_of(row['name']):<10} {row['shape']:>8}  tail index {_num(row.get('element_tail_index'))} "
+                     f"{_tail_ci(row)}  spectral alpha {_num(row.get('alpha'))}"
+                     + (f"  (small sample: {flags})" if (flags := _small_sample_text(row)) else ""))
     lines.append(f"3. compressed (best kl of {c['settings_tried']} settings, search charged): {_keeps_text(c['keep'])}, "
                  f"{c['levels']}-level codebook")
     for t in b["code"]["tensors"]:
@@ -428,7 +464,7 @@ def summary(figures: dict) -> str:
 
 def _stability_line(stability: dict) -> str:
     """Step 4 of the summary: per layer, the median relative error on real inputs vs the Frobenius ratio."""
-    layers = "; ".join(f"{l['name']} {_num(l['rel_error_median'])} vs {_num(l['frobenius_ratio'])}"
+    layers = "; ".join(f"layer {l['name']}: {_num(l['rel_error_median'])} vs {_num(l['frobenius_ratio'])}"
                        for l in stability["noise_stability"]["layers"])
     return (f"4. noise stability (median ||(W - W_hat) x|| / ||W x|| on real inputs vs ||W - W_hat||_F / ||W||_F): {layers}; "
             f"output error {_num(stability['noise_stability']['net']['output_error_all_median'])}")
@@ -493,10 +529,29 @@ def _tail_ci(row: dict) -> str:
     return f"[{_num(row.get('element_tail_index_ci_low'), '0')}, {_num(row.get('element_tail_index_ci_high'), 'inf')}]"
 
 
-def _tail_caption(name: str) -> str:
+def _tail_caption(name: str, layers: list[dict]) -> str:
+    """The caption of one of `ModelReport.plot`'s files ("NNN_<tensor>.png": row NNN of ``layers``)."""
     if name == "compressibility.png":
         return "relative Frobenius error of keeping the top-k |w|, per layer (htcore.compressibility_curve)"
-    return f"{name}: ESD of W^T W with its power-law fit (left), CCDF of |w| with the Hill tail (right)"
+    tensor = layers[int(name[:3])]["name"]
+    return (f"layer {_layer_of(tensor)} ({tensor}): ESD of W^T W with its power-law fit (left), CCDF of |w| with "
+            "the Hill tail (right); a hatched tail is a small-sample estimate")
+
+
+def _layer_of(tensor: str) -> str:
+    """The torch module a weight tensor belongs to ("0.weight" -> "0"), the report's name for a layer."""
+    return tensor.removesuffix(".weight")
+
+
+def _or(value: Any, default: float) -> float:
+    """``value``, or ``default`` for None (an unbounded CI limit, null in the JSON)."""
+    return default if value is None else value
+
+
+def _small_sample_text(row: dict) -> str:
+    """The small-sample flags of a tails row, as words: "spectral alpha", "Hill k", both or ""."""
+    return ", ".join(text for column, text in (("alpha_small_sample", "spectral alpha"), ("element_small_sample", "Hill k"))
+                     if row.get(column))
 
 
 # ---- helpers ----------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from ..measure import format_column
+
 _STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1100px;
        color: #222; line-height: 1.45; padding: 0 1em; }
@@ -17,9 +19,9 @@ table { border-collapse: collapse; margin: .6em 0 1em; font-size: .92em; }
 th, td { border: 1px solid #ccd; padding: .25em .6em; text-align: right; }
 th { background: #eef1f5; }
 td:first-child, th:first-child { text-align: left; }
-figure { display: inline-block; margin: .5em 1em .5em 0; vertical-align: top; }
-figure img { max-width: 520px; border: 1px solid #ddd; }
-figcaption { font-size: .85em; color: #555; max-width: 520px; }
+figure { display: block; margin: .8em 0 1.2em; }
+figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { font-size: .9em; color: #555; }
 .note { color: #555; font-size: .9em; }
 """
 
@@ -34,18 +36,15 @@ class Section:
     figures: Sequence[tuple[str, str]] = field(default_factory=tuple)
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return html.escape(str(value))
-
-
 def _table(rows: Sequence[dict[str, Any]]) -> str:
+    """An HTML table of ``rows`` (the first row's keys are the columns), each column's numbers
+    formatted alike by `htcore.measure.format_column`."""
     if not rows:
         return ""
     columns = list(rows[0])
+    cells = [format_column([r.get(c, "") for r in rows]) for c in columns]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(r.get(c, ''))}</td>" for c in columns) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(col[i])}</td>" for col in cells) + "</tr>" for i in range(len(rows)))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 

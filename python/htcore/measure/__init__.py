@@ -12,7 +12,7 @@
   matrix), `resilience` -> `Resilience` (accuracy under input and weight noise, several nets side by
   side), `stability_section` (both as a report section). Need torch.
 - Whole models: `analyze` -> `ModelReport` (one `LayerReport` per weight tensor; CSV, JSON, markdown,
-  pandas and PNG plots).
+  pandas and PNG plots; `format_column` prints a table column with its numbers formatted alike).
 - Many models: `analyze_many` -> `ManyReport` (files, directories, globs on a local process pool,
   a Dask cluster or any executor; `executor_for`, `local_executor`, `pool_executor`).
 
@@ -34,7 +34,15 @@ from ._many import (
 )
 from ._plots import plot_report, plot_resilience, plot_stability
 from ._powerlaw_fit import PowerLawFit, fit_powerlaw
-from ._report import MIN_HILL_K, MIN_SPECTRAL_EVALS, MIN_SPECTRAL_TAIL, ElementTails, LayerReport, ModelReport
+from ._report import (
+    MIN_HILL_K,
+    MIN_SPECTRAL_EVALS,
+    MIN_SPECTRAL_TAIL,
+    ElementTails,
+    LayerReport,
+    ModelReport,
+    format_column,
+)
 from ._resilience import Resilience, resilience
 from ._spectra import MIN_EVALS, ZERO_EIGENVALUE, SpectralMetrics, esd, spectral_metrics, symmetric_eigenvalues
 from ._stability import LayerStability, NoiseStability, layer_stability, noise_stability
@@ -58,6 +66,7 @@ __all__ = [
     "ManyReport",
     "ModelReport",
     "ModelResult",
+    "format_column",
     "NoiseStability",
     "PowerLawFit",
     "Resilience",

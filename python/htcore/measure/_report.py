@@ -12,8 +12,9 @@ import io
 import json
 import math
 import os
+import textwrap
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -68,6 +69,8 @@ _ELEMENT = ["element_" + f.name for f in fields(ElementTails)]
 MIN_SPECTRAL_EVALS = 50
 MIN_SPECTRAL_TAIL = 10
 MIN_HILL_K = 20
+
+COMPACT_WIDTH = 100  #: characters a line of `ModelReport.to_markdown(compact=True)` may take
 
 
 def spectral_small_sample(metrics: SpectralMetrics) -> bool:
@@ -173,13 +176,51 @@ class ModelReport:
         }
         return _maybe_write(json.dumps(doc, indent=indent, allow_nan=False) + "\n", path)
 
-    def to_markdown(self, columns: list[str] | None = None) -> str:
-        """A GitHub-flavoured markdown table (floats to 4 significant digits)."""
+    def to_markdown(self, columns: list[str] | None = None, *, compact: bool = False) -> str:
+        """A GitHub-flavoured markdown table with aligned columns, each column's floats formatted
+        alike (`format_column`, 4 significant digits). ``compact``: the table a terminal has room
+        for, at most `COMPACT_WIDTH` (100) characters a line, followed by a line explaining its
+        headers: layer name (shortened in the middle if needed), shape, spectral ``alpha``, the Hill
+        tail index with its 95 % CI and k, the relative error at the middle keep, and ``flags`` ("few
+        evals" for ``alpha_small_sample``, "small k" for ``element_small_sample``)."""
+        if compact:
+            return self._compact_markdown()
         cols = columns or self.columns
-        lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-        for row in self.rows():
-            lines.append("| " + " | ".join(_fmt(row[c]) for c in cols) + " |")
-        return "\n".join(lines) + "\n"
+        rows = self.rows()
+        return _aligned_markdown(cols, [format_column([row[c] for row in rows]) for c in cols])
+
+    def _compact_markdown(self) -> str:
+        rows = self.rows()
+        headers, cells, notes = ["shape"], [[r["shape"] for r in rows]], []
+        if "alpha" in self.columns:
+            headers.append("alpha")
+            cells.append(format_column([r["alpha"] for r in rows], 3))
+            notes.append("alpha: ESD pdf exponent (WeightWatcher)")
+        if "element_tail_index" in self.columns:
+            headers += ["hill", "ci low", "ci high", "k"]
+            cells += [format_column([r[c] for r in rows], 3) for c in
+                      ("element_tail_index", "element_tail_index_ci_low", "element_tail_index_ci_high")]
+            cells.append(format_column([r["element_hill_k"] for r in rows]))
+            notes.append("hill: tail index of |w| with its 95% CI and k order statistics")
+        if self.keeps and any(layer.rel_error is not None for layer in self.layers):
+            keep = sorted(self.keeps)[len(self.keeps) // 2]
+            headers.append(f"err@{keep:g}")
+            cells.append(format_column([r[_keep_column(keep)] for r in rows], 3))
+            notes.append(f"err@{keep:g}: ||W - W_k||_F / ||W||_F keeping {keep:g} of the entries")
+        flags = [", ".join(text for column, text in (("alpha_small_sample", "few evals"), ("element_small_sample", "small k"))
+                           if r.get(column) is True) for r in rows]
+        if any(flags):
+            headers.append("flags")
+            cells.append(flags)
+            notes.append(f"few evals: alpha from < {MIN_SPECTRAL_EVALS} eigenvalues or a tail of < {MIN_SPECTRAL_TAIL}; "
+                         f"small k: Hill k < {MIN_HILL_K}")
+        # the name column gets what the others leave of the width: "| " + cells joined by " | " + " |"
+        others = sum(max(len(h), *(len(c) for c in col)) for h, col in zip(headers, cells)) + 3 * len(headers)
+        room = max(12, COMPACT_WIDTH - 4 - others)
+        names = [_shorten(r["name"], room) for r in rows]
+        table = _aligned_markdown(["name", *headers], [names, *cells])
+        notes.append(f"all {len(self.columns)} columns: --wide, --csv or --json")
+        return table + "\n" + textwrap.fill("; ".join(notes), COMPACT_WIDTH) + "\n"
 
     def to_pandas(self):
         """The table as a pandas DataFrame (needs pandas)."""
@@ -232,6 +273,24 @@ class ModelReport:
         return plot_report(self, directory)
 
 
+def _aligned_markdown(headers: list[str], columns: list[list[str]]) -> str:
+    """A markdown table from its headers and its columns of cell texts, each column padded to its widest cell."""
+    widths = [max(len(h), *(len(c) for c in col)) if col else len(h) for h, col in zip(headers, columns)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    lines = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += [line([col[i] for col in columns]) for i in range(len(columns[0]) if columns else 0)]
+    return "\n".join(lines) + "\n"
+
+
+def _shorten(name: str, width: int) -> str:
+    """``name`` cut to ``width`` characters by an ellipsis after its first four (the end of a layer
+    name, its block and role, tells layers apart)."""
+    return name if len(name) <= width else name[:4] + "…" + name[len(name) - (width - 5):]
+
+
 def _names(names: list[str]) -> str:
     return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
 
@@ -253,6 +312,44 @@ def _fmt(v: Any) -> str:
     if isinstance(v, (float, np.floating)):
         return "" if math.isnan(v) else f"{v:.4g}"
     return str(v)
+
+
+def format_column(values: Sequence[Any], digits: int = 4) -> list[str]:
+    """The cells of one table column as text, every float of the column with the same number of
+    decimals: enough for ``digits`` significant digits of the column's largest magnitude, then the
+    zeros every cell ends with dropped (keeps 0.1, 0.5 stay "0.1", "0.5"; 0.30000000000000004 prints
+    "0.3"; rounding noise such as 1.1e-16 beside 0.12 prints "0.0000"). A nonzero float the fixed
+    decimals would print as zero, yet larger than 1e-9 of the column's largest, and every float of a
+    column whose largest magnitude is >= 1e6 or < 1e-3, print in ``.{digits}g`` form instead.
+    NaN and None print as "", +-inf as "inf" / "-inf"; ints, bools and strings as ``str``."""
+    floats = [float(v) for v in values if _is_float(v) and math.isfinite(v)]
+    largest = max((abs(v) for v in floats), default=0.0)
+    general = largest >= 1e6 or 0 < largest < 1e-3
+    decimals = 0 if largest == 0 else max(0, digits - 1 - math.floor(math.log10(largest)))
+    cells = []
+    for v in values:
+        if v is None or _is_nan(v):
+            cells.append("")
+        elif not _is_float(v):
+            cells.append(str(_plain(v)))
+        elif not math.isfinite(v):
+            cells.append("inf" if v > 0 else "-inf")
+        else:
+            text = f"{v:.{decimals}f}"
+            if general or (v != 0 and float(text) == 0 and abs(v) > 1e-9 * largest):
+                text = f"{v:.{digits}g}"
+            cells.append(text.lstrip("-") if float(text) == 0 else text)  # no "-0.000"
+    fixed = [i for i, (v, text) in enumerate(zip(values, cells)) if _is_float(v) and "." in text and "e" not in text]
+    while fixed and all(cells[i].endswith("0") for i in fixed):
+        for i in fixed:
+            cells[i] = cells[i][:-1]
+    for i in fixed:
+        cells[i] = cells[i].rstrip(".")
+    return cells
+
+
+def _is_float(v: Any) -> bool:
+    return isinstance(v, (float, np.floating))
 
 
 def data_frame(rows: list, columns: list | None, owner: str) -> Any:
