@@ -170,7 +170,8 @@ def _budget_settings(model: Any, budgets: Sequence[float] | None, unit: str, met
     torch_model = model if hasattr(model, "named_modules") else to_torch(model)  # compress's layer names
     settings, allocations = [], []
     for budget in budgets:
-        allocation = allocate(torch_model, **{unit: budget}, method=method, **(options or {}))
+        budget_kwargs: dict[str, Any] = {unit: budget}
+        allocation = allocate(torch_model, **budget_kwargs, method=method, **(options or {}))
         for level in _as_list(levels):
             for precision in _as_list(bias_precision):
                 settings.append(dict(per_layer=dict(allocation.keep), levels=level, bias_precision=precision))
@@ -191,7 +192,7 @@ def _groups(settings: Sequence[Mapping[str, Any]], finetune: Mapping[str, Any] |
     return list(groups.values())
 
 
-def _run_groups(model: Any, data: _Data, settings: Sequence[Mapping[str, Any]], groups: list[list[int]],
+def _run_groups(model: Any, data: _Data, settings: Sequence[dict[str, Any]], groups: list[list[int]],
                 options: dict[str, Any], executor: Executor | None) -> Iterator[tuple[int, tuple[BoundReport, Any]]]:
     """Yield (setting index, (report, model)) as groups finish: here in order, or on ``executor``."""
     if executor is None:
@@ -236,7 +237,7 @@ def _one_thread() -> Iterator[None]:
         set_num_threads(htcore_threads)
 
 
-def _certify_group(model: Any, data: _Data, group: list[dict], *, finetune: Mapping[str, Any] | None, delta: float,
+def _certify_group(model: Any, data: _Data, group: list[dict[str, Any]], *, finetune: Mapping[str, Any] | None, delta: float,
                    with_original: bool, settings_tried: int) -> list[tuple[BoundReport, Any]]:
     """One task: compress (sharing the pruning and fine-tuning) and certify a group of settings.
     Deterministic in its inputs (module docstring): one thread each, torch's RNG forked and seeded."""

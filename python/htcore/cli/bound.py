@@ -250,7 +250,7 @@ def _print_report(report: Any, data: Dataset) -> None:
     lines = [("training sample", f"m = {m:,} examples; every bound holds with probability >= {1 - report.delta:g} "
                                  f"(delta = {report.delta:g})"),
              ("train error", f"{report.train_error:.4f} ({round(report.train_error * m):,} of {m:,} misclassified)")]
-    if report.test_error is not None:
+    if report.test_error is not None and data.y_test is not None:
         lines.append(("test error", f"{report.test_error:.4f} (on {len(data.y_test):,} test examples)"))
     lines += [("code length", f"{report.code_bits:,} bits ({code.nnz:,} stored values; {search})"),
               ("", "Bounds on the true error of the compressed net (Occam, from its train error and code length):"),
@@ -278,7 +278,7 @@ def _print_report(report: Any, data: Dataset) -> None:
              f"{t.elias_fano_bits:,}", f"{t.value_bits:,} ({t.values_code})", f"{t.total_bits:,}"] for t in code.tensors]
     rows += [["architecture", *[""] * 7, code.architecture_bits],
              ["self-delimiting length", *[""] * 7, code.self_delimiting_bits],
-             [f"search ({code.settings_tried} settings)", *[""] * 7, code.search_bits],
+             [f"search ({code.settings_tried} setting{'s' if code.settings_tried > 1 else ''})", *[""] * 7, code.search_bits],
              ["**total**", "", "", f"{code.nnz:,}", *[""] * 4, f"**{code.total_bits:,}**"]]
     print(_markdown(["tensor", "kind", "shape", "stored values k", "bits for k", "positions", "(Elias-Fano)",
                      "values (code)", "total"], rows, left=3))
