@@ -115,6 +115,8 @@ def test_a_dask_cluster_gives_the_serial_search(serial, model, data, client):
     parallel = search_bound(model, X, y, grid=GRID, finetune=FINETUNE, X_test=Xt, y_test=yt,
                             executor=client.get_executor())
     assert_same_search(parallel, serial, Xt)
+    with pytest.raises(TypeError, match=r"client.get_executor\(\)"):  # the client itself is not an Executor
+        search_bound(model, X, y, grid=GRID, executor=client)
 
 
 def test_a_local_process_pool_gives_the_serial_search(serial, model, data):

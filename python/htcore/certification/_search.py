@@ -131,8 +131,9 @@ def search_bound(model: Any, X_train: Any, y_train: Any, *, grid: Sequence[Mappi
         settings, allocations = _budget_settings(model, budgets, budget_unit, allocate_method, allocate_options,
                                                  None if levels is _UNSET else levels,
                                                  "float32" if bias_precision is _UNSET else bias_precision)
-    if executor is not None and not callable(getattr(executor, "submit", None)):
-        raise TypeError(f"executor must be a concurrent.futures.Executor (or None), got {type(executor).__name__}")
+    if executor is not None and not isinstance(executor, Executor):
+        hint = " (for a Dask client, pass client.get_executor())" if hasattr(executor, "get_executor") else ""
+        raise TypeError(f"executor must be a concurrent.futures.Executor or None, got {type(executor).__name__}{hint}")
     groups = _groups(settings, finetune)
     data = _Data(X_train, y_train, X_test, y_test)
     options = dict(finetune=finetune, delta=delta, with_original=with_original, settings_tried=len(settings))
