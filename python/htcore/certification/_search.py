@@ -31,7 +31,7 @@ class SearchResult:
 
 def search_bound(model: Any, X_train: Any, y_train: Any, *, grid: Sequence[Mapping[str, Any]], delta: float = 0.05,
                  finetune: Mapping[str, Any] | None = None, X_test: Any = None, y_test: Any = None,
-                 with_original: bool = True, progress: bool = False) -> SearchResult:
+                 with_original: bool = True, progress: bool = False, settings_tried: int | None = None) -> SearchResult:
     """Compress ``model`` (a torch module with Linear and Conv2d layers, MLP or CNN, or a runtime
     model; see `htcore.compress`) with every setting in ``grid`` (dicts of `compress`
     keywords: keep, per_layer, levels, bias_precision, and finetune to override the shared one),
@@ -40,14 +40,18 @@ def search_bound(model: Any, X_train: Any, y_train: Any, *, grid: Sequence[Mappi
     its own), with (X_train, y_train) as training data; settings differing only in levels or
     bias_precision share one pruning and fine-tuning (`htcore.compression.compress_grid`). X_train and
     X_test are (n, features) rows or, for a CNN, (n, C, H, W) images. ``progress`` shows a bar on stderr.
+    ``settings_tried`` (default len(grid), never fewer) is the number of settings charged: when this
+    grid was itself picked after trying others on the same training data, count every one tried so
+    that the bound stays honest.
     """
     grid = tuple(dict(g) for g in grid)
     check_int(len(grid), "len(grid)", low=1)
+    settings_tried = len(grid) if settings_tried is None else check_int(settings_tried, "settings_tried", low=len(grid))
     reports = []
     compressed_models = compress_grid(model, grid, finetune=finetune, train_data=(X_train, y_train))
     for _, compressed in progress_bar(compressed_models, enabled=progress, desc="search_bound", total=len(grid),
                                       unit="setting"):
         reports.append(certify(compressed, X_train, y_train, delta=delta, original=model if with_original else None,
-                               X_test=X_test, y_test=y_test, settings_tried=len(grid)))
+                               X_test=X_test, y_test=y_test, settings_tried=settings_tried))
     best = int(np.argmin([r.kl for r in reports]))
     return SearchResult(settings=grid, reports=tuple(reports), best_index=best)

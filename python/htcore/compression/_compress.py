@@ -36,7 +36,7 @@ import numpy as np
 from .._validation import check_fraction, check_int
 from ..runtime import CompressedModel
 from ..sparse import CSRMatrix, topk_sparsify
-from ..train import as_training_tensors, fit
+from ..train import as_training_tensors, check_schedule, fit
 from ._codebook import kmeans_1d
 
 _GLOB_CHARACTERS = frozenset("*?[")
@@ -95,7 +95,7 @@ def _keep_fractions(names: list[str], keep: Any, per_layer: Mapping[Any, Any] | 
 
 
 def _check_finetune(finetune: Mapping[str, Any]) -> dict[str, Any]:
-    allowed = {"epochs", "lr", "batch_size", "codebook_epochs", "seed"}
+    allowed = {"epochs", "lr", "batch_size", "codebook_epochs", "codebook_lr", "schedule", "seed"}
     unknown = set(finetune) - allowed
     if unknown:
         raise ValueError(f"finetune has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -103,10 +103,14 @@ def _check_finetune(finetune: Mapping[str, Any]) -> dict[str, Any]:
            "batch_size": check_int(finetune.get("batch_size", 128), "finetune['batch_size']", low=1),
            "codebook_epochs": check_int(finetune.get("codebook_epochs", 1), "finetune['codebook_epochs']", low=0),
            "seed": check_int(finetune.get("seed", 0), "finetune['seed']", low=0)}
-    lr = finetune.get("lr", 1e-3)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
-        raise ValueError(f"finetune['lr'] must be a positive finite number, got {lr!r}")
-    out["lr"] = float(lr)
+    for key, default in (("lr", 1e-3), ("codebook_lr", None)):
+        lr = finetune.get(key, default)
+        if key == "codebook_lr" and lr is None:
+            lr = out["lr"]  # the codebook stage runs at the masked stage's rate unless told otherwise
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+            raise ValueError(f"finetune[{key!r}] must be a positive finite number, got {lr!r}")
+        out[key] = float(lr)
+    out["schedule"] = check_schedule(finetune.get("schedule", "constant"), "finetune['schedule']")
     return out
 
 
@@ -134,8 +138,8 @@ def _shared_weight_finetune(model: Any, quantised: dict, X: Any, y: Any, setting
     def forward(h):
         return torch.func.functional_call(model, {f"{name}.weight": weight_of(name) for name in books}, (h,))
 
-    fit(forward, list(books.values()) + _biases(model), X, y, epochs=settings["codebook_epochs"], lr=settings["lr"],
-        batch_size=settings["batch_size"], seed=settings["seed"])
+    fit(forward, list(books.values()) + _biases(model), X, y, epochs=settings["codebook_epochs"],
+        lr=settings["codebook_lr"], batch_size=settings["batch_size"], seed=settings["seed"], schedule=settings["schedule"])
     return {name: (books[name].detach().numpy().astype(np.float64), assignment, mask)
             for name, (_, assignment, mask) in quantised.items()}
 
@@ -163,7 +167,9 @@ def compress(model: Any, *, keep: float | None = None, per_layer: Mapping[Any, f
     finetune : dict, optional
         ``epochs`` (default 3) of Adam at ``lr`` (1e-3) on the kept weights and every other parameter
         with the mask fixed, ``batch_size`` (128), ``seed`` (0); with ``levels``, then
-        ``codebook_epochs`` (1) of shared-weight fine-tuning. Needs ``train_data=(X, y)``: X of the
+        ``codebook_epochs`` (1) of shared-weight fine-tuning at ``codebook_lr`` (default ``lr``).
+        ``schedule`` ("constant", default, or "cosine") is each stage's learning-rate schedule
+        (`htcore.train.fit`): "cosine" anneals from the stage's rate to 0 over its epochs. Needs ``train_data=(X, y)``: X of the
         model's input shape, (n, features) or images (n, C, H, W). The input model is not modified.
     bias_precision : "float32" or "float16"
         "float16" rounds every Linear/Conv2d bias to the nearest float16 value at the end (still
@@ -268,7 +274,7 @@ def _prune(model: Any, keep: Any = None, per_layer: Any = None, finetune: Any = 
 
         model.train()
         fit(model, list(model.parameters()), *data, epochs=settings["epochs"], lr=settings["lr"],
-            batch_size=settings["batch_size"], seed=settings["seed"], after_step=reapply)
+            batch_size=settings["batch_size"], seed=settings["seed"], after_step=reapply, schedule=settings["schedule"])
         model.eval()
     return _Pruned(model, masks, fractions, settings, data, input_shape)
 
