@@ -127,3 +127,36 @@ def test_search_bound_charges_every_setting_tried(task):
     assert all(w.code_bits == o.code_bits + 4 and w.kl >= o.kl for w, o in zip(wider.reports, own.reports))
     with pytest.raises(ValueError, match="settings_tried must be >= 2"):
         search_bound(mlp(), *task, grid=grid, settings_tried=1)
+
+
+def masked_count(g):
+    return [int(np.diff(w.indptr).sum()) for w in sparse_weights(g)]
+
+
+def test_gradual_pruning_ends_at_the_target_keep_and_one_epoch_is_one_shot_pruning(task):
+    dense = train_classifier(mlp(), *task, epochs=10, lr=2e-2, batch_size=32)
+    tune = dict(epochs=5, lr=1e-2, batch_size=32)
+    once = compress(dense, keep=0.2, finetune=tune, train_data=task)
+    same = compress(dense, keep=0.2, finetune={**tune, "prune_epochs": 1}, train_data=task)
+    gradual = compress(dense, keep=0.2, finetune={**tune, "prune_epochs": 4}, train_data=task)
+    again = compress(dense, keep=0.2, finetune={**tune, "prune_epochs": 4}, train_data=task)
+    assert masked_count(gradual) == masked_count(once) == [math.ceil(0.2 * 12 * 16), math.ceil(0.2 * 16 * 3)]
+    for a, b, c, d in zip(*map(sparse_weights, (once, same, gradual, again))):
+        np.testing.assert_array_equal(a.indices, b.indices)
+        np.testing.assert_array_equal(a.data, b.data)
+        np.testing.assert_array_equal(c.indices, d.indices)
+        np.testing.assert_array_equal(c.data, d.data)
+        assert np.all(c.data != 0)  # every kept weight trained; none is a leftover zero
+    # the weights picked at the end differ from the dense net's top-k: pruning followed the training
+    assert any(not np.array_equal(a.indices, c.indices) for a, c in zip(sparse_weights(once), sparse_weights(gradual)))
+    assert error(gradual, task) <= error(compress(dense, keep=0.2), task)
+
+
+@pytest.mark.parametrize("finetune, match", [
+    (dict(epochs=3, prune_epochs=4), r"finetune\['prune_epochs'\] must be <= 3"),
+    (dict(epochs=3, prune_epochs=0), r"finetune\['prune_epochs'\] must be >= 1"),
+    (dict(epochs=0, prune_epochs=2), r"finetune\['prune_epochs'\] must be <= 1"),
+])
+def test_bad_prune_epochs_are_refused(task, finetune, match):
+    with pytest.raises(ValueError, match=match):
+        compress(mlp(), keep=0.5, finetune=finetune, train_data=task)
