@@ -76,7 +76,7 @@ def configs(quick: bool) -> dict:
         "fashion-mnist-cnn": dict(load=lambda: load_fashion_mnist(images=True), cnn=True,
                                   epochs=2 if quick else CNN_TRAIN["epochs"], lr=CNN_TRAIN["lr"],
                                   schedule=CNN_TRAIN["schedule"],
-                                  finetune=dict(CNN_FINETUNE, epochs=1) if quick else CNN_FINETUNE, grid=cnn_grid,
+                                  finetune=dict(CNN_FINETUNE, epochs=1, prune_epochs=1) if quick else CNN_FINETUNE, grid=cnn_grid,
                                   tried=None if quick else CNN_TRIED, settings_tried=None if quick else CNN_SETTINGS_TRIED),
         "fashion-mnist": dict(load=load_fashion_mnist, hidden=(32,), epochs=3 if quick else 10, lr=1e-3,
                               finetune=dict(epochs=1 if quick else 3, lr=1e-3, codebook_epochs=1), grid=fashion_grid),
