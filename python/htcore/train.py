@@ -52,16 +52,32 @@ def _expected_input(model: Any) -> str:
     return f" (its first Conv2d takes (n, {first.in_channels}, H, W) images)"
 
 
+SCHEDULES = ("constant", "cosine")
+
+
+def check_schedule(schedule: Any, name: str = "schedule") -> str:
+    """``schedule`` if it names a learning-rate schedule of `fit`, else a ValueError naming it."""
+    if not isinstance(schedule, str) or schedule not in SCHEDULES:
+        raise ValueError(f"{name} must be one of {list(SCHEDULES)}, got {schedule!r}")
+    return schedule
+
+
 def fit(forward: Callable, params: list, X: Any, y: Any, *, epochs: int, lr: float, batch_size: int, seed: int,
-        after_step: Callable[[], None] | None = None) -> None:
+        after_step: Callable[[], None] | None = None, schedule: str = "constant") -> None:
     """Adam on the cross-entropy of ``forward(X_batch)`` over ``epochs`` seeded shuffles of (X, y)
-    (torch tensors); ``after_step()`` runs after every optimiser step (e.g. to re-impose a mask)."""
+    (torch tensors); ``after_step()`` runs after every optimiser step (e.g. to re-impose a mask).
+    ``schedule``: "constant" keeps ``lr``; "cosine" anneals it per step from ``lr`` at the first step
+    to 0 after the last, lr * (1 + cos(pi * t / T)) / 2 for step t of T (Loshchilov and Hutter 2017,
+    without restarts), so the last epochs take small steps that settle into a minimum."""
     import torch
 
     if not epochs or not params:
         return
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.Adam(params, lr=lr)
+    steps = epochs * -(-X.shape[0] // batch_size)
+    annealer = (torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps)
+                if check_schedule(schedule) == "cosine" else None)
     for _ in range(epochs):
         order = torch.randperm(X.shape[0], generator=generator)
         for start in range(0, X.shape[0], batch_size):
@@ -70,14 +86,17 @@ def fit(forward: Callable, params: list, X: Any, y: Any, *, epochs: int, lr: flo
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
+            if annealer is not None:
+                annealer.step()
             if after_step is not None:
                 after_step()
 
 
 def train_classifier(model: Any, X: Any, y: Any, *, epochs: int = 10, lr: float = 1e-3, batch_size: int = 128,
-                     seed: int = 0) -> Any:
+                     seed: int = 0, schedule: str = "constant") -> Any:
     """Train any torch classifier (scores (n, classes) out) in place with Adam on cross-entropy over
-    ``epochs`` seeded shuffles of (X, y); X is (n, features) or images (n, C, H, W). The model runs in
+    ``epochs`` seeded shuffles of (X, y); X is (n, features) or images (n, C, H, W). ``schedule`` is
+    the learning-rate schedule of `fit` ("constant" or "cosine" from ``lr`` to 0). The model runs in
     train mode while fitting (BatchNorm statistics, Dropout drawn from torch's generator seeded by
     ``seed`` inside a forked RNG state) and is returned in eval mode."""
     import torch
@@ -88,10 +107,12 @@ def train_classifier(model: Any, X: Any, y: Any, *, epochs: int = 10, lr: float 
     seed = check_int(seed, "seed", low=0)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    schedule = check_schedule(schedule)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model.train()
-        fit(model, list(model.parameters()), Xt, yt, epochs=epochs, lr=float(lr), batch_size=batch_size, seed=seed)
+        fit(model, list(model.parameters()), Xt, yt, epochs=epochs, lr=float(lr), batch_size=batch_size, seed=seed,
+            schedule=schedule)
     return model.eval()
 
 

@@ -59,7 +59,7 @@ class SearchResult:
     @property
     def best_model(self) -> Any:
         """The certified winner: save it with `htcore.save_compressed`; `htcore.certify` on it with
-        ``settings_tried=len(settings)`` gives `best` again."""
+        the ``settings_tried`` recorded in its ``metadata["search"]`` gives `best` again."""
         return self.models[self.best_index]
 
 
@@ -78,7 +78,7 @@ def search_bound(model: Any, X_train: Any, y_train: Any, *, grid: Sequence[Mappi
                  allocate_options: Mapping[str, Any] | None = None, levels: Any = _UNSET, bias_precision: Any = _UNSET,
                  delta: float = 0.05, finetune: Mapping[str, Any] | None = None, X_test: Any = None,
                  y_test: Any = None, with_original: bool = True, progress: bool = False,
-                 executor: Executor | None = None) -> SearchResult:
+                 executor: Executor | None = None, settings_tried: int | None = None) -> SearchResult:
     """Compress ``model`` with every setting searched, certify each with ceil log2(settings) search
     bits charged, and return all reports and models and the one with the lowest kl bound.
 
@@ -113,6 +113,9 @@ def search_bound(model: Any, X_train: Any, y_train: Any, *, grid: Sequence[Mappi
         function; the model, data and settings are pickled to it and the reports and compressed
         models pickled back. The executor is not shut down. Use processes, not threads: a task sets
         its process's torch and htcore thread counts.
+    settings_tried : the number of settings charged (default: the number searched here, never
+        fewer). When this grid was itself picked after trying others on the same training data,
+        count every one tried so that the bound stays honest.
 
     Every task runs on one torch thread and one htcore thread (restored afterwards) with torch's RNG
     forked and seeded from the fine-tuning seed (see the module docstring), so the result is the same
@@ -136,7 +139,8 @@ def search_bound(model: Any, X_train: Any, y_train: Any, *, grid: Sequence[Mappi
         raise TypeError(f"executor must be a concurrent.futures.Executor or None, got {type(executor).__name__}{hint}")
     groups = _groups(settings, finetune)
     data = _Data(X_train, y_train, X_test, y_test)
-    options = dict(finetune=finetune, delta=delta, with_original=with_original, settings_tried=len(settings))
+    tried = len(settings) if settings_tried is None else check_int(settings_tried, "settings_tried", low=len(settings))
+    options = dict(finetune=finetune, delta=delta, with_original=with_original, settings_tried=tried)
     done: dict[int, tuple[BoundReport, Any]] = {}
     results = _run_groups(model, data, settings, groups, options, executor)
     for index, outcome in progress_bar(results, enabled=progress, desc="search_bound", total=len(settings), unit="setting"):
@@ -144,7 +148,7 @@ def search_bound(model: Any, X_train: Any, y_train: Any, *, grid: Sequence[Mappi
     reports = tuple(done[i][0] for i in range(len(settings)))
     models = tuple(done[i][1] for i in range(len(settings)))
     for i, compressed in enumerate(models):  # what a later certify of a saved model must charge
-        compressed.metadata["search"] = {"settings_tried": len(settings), "index": i}
+        compressed.metadata["search"] = {"settings_tried": tried, "index": i}
     best = int(np.argmin([r.kl for r in reports]))
     return SearchResult(settings=settings, reports=reports, best_index=best, models=models, allocations=allocations)
 

@@ -9,7 +9,8 @@ alike.
 
 Order of operations: (1) keep the top-k |w| of each chosen weight matrix (`htcore.topk_sparsify`,
 ties by lowest flat index); (2) with ``finetune``, train the surviving weights and every other
-parameter with the mask fixed (Adam, cross-entropy, seeded shuffles; the model in train mode, so
+parameter with the mask fixed (with ``finetune["prune_epochs"]`` > 1 the mask shrinks at the start
+of each of those epochs, each time to the top-k of the current weights, before it is fixed; Adam, cross-entropy, seeded shuffles; the model in train mode, so
 BatchNorm and Dropout behave as in training); (3) with ``levels``, replace the kept values of each
 sparse matrix by an r-level codebook from one-dimensional k-means (Lloyd's algorithm from the
 deterministic init at the (j + 1/2)/r quantiles of the kept values, j = 0..r-1; no randomness), and,
@@ -36,7 +37,7 @@ import numpy as np
 from .._validation import check_fraction, check_int
 from ..runtime import CompressedModel
 from ..sparse import CSRMatrix, topk_sparsify
-from ..train import as_training_tensors, fit
+from ..train import as_training_tensors, check_schedule, fit
 from ._codebook import kmeans_1d
 
 _GLOB_CHARACTERS = frozenset("*?[")
@@ -95,7 +96,7 @@ def _keep_fractions(names: list[str], keep: Any, per_layer: Mapping[Any, Any] | 
 
 
 def _check_finetune(finetune: Mapping[str, Any]) -> dict[str, Any]:
-    allowed = {"epochs", "lr", "batch_size", "codebook_epochs", "seed"}
+    allowed = {"epochs", "lr", "batch_size", "codebook_epochs", "codebook_lr", "schedule", "prune_epochs", "seed"}
     unknown = set(finetune) - allowed
     if unknown:
         raise ValueError(f"finetune has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -103,10 +104,16 @@ def _check_finetune(finetune: Mapping[str, Any]) -> dict[str, Any]:
            "batch_size": check_int(finetune.get("batch_size", 128), "finetune['batch_size']", low=1),
            "codebook_epochs": check_int(finetune.get("codebook_epochs", 1), "finetune['codebook_epochs']", low=0),
            "seed": check_int(finetune.get("seed", 0), "finetune['seed']", low=0)}
-    lr = finetune.get("lr", 1e-3)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
-        raise ValueError(f"finetune['lr'] must be a positive finite number, got {lr!r}")
-    out["lr"] = float(lr)
+    for key, default in (("lr", 1e-3), ("codebook_lr", None)):
+        lr = finetune.get(key, default)
+        if key == "codebook_lr" and lr is None:
+            lr = out["lr"]  # the codebook stage runs at the masked stage's rate unless told otherwise
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+            raise ValueError(f"finetune[{key!r}] must be a positive finite number, got {lr!r}")
+        out[key] = float(lr)
+    out["schedule"] = check_schedule(finetune.get("schedule", "constant"), "finetune['schedule']")
+    out["prune_epochs"] = check_int(finetune.get("prune_epochs", 1), "finetune['prune_epochs']", low=1,
+                                    high=max(out["epochs"], 1))
     return out
 
 
@@ -134,8 +141,8 @@ def _shared_weight_finetune(model: Any, quantised: dict, X: Any, y: Any, setting
     def forward(h):
         return torch.func.functional_call(model, {f"{name}.weight": weight_of(name) for name in books}, (h,))
 
-    fit(forward, list(books.values()) + _biases(model), X, y, epochs=settings["codebook_epochs"], lr=settings["lr"],
-        batch_size=settings["batch_size"], seed=settings["seed"])
+    fit(forward, list(books.values()) + _biases(model), X, y, epochs=settings["codebook_epochs"],
+        lr=settings["codebook_lr"], batch_size=settings["batch_size"], seed=settings["seed"], schedule=settings["schedule"])
     return {name: (books[name].detach().numpy().astype(np.float64), assignment, mask)
             for name, (_, assignment, mask) in quantised.items()}
 
@@ -163,7 +170,12 @@ def compress(model: Any, *, keep: float | None = None, per_layer: Mapping[Any, f
     finetune : dict, optional
         ``epochs`` (default 3) of Adam at ``lr`` (1e-3) on the kept weights and every other parameter
         with the mask fixed, ``batch_size`` (128), ``seed`` (0); with ``levels``, then
-        ``codebook_epochs`` (1) of shared-weight fine-tuning. Needs ``train_data=(X, y)``: X of the
+        ``codebook_epochs`` (1) of shared-weight fine-tuning at ``codebook_lr`` (default ``lr``).
+        ``schedule`` ("constant", default, or "cosine") is each stage's learning-rate schedule
+        (`htcore.train.fit`): "cosine" anneals from the stage's rate to 0 over its epochs.
+        ``prune_epochs`` (default 1, at most ``epochs``): prune gradually, re-taking the top-k of the
+        current weights at the start of each of the first ``prune_epochs`` epochs with keep fractions
+        falling on a cubic schedule to the target (Zhu and Gupta 2017); 1 prunes once, before training. Needs ``train_data=(X, y)``: X of the
         model's input shape, (n, features) or images (n, C, H, W). The input model is not modified.
     bias_precision : "float32" or "float16"
         "float16" rounds every Linear/Conv2d bias to the nearest float16 value at the end (still
@@ -246,6 +258,54 @@ def _prune(model: Any, keep: Any = None, per_layer: Any = None, finetune: Any = 
     data = None if settings is None else as_training_tensors(*train_data, model=model)
     CompressedModel.from_torch(model, input_shape=input_shape)  # refuse what the runtime cannot run before training
     layers = dict(_weight_layers(model))
+    prune_epochs = 1 if settings is None else settings["prune_epochs"]
+    masks = _impose_top_k(layers, _gradual_fractions(fractions, 0, prune_epochs))
+
+    if settings is not None:
+        assert data is not None  # made above whenever there are settings
+        steps_per_epoch = -(-data[0].shape[0] // settings["batch_size"])
+        step = 0
+        tensor_masks = {name: _as_weight_mask(mask, layers[name].weight) for name, mask in masks.items()}
+
+        def reapply() -> None:
+            """Keep pruned weights at zero; at the start of each later pruning epoch, prune further."""
+            nonlocal step
+            step += 1
+            with torch.no_grad():
+                for name, mask in tensor_masks.items():
+                    layers[name].weight.mul_(mask)
+            epoch, within = divmod(step, steps_per_epoch)
+            if within == 0 and epoch < prune_epochs:
+                masks.update(_impose_top_k(layers, _gradual_fractions(fractions, epoch, prune_epochs)))
+                tensor_masks.update({name: _as_weight_mask(mask, layers[name].weight) for name, mask in masks.items()})
+
+        model.train()
+        fit(model, list(model.parameters()), *data, epochs=settings["epochs"], lr=settings["lr"],
+            batch_size=settings["batch_size"], seed=settings["seed"], after_step=reapply, schedule=settings["schedule"])
+        model.eval()
+    return _Pruned(model, masks, fractions, settings, data, input_shape)
+
+
+def _gradual_fractions(fractions: dict[str, float], epoch: int, prune_epochs: int) -> dict[str, float]:
+    """Keep fractions imposed at the start of ``epoch`` (< prune_epochs) of gradual pruning: the cubic
+    schedule of Zhu and Gupta (2017), f + (1 - f)(1 - (epoch + 1) / prune_epochs)^3 for target f, so
+    most weights go early while the net still adapts and the last pruning epoch reaches f."""
+    left = (1 - (epoch + 1) / prune_epochs) ** 3
+    return {name: fraction + (1 - fraction) * left for name, fraction in fractions.items()}
+
+
+def _as_weight_mask(mask: np.ndarray, weight: Any) -> Any:
+    """A boolean matrix mask as a float32 tensor of the weight's shape."""
+    import torch
+
+    return torch.from_numpy(mask.reshape(weight.shape).astype(np.float32))
+
+
+def _impose_top_k(layers: dict, fractions: dict[str, float]) -> dict[str, np.ndarray]:
+    """Zero all but the top-k |w| of each named layer's weight matrix (k = ceil(fraction * n)); return
+    the boolean masks (out, in) or (out, in / groups * kh * kw)."""
+    import torch
+
     masks = {}
     with torch.no_grad():
         for name, fraction in fractions.items():
@@ -254,23 +314,8 @@ def _prune(model: Any, keep: Any = None, per_layer: Any = None, finetune: Any = 
             mask = np.zeros(weight.shape, bool)
             mask[np.repeat(np.arange(weight.shape[0]), np.diff(sparse.indptr)), sparse.indices.astype(np.intp)] = True
             masks[name] = mask
-            layers[name].weight.mul_(torch.from_numpy(mask.reshape(layers[name].weight.shape).astype(np.float32)))
-
-    if settings is not None:
-        assert data is not None  # made above whenever there are settings
-        tensor_masks = [(layers[name].weight, torch.from_numpy(mask.reshape(layers[name].weight.shape).astype(np.float32)))
-                        for name, mask in masks.items()]
-
-        def reapply() -> None:
-            with torch.no_grad():
-                for weight, mask in tensor_masks:
-                    weight.mul_(mask)
-
-        model.train()
-        fit(model, list(model.parameters()), *data, epochs=settings["epochs"], lr=settings["lr"],
-            batch_size=settings["batch_size"], seed=settings["seed"], after_step=reapply)
-        model.eval()
-    return _Pruned(model, masks, fractions, settings, data, input_shape)
+            layers[name].weight.mul_(_as_weight_mask(mask, layers[name].weight))
+    return masks
 
 
 def _finish(pruned: _Pruned, levels: int | None, bias_precision: str) -> Any:
