@@ -21,7 +21,7 @@ from . import datasets, errors, train
 from ._threads import get_num_threads, set_num_threads
 from ._version import __version__
 from .certification import BoundReport, bounds, certify, code_length, search_bound
-from .compression import Allocation, allocate, compress
+from .compression import Allocation, allocate, compress, output_sensitivity
 from .io import Layer, load_layers
 from .measure import (
     LayerStability,
@@ -68,6 +68,7 @@ __all__ = [
     "certify",
     "code_length",
     "compress",
+    "output_sensitivity",
     "datasets",
     "errors",
     "search_bound",

@@ -5,7 +5,10 @@ The problem (separable): choose k_l entries to keep in each weight matrix W_l (t
 
     E(k) = sum_l s_l * D_l(k_l) / N_l,   D_l(k) = sum of squares of the entries top-k drops,
 
-where s_l is the layer's sensitivity (1 unless given) and N_l = ||W_l||_F^2 with
+where s_l is the layer's sensitivity (1 unless given; `htcore.output_sensitivity` measures the
+squared relative output error per unit squared relative weight error of each layer on calibration
+inputs, which makes E the modelled squared relative output error of the net: a layer whose error the
+net amplifies downstream then keeps more) and N_l = ||W_l||_F^2 with
 ``normalize="relative"`` (the default: every layer's squared relative Frobenius error counts alike,
 whatever its scale) or N_l = 1 with ``normalize="absolute"``. D_l is each matrix's exact
 compressibility curve, squared: `htcore.compressibility_curve` gives sqrt(D_l(k) / ||W_l||^2).
@@ -176,8 +179,9 @@ def allocate(
         rel_error: target sqrt(E / E_0) in [0, 1]; the fewest entries reaching it.
         method: "curve" (optimal), "global", "uniform" or "tail" (module docstring).
         normalize: "relative" (each layer's error over its ||W||_F^2) or "absolute".
-        sensitivity: optional positive weight per layer name (e.g. a measured output sensitivity);
-            missing layers weigh 1.
+        sensitivity: optional positive weight s_l per layer name; missing layers weigh 1. With
+            ``htcore.output_sensitivity(model, calibration_inputs, keep=...)`` (and the default
+            normalize) E models the squared relative output error instead of the weights' error.
         value_bits: bits per kept value in the ``bits`` cost model (32 for float32).
 
     Give exactly one of nnz, bits and rel_error. Returns an `Allocation` (a mapping name -> keep).
