@@ -39,11 +39,27 @@ namespace detail {
 template <class T>
 using Sample = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
+// Whether two dtypes describe the same values, byte order included (numpy's ==). Not identity:
+// numpy gives an unpickled array (one that reached a worker process, say) a fresh dtype object equal
+// to the canonical one. A non-native byte order (">f4" on x86) is a different dtype, so it is still
+// refused here; the Python layer converts such arrays before they reach a binding.
+inline bool same_dtype(const py::dtype& a, const py::dtype& b) {
+  return a.is(b) || a.equal(b);  // the identity test first: it is the common case and needs no Python call
+}
+
+template <class T>
+bool has_dtype(const py::array& a) {
+  return same_dtype(a.dtype(), py::dtype::of<T>());
+}
+
+// numpy's type number of float16 (NPY_HALF, part of its stable C API), which pybind11 has no C++ type for.
+constexpr int kNpyHalf = 23;
+
 // Runs f(Sample<float>) for a float32 sample (the kernels widen it exactly, so no float64 copy is
 // made) and f(Sample<double>) for any other dtype, converted to float64 if needed.
 template <class F>
 auto with_sample(const py::array& x, F&& f) {
-  if (x.dtype().is(py::dtype::of<float>())) {
+  if (has_dtype<float>(x)) {
     auto s = Sample<float>::ensure(x);
     if (!s) throw py::error_already_set();
     return f(s);
@@ -51,11 +67,6 @@ auto with_sample(const py::array& x, F&& f) {
   auto s = Sample<double>::ensure(x);
   if (!s) throw py::error_already_set();
   return f(s);
-}
-
-template <class T>
-bool has_dtype(const py::array& a) {
-  return a.dtype().is(py::dtype::of<T>());
 }
 
 inline const void* contiguous_data(const py::array& a, const char* name) {
@@ -70,7 +81,7 @@ inline std::pair<const void*, std::int64_t> optional_array(const py::object& obj
   if (obj.is_none()) return {nullptr, 0};
   if (!py::isinstance<py::array>(obj)) throw type_error(std::string(name) + " must be None or an array");
   const auto arr = obj.cast<py::array>();
-  if (!arr.dtype().is(dtype)) throw type_error(std::string(name) + " must be " + std::string(py::str(dtype)));
+  if (!same_dtype(arr.dtype(), dtype)) throw type_error(std::string(name) + " must be " + std::string(py::str(dtype)));
   return {contiguous_data(arr, name), static_cast<std::int64_t>(arr.size())};
 }
 
@@ -89,7 +100,7 @@ inline IndexType index_type(const py::array& indices) {
 inline ValueType value_type(const py::array& data) {
   if (has_dtype<float>(data)) return ValueType::f32;
   if (has_dtype<double>(data)) return ValueType::f64;
-  if (data.dtype().kind() == 'f' && data.itemsize() == 2) return ValueType::f16;
+  if (same_dtype(data.dtype(), py::dtype(kNpyHalf))) return ValueType::f16;
   if (has_dtype<std::uint8_t>(data)) return ValueType::code8;
   throw type_error("data must be float32, float64, float16 or uint8 codes");
 }

@@ -12,7 +12,8 @@ void spmm(const py::array& indptr, const py::array& indices, const py::array& da
           std::int64_t out_col_stride) {
   const CsrRef a = detail::csr_ref(indptr, indices, data, codebook, rows, cols);
   const py::dtype acc = a.value_type == ValueType::f64 ? py::dtype::of<double>() : py::dtype::of<float>();
-  if (!x.dtype().is(acc) || !out.dtype().is(acc)) throw type_error("X and out must be " + std::string(py::str(acc)));
+  if (!detail::same_dtype(x.dtype(), acc) || !detail::same_dtype(out.dtype(), acc))
+    throw type_error("X and out must be " + std::string(py::str(acc)));
   const void* xp = detail::contiguous_data(x, "X");
   const auto [bp, bias_size] = detail::optional_array(bias, acc, "bias");
   void* yp = detail::output_data(out);

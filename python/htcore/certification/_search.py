@@ -13,8 +13,6 @@ give the same models, bits and bounds.
 from __future__ import annotations
 
 import concurrent.futures
-import io
-import pickle
 from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -208,10 +206,10 @@ def _run_groups(model: Any, data: _Data, settings: Sequence[dict[str, Any]], gro
     futures: dict[Future, list[int]] = {}
     try:
         for group in groups:
-            futures[executor.submit(_certify_group_remote, shipped_model, shipped_data, [settings[i] for i in group],
+            futures[executor.submit(_certify_group, shipped_model, shipped_data, [settings[i] for i in group],
                                     **options)] = group
         for future in concurrent.futures.as_completed(futures):
-            yield from zip(futures[future], _with_canonical_dtypes(future.result()))
+            yield from zip(futures[future], future.result())
     finally:
         for future in futures:  # no-op for finished ones; stops queued work on an error or interrupt
             future.cancel()
@@ -259,33 +257,3 @@ def _certify_group(model: Any, data: _Data, group: list[dict[str, Any]], *, fine
             out.append((report, compressed))
     return out
 
-
-def _certify_group_remote(model: Any, data: _Data, group: list[dict], **options: Any) -> list[tuple[BoundReport, Any]]:
-    """`_certify_group` as an executor task, on arguments that arrived through pickling."""
-    model, data = _with_canonical_dtypes((model, data))
-    return _certify_group(model, data, group, **options)
-
-
-def _with_canonical_dtypes(value: Any) -> Any:
-    """A copy of ``value`` whose numpy arrays have numpy's canonical dtype objects.
-
-    Unpickling gives each array a fresh dtype instance, and htcore's compiled kernels refuse those
-    ("x must be float32": they compare dtypes by identity), so a runtime model or data array that
-    reached a worker, or a compressed model sent back, could not run. Pickling each array as bytes
-    plus its dtype string and reading it back with ``np.dtype(string)`` restores the canonical
-    instances; it is applied where values arrive, whatever route the executor took (Dask may move
-    a scattered value between workers with its own pickling)."""
-    buffer = io.BytesIO()
-    _CanonicalArrays(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
-    return pickle.loads(buffer.getvalue())  # our own bytes, made just above
-
-
-class _CanonicalArrays(pickle.Pickler):
-    def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is np.ndarray and obj.dtype.names is None and not obj.dtype.hasobject:  # plain numbers
-            return _array, (np.ascontiguousarray(obj).tobytes(), obj.dtype.str, obj.shape, obj.flags.writeable)
-        return NotImplemented
-
-
-def _array(data: bytes, dtype: str, shape: tuple, writeable: bool) -> np.ndarray:
-    return np.frombuffer(bytearray(data) if writeable else data, dtype=np.dtype(dtype)).reshape(shape)
