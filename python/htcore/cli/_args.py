@@ -1,5 +1,6 @@
 """What every subcommand shares on the way in and out: argparse ``type=`` converters that check
-ranges, help text from module docstrings, and plural wording.
+ranges, help text from module docstrings, and plural wording (`plural`, from htcore._text, which
+the lower layers use too).
 
 A converter raises ``argparse.ArgumentTypeError``, so a value out of range is a usage error (exit
 code 2) worded as argparse's own: ``htcore compress: error: argument --keep: must be in (0, 1], got 2``.
@@ -11,6 +12,7 @@ import math
 import re
 from typing import Callable
 
+from .._text import plural as plural  # re-exported: the subcommands take it from here with the other helpers
 from .._threads import MAX_THREADS
 
 
@@ -115,8 +117,3 @@ def add_command(sub: argparse._SubParsersAction, name: str, summary: str, doc: s
     """Register subcommand ``name``: ``summary`` in ``htcore --help``, the module docstring ``doc``
     (paragraphs kept, markup dropped) in ``htcore NAME --help``."""
     return sub.add_parser(name, help=summary, description=help_text(doc), formatter_class=ParagraphFormatter)
-
-
-def plural(n: int, word: str, words: str | None = None) -> str:
-    """"1 thread", "2 threads" (``words`` for an irregular plural)."""
-    return f"{n} {word if n == 1 else words or word + 's'}"

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._text import plural
 from .._validation import check_fraction
 from ..errors import CalibrationWarning
 from ._sparse_conv import SparseConv2d
@@ -64,9 +65,9 @@ class SparsifyReport:
         for l in self.layers:
             lines.append(f"| {l.name} | {l.kind} | {l.shape[0]}x{l.shape[1]} | {l.keep:.4g} | {l.nnz} | "
                          f"{l.density:.4g} | {l.dense_bytes} | {l.sparse_bytes} |")
-        counts = " + ".join(f"{sum(l.kind == kind for l in self.layers)} {kind}"
+        counts = " + ".join(plural(sum(l.kind == kind for l in self.layers), f"{kind} layer")
                             for kind in _KINDS if any(l.kind == kind for l in self.layers))
-        lines.append(f"\n{counts or 0} layers sparsified, {len(self.skipped)} left dense; "
+        lines.append(f"\n{counts or '0 layers'} sparsified, {len(self.skipped)} left dense; "
                      f"{self.dense_bytes} -> {self.sparse_bytes} bytes")
         if self.calibration_error is not None:
             lines.append(f"relative output error on the calibration batch: {self.calibration_error:.4g}")
