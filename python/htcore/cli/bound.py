@@ -1,6 +1,9 @@
 """``htcore bound``: certify a compressed-model file on a dataset (every bound form, the full code
 length), or with ``--search`` compress a dense model over a grid of settings and certify the best.
 
+MODEL (and ``--original``) is a model file written by `htcore.save_compressed` (an MLP or a CNN), or a
+torch.export program (.pt2) or ONNX model, converted in memory as ``htcore convert`` would.
+
 Data: ``fashion-mnist`` (the Debian package's IDX files), ``digits`` (scikit-learn) or a ``.npz``
 with arrays X_train, y_train and optionally X_test, y_test. For a model whose first weight layer is
 a Conv2d the two named datasets come as (n, 1, H, W) images (a .npz must hold them in that shape). The training split is the sample the
@@ -98,13 +101,14 @@ def _numbers(kind: type) -> Callable[[str], list]:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "bound", "certify a generalization bound for a compressed model", __doc__)
-    p.add_argument("model", help="model file (.safetensors from htcore.save_compressed; an MLP or a CNN); dense with --search")
+    p.add_argument("model", help="model file (.safetensors from htcore.save_compressed; an MLP or a CNN), or a .pt2 or "
+                                 ".onnx model (converted in memory as by htcore convert); dense with --search")
     p.add_argument("--data", required=True, type=dataset, help="fashion-mnist, digits or PATH.npz")
     p.add_argument("--delta", type=probability, default=0.05, help="failure probability (default 0.05)")
     p.add_argument("--settings-tried", type=positive_int,
                    help="compression settings searched to pick MODEL; ceil log2 of it is charged (default: the "
                         "count recorded in MODEL by `bound --search -o`, else 1)")
-    p.add_argument("--original", help="the uncompressed model file, for the (gamma, S) figures, the Arora form and the noise "
+    p.add_argument("--original", help="the uncompressed model (any file MODEL may be), for the (gamma, S) figures, the Arora form and the noise "
                         "stability of the compressed net (at most 1000 training rows)")
     p.add_argument("--search", action="store_true",
                    help="MODEL is dense: compress it over the default grid, or one setting per --budget "
