@@ -87,7 +87,7 @@ def _run_many(args: argparse.Namespace, options: dict[str, Any]) -> int:
     elif args.csv:
         sys.stdout.write(report.to_csv())
     else:
-        sys.stdout.write(report.to_markdown(row_types=("model", "error")))
+        sys.stdout.write(report.to_markdown(row_types=("model", "error"), compact=not args.wide))
         print()
         print(report.summary())
     for model, error in report.errors.items():

@@ -18,6 +18,7 @@ import math
 import os
 import re
 import tempfile
+import textwrap
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
@@ -25,10 +26,25 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .._progress import progress as progress_bar
+from .._text import plural
 from .._threads import get_num_threads, set_num_threads
 from .._validation import check_int
 from ._analyze import analyze
-from ._report import _ELEMENT, _SPECTRAL, _fmt, _is_nan, _keep_column, _maybe_write, _not_finite, _plain, data_frame
+from ._report import (
+    _ELEMENT,
+    _SPECTRAL,
+    COMPACT_WIDTH,
+    _aligned_markdown,
+    _fmt,
+    _is_nan,
+    _keep_column,
+    _maybe_write,
+    _not_finite,
+    _plain,
+    _shorten,
+    data_frame,
+    format_column,
+)
 
 #: File name endings a directory is searched for (what `htcore.load_layers` reads).
 MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".npz")
@@ -36,6 +52,7 @@ MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".npz")
 _ANALYZE_OPTIONS = ("spectral", "elements", "keeps", "include", "exclude")
 _BASE_COLUMNS = ["name", "kind", "shape", "num_params"]
 _ROW_COLUMNS = ["model", "row_type", "error"]
+_LAYER_WIDTH = 24  # characters of a layer name in the compact table (its end tells layers apart)
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,13 +147,59 @@ class ManyReport:
         }
         return _maybe_write(json.dumps(doc, indent=indent, allow_nan=False) + "\n", path)
 
-    def to_markdown(self, columns: list[str] | None = None, *, row_types: Sequence[str] = ("layer", "model", "error")) -> str:
-        """A GitHub-flavoured markdown table (floats to 4 significant digits)."""
+    def to_markdown(self, columns: list[str] | None = None, *, row_types: Sequence[str] = ("layer", "model", "error"),
+                    compact: bool = False) -> str:
+        """A GitHub-flavoured markdown table of the rows of ``row_types`` (floats to 4 significant
+        digits). ``compact``: the table a terminal has room for, as `ModelReport.to_markdown`'s: at
+        most `COMPACT_WIDTH` (100) characters a line, followed by a line explaining its headers: model
+        (shortened in the middle if needed), layer name (with layer rows), parameters, spectral
+        ``alpha``, the Hill tail index, the relative error at the middle keep (a model row holds the
+        means over its layers, as in `rows`) and, for a model that failed, the exception's type (its
+        message is in `errors` and `summary`)."""
+        if compact:
+            return self._compact_markdown(row_types)
         cols = columns or self.columns
         lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
         for row in self.rows(row_types=row_types):
             lines.append("| " + " | ".join(_fmt(row[c]).replace("|", "\\|") for c in cols) + " |")
         return "\n".join(lines) + "\n"
+
+    def _compact_markdown(self, row_types: Sequence[str]) -> str:
+        rows, columns = self.rows(row_types=row_types), self.columns
+        headers: list[str] = []
+        cells: list[list[str]] = []
+        notes = ["model rows: means over the model's layers"]
+        if "layer" in row_types:
+            headers.append("layer")
+            cells.append(["" if _is_nan(r["name"]) else _shorten(str(r["name"]), _LAYER_WIDTH) for r in rows])
+        headers.append("params")
+        cells.append(format_column([r["num_params"] for r in rows]))
+        if "alpha" in columns:
+            headers.append("alpha")
+            cells.append(format_column([r["alpha"] for r in rows], 3))
+            notes.append("alpha: ESD pdf exponent (WeightWatcher)")
+        if "element_tail_index" in columns:
+            headers.append("hill")
+            cells.append(format_column([r["element_tail_index"] for r in rows], 3))
+            notes.append("hill: tail index of |w|")
+        keep_columns = [k for k in self.keeps if _keep_column(k) in columns]
+        if keep_columns:
+            keep = sorted(keep_columns)[len(keep_columns) // 2]
+            headers.append(f"err@{keep:g}")
+            cells.append(format_column([r[_keep_column(keep)] for r in rows], 3))
+            notes.append(f"err@{keep:g}: ||W - W_k||_F / ||W||_F keeping {keep:g} of the entries (parameter-weighted)")
+        failed = [r["row_type"] == "error" for r in rows]
+        if any(failed):
+            headers.append("error")
+            cells.append([str(r["error"]).split(":")[0] if bad else "" for r, bad in zip(rows, failed)])
+            notes.append("error: why the model's analysis failed (the message is in the summary)")
+        # the model column gets what the others leave of the width: "| " + cells joined by " | " + " |"
+        others = sum(max(len(h), *(len(c) for c in col)) for h, col in zip(headers, cells)) + 3 * len(headers)
+        room = max(12, COMPACT_WIDTH - 4 - others)
+        models = [_shorten(r["model"], room) for r in rows]
+        table = _aligned_markdown(["model", *headers], [models, *cells])
+        notes.append(f"all {len(columns)} columns: --wide, --csv or --json")
+        return table + "\n" + textwrap.fill("; ".join(notes), COMPACT_WIDTH) + "\n"
 
     def to_pandas(self):
         """The table as a pandas DataFrame (needs pandas)."""
@@ -149,7 +212,8 @@ class ManyReport:
         layers = sum(len(r.layers) for r in ok)
         resumed = sum(r.resumed for r in ok)
         lines = [
-            f"{len(ok)} of {len(self.models)} models analysed ({resumed} read back from out=): {layers} layers, {params:,} parameters"
+            f"{len(ok)} of {plural(len(self.models), 'model')} analysed ({resumed} read back from out=): "
+            f"{plural(layers, 'layer')}, {params:,} parameters"
         ]
         lines += [f"  failed: {model}: {error}" for model, error in self.errors.items()]
         return "\n".join(lines)
