@@ -164,6 +164,8 @@ def test_many_report_compact_and_wide(zoo):
     assert cells[1] == str(summary["num_params"]) and float(cells[2]) == pytest.approx(summary["alpha"], abs=5e-3)  # 3 digits
     assert cells[-1] == "" and table[2].split("|")[-2].strip() == "ValueError"
     assert "all " + str(len(report.columns)) + " columns: --wide" in compact
+    failed = ManyReport(keeps=report.keeps, models=report.models[2:]).to_markdown(compact=True)
+    assert failed.splitlines()[2].split("|")[2].strip() == "ValueError"  # every model failed: model and error only
     layers = report.to_markdown(row_types=("layer",), compact=True)
     assert "| layer " in layers and "block.0.weight" in layers and "error" not in layers.splitlines()[0]
 

@@ -169,11 +169,12 @@ class ManyReport:
         headers: list[str] = []
         cells: list[list[str]] = []
         notes = ["model rows: means over the model's layers"]
-        if "layer" in row_types:
+        if "layer" in row_types and "name" in columns:
             headers.append("layer")
             cells.append(["" if _is_nan(r["name"]) else _shorten(str(r["name"]), _LAYER_WIDTH) for r in rows])
-        headers.append("params")
-        cells.append(format_column([r["num_params"] for r in rows]))
+        if "num_params" in columns:  # not when every model failed
+            headers.append("params")
+            cells.append(format_column([r["num_params"] for r in rows]))
         if "alpha" in columns:
             headers.append("alpha")
             cells.append(format_column([r["alpha"] for r in rows], 3))
