@@ -111,7 +111,7 @@ def test_sparsify_report_counts_in_words():
     def cnn():
         return torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(8, 2), torch.nn.Linear(2, 2))
 
-    assert "2 Linear layers + 1 Conv2d layer sparsified, 0 left dense" in str(sparsify_model(cnn(), keep=0.5))
+    assert "2 Linear + 1 Conv2d layers sparsified, 0 left dense" in str(sparsify_model(cnn(), keep=0.5))
     assert "0 layers sparsified, 3 left dense" in str(sparsify_model(cnn(), keep=0.5, include=[]))
 
 

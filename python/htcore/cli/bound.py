@@ -107,7 +107,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--delta", type=probability, default=0.05, help="failure probability (default 0.05)")
     p.add_argument("--settings-tried", type=positive_int,
                    help="compression settings searched to pick MODEL; ceil log2 of it is charged (default: the "
-                        "count recorded in MODEL by `bound --search -o`, else 1)")
+                        "count recorded in MODEL by bound --search -o, else 1)")
     p.add_argument("--original", help="the uncompressed model (any file MODEL may be), for the (gamma, S) figures, the Arora form and the noise "
                         "stability of the compressed net (at most 1000 training rows)")
     p.add_argument("--search", action="store_true",
@@ -129,7 +129,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="with --search: run on the Dask cluster at ADDRESS (tcp://host:8786; needs htcore[dask])")
     p.add_argument("-o", "--output", metavar="FILE",
                    help="with --search: write the certified best compressed model to FILE (.safetensors); "
-                        "`htcore bound FILE` then charges the same search")
+                        "htcore bound FILE then charges the same search")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 

@@ -65,9 +65,12 @@ class SparsifyReport:
         for l in self.layers:
             lines.append(f"| {l.name} | {l.kind} | {l.shape[0]}x{l.shape[1]} | {l.keep:.4g} | {l.nnz} | "
                          f"{l.density:.4g} | {l.dense_bytes} | {l.sparse_bytes} |")
-        counts = " + ".join(plural(sum(l.kind == kind for l in self.layers), f"{kind} layer")
-                            for kind in _KINDS if any(l.kind == kind for l in self.layers))
-        lines.append(f"\n{counts or '0 layers'} sparsified, {len(self.skipped)} left dense; "
+        counts = [(kind, n) for kind in _KINDS if (n := sum(l.kind == kind for l in self.layers))]
+        if len(counts) > 1:  # "1 Linear + 2 Conv2d layers": two kinds are two layers at least
+            sparsified = " + ".join(f"{n} {kind}" for kind, n in counts) + " layers"
+        else:  # "0 layers", "1 Linear layer", "2 Conv2d layers"
+            sparsified = plural(len(self.layers), f"{counts[0][0]} layer" if counts else "layer")
+        lines.append(f"\n{sparsified} sparsified, {len(self.skipped)} left dense; "
                      f"{self.dense_bytes} -> {self.sparse_bytes} bytes")
         if self.calibration_error is not None:
             lines.append(f"relative output error on the calibration batch: {self.calibration_error:.4g}")
