@@ -3,8 +3,8 @@ serial run exactly; settings from total budgets through `htcore.allocate`; the w
 saved by `htcore bound --search -o` and certified again to the same bound; the bound's text output.
 
 Speed (the file runs in CI): the data, net and fine-tuning are tiny, so nearly all the time is worker
-processes starting and importing torch. The module shares one Dask cluster, which warms its workers
-up while this process trains the net and runs the serial search."""
+processes starting and importing torch. The module shares one Dask cluster, whose workers import
+torch while this process trains the net and runs the serial search."""
 import gc
 import importlib
 import json
@@ -30,20 +30,33 @@ GRID = [dict(keep=0.2, levels=4), dict(keep=0.2, levels=8, bias_precision="float
 
 
 @pytest.fixture(scope="module")
-def client():
-    """A 2-worker Dask LocalCluster, its workers importing torch in the background from the start."""
+def cluster():
+    """A 2-worker Dask LocalCluster's client, and futures of its workers importing torch (with
+    torch._dynamo, which torch.optim imports on first use), started at once."""
     distributed = pytest.importorskip("dask.distributed", reason="Dask is the optional extra htcore[dask]")
     environ = dict(os.environ)  # Dask sets OMP_NUM_THREADS=1 & co. in this process for its workers: undo it after
     with distributed.LocalCluster(
         n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0", silence_logs=logging.CRITICAL
     ) as cluster, distributed.Client(cluster) as client:
         warm_up = [client.submit(importlib.import_module, "torch._dynamo", pure=False, workers=[worker])
-                   for worker in client.scheduler_info()["workers"]]  # what torch.optim imports on first use
-        yield client
+                   for worker in client.scheduler_info()["workers"]]
+        yield client, warm_up
         del warm_up
         client.run(gc.freeze)  # each worker exits ~1 s sooner: no final collection over torch's objects
     os.environ.clear()
     os.environ.update(environ)
+
+
+@pytest.fixture(scope="module")
+def client(cluster, serial):
+    """The cluster's client once its workers have imported torch, which they did while this process
+    ran the serial search. Nothing may reach them before: a worker unpickling a torch model while
+    its task thread is still importing torch imports torch twice at once, and that fails."""
+    from dask.distributed import wait
+
+    client, warm_up = cluster
+    wait(warm_up)
+    return client
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +111,7 @@ def assert_same_search(got, want, X):
         assert a.metadata == b.metadata
 
 
-def test_a_dask_cluster_gives_the_serial_search(client, serial, model, data):  # the cluster first: it warms up meanwhile
+def test_a_dask_cluster_gives_the_serial_search(client, serial, model, data):
     X, y, Xt, yt = data
     parallel = search_bound(model, X, y, grid=GRID, finetune=FINETUNE, X_test=Xt, y_test=yt,
                             executor=client.get_executor())
