@@ -48,7 +48,6 @@ struct Task {
   std::atomic<std::int64_t> next{0}, done{0};
   std::atomic<int> helpers{0};  // workers still allowed to join (the pool may hold more than asked for)
   int caller_cpu = -1;          // where the caller runs (a worker there leaves the chunks to it)
-  bool woken_join = false;      // whether a worker woken from sleep by this call takes its chunks
 };
 
 void take_chunks(Task& task) {
@@ -155,9 +154,8 @@ class Pool {
   void work() {
     warm_allocator();
     std::uint64_t seen = 0;
-    for (bool started = true;; started = false) {
-      // A worker just started counts as woken from sleep (it was not spinning for this call).
-      const bool ready = !started && spin_for(seen);
+    for (;;) {
+      const bool ready = spin_for(seen);
       std::shared_ptr<Task> task;
       {
         std::unique_lock<std::mutex> lock(mutex_);
@@ -169,9 +167,8 @@ class Pool {
         seen = generation_.load(std::memory_order_acquire);
         task = task_;
       }
-      // On the caller's own core a worker would only time-share it with the caller; a worker woken
-      // for a small product waits for the next one (kJoinWork).
-      if (!task || on_cpu(task->caller_cpu) || (!ready && !task->woken_join)) continue;
+      // On the caller's own core a worker would only time-share it with the caller.
+      if (!task || on_cpu(task->caller_cpu)) continue;
       if (task->helpers.fetch_sub(1, std::memory_order_relaxed) > 0) take_chunks(*task);
     }
   }
@@ -220,7 +217,6 @@ void parallel_chunks(int threads, std::int64_t chunks, std::int64_t work,
   task->body = &body;
   task->chunks = chunks;
   task->caller_cpu = current_cpu();
-  task->woken_join = work >= kJoinWork;
   const int helpers = static_cast<int>(std::min<std::int64_t>(threads, chunks)) - 1;
   task->helpers.store(helpers, std::memory_order_relaxed);
   if (!pool().publish(task, helpers, work >= kWakeWork)) task->helpers.store(0, std::memory_order_relaxed);

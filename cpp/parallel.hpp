@@ -22,16 +22,15 @@ void set_num_threads(int n);  // 1 <= n <= kMaxThreads
 // taken late holds up little (the CSR products' chunks keep >= 1/4 of their parallel grain each).
 constexpr int kChunksPerThread = 4;
 
-// Work (multiply-adds) from which a product wakes sleeping workers, and from which a worker so
-// woken takes a share of it. A product of kJoinWork takes ~100 µs or more on one core: enough for
-// a worker woken from sleep (tens of µs on a quiet machine) to take a share. A product between
-// the two only wakes the workers for the products that follow (the next layers of a forward pass,
-// e.g. the 784-1024-1024-10 MLP at batch 1, whose layers are 2^16-2^17): a worker woken late, or
-// onto a busy core, then never holds up the product that woke it. Smaller products use only
-// workers still spinning from the call before, so an idle pool costs them nothing. Round figures,
-// not swept (benchmarks/results/contention.md).
-constexpr std::int64_t kWakeWork = std::int64_t(1) << 16;
-constexpr std::int64_t kJoinWork = std::int64_t(1) << 18;
+// Work (multiply-adds) from which a product wakes sleeping workers. A product this large takes
+// ~100 µs or more on one core: enough for a worker woken from sleep (tens of µs on a quiet
+// machine) to take a share. Smaller products use only workers still spinning from the call
+// before, so an idle pool costs them nothing. A round figure, not swept: with it the demo and
+// the MLP at batch 1 never wake a worker. Waking from 2^16 (the MLP's batch-1 layers, the woken
+// worker joining only the next layer) gave batch 1 its second thread back on a free core, and a
+// first call of 3 ms instead of 0.27 on a busy one (benchmarks/README.md, "Runtime under
+// contention").
+constexpr std::int64_t kWakeWork = std::int64_t(1) << 18;
 
 // A sparse product's work in multiply-adds, (nnz + rows) * k (a row's store counts as one),
 // saturating instead of overflowing.
@@ -43,7 +42,7 @@ inline std::int64_t product_work(std::int64_t rows, std::int64_t nnz, std::int64
 
 // Runs body(0), ..., body(chunks - 1), each exactly once, on the calling thread and up to
 // threads - 1 pool workers, and returns when all have run. `work` is the call's size in
-// multiply-adds (kWakeWork, kJoinWork). Unlike an OpenMP region, the caller takes chunks itself and waits
+// multiply-adds (kWakeWork). Unlike an OpenMP region, the caller takes chunks itself and waits
 // only for chunks a worker has already started: a worker that is asleep, or whose core another
 // process holds, costs nothing, so on a busy machine a product degrades to the caller's own speed
 // instead of waiting a scheduler time slice for its team. Workers spin ~50 µs for the next call

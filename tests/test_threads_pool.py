@@ -75,9 +75,9 @@ def test_convolution_same_bits_for_any_number_of_chunks(n):
 
 
 def test_products_around_the_wake_sizes_same_bits_as_one_thread():
-    """Products of 2^16-2^18 multiply-adds wake the workers only for the products that follow, and
-    larger ones let woken workers join: a sequence mixing both (as a forward pass does, repeated so
-    workers are asleep, just woken and spinning by turns) gives the one-thread results bit for bit."""
+    """Products below the wake size (2^18 multiply-adds: only a still-spinning worker joins) and
+    above it (sleeping workers woken) in turn, as a forward pass mixes them, so workers are asleep,
+    just woken and spinning by turns: every result is the one-thread result bit for bit."""
     rng = np.random.default_rng(21)
     A = htcore.topk_sparsify(rng.standard_normal((1024, 784)).astype(np.float32), 0.1)  # nnz + rows ~ 2^16.3
     x = rng.standard_normal(784).astype(np.float32)
