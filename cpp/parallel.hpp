@@ -26,7 +26,10 @@ constexpr int kChunksPerThread = 4;
 // ~100 µs or more on one core: enough for a worker woken from sleep (tens of µs on a quiet
 // machine) to take a share. Smaller products use only workers still spinning from the call
 // before, so an idle pool costs them nothing. A round figure, not swept: with it the demo and
-// the MLP at batch 1 never wake a worker (benchmarks/results/contention.md).
+// the MLP at batch 1 never wake a worker. Waking from 2^16 (the MLP's batch-1 layers, the woken
+// worker joining only the next layer) gave batch 1 its second thread back on a free core, and a
+// first call of 3 ms instead of 0.27 on a busy one (benchmarks/README.md, "Runtime under
+// contention").
 constexpr std::int64_t kWakeWork = std::int64_t(1) << 18;
 
 // A sparse product's work in multiply-adds, (nnz + rows) * k (a row's store counts as one),

@@ -72,3 +72,23 @@ def test_convolution_same_bits_for_any_number_of_chunks(n):
         htcore._core._conv2d_ignore_parallel_grain(False)
         htcore.set_num_threads(before)
     assert np.array_equal(results[0], results[1])
+
+
+def test_products_around_the_wake_sizes_same_bits_as_one_thread():
+    """Products below the wake size (2^18 multiply-adds: only a still-spinning worker joins) and
+    above it (sleeping workers woken) in turn, as a forward pass mixes them, so workers are asleep,
+    just woken and spinning by turns: every result is the one-thread result bit for bit."""
+    rng = np.random.default_rng(21)
+    A = htcore.topk_sparsify(rng.standard_normal((1024, 784)).astype(np.float32), 0.1)  # nnz + rows ~ 2^16.3
+    x = rng.standard_normal(784).astype(np.float32)
+    X = rng.standard_normal((784, 8)).astype(np.float32)  # 8 columns: ~2^19.3 multiply-adds
+    before = htcore.get_num_threads()
+    results = {}
+    try:
+        for threads in (1, 2):
+            htcore.set_num_threads(threads)
+            results[threads] = [A.matvec(x) if i % 3 else A.matmat(X) for i in range(30)]
+    finally:
+        htcore.set_num_threads(before)
+    for one, two in zip(results[1], results[2]):
+        np.testing.assert_array_equal(one, two)
