@@ -70,15 +70,16 @@ def analyze(
         and `htcore.tail_verdict` (a significant R < 0 names the alternative, else a significant
         R > 0 says "power law", else "inconclusive"); columns ``element_tail_*`` and
         ``spectral_tail_*`` (`ModelReport`). Off by default for its cost: the alternatives'
-        Nelder-Mead fits take about 3 s of CPU on all-MiniLM-L6-v2, more than the rest of the
-        analysis (benchmarks/results/analyze.md).
+        Nelder-Mead fits (Python, under the GIL) take about 2.5 s of CPU on all-MiniLM-L6-v2,
+        two thirds of the rest of the analysis (benchmarks/results/analyze.md).
     resamples : bootstrap resamples per stage of Hill's automatic k (`htcore.hill`); the default
         100 costs under half of what Voitalov et al.'s 500 does, and moves the estimates by much
         less than their 95% intervals.
 
-    Threads: the ESDs of up to ``htcore.get_num_threads()`` small layers are computed concurrently
-    (one BLAS thread each, and htcore's own eigenvalue solver, whose calls overlap where LAPACK's
-    do not) while this thread takes the layers in order; a big layer
+    Threads: the rows (ESD, element tails, compressibility, tail tests) of up to
+    ``htcore.get_num_threads()`` small layers are computed concurrently (one BLAS thread each, and
+    htcore's own eigenvalue solver, whose calls overlap where LAPACK's do not; the element kernels
+    release the GIL) while this thread takes the layers in order; a big layer
     (more than 2^21 entries, such as an embedding; `htcore.measure._spectra.splits_into_blocks`) is computed
     alone, its Gram row blocks shared between the threads. So at most one big tensor and a few
     small ones are read at a time. Every number is identical at any thread count.
@@ -86,17 +87,16 @@ def analyze(
     keeps = _check_keeps(keeps)
     resamples = check_int(resamples, "resamples", low=1, high=1_000_000)
     layers = load_layers(source, include=include, exclude=exclude)
-    pairs: Iterable[tuple[Layer, np.ndarray | ValueError | None]]
-    if spectral:
-        pairs = ordered_map(_layer_esd, layers, workers=get_num_threads(), exclusive=_big_layer)
-    else:
-        pairs = ((layer, None) for layer in layers)
+    def row(layer: Layer) -> LayerReport:
+        return _layer_report(layer, _layer_esd(layer) if spectral else None, elements=elements, keeps=keeps,
+                             tail_tests=tail_tests, resamples=resamples)
+
     rows = []
     with single_threaded_blas():  # entered here, around the workers' ESDs (see its docstring)
-        for layer, evals in progress_bar(pairs, enabled=progress, desc="htcore analyze", unit="layer"):
-            rows.append(_layer_report(layer, evals, elements=elements, keeps=keeps, tail_tests=tail_tests,
-                                      resamples=resamples))
-            del layer, evals  # release the tensor before the next big one is read
+        pairs = ordered_map(row, layers, workers=get_num_threads(), exclusive=_big_layer)
+        for layer, report in progress_bar(pairs, enabled=progress, desc="htcore analyze", unit="layer"):
+            rows.append(report)
+            del layer  # release the tensor before the next big one is read
     return ModelReport(source=_describe(source), keeps=keeps, layers=tuple(rows))
 
 
