@@ -73,8 +73,10 @@ def analyze(
         Nelder-Mead fits (Python, under the GIL) take about 2.5 s of CPU on all-MiniLM-L6-v2,
         two thirds of the rest of the analysis (benchmarks/results/analyze.md).
     resamples : bootstrap resamples per stage of Hill's automatic k (`htcore.hill`); the default
-        100 costs under half of what Voitalov et al.'s 500 does, and moves the estimates by much
-        less than their 95% intervals.
+        100 costs under half of what Voitalov et al.'s 500 does; its estimates lie inside the
+        500-resample 95% intervals except where the bootstrap's AMSE curve has two near-equal
+        minima, and there the 500-resample k jumps between them from seed to seed as often
+        (`htcore.measure._tails`).
 
     Threads: the rows (ESD, element tails, compressibility, tail tests) of up to
     ``htcore.get_num_threads()`` small layers are computed concurrently (one BLAS thread each, and
