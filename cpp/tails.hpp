@@ -38,7 +38,7 @@ struct DoubleBootstrap {
 
 struct DoubleBootstrapOptions {
   double t = 0.5;          // n2 = t n (as Voitalov's t_bootstrap)
-  int resamples = 500;     // resamples per stage (Voitalov's r_bootstrap)
+  int resamples = 100;     // resamples per stage (Voitalov's r_bootstrap is 500; htcore.hill's default is 100)
   double eps_stop = 0.99;  // AMSE minimised over k <= eps_stop * n_b (Voitalov's eps_stop)
   double cap_factor = 3;   // and over k <= cap_factor * n_b^(2/3) (0: no cap; htcore's addition)
 };

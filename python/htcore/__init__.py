@@ -32,6 +32,7 @@ from .measure import (
     Resilience,
     TailComparison,
     TailEstimate,
+    TailVerdict,
     analyze,
     analyze_many,
     compare_tails,
@@ -43,6 +44,7 @@ from .measure import (
     noise_stability,
     pickands,
     resilience,
+    tail_verdict,
 )
 from .runtime import load_compressed, save_compressed
 from .sparse import (
@@ -76,8 +78,10 @@ __all__ = [
     # tails
     "PowerLawFit",
     "TailComparison",
+    "TailVerdict",
     "TailEstimate",
     "compare_tails",
+    "tail_verdict",
     "element_sample",
     "fit_powerlaw",
     "hill",

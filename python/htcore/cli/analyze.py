@@ -34,6 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-elements", dest="elements", action="store_false", help="skip the element tail estimates")
     p.add_argument("--keeps", type=fractions, metavar="K1,K2,...",
                    help="keep fractions in (0, 1] for compressibility (default 0.01,0.05,0.1,0.25,0.5; 'none' skips)")
+    p.add_argument("--tail-tests", action="store_true",
+                   help="one model: also test whether each element and spectral tail is a power law (htcore.compare_tails; slower)")
     p.add_argument("--workers", type=positive_int, metavar="N", help="several models: N local worker processes (default: one per core)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="several models: run on the Dask cluster at ADDRESS (tcp://host:8786; needs htcore[dask])")
     p.add_argument("--out", metavar="DIR", help="several models: one JSON per model in DIR as it finishes; a re-run skips those done")
@@ -56,9 +58,11 @@ def run(args: argparse.Namespace) -> int:
     )
     many = len(args.sources) > 1 or not os.path.isfile(args.sources[0])
     if many or args.workers is not None or args.scheduler is not None or args.out is not None:
+        if args.tail_tests:
+            raise UsageError("--tail-tests analyses one model file (without --workers, --scheduler or --out)")
         return _run_many(args, options)
     source = args.sources[0]
-    report = analyze(source, progress=not args.quiet, **options)
+    report = analyze(source, progress=not args.quiet, tail_tests=args.tail_tests, **options)
     if not report.layers:
         raise ValueError(f"{source}: no weight matrices found (tensors with >= 2 dimensions" + (f" matching {args.include!r}" if args.include else "") + ")")
     if args.json:

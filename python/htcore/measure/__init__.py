@@ -21,7 +21,7 @@ Conventions (tail index vs pdf exponent, the ESD): docs/conventions.md.
 from __future__ import annotations
 
 from ._analyze import DEFAULT_KEEPS, analyze, analyze_layer
-from ._compare_tails import ALTERNATIVES, LikelihoodRatioTest, TailComparison, compare_tails
+from ._compare_tails import ALTERNATIVES, LikelihoodRatioTest, TailComparison, TailVerdict, compare_tails, tail_verdict
 from ._many import (
     MODEL_SUFFIXES,
     ManyReport,
@@ -47,13 +47,16 @@ from ._resilience import Resilience, resilience
 from ._spectra import MIN_EVALS, ZERO_EIGENVALUE, SpectralMetrics, esd, spectral_metrics, symmetric_eigenvalues
 from ._stability import LayerStability, NoiseStability, layer_stability, noise_stability
 from ._stability_section import stability_section
-from ._tails import TailEstimate, element_sample, hill, moments, pickands
+from ._tails import DEFAULT_RESAMPLES, TailEstimate, element_sample, hill, moments, pickands
 
 __all__ = [
+    "DEFAULT_RESAMPLES",
     "ALTERNATIVES",
     "LikelihoodRatioTest",
     "TailComparison",
+    "TailVerdict",
     "compare_tails",
+    "tail_verdict",
     "DEFAULT_KEEPS",
     "MIN_HILL_K",
     "MIN_SPECTRAL_EVALS",

@@ -10,13 +10,14 @@ import numpy as np
 from .._concurrent import ordered_map
 from .._progress import progress as progress_bar
 from .._threads import get_num_threads
-from .._validation import check_fraction
+from .._validation import check_fraction, check_int
 from ..errors import DegenerateSampleWarning
 from ..io import Layer, load_layers
 from ..sparse import compressibility_curve
+from ._compare_tails import TailVerdict, compare_tails, tail_verdict
 from ._report import ElementTails, LayerReport, ModelReport
 from ._spectra import esd, single_threaded_blas, spectral_metrics, splits_into_blocks
-from ._tails import element_sample, hill_and_powerlaw_kernel
+from ._tails import DEFAULT_RESAMPLES, element_sample, hill_and_powerlaw_kernel
 
 DEFAULT_KEEPS = (0.01, 0.05, 0.1, 0.25, 0.5)
 # Element fits scan every distinct |w| as xmin up to this many samples, a log-spaced grid of
@@ -38,6 +39,8 @@ def analyze(
     include: str | None = None,
     exclude: str | None = None,
     progress: bool = True,
+    tail_tests: bool = False,
+    resamples: int = DEFAULT_RESAMPLES,
 ) -> ModelReport:
     """Analyse every weight matrix of ``source`` and return a `ModelReport` (one row per layer).
 
@@ -53,41 +56,59 @@ def analyze(
         (see `htcore.measure.spectral_metrics`). Conv kernels pool one ESD over kernel positions.
     elements : measure the tail of |w| over all entries of the tensor (zeros dropped): the Hill
         tail index alpha (P(|w| > x) ~ x^-alpha) at the double-bootstrap k with its 95% CI
-        (`htcore.hill`, seed 0) and the Clauset power-law fit's tail index (`htcore.fit_powerlaw`;
-        a 1000-point log grid of xmin candidates above 10^5 entries).
+        (`htcore.hill`, seed 0, ``resamples`` per bootstrap stage) and the Clauset power-law fit's
+        tail index (`htcore.fit_powerlaw`; a 1000-point log grid of xmin candidates above 10^5 entries).
     keeps : keep fractions in (0, 1] for the compressibility curve: the exact relative Frobenius
         error ||W - W_k||_F / ||W||_F of keeping the top ceil(keep * n) entries by magnitude
         (`htcore.compressibility_curve`). None or () skips it.
     include, exclude : regular expressions on tensor names (see `htcore.load_layers`).
     progress : show a progress bar on stderr.
+    tail_tests : also decide, per layer, whether the element tail (|w| >= the fit's xmin) and the
+        spectral tail (eigenvalues >= the spectral fit's xmin) are better described by a power law
+        or by an alternative: `htcore.compare_tails` (Vuong likelihood-ratio tests against the
+        exponential, log-normal, stretched exponential and truncated power law, significance 0.1)
+        and `htcore.tail_verdict` (a significant R < 0 names the alternative, else a significant
+        R > 0 says "power law", else "inconclusive"); columns ``element_tail_*`` and
+        ``spectral_tail_*`` (`ModelReport`). Off by default for its cost: the alternatives'
+        Nelder-Mead fits (Python, under the GIL) take about 2.5 s of CPU on all-MiniLM-L6-v2,
+        two thirds of the rest of the analysis (benchmarks/results/analyze.md).
+    resamples : bootstrap resamples per stage of Hill's automatic k (`htcore.hill`); the default
+        100 costs under half of what Voitalov et al.'s 500 does; its estimates lie inside the
+        500-resample 95% intervals except where the bootstrap's AMSE curve has two near-equal
+        minima, and there the 500-resample k jumps between them from seed to seed as often
+        (`htcore.measure._tails`).
 
-    Threads: the ESDs of up to ``htcore.get_num_threads()`` small layers are computed concurrently
-    (one BLAS thread each, and htcore's own eigenvalue solver, whose calls overlap where LAPACK's
-    do not) while this thread takes the layers in order; a big layer
+    Threads: the rows (ESD, element tails, compressibility, tail tests) of up to
+    ``htcore.get_num_threads()`` small layers are computed concurrently (one BLAS thread each, and
+    htcore's own eigenvalue solver, whose calls overlap where LAPACK's do not; the element kernels
+    release the GIL) while this thread takes the layers in order; a big layer
     (more than 2^21 entries, such as an embedding; `htcore.measure._spectra.splits_into_blocks`) is computed
     alone, its Gram row blocks shared between the threads. So at most one big tensor and a few
     small ones are read at a time. Every number is identical at any thread count.
     """
     keeps = _check_keeps(keeps)
+    resamples = check_int(resamples, "resamples", low=1, high=1_000_000)
     layers = load_layers(source, include=include, exclude=exclude)
-    pairs: Iterable[tuple[Layer, np.ndarray | ValueError | None]]
-    if spectral:
-        pairs = ordered_map(_layer_esd, layers, workers=get_num_threads(), exclusive=_big_layer)
-    else:
-        pairs = ((layer, None) for layer in layers)
+    def row(layer: Layer) -> LayerReport:
+        return _layer_report(layer, _layer_esd(layer) if spectral else None, elements=elements, keeps=keeps,
+                             tail_tests=tail_tests, resamples=resamples)
+
     rows = []
     with single_threaded_blas():  # entered here, around the workers' ESDs (see its docstring)
-        for layer, evals in progress_bar(pairs, enabled=progress, desc="htcore analyze", unit="layer"):
-            rows.append(_layer_report(layer, evals, elements=elements, keeps=keeps))
-            del layer, evals  # release the tensor before the next big one is read
+        pairs = ordered_map(row, layers, workers=get_num_threads(), exclusive=_big_layer)
+        for layer, report in progress_bar(pairs, enabled=progress, desc="htcore analyze", unit="layer"):
+            rows.append(report)
+            del layer  # release the tensor before the next big one is read
     return ModelReport(source=_describe(source), keeps=keeps, layers=tuple(rows))
 
 
-def analyze_layer(layer: Layer, *, spectral: bool = True, elements: bool = True, keeps: Sequence[float] = DEFAULT_KEEPS) -> LayerReport:
+def analyze_layer(layer: Layer, *, spectral: bool = True, elements: bool = True, keeps: Sequence[float] = DEFAULT_KEEPS,
+                  tail_tests: bool = False, resamples: int = DEFAULT_RESAMPLES) -> LayerReport:
     """The `LayerReport` of one `Layer` (what `analyze` does per row). A measurement the tensor
     does not allow (NaN or Inf weights, or weights so large their squares overflow) is left out
     with a `DegenerateSampleWarning` naming the tensor and the reason."""
-    return _layer_report(layer, _layer_esd(layer) if spectral else None, elements=elements, keeps=keeps)
+    return _layer_report(layer, _layer_esd(layer) if spectral else None, elements=elements, keeps=_check_keeps(keeps),
+                         tail_tests=tail_tests, resamples=check_int(resamples, "resamples", low=1, high=1_000_000))
 
 
 def _layer_esd(layer: Layer) -> np.ndarray | ValueError:
@@ -106,12 +127,13 @@ def _big_layer(layer: Layer) -> bool:
 
 
 def _layer_report(layer: Layer, evals: np.ndarray | ValueError | None, *, elements: bool,
-                  keeps: Sequence[float]) -> LayerReport:
+                  keeps: Sequence[float], tail_tests: bool, resamples: int) -> LayerReport:
     """The row of ``layer`` given its ESD (None: no spectral metrics; an exception: why there is none)."""
     if isinstance(evals, ValueError):
         _warn_missing(layer.name, "spectral metrics", evals)
         evals = None
-    element_tails = ccdf = None
+    element_tails = ccdf = element_verdict = spectral_verdict = None
+    sample = np.zeros(0)
     if elements:
         try:
             sample = element_sample(layer.weight)
@@ -119,8 +141,13 @@ def _layer_report(layer: Layer, evals: np.ndarray | ValueError | None, *, elemen
             _warn_missing(layer.name, "element statistics", exc)
             sample = np.zeros(0)
         if sample.size >= MIN_ELEMENT_SAMPLES:
-            element_tails = _element_tails(layer.name, sample)
+            element_tails = _element_tails(layer.name, sample, resamples)
             ccdf = _ccdf_summary(sample)
+    if tail_tests and element_tails is not None:
+        element_verdict = _tail_verdict(layer.name, "element", sample, element_tails.fit_xmin)
+    metrics = spectral_metrics(evals) if evals is not None else None
+    if tail_tests and metrics is not None and evals is not None and np.isfinite(metrics.xmin):
+        spectral_verdict = _tail_verdict(layer.name, "spectral", evals, metrics.xmin)
     rel_error = None
     if keeps:
         try:
@@ -131,11 +158,13 @@ def _layer_report(layer: Layer, evals: np.ndarray | ValueError | None, *, elemen
         name=layer.name,
         kind=layer.kind,
         shape=layer.shape,
-        spectral=spectral_metrics(evals) if evals is not None else None,
+        spectral=metrics,
         elements=element_tails,
         rel_error=rel_error,
         evals=evals,
         element_ccdf=ccdf,
+        element_tail=element_verdict,
+        spectral_tail=spectral_verdict,
     )
 
 
@@ -143,10 +172,20 @@ def _warn_missing(name: str, what: str, reason: Exception) -> None:
     warnings.warn(f"{name}: no {what} ({reason})", DegenerateSampleWarning, stacklevel=4)
 
 
-def _element_tails(name: str, sample: np.ndarray) -> ElementTails | None:
-    try:  # = hill(sample, random_state=0) and fit_powerlaw(sample, candidates=grid), sorting the sample once
+def _tail_verdict(name: str, what: str, sample: np.ndarray, xmin: float) -> TailVerdict | None:
+    """`tail_verdict` of `compare_tails` on the values of ``sample`` >= ``xmin`` (the rest of the
+    sample does not enter the tests, so it is left out before compare_tails copies it)."""
+    try:
+        return tail_verdict(compare_tails(sample[sample >= np.float64(xmin)], xmin=xmin))  # float64 comparison
+    except ValueError as exc:  # e.g. a tail of tied values
+        warnings.warn(f"{name}: no {what} tail verdict ({exc})", DegenerateSampleWarning, stacklevel=4)
+        return None
+
+
+def _element_tails(name: str, sample: np.ndarray, resamples: int) -> ElementTails | None:
+    try:  # = hill(sample, random_state=0, resamples=resamples) and fit_powerlaw(sample, candidates=grid), sorting once
         h, fit = hill_and_powerlaw_kernel(sample, 0 if sample.size <= ELEMENT_FIT_EXACT_MAX else ELEMENT_FIT_CANDIDATES,
-                                          random_state=0)
+                                          random_state=0, resamples=resamples)
     except ValueError as exc:  # e.g. heavily quantized weights whose ties leave no estimate
         warnings.warn(f"{name}: no element tail estimate ({exc})", DegenerateSampleWarning, stacklevel=3)
         return None

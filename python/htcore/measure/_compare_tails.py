@@ -39,7 +39,7 @@ import numpy as np
 from .._validation import as_float_array, check_fraction
 from ._powerlaw_fit import fit_powerlaw
 
-__all__ = ["ALTERNATIVES", "LikelihoodRatioTest", "TailComparison", "compare_tails"]
+__all__ = ["ALTERNATIVES", "LikelihoodRatioTest", "TailComparison", "TailVerdict", "compare_tails", "tail_verdict"]
 
 ALTERNATIVES = ("exponential", "lognormal", "stretched_exponential", "truncated_power_law")
 _TINY = 10.0 ** sys.float_info.min_10_exp  # powerlaw's stand-in for a zero likelihood
@@ -346,3 +346,54 @@ def compare_tails(
         power_law_ll = _clamped_log(tail_x ** (-a) * ((a - 1) * xmin ** (a - 1)))
     tests = tuple(_ratio_test(name, tail, power_law_ll, significance) for name in names)
     return TailComparison(xmin=xmin, n_tail=tail.n, pdf_exponent=a, significance=significance, tests=tests)
+
+
+#: How `tail_verdict` names each distribution.
+VERDICT_NAMES = {"power_law": "power law", "exponential": "exponential", "lognormal": "log-normal",
+                 "stretched_exponential": "stretched exponential", "truncated_power_law": "truncated power law"}
+
+
+@dataclass(frozen=True)
+class TailVerdict:
+    """Which distribution describes a tail best, by `tail_verdict`, and the test that decided it.
+
+    Attributes:
+        verdict: "power law", "exponential", "log-normal", "stretched exponential",
+            "truncated power law" or "inconclusive".
+        alternative: the deciding test's alternative (a name of `ALTERNATIVES`).
+        R: its normalised log-likelihood ratio (> 0 favours the power law).
+        p: its p-value.
+    """
+
+    verdict: str
+    alternative: str
+    R: float
+    p: float
+
+
+def tail_verdict(comparison: TailComparison) -> TailVerdict:
+    """One verdict from a `compare_tails` result, at its ``significance`` (default 0.1).
+
+    Rule: a test is significant when its p-value is below the significance level (its
+    ``favoured`` is then the power law if R > 0, the alternative if R < 0).
+
+    - If any test is significant with R < 0, the alternative of the significant R < 0 test with the
+      smallest p (ties: the most negative R) wins: the power law is rejected in its favour.
+    - Else, if any test is significant with R > 0, the verdict is "power law": it beats at least
+      one alternative and loses to none. The deciding test is the significant R > 0 one with the
+      smallest p (ties: the largest R).
+    - Else "inconclusive", and the deciding test is the one with the smallest p.
+    """
+    tests = comparison.tests
+    rejected = [t for t in tests if t.favoured == t.alternative]
+    won = [t for t in tests if t.favoured == "power_law"]
+    if rejected:
+        test = min(rejected, key=lambda t: (t.p_value, t.R))
+        verdict = VERDICT_NAMES[test.alternative]
+    elif won:
+        test = min(won, key=lambda t: (t.p_value, -t.R))
+        verdict = VERDICT_NAMES["power_law"]
+    else:
+        test = min(tests, key=lambda t: t.p_value)
+        verdict = "inconclusive"
+    return TailVerdict(verdict=verdict, alternative=test.alternative, R=test.R, p=test.p_value)

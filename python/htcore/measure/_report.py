@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._compare_tails import TailVerdict
 from ._spectra import SpectralMetrics
 
 
@@ -52,6 +53,8 @@ class LayerReport:
     rel_error: tuple[float, ...] | None  #: ||W - W_k||_F / ||W||_F at each of the report's keeps
     evals: np.ndarray | None = None  #: the ESD, ascending
     element_ccdf: tuple[np.ndarray, np.ndarray] | None = None  #: (x, P(|w| > x)) at log-spaced x
+    element_tail: TailVerdict | None = None  #: power law or not, |w| above ``elements.fit_xmin``
+    spectral_tail: TailVerdict | None = None  #: power law or not, eigenvalues above ``spectral.xmin``
 
     @property
     def num_params(self) -> int:
@@ -60,6 +63,11 @@ class LayerReport:
 
 _SPECTRAL = [f.name for f in fields(SpectralMetrics)]
 _ELEMENT = ["element_" + f.name for f in fields(ElementTails)]
+_VERDICT = [f.name for f in fields(TailVerdict)]  # columns <prefix>_verdict, _alternative, _R, _p
+_TAIL_TESTS = {"element_tail": "el", "spectral_tail": "sp"}  # LayerReport attribute -> compact header
+# Short verdicts for the compact table.
+_SHORT_VERDICT = {"power law": "PL", "exponential": "exp", "log-normal": "LN", "stretched exponential": "SE",
+                  "truncated power law": "TPL", "inconclusive": "?"}
 
 # Below these sample sizes an estimate is printed but flagged (``*_small_sample`` columns, a note in
 # `ModelReport.summary`): a spectral alpha from an ESD of fewer than 50 eigenvalues (a 10-class
@@ -102,7 +110,13 @@ class ModelReport:
     tail of fewer than `MIN_SPECTRAL_TAIL` = 10)
     and ``element_small_sample`` (Hill's k < `MIN_HILL_K` = 20): such estimates are printed but
     noted in `summary` as unreliable; compressibility:
-    ``rel_error_keep_<keep>`` for each keep. Missing values are NaN (null in JSON, empty in CSV).
+    ``rel_error_keep_<keep>`` for each keep; with ``analyze(tail_tests=True)``, whether each tail is
+    a power law (`htcore.compare_tails` on |w| above ``element_fit_xmin`` and on the eigenvalues above
+    ``xmin``, decided by `htcore.tail_verdict`): ``element_tail_verdict`` and
+    ``spectral_tail_verdict`` ("power law", "exponential", "log-normal", "stretched exponential",
+    "truncated power law" or "inconclusive"), each with the deciding test's ``*_alternative``,
+    ``*_R`` (normalised log-likelihood ratio, > 0 favours the power law) and ``*_p``. Missing
+    values are NaN (null in JSON, empty in CSV).
     """
 
     source: str
@@ -132,6 +146,9 @@ class ModelReport:
             cols += _ELEMENT + ["element_small_sample"]
         if any(layer.rel_error is not None for layer in self.layers):
             cols += [_keep_column(k) for k in self.keeps]
+        for attribute in _TAIL_TESTS:
+            if any(getattr(layer, attribute) is not None for layer in self.layers):
+                cols += [f"{attribute}_{f}" for f in _VERDICT]
         return cols
 
     def rows(self) -> list[dict[str, Any]]:
@@ -153,6 +170,10 @@ class ModelReport:
                 row["element_small_sample"] = element_small_sample(layer.elements)
             if layer.rel_error is not None:
                 row.update({_keep_column(k): e for k, e in zip(self.keeps, layer.rel_error)})
+            for attribute in _TAIL_TESTS:
+                verdict = getattr(layer, attribute)
+                if verdict is not None:
+                    row.update({f"{attribute}_{f}": getattr(verdict, f) for f in _VERDICT})
             out.append({c: row.get(c, math.nan) for c in cols})
         return out
 
@@ -181,8 +202,10 @@ class ModelReport:
         alike (`format_column`, 4 significant digits). ``compact``: the table a terminal has room
         for, at most `COMPACT_WIDTH` (100) characters a line, followed by a line explaining its
         headers: layer name (shortened in the middle if needed), shape, spectral ``alpha``, the Hill
-        tail index with its 95 % CI and k, the relative error at the middle keep, and ``flags`` ("few
-        evals" for ``alpha_small_sample``, "small k" for ``element_small_sample``)."""
+        tail index with its 95 % CI and k, the relative error at the middle keep, the element (``el``)
+        and spectral (``sp``) tail verdicts when tested (PL power law, exp exponential, LN
+        log-normal, SE stretched exponential, TPL truncated power law, ? inconclusive), and
+        ``flags`` ("few evals" for ``alpha_small_sample``, "small k" for ``element_small_sample``)."""
         if compact:
             return self._compact_markdown()
         cols = columns or self.columns
@@ -207,6 +230,13 @@ class ModelReport:
             headers.append(f"err@{keep:g}")
             cells.append(format_column([r[_keep_column(keep)] for r in rows], 3))
             notes.append(f"err@{keep:g}: ||W - W_k||_F / ||W||_F keeping {keep:g} of the entries")
+        tested = [a for a in _TAIL_TESTS if f"{a}_verdict" in self.columns]
+        for attribute in tested:
+            headers.append(_TAIL_TESTS[attribute])
+            cells.append([_SHORT_VERDICT.get(r[f"{attribute}_verdict"], "") for r in rows])
+        if tested:
+            notes.append("el/sp: is the |w| / ESD tail a power law (PL), exponential (exp), log-normal (LN), stretched "
+                         "exponential (SE), truncated power law (TPL) or undecided (?), likelihood-ratio tests at p < 0.1")
         flags = [", ".join(text for column, text in (("alpha_small_sample", "few evals"), ("element_small_sample", "small k"))
                            if r.get(column) is True) for r in rows]
         if any(flags):

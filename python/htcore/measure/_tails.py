@@ -12,10 +12,18 @@ statistics used:
 - Pickands: xi = ln((X_(k) - X_(2k)) / (X_(2k) - X_(4k))) / ln 2.
 
 ``k=None`` chooses k by the double bootstrap of Danielsson, de Haan, Peng & de Vries (2001) as
-implemented in Voitalov et al. (2019)'s tail-estimation code (t = 0.5, 500 resamples per stage,
-eps_stop = 0.99, Voitalov's prefactor for moments; for Hill, Danielsson et al.'s own constant,
-where Voitalov uses Qi's, which picks larger k), seeded by
-``random_state``. Deliberate deviations, for speed and robustness:
+implemented in Voitalov et al. (2019)'s tail-estimation code (t = 0.5, eps_stop = 0.99, Voitalov's
+prefactor for moments; for Hill, Danielsson et al.'s own constant, where Voitalov uses Qi's, which
+picks larger k), seeded by ``random_state``. Deliberate deviations, for speed and robustness:
+
+- ``resamples`` = `DEFAULT_RESAMPLES` = 100 bootstrap resamples per stage by default, where Voitalov
+  uses 500: the bootstrap's cost is proportional to it (about 3/4 of an auto-k Hill estimate's time at
+  500, under half at 100). The estimates at 100 lie inside the 500-resample 95% intervals on seeded
+  Pareto and Student-t samples and on MiniLM layers, except where the AMSE curve has two
+  near-equal minima (|t(6)| at n = 30000, one MiniLM layer): there the chosen k jumps between them
+  from seed to seed already at 500 resamples, and a 500-resample estimate with another seed leaves
+  the interval as often as the 100-resample one does (tests/test_analyze_speed_defaults.py);
+  ``resamples=500`` gives Voitalov's setting;
 
 - the AMSE is minimised over k <= min(0.99 n_b, 3 n_b^(2/3)) in a bootstrap sample of size n_b
   (the resamples' top order statistics are drawn directly, in O(k) instead of O(n_b log n_b));
@@ -59,8 +67,9 @@ import numpy as np
 from .._core import PowerLawResult, TailMethod, TailResult, element_tails, tail_estimate
 from .._validation import as_float_array, check_fraction, check_int, make_rng
 
-# Double-bootstrap settings (Voitalov et al.'s defaults, plus htcore's cap on the k range).
-_DBS_RESAMPLES = 500
+# Double-bootstrap settings (Voitalov et al.'s, but 100 resamples where he uses 500, plus htcore's cap on the k range).
+#: Bootstrap resamples per stage of the double bootstrap by default (module docstring).
+DEFAULT_RESAMPLES = 100
 _DBS_EPS_STOP = 0.99
 _DBS_CAP_FACTOR = 3.0
 _AUTO_K_MIN_N = 20
@@ -68,7 +77,7 @@ _AUTO_K_MIN_N = 20
 _RHO_MAX = -0.25
 _TAIL_METHODS = dict(TailMethod.__members__)  # "hill", "moments", "pickands" -> kernel enum
 
-__all__ = ["TailEstimate", "element_sample", "hill", "moments", "pickands"]
+__all__ = ["DEFAULT_RESAMPLES", "TailEstimate", "element_sample", "hill", "moments", "pickands"]
 
 
 @dataclass(frozen=True)
@@ -155,7 +164,8 @@ def _alpha_of(xi: float) -> float:
     return 1.0 / xi if xi > 0 else float("inf")
 
 
-def _estimate(method: str, x: Any, k: int | None, ci: float, random_state: Any) -> TailEstimate:
+def _estimate(method: str, x: Any, k: int | None, ci: float, random_state: Any, resamples: int) -> TailEstimate:
+    resamples = check_int(resamples, "resamples", low=1, high=1_000_000)
     sample = _positive_sample(x)
     n = int(sample.size)
     level = check_fraction(ci, "ci")
@@ -172,7 +182,7 @@ def _estimate(method: str, x: Any, k: int | None, ci: float, random_state: Any) 
         if not k_min <= k_arg <= k_max:
             raise ValueError(f"{method} needs {k_min} <= k <= {k_max} for n = {n} samples, got k = {k_arg}")
     out = tail_estimate(x=sample, method=_TAIL_METHODS[method], k=k_arg, seed=_seed(random_state),
-                        resamples=_DBS_RESAMPLES, eps_stop=_DBS_EPS_STOP, cap_factor=_DBS_CAP_FACTOR,
+                        resamples=resamples, eps_stop=_DBS_EPS_STOP, cap_factor=_DBS_CAP_FACTOR,
                         rho_max=_RHO_MAX)
     return _from_kernel(method, out, n, level, auto_k=k is None)
 
@@ -198,47 +208,55 @@ def _from_kernel(method: str, out: TailResult, n: int, level: float, *, auto_k: 
     )
 
 
-def hill_and_powerlaw_kernel(sample: np.ndarray, grid: int, random_state: Any = None) -> tuple[TailEstimate, PowerLawResult]:
-    """``hill(sample, random_state=random_state)`` (95% interval) and the kernel result of
+def hill_and_powerlaw_kernel(sample: np.ndarray, grid: int, random_state: Any = None,
+                             resamples: int = DEFAULT_RESAMPLES) -> tuple[TailEstimate, PowerLawResult]:
+    """``hill(sample, random_state=random_state, resamples=resamples)`` (95% interval) and the kernel result of
     ``fit_powerlaw(sample, candidates=grid or None)``, bit for bit, from one sort of the sample.
 
     For `htcore.analyze`, which measures both on every layer: ``sample`` must be what
     `element_sample` returns (1-D, finite, > 0, float32 or float64) with at least 20 values.
     Raises ValueError where either call would.
     """
-    out = element_tails(x=sample, seed=_seed(random_state), resamples=_DBS_RESAMPLES, eps_stop=_DBS_EPS_STOP,
+    resamples = check_int(resamples, "resamples", low=1, high=1_000_000)
+    out = element_tails(x=sample, seed=_seed(random_state), resamples=resamples, eps_stop=_DBS_EPS_STOP,
                         cap_factor=_DBS_CAP_FACTOR, rho_max=_RHO_MAX, grid=grid)
     return _from_kernel("hill", out.hill, int(sample.size), 0.95, auto_k=True), out.fit
 
 
-def hill(x: Any, k: int | None = None, *, ci: float = 0.95, random_state: Any = None) -> TailEstimate:
+def hill(x: Any, k: int | None = None, *, ci: float = 0.95, random_state: Any = None,
+         resamples: int = DEFAULT_RESAMPLES) -> TailEstimate:
     """Hill estimate of the tail index alpha of a positive 1-D sample ``x``.
 
     ``k``: number of upper order statistics (1 <= k <= n - 1), or None for the double bootstrap
-    (needs n >= 20; seeded by ``random_state``: None means seed 0, or an int or numpy Generator).
+    (needs n >= 20; seeded by ``random_state``: None means seed 0, or an int or numpy Generator;
+    ``resamples`` per bootstrap stage, default 100; the bootstrap's time is proportional to it, and
+    Voitalov et al.'s 500 makes the whole estimate about twice as slow on MiniLM's layers; the same
+    result at any thread count).
     With ``k`` given, the interval uses sqrt(k) (xi_hat - xi) -> N(0, xi^2): xi_hat (1 -+ z / sqrt(k)),
     z the normal quantile of (1 + ci) / 2, mapped to alpha = 1 / xi. With ``k=None`` it is the
     root-MSE interval xi_hat +- z sqrt(xi_hat^2 / k + b^2), b = xi_hat beta (n/k)^rho / (1 - rho) the
     estimated Hill bias (module docstring), mapped the same way. Raises ValueError for non-finite or
     non-positive samples and out-of-range k, and when ties make the estimate undefined at k.
     """
-    return _estimate("hill", x, k, ci, random_state)
+    return _estimate("hill", x, k, ci, random_state, resamples)
 
 
-def moments(x: Any, k: int | None = None, *, ci: float = 0.95, random_state: Any = None) -> TailEstimate:
+def moments(x: Any, k: int | None = None, *, ci: float = 0.95, random_state: Any = None,
+            resamples: int = DEFAULT_RESAMPLES) -> TailEstimate:
     """Moments (Dekkers-Einmahl-de Haan) estimate; valid for any real xi (xi <= 0: light tail, alpha = inf).
 
     Same arguments as :func:`hill`, except 2 <= k <= n - 1 (M_1^2 = M_2 at k = 1). The interval uses the estimator's asymptotic variance,
     1 + xi^2 for xi >= 0 and (1-xi)^2 (1-2xi) (1-xi+6xi^2) / ((1-3xi)(1-4xi)) for xi < 0; with
     ``k=None`` and xi_hat > 0 it adds the estimated squared bias (root-MSE interval, module docstring).
     """
-    return _estimate("moments", x, k, ci, random_state)
+    return _estimate("moments", x, k, ci, random_state, resamples)
 
 
-def pickands(x: Any, k: int | None = None, *, ci: float = 0.95, random_state: Any = None) -> TailEstimate:
+def pickands(x: Any, k: int | None = None, *, ci: float = 0.95, random_state: Any = None,
+             resamples: int = DEFAULT_RESAMPLES) -> TailEstimate:
     """Pickands estimate from X_(k), X_(2k), X_(4k) (1 <= k <= n // 4); valid for any real xi.
 
     ``k=None`` uses a quarter of the moments double-bootstrap k. The interval uses the asymptotic
     variance xi^2 (2^(2xi+1) + 1) / (2 (2^xi - 1) ln 2)^2 (3 / (4 ln^4 2) at xi = 0).
     """
-    return _estimate("pickands", x, k, ci, random_state)
+    return _estimate("pickands", x, k, ci, random_state, resamples)
