@@ -14,13 +14,18 @@ TailMethod checked(TailMethod method) {
   fail("tail method must be hill, moments or pickands, got " + std::to_string(static_cast<int>(method)));
 }
 
-TailEstimate tail_estimate(const py::array& x, TailMethod method, std::int64_t k, std::uint64_t seed, int resamples,
-                           double eps_stop, double cap_factor, double rho_max) {
-  method = checked(method);
+DoubleBootstrapOptions bootstrap_options(int resamples, double eps_stop, double cap_factor) {
   DoubleBootstrapOptions options;
   options.resamples = resamples;
   options.eps_stop = eps_stop;
   options.cap_factor = cap_factor;
+  return options;
+}
+
+TailEstimate tail_estimate(const py::array& x, TailMethod method, std::int64_t k, std::uint64_t seed, int resamples,
+                           double eps_stop, double cap_factor, double rho_max) {
+  method = checked(method);
+  const auto options = bootstrap_options(resamples, eps_stop, cap_factor);
   return detail::with_sample(x, [&](const auto& sample) {
     const auto* data = sample.data();
     const auto n = static_cast<std::int64_t>(sample.size());
@@ -31,10 +36,7 @@ TailEstimate tail_estimate(const py::array& x, TailMethod method, std::int64_t k
 
 ElementTails element_tail_fits(const py::array& x, std::uint64_t seed, int resamples, double eps_stop,
                                double cap_factor, double rho_max, std::int64_t grid) {
-  DoubleBootstrapOptions options;
-  options.resamples = resamples;
-  options.eps_stop = eps_stop;
-  options.cap_factor = cap_factor;
+  const auto options = bootstrap_options(resamples, eps_stop, cap_factor);
   return detail::with_sample(x, [&](const auto& sample) {
     const auto* data = sample.data();
     const auto n = static_cast<std::int64_t>(sample.size());

@@ -18,7 +18,6 @@ import math
 import os
 import re
 import tempfile
-import textwrap
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
@@ -33,8 +32,7 @@ from ._analyze import analyze
 from ._report import (
     _ELEMENT,
     _SPECTRAL,
-    COMPACT_WIDTH,
-    _aligned_markdown,
+    _compact_table,
     _fmt,
     _is_nan,
     _keep_column,
@@ -194,13 +192,7 @@ class ManyReport:
             headers.append("error")
             cells.append([str(r["error"]).split(":")[0] if bad else "" for r, bad in zip(rows, failed)])
             notes.append("error: why the model's analysis failed (the message is in the summary)")
-        # the model column gets what the others leave of the width: "| " + cells joined by " | " + " |"
-        others = sum(max(len(h), *(len(c) for c in col)) for h, col in zip(headers, cells)) + 3 * len(headers)
-        room = max(12, COMPACT_WIDTH - 4 - others)
-        models = [_shorten(r["model"], room) for r in rows]
-        table = _aligned_markdown(["model", *headers], [models, *cells])
-        notes.append(f"all {len(columns)} columns: --wide, --csv or --json")
-        return table + "\n" + textwrap.fill("; ".join(notes), COMPACT_WIDTH) + "\n"
+        return _compact_table("model", [r["model"] for r in rows], headers, cells, notes, len(columns))
 
     def to_pandas(self):
         """The table as a pandas DataFrame (needs pandas)."""

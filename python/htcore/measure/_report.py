@@ -244,13 +244,7 @@ class ModelReport:
             cells.append(flags)
             notes.append(f"few evals: alpha from < {MIN_SPECTRAL_EVALS} eigenvalues or a tail of < {MIN_SPECTRAL_TAIL}; "
                          f"small k: Hill k < {MIN_HILL_K}")
-        # the name column gets what the others leave of the width: "| " + cells joined by " | " + " |"
-        others = sum(max(len(h), *(len(c) for c in col)) for h, col in zip(headers, cells)) + 3 * len(headers)
-        room = max(12, COMPACT_WIDTH - 4 - others)
-        names = [_shorten(r["name"], room) for r in rows]
-        table = _aligned_markdown(["name", *headers], [names, *cells])
-        notes.append(f"all {len(self.columns)} columns: --wide, --csv or --json")
-        return table + "\n" + textwrap.fill("; ".join(notes), COMPACT_WIDTH) + "\n"
+        return _compact_table("name", [r["name"] for r in rows], headers, cells, notes, len(self.columns))
 
     def to_pandas(self):
         """The table as a pandas DataFrame (needs pandas)."""
@@ -313,6 +307,18 @@ def _aligned_markdown(headers: list[str], columns: list[list[str]]) -> str:
     lines = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     lines += [line([col[i] for col in columns]) for i in range(len(columns[0]) if columns else 0)]
     return "\n".join(lines) + "\n"
+
+
+def _compact_table(first: str, names: list[str], headers: list[str], cells: list[list[str]], notes: list[str],
+                   n_columns: int) -> str:
+    """A table at most `COMPACT_WIDTH` characters wide and its notes: the first column (``first``,
+    cells ``names``) is shortened to what the other columns leave of the width."""
+    # "| " + cells joined by " | " + " |"
+    others = sum(max(len(h), *(len(c) for c in col)) for h, col in zip(headers, cells)) + 3 * len(headers)
+    room = max(12, COMPACT_WIDTH - 4 - others)
+    table = _aligned_markdown([first, *headers], [[_shorten(n, room) for n in names], *cells])
+    notes = [*notes, f"all {n_columns} columns: --wide, --csv or --json"]
+    return table + "\n" + textwrap.fill("; ".join(notes), COMPACT_WIDTH) + "\n"
 
 
 def _shorten(name: str, width: int) -> str:
