@@ -191,6 +191,21 @@ def test_counts_are_worded_in_the_singular_and_plural(tmp_path, capsys):
     assert "2 samples in 2 batches of 1 on 2 threads:" in capsys.readouterr().err
 
 
+def test_warnings_are_one_line_naming_the_command(tmp_path, capsys):
+    import warnings
+
+    import numpy as np
+
+    tied = np.where(np.random.default_rng(0).random((32, 32)) < 0.5, -1.0, 1.0).astype(np.float32)  # no tail to fit
+    htcore.save_compressed(tmp_path / "m.safetensors", htcore.runtime.CompressedModel([htcore.runtime.Linear(tied)]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["analyze", str(tmp_path / "m.safetensors"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "htcore analyze: warning: 0.weight: no element tail estimate" in err
+    assert "_analyze.py" not in err and "return " not in err  # no file, line or source text of the library
+
+
 @pytest.mark.parametrize("args", [["run", "{m}", "--input", "{x}"], ["analyze", "{m}", "--quiet"], ["info"], ["--help"]])
 def test_a_reader_leaving_before_the_output_is_flushed_ends_quietly(tmp_path, args):
     """`htcore run m --input x | head -1` in an ordinary (buffered) environment: the output still

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+import warnings
+from typing import Callable, Sequence, TextIO
 
 from .._version import __version__
 from . import analyze, bound, compress, convert, demo, info, run
@@ -56,7 +57,9 @@ def _dispatch(argv: Sequence[str] | None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():  # the filters stay the caller's; only how a warning is shown changes
+            warnings.showwarning = _one_line(args.command)
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("htcore: interrupted", file=sys.stderr)
         return 130
@@ -68,3 +71,14 @@ def _dispatch(argv: Sequence[str] | None) -> int:
     except (ValueError, TypeError, OSError, ImportError) as exc:
         print(f"htcore {args.command}: error: {exc}", file=sys.stderr)
         return 1
+
+
+def _one_line(command: str) -> Callable[..., None]:
+    """A `warnings.showwarning` that prints "htcore COMMAND: warning: MESSAGE" on stderr: what a
+    user of the command line needs, without the library's file, line and source text."""
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
+        print(f"htcore {command}: warning: {message}", file=sys.stderr if file is None else file)
+
+    return show
