@@ -67,6 +67,16 @@ def test_bound_is_at_least_the_training_error_and_below_one(demo):
     assert bound["m"] == demo[1]["data"]["m"]
 
 
+def test_saved_model_recertifies_with_the_search_charged(demo, capsys):
+    out, figures = demo
+    model = htcore.load_compressed(out / "model.safetensors")
+    tried = figures["compression"]["settings_tried"]
+    assert model.metadata["search"] == {"settings_tried": tried, "index": figures["compression"]["chosen"]}
+    assert main(["bound", str(out / "model.safetensors"), "--data", "digits", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["report"]
+    assert report["code_bits"] == figures["bound"]["code_bits"]  # the search's bits included (the data split differs: seed 1)
+
+
 def test_figures_are_consistent(demo):
     figures = demo[1]
     c, b, r = figures["compression"], figures["bound"], figures["runtime"]

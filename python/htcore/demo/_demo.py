@@ -255,6 +255,8 @@ def _compress_certify(figures: dict, model: Any, data: Any, preset: Preset, cand
         models.append(compressed)
     chosen = int(np.argmin([r.kl for r in reports]))
     best = reports[chosen]
+    # saved with the model, so that `htcore bound model.safetensors` charges this search again
+    models[chosen].metadata["search"] = {"settings_tried": len(grid), "index": chosen}
     figures["search"] = [{"keep": list(g["per_layer"].values()), "levels": g["levels"], "code_bits": r.code_bits,
                           "nnz": r.code.nnz, "train_error": r.train_error, "test_error": r.test_error, "kl": r.kl}
                          for g, r in zip(grid, reports)]
