@@ -69,6 +69,14 @@ def check_pair(value: Any, name: str, *, low: int) -> tuple[int, int]:
     return v, v
 
 
+def check_positive(value: Any, name: str) -> float:
+    """``value`` as a positive finite float (a learning rate, a weight); anything else is a ValueError
+    naming ``name``, bools and strings included."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating, np.integer)) or not 0 < float(value) < np.inf:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
 def check_fraction(value: Any, name: str, *, include_zero: bool = False) -> float:
     """``value`` as a float in (0, 1] (or [0, 1] with ``include_zero``)."""
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating, np.integer)):

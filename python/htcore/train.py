@@ -5,7 +5,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ._validation import as_float_array, check_int, check_labels
+from ._validation import as_float_array, check_int, check_labels, check_positive
 
 
 def as_training_tensors(X: Any, y: Any, name: str = "train_data", *, model: Any = None):
@@ -105,13 +105,12 @@ def train_classifier(model: Any, X: Any, y: Any, *, epochs: int = 10, lr: float 
     epochs = check_int(epochs, "epochs", low=0)
     batch_size = check_int(batch_size, "batch_size", low=1)
     seed = check_int(seed, "seed", low=0)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    lr = check_positive(lr, "lr")
     schedule = check_schedule(schedule)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model.train()
-        fit(model, list(model.parameters()), Xt, yt, epochs=epochs, lr=float(lr), batch_size=batch_size, seed=seed,
+        fit(model, list(model.parameters()), Xt, yt, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
             schedule=schedule)
     return model.eval()
 

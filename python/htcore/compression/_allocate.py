@@ -53,7 +53,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from .._validation import as_float_array, check_fraction, check_int
+from .._validation import as_float_array, check_fraction, check_int, check_positive
 from ..measure import element_sample, hill
 
 __all__ = ["METHODS", "Allocation", "allocate", "weight_layers"]
@@ -141,10 +141,7 @@ def _check_sensitivity(sensitivity: Mapping[str, float] | None, names: list[str]
     out = np.ones(len(names))
     for i, name in enumerate(names):
         if name in values:
-            v = values[name]
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not 0 < v < math.inf:
-                raise ValueError(f"sensitivity[{name!r}] must be a positive finite number, got {v!r}")
-            out[i] = float(v)
+            out[i] = check_positive(values[name], f"sensitivity[{name!r}]")
     return out
 
 

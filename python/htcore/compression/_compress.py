@@ -34,7 +34,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .._validation import check_fraction, check_int
+from .._validation import check_fraction, check_int, check_positive
 from ..runtime import CompressedModel
 from ..sparse import CSRMatrix, topk_sparsify
 from ..train import as_training_tensors, check_schedule, fit
@@ -104,13 +104,9 @@ def _check_finetune(finetune: Mapping[str, Any]) -> dict[str, Any]:
            "batch_size": check_int(finetune.get("batch_size", 128), "finetune['batch_size']", low=1),
            "codebook_epochs": check_int(finetune.get("codebook_epochs", 1), "finetune['codebook_epochs']", low=0),
            "seed": check_int(finetune.get("seed", 0), "finetune['seed']", low=0)}
-    for key, default in (("lr", 1e-3), ("codebook_lr", None)):
-        lr = finetune.get(key, default)
-        if key == "codebook_lr" and lr is None:
-            lr = out["lr"]  # the codebook stage runs at the masked stage's rate unless told otherwise
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
-            raise ValueError(f"finetune[{key!r}] must be a positive finite number, got {lr!r}")
-        out[key] = float(lr)
+    out["lr"] = check_positive(finetune.get("lr", 1e-3), "finetune['lr']")
+    codebook_lr = finetune.get("codebook_lr")  # the codebook stage runs at the masked stage's rate unless told otherwise
+    out["codebook_lr"] = out["lr"] if codebook_lr is None else check_positive(codebook_lr, "finetune['codebook_lr']")
     out["schedule"] = check_schedule(finetune.get("schedule", "constant"), "finetune['schedule']")
     out["prune_epochs"] = check_int(finetune.get("prune_epochs", 1), "finetune['prune_epochs']", low=1,
                                     high=max(out["epochs"], 1))
