@@ -222,3 +222,11 @@ def test_analyze_wide_and_machine_formats_keep_every_column(model_file):
     csv_header = _analyze(str(model_file), "--csv").splitlines()[0].split(",")
     assert header == csv_header and len(header) > 25
     assert "encoder.layer.11.attention.output.dense.weight" in wide
+
+
+def test_compact_table_of_a_report_without_layers():
+    """An empty column used to crash the width arithmetic (max of a bare int)."""
+    from htcore.measure import ModelReport
+
+    text = ModelReport(source="empty", keeps=(0.1,), layers=()).to_markdown(compact=True)
+    assert text.splitlines()[0].startswith("| name") and "shape" in text.splitlines()[0]

@@ -299,7 +299,7 @@ class ModelReport:
 
 def _aligned_markdown(headers: list[str], columns: list[list[str]]) -> str:
     """A markdown table from its headers and its columns of cell texts, each column padded to its widest cell."""
-    widths = [max(len(h), *(len(c) for c in col)) if col else len(h) for h, col in zip(headers, columns)]
+    widths = [_width(h, col) for h, col in zip(headers, columns)]
 
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
@@ -309,12 +309,16 @@ def _aligned_markdown(headers: list[str], columns: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _width(header: str, cells: list[str]) -> int:
+    """Characters of a table column: its widest cell or header."""
+    return max([len(header), *(len(c) for c in cells)])
+
+
 def _compact_table(first: str, names: list[str], headers: list[str], cells: list[list[str]], notes: list[str],
                    n_columns: int) -> str:
     """A table at most `COMPACT_WIDTH` characters wide and its notes: the first column (``first``,
     cells ``names``) is shortened to what the other columns leave of the width."""
-    # "| " + cells joined by " | " + " |"
-    others = sum(max(len(h), *(len(c) for c in col)) for h, col in zip(headers, cells)) + 3 * len(headers)
+    others = sum(_width(h, col) for h, col in zip(headers, cells)) + 3 * len(headers)  # "| " + cells joined by " | " + " |"
     room = max(12, COMPACT_WIDTH - 4 - others)
     table = _aligned_markdown([first, *headers], [[_shorten(n, room) for n in names], *cells])
     notes = [*notes, f"all {n_columns} columns: --wide, --csv or --json"]
