@@ -10,14 +10,14 @@ import numpy as np
 from .._concurrent import ordered_map
 from .._progress import progress as progress_bar
 from .._threads import get_num_threads
-from .._validation import check_fraction, check_int
+from .._validation import check_fraction
 from ..errors import DegenerateSampleWarning
 from ..io import Layer, load_layers
 from ..sparse import compressibility_curve
 from ._compare_tails import TailVerdict, compare_tails, tail_verdict
 from ._report import ElementTails, LayerReport, ModelReport
 from ._spectra import esd, single_threaded_blas, spectral_metrics, splits_into_blocks
-from ._tails import DEFAULT_RESAMPLES, element_sample, hill_and_powerlaw_kernel
+from ._tails import DEFAULT_RESAMPLES, check_resamples, element_sample, hill_and_powerlaw_kernel
 
 DEFAULT_KEEPS = (0.01, 0.05, 0.1, 0.25, 0.5)
 # Element fits scan every distinct |w| as xmin up to this many samples, a log-spaced grid of
@@ -87,7 +87,7 @@ def analyze(
     small ones are read at a time. Every number is identical at any thread count.
     """
     keeps = _check_keeps(keeps)
-    resamples = check_int(resamples, "resamples", low=1, high=1_000_000)
+    resamples = check_resamples(resamples)
     layers = load_layers(source, include=include, exclude=exclude)
     def row(layer: Layer) -> LayerReport:
         return _layer_report(layer, _layer_esd(layer) if spectral else None, elements=elements, keeps=keeps,
@@ -108,7 +108,7 @@ def analyze_layer(layer: Layer, *, spectral: bool = True, elements: bool = True,
     does not allow (NaN or Inf weights, or weights so large their squares overflow) is left out
     with a `DegenerateSampleWarning` naming the tensor and the reason."""
     return _layer_report(layer, _layer_esd(layer) if spectral else None, elements=elements, keeps=_check_keeps(keeps),
-                         tail_tests=tail_tests, resamples=check_int(resamples, "resamples", low=1, high=1_000_000))
+                         tail_tests=tail_tests, resamples=check_resamples(resamples))
 
 
 def _layer_esd(layer: Layer) -> np.ndarray | ValueError:
@@ -145,9 +145,11 @@ def _layer_report(layer: Layer, evals: np.ndarray | ValueError | None, *, elemen
             ccdf = _ccdf_summary(sample)
     if tail_tests and element_tails is not None:
         element_verdict = _tail_verdict(layer.name, "element", sample, element_tails.fit_xmin)
-    metrics = spectral_metrics(evals) if evals is not None else None
-    if tail_tests and metrics is not None and evals is not None and np.isfinite(metrics.xmin):
-        spectral_verdict = _tail_verdict(layer.name, "spectral", evals, metrics.xmin)
+    metrics = None
+    if evals is not None:
+        metrics = spectral_metrics(evals)
+        if tail_tests and np.isfinite(metrics.xmin):
+            spectral_verdict = _tail_verdict(layer.name, "spectral", evals, metrics.xmin)
     rel_error = None
     if keeps:
         try:

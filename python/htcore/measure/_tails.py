@@ -165,7 +165,7 @@ def _alpha_of(xi: float) -> float:
 
 
 def _estimate(method: str, x: Any, k: int | None, ci: float, random_state: Any, resamples: int) -> TailEstimate:
-    resamples = check_int(resamples, "resamples", low=1, high=1_000_000)
+    resamples = check_resamples(resamples)
     sample = _positive_sample(x)
     n = int(sample.size)
     level = check_fraction(ci, "ci")
@@ -185,6 +185,11 @@ def _estimate(method: str, x: Any, k: int | None, ci: float, random_state: Any, 
                         resamples=resamples, eps_stop=_DBS_EPS_STOP, cap_factor=_DBS_CAP_FACTOR,
                         rho_max=_RHO_MAX)
     return _from_kernel(method, out, n, level, auto_k=k is None)
+
+
+def check_resamples(resamples: Any) -> int:
+    """``resamples`` (bootstrap resamples per stage) as an int in [1, 10^6], else a clear error."""
+    return check_int(resamples, "resamples", low=1, high=1_000_000)
 
 
 def _seed(random_state: Any) -> int:
@@ -215,9 +220,8 @@ def hill_and_powerlaw_kernel(sample: np.ndarray, grid: int, random_state: Any = 
 
     For `htcore.analyze`, which measures both on every layer: ``sample`` must be what
     `element_sample` returns (1-D, finite, > 0, float32 or float64) with at least 20 values.
-    Raises ValueError where either call would.
+    Raises ValueError where either call would; ``resamples`` is taken as checked (`check_resamples`).
     """
-    resamples = check_int(resamples, "resamples", low=1, high=1_000_000)
     out = element_tails(x=sample, seed=_seed(random_state), resamples=resamples, eps_stop=_DBS_EPS_STOP,
                         cap_factor=_DBS_CAP_FACTOR, rho_max=_RHO_MAX, grid=grid)
     return _from_kernel("hill", out.hill, int(sample.size), 0.95, auto_k=True), out.fit
