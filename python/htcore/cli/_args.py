@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from typing import Callable
+from typing import Callable, TypeVar
 
 from .._text import plural as plural  # re-exported: the subcommands take it from here with the other helpers
 from .._threads import MAX_THREADS
+
+T = TypeVar("T")
 
 
 class UsageError(ValueError):
@@ -61,11 +63,23 @@ probability = real(0, 1, closed_high=False)  # the bound's failure probability d
 positive_real = real(0, math.inf, closed_high=False)  # a learning rate
 
 
+codebook_levels = integer(1, 256)  # codebook levels of k-means quantisation
+
+
+def comma_list(convert: Callable[[str], T]) -> Callable[[str], list[T]]:
+    """A converter of comma-separated values, each by ``convert`` ("4,8" -> [4, 8])."""
+
+    def parse(text: str) -> list[T]:
+        return [convert(part) for part in text.split(",")]
+
+    return parse
+
+
 def fractions(text: str) -> tuple[float, ...]:
     """Comma-separated fractions in (0, 1] ("0.01,0.1"), or "none" for none."""
     if text.strip().lower() == "none":
         return ()
-    return tuple(fraction(part) for part in text.split(","))
+    return tuple(comma_list(fraction)(text))
 
 
 def dataset(text: str) -> str:

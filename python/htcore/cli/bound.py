@@ -26,13 +26,23 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from ..datasets import Dataset, load_digits, load_fashion_mnist
 from ..runtime import Conv2d, Linear, save_compressed
-from ._args import UsageError, add_command, dataset, positive_int, probability
+from ._args import (
+    UsageError,
+    add_command,
+    codebook_levels,
+    comma_list,
+    dataset,
+    plural,
+    positive_int,
+    positive_real,
+    probability,
+)
 from ._model import read_model
 
 
@@ -83,22 +93,6 @@ def default_grid(model: Any) -> list[dict]:
             for keep in (0.02, 0.05, 0.1) for levels in default_levels(model)]
 
 
-def _numbers(kind: type) -> Callable[[str], list]:
-    """An argparse type: a comma list of positive numbers of ``kind`` (int or float)."""
-
-    def parse(text: str) -> list:
-        try:
-            values = [kind(float(t)) if kind is int and float(t).is_integer() else kind(t) for t in text.split(",")]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {'integers' if kind is int else 'numbers'}, "
-                                             f"got {text!r}") from None
-        if any(not 0 < v < float("inf") for v in values):
-            raise argparse.ArgumentTypeError(f"expected positive finite numbers, got {text!r}")
-        return values
-
-    return parse
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "bound", "certify a generalization bound for a compressed model", __doc__)
     p.add_argument("model", help="model file (.safetensors from htcore.save_compressed; an MLP or a CNN), or a .pt2 or "
@@ -114,14 +108,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="MODEL is dense: compress it over the default grid, or one setting per --budget "
                         "(3 epochs of masked fine-tuning each), certify every setting charging ceil log2(settings), "
                         "and report the tightest")
-    p.add_argument("--budget", type=_numbers(float), action="append", metavar="B[,B...]",
+    p.add_argument("--budget", type=comma_list(positive_real), action="append", metavar="B[,B...]",
                    help="with --search: total budgets instead of the default grid, one setting each, per-layer keeps "
                         "from htcore.allocate (method 'curve'); the unit is --budget-unit (default: weight entries "
                         "kept over all Linear/Conv2d layers); repeatable or a comma list")
     p.add_argument("--budget-unit", choices=("nnz", "bits"), default="nnz",
                    help="what a --budget counts: nnz = weight entries kept in total (default), bits = bits of kept "
                         "values (32 each) and positions (ceil log2 of the matrix size each), allocate's cost model")
-    p.add_argument("--levels", type=_numbers(int), metavar="L[,L...]",
+    p.add_argument("--levels", type=comma_list(codebook_levels), metavar="L[,L...]",
                    help="with --budget: codebook levels tried for every budget (default 4,8,16 for an MLP, 4,8 for a CNN)")
     p.add_argument("--workers", type=positive_int, metavar="N",
                    help="with --search: certify the settings on N local worker processes (default: in this process)")
@@ -284,7 +278,7 @@ def _print_report(report: Any, data: Dataset) -> None:
              f"{t.elias_fano_bits:,}", f"{t.value_bits:,} ({t.values_code})", f"{t.total_bits:,}"] for t in code.tensors]
     rows += [["architecture", *[""] * 7, code.architecture_bits],
              ["self-delimiting length", *[""] * 7, code.self_delimiting_bits],
-             [f"search ({code.settings_tried} setting{'s' if code.settings_tried > 1 else ''})", *[""] * 7, code.search_bits],
+             [f"search ({plural(code.settings_tried, 'setting')})", *[""] * 7, code.search_bits],
              ["**total**", "", "", f"{code.nnz:,}", *[""] * 4, f"**{code.total_bits:,}**"]]
     print(_markdown(["tensor", "kind", "shape", "stored values k", "bits for k", "positions", "(Elias-Fano)",
                      "values (code)", "total"], rows, left=3))

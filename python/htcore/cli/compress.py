@@ -13,7 +13,17 @@ from __future__ import annotations
 import argparse
 
 from ..runtime import save_compressed
-from ._args import UsageError, add_command, count, dataset, fraction, integer, named_fraction, plural, positive_real
+from ._args import (
+    UsageError,
+    add_command,
+    codebook_levels,
+    count,
+    dataset,
+    fraction,
+    named_fraction,
+    plural,
+    positive_real,
+)
 from ._model import read_model
 
 
@@ -26,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-layer", nargs="+", type=named_fraction, default=[], metavar="NAME=FRACTION",
                    help="keep fraction per Linear or Conv2d layer, by its index in the layer list (0, 3, ...) "
                         "or a glob pattern ('*' for all); a name beats a pattern, a later pattern an earlier one")
-    p.add_argument("--levels", type=integer(1, 256), metavar="N",
+    p.add_argument("--levels", type=codebook_levels, metavar="N",
                    help="quantise kept values to this many codebook levels, 1 to 256 (k-means)")
     p.add_argument("--float16-biases", action="store_true", help="round biases to float16 (16 bits each in the code)")
     p.add_argument("--data", type=dataset, help="training data for fine-tuning: fashion-mnist, digits or PATH.npz")
