@@ -15,6 +15,7 @@
 #include <cstring>
 #include <memory>
 #include <new>
+#include <utility>
 #include <vector>
 
 #include "parallel.hpp"
@@ -31,10 +32,42 @@ constexpr std::size_t kParallelMin = std::size_t{1} << 20;  // smaller samples s
 // Number of buckets (as bits) for m samples: about m / 8, at most 2^kMaxBits.
 int split_bits(std::size_t m) { return std::clamp(64 - __builtin_clzll(m) - 3, 1, kMaxBits); }
 
+// A positive value's bits as an unsigned integer: the same order as the values.
 std::uint64_t key_of(double v) {
   std::uint64_t k;
   std::memcpy(&k, &v, sizeof k);
   return k;
+}
+
+std::uint32_t key_of(float v) {
+  std::uint32_t k;
+  std::memcpy(&k, &v, sizeof k);
+  return k;
+}
+
+// Samples below this size are sorted by std::sort: the radix passes would not pay.
+constexpr std::size_t kSmallSort = std::size_t{1} << 14;
+
+// x[0..size) widened to doubles and sorted by std::sort.
+template <class T>
+std::unique_ptr<double[]> std_sorted(const T* x, std::size_t size) {
+  std::unique_ptr<double[]> out(new double[size]);
+  std::copy(x, x + size, out.get());
+  std::sort(out.get(), out.get() + size);
+  return out;
+}
+
+// The smallest and largest key_of over x[0..size), size >= 1.
+template <class T>
+auto key_range(const T* x, std::size_t size, int threads) {
+  auto lo = key_of(x[0]), hi = lo;
+#pragma omp parallel for num_threads(threads) reduction(min : lo) reduction(max : hi)
+  for (std::size_t i = 0; i < size; ++i) {
+    const auto k = key_of(x[i]);
+    lo = std::min(lo, k);
+    hi = std::max(hi, k);
+  }
+  return std::make_pair(lo, hi);
 }
 
 // Shift that maps keys in [lo, hi] to at most 2^bits buckets: (key - lo) >> shift.
@@ -72,23 +105,13 @@ void msd_sort(double* a, double* b, std::size_t m) {
   std::memcpy(a, b, m * sizeof(double));
 }
 
-template <class T>
-std::unique_ptr<double[]> sort_widened(const T* x, std::int64_t n) {
+std::unique_ptr<double[]> sort_double(const double* x, std::int64_t n) {
   const std::size_t size = static_cast<std::size_t>(n);
+  if (size < kSmallSort) return std_sorted(x, size);
   std::unique_ptr<double[]> out(new double[size]);
-  if (size < (1u << 14)) {
-    std::copy(x, x + size, out.get());
-    std::sort(out.get(), out.get() + size);
-    return out;
-  }
   const int threads = size >= kParallelMin ? htcore::num_threads() : 1;
-  std::uint64_t lo = key_of(static_cast<double>(x[0])), hi = lo;
-#pragma omp parallel for num_threads(threads) reduction(min : lo) reduction(max : hi)
-  for (std::size_t i = 0; i < size; ++i) {
-    const std::uint64_t k = key_of(static_cast<double>(x[i]));
-    lo = std::min(lo, k);
-    hi = std::max(hi, k);
-  }
+  const auto range = key_range(x, size, threads);
+  const std::uint64_t lo = range.first, hi = range.second;
   if (lo == hi) {
     std::copy(x, x + size, out.get());
     return out;
@@ -105,7 +128,7 @@ std::unique_ptr<double[]> sort_widened(const T* x, std::int64_t n) {
                       parts = static_cast<std::size_t>(omp_get_num_threads());
     const std::size_t begin = size * t / parts, end = size * (t + 1) / parts;
     std::size_t* mine = &counts[t * kBuckets];
-    for (std::size_t i = begin; i < end; ++i) ++mine[(key_of(static_cast<double>(x[i])) - lo) >> shift];
+    for (std::size_t i = begin; i < end; ++i) ++mine[(key_of(x[i]) - lo) >> shift];
 #pragma omp barrier
 #pragma omp single
     {
@@ -120,7 +143,7 @@ std::unique_ptr<double[]> sort_widened(const T* x, std::int64_t n) {
       }
       start[kBuckets] = offset;
     }
-    for (std::size_t i = begin; i < end; ++i) out[mine[(key_of(static_cast<double>(x[i])) - lo) >> shift]++] = x[i];
+    for (std::size_t i = begin; i < end; ++i) out[mine[(key_of(x[i]) - lo) >> shift]++] = x[i];
 #pragma omp barrier
     std::unique_ptr<double[]> scratch;
     std::size_t scratch_size = 0;
@@ -152,28 +175,13 @@ std::unique_ptr<double[]> sort_widened(const T* x, std::int64_t n) {
 // histogram per part), so the result is the same at any thread count.
 constexpr int kDigitBits = 11;
 
-std::uint32_t key_of(float v) {
-  std::uint32_t k;
-  std::memcpy(&k, &v, sizeof k);
-  return k;
-}
-
 std::unique_ptr<double[]> sort_float(const float* x, std::int64_t n) {
   const std::size_t size = static_cast<std::size_t>(n);
+  if (size < kSmallSort) return std_sorted(x, size);
   std::unique_ptr<double[]> out(new double[size]);
-  if (size < (1u << 14)) {
-    std::copy(x, x + size, out.get());
-    std::sort(out.get(), out.get() + size);
-    return out;
-  }
   const int threads = size >= kParallelMin ? htcore::num_threads() : 1;
-  std::uint32_t lo = key_of(x[0]), hi = lo;
-#pragma omp parallel for num_threads(threads) reduction(min : lo) reduction(max : hi)
-  for (std::size_t i = 0; i < size; ++i) {
-    const std::uint32_t k = key_of(x[i]);
-    lo = std::min(lo, k);
-    hi = std::max(hi, k);
-  }
+  const auto range = key_range(x, size, threads);
+  const std::uint32_t lo = range.first, hi = range.second;
   int passes = 0;
   for (std::uint32_t span = hi - lo; span != 0; span >>= kDigitBits) ++passes;
   auto* keys = reinterpret_cast<std::uint32_t*>(out.get());  // 2 * size keys fit in size doubles
@@ -223,7 +231,7 @@ std::unique_ptr<double[]> sort_float(const float* x, std::int64_t n) {
 
 }  // namespace
 
-std::unique_ptr<double[]> sorted_positive(const double* x, std::int64_t n) { return sort_widened(x, n); }
+std::unique_ptr<double[]> sorted_positive(const double* x, std::int64_t n) { return sort_double(x, n); }
 std::unique_ptr<double[]> sorted_positive(const float* x, std::int64_t n) { return sort_float(x, n); }
 
 }  // namespace htcore
