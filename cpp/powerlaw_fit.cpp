@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -26,6 +27,7 @@
 #include "errors.hpp"
 #include "parallel.hpp"
 #include "tails.hpp"
+#include "vector_math.hpp"
 
 namespace htcore {
 
@@ -62,8 +64,7 @@ DistinctTail distinct_values(double* sorted, std::int64_t n) {
 
 void to_logs(double* values, DistinctTail& t) {
   const std::int64_t m = t.size();
-#pragma omp parallel for num_threads(htcore::num_threads()) schedule(static) if (m > 100000)
-  for (std::int64_t j = 0; j < m; ++j) values[j] = std::log(values[j]);
+  log_values(values, m, values);
   t.log_value = values;
 }
 
@@ -86,6 +87,34 @@ void add_log_sums(const DistinctTail& t, std::vector<Candidate>& candidates) {
   }
 }
 
+// b as a double, for 0 <= b < 2^52: the bits of 2^52 + b, minus 2^52 (exact; unlike a cast, this
+// vectorises without AVX-512).
+inline double small_count(std::int64_t b) {
+  const std::uint64_t bits = static_cast<std::uint64_t>(b) | 0x4330000000000000ull;
+  double d;
+  std::memcpy(&d, &bits, sizeof d);
+  return d - 0x1p52;
+}
+
+// |T_j - A_j| = |(1 - e^(slope (ln u_j - ln xmin))) / Z - (below_j - below_i) / n_t|: the fitted CDF
+// (slope = 1 - a < 0, so the exponent is <= 0) against the empirical one. One expression for the
+// scalar and the block evaluations, so they agree bit for bit.
+inline double ks_gap(double log_value, std::int64_t below, double log_xmin, double slope, double inv_z,
+                     double below_i, double inv_n) {
+  const double fitted = (1.0 - exp_nonpositive(slope * (log_value - log_xmin))) * inv_z;
+  return std::fabs(fitted - (small_count(below) - below_i) * inv_n);
+}
+
+// out[t] = ks_gap at j = j0 + t, t < count: the inner loop of the fit (its exponentials vectorise).
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target_clones("avx2", "default")))
+#endif
+void ks_gaps(const double* log_value, const std::int64_t* below, std::int64_t j0, int count, double log_xmin,
+             double slope, double inv_z, double below_i, double inv_n, double* out) {
+  for (int t = 0; t < count; ++t)
+    out[t] = ks_gap(log_value[j0 + t], below[j0 + t], log_xmin, slope, inv_z, below_i, inv_n);
+}
+
 // One candidate's fitted model and the evaluation of |T_j - A_j|.
 class TailModel {
  public:
@@ -96,23 +125,31 @@ class TailModel {
     const double z = std::isfinite(log_xmax) ? -std::expm1((1.0 - exponent_) * (log_xmax - c.log_xmin)) : 1.0;
     inv_z_ = 1.0 / z;
     inv_n_ = 1.0 / static_cast<double>(n_tail_);
+    below_i_ = small_count(t.below[static_cast<std::size_t>(c.i)]);
   }
   double exponent() const { return exponent_; }
   std::int64_t n_tail() const { return n_tail_; }
   double inv_n() const { return inv_n_; }
   double fitted(std::int64_t j) const {
-    return -std::expm1((1.0 - exponent_) * (t_.log_value[j] - c_.log_xmin)) * inv_z_;
+    return (1.0 - exp_nonpositive((1.0 - exponent_) * (t_.log_value[j] - c_.log_xmin))) * inv_z_;
   }
   double empirical(std::int64_t j) const {
-    return static_cast<double>(t_.below[static_cast<std::size_t>(j)] - t_.below[static_cast<std::size_t>(c_.i)]) *
-           inv_n_;
+    return (small_count(t_.below[static_cast<std::size_t>(j)]) - below_i_) * inv_n_;
+  }
+  double gap(std::int64_t j) const {
+    return ks_gap(t_.log_value[j], t_.below[static_cast<std::size_t>(j)], c_.log_xmin, 1.0 - exponent_, inv_z_,
+                  below_i_, inv_n_);
+  }
+  // out[t] = gap(j0 + t) for t < count.
+  void gaps(std::int64_t j0, int count, double* out) const {
+    ks_gaps(t_.log_value, t_.below.data(), j0, count, c_.log_xmin, 1.0 - exponent_, inv_z_, below_i_, inv_n_, out);
   }
 
  private:
   const DistinctTail& t_;
   Candidate c_;
   std::int64_t n_tail_ = 0;
-  double exponent_ = 0, inv_z_ = 1, inv_n_ = 1;
+  double exponent_ = 0, inv_z_ = 1, inv_n_ = 1, below_i_ = 0;
 };
 
 void atomic_min(std::atomic<double>& target, double value) {
@@ -127,30 +164,33 @@ double ks_distance_or_prune(const TailModel& model, std::int64_t first, std::int
                             const std::atomic<double>& tau, std::int64_t& hint) {
   const double bound = tau.load(std::memory_order_relaxed);
   if (hint > first && hint <= last) {
-    if (std::fabs(model.fitted(hint) - model.empirical(hint)) > bound) return kInf;
+    if (model.gap(hint) > bound) return kInf;
   }
-  // Coarse pass.
+  // Coarse pass over every stride-th point and the last (buffers reused across candidates).
   const std::int64_t span = last - first;
   const std::int64_t stride =
       std::max<std::int64_t>(1, static_cast<std::int64_t>(std::sqrt(static_cast<double>(span))));
-  std::vector<std::int64_t> points;
-  for (std::int64_t j = first; j < last; j += stride) points.push_back(j);
-  points.push_back(last);
-  std::vector<double> fit(points.size()), emp(points.size());
+  thread_local std::vector<std::int64_t> points;
+  thread_local std::vector<double> fit, emp;
+  points.clear();
+  fit.clear();
+  emp.clear();
   double best = 0;
   std::int64_t where = first;
-  for (std::size_t p = 0; p < points.size(); ++p) {
-    fit[p] = model.fitted(points[p]);
-    emp[p] = model.empirical(points[p]);
-    const double d = std::fabs(fit[p] - emp[p]);
+  for (std::int64_t j = first;; j = std::min(j + stride, last)) {
+    points.push_back(j);
+    fit.push_back(model.fitted(j));
+    emp.push_back(model.empirical(j));
+    const double d = std::fabs(fit.back() - emp.back());
     if (d > best) {
       best = d;
-      where = points[p];
+      where = j;
       if (best > tau.load(std::memory_order_relaxed)) {
         hint = where;
         return kInf;
       }
     }
+    if (j == last) break;
   }
   // Refine the intervals that could hold a larger difference, most promising first.
   std::vector<std::pair<double, std::size_t>> open;
@@ -160,13 +200,18 @@ double ks_distance_or_prune(const TailModel& model, std::int64_t first, std::int
     if (ub > best) open.emplace_back(ub, p);
   }
   std::sort(open.begin(), open.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  constexpr int kBlock = 256;
+  double gaps[kBlock];
   for (const auto& [ub, p] : open) {
     if (ub <= best) break;
-    for (std::int64_t j = points[p] + 1; j < points[p + 1]; ++j) {
-      const double d = std::fabs(model.fitted(j) - model.empirical(j));
-      if (d > best) {
-        best = d;
-        where = j;
+    for (std::int64_t j0 = points[p] + 1; j0 < points[p + 1]; j0 += kBlock) {
+      const int count = static_cast<int>(std::min<std::int64_t>(kBlock, points[p + 1] - j0));
+      model.gaps(j0, count, gaps);
+      for (int t = 0; t < count; ++t) {
+        if (gaps[t] > best) {
+          best = gaps[t];
+          where = j0 + t;
+        }
       }
     }
     if (best > tau.load(std::memory_order_relaxed)) {
@@ -187,23 +232,23 @@ std::vector<Candidate> make_candidates(const double* u, std::int64_t m, double f
     require(i <= m - 2 || (i == m - 1 && u[i] > fixed_xmin), [&] {
       return "xmin = " + std::to_string(fixed_xmin) + " leaves fewer than 2 distinct tail values to fit";
     });
-    out.push_back({i, fixed_xmin, std::log(fixed_xmin)});
+    out.push_back({i, fixed_xmin, log_positive(fixed_xmin)});
     return out;
   }
   require(m >= 2,
           [&] { return "the power-law fit needs at least 2 distinct sample values, got " + std::to_string(m); });
   if (grid <= 0 || grid >= m - 1) {
     out.reserve(static_cast<std::size_t>(m - 1));
-    for (std::int64_t i = 0; i + 1 < m; ++i) out.push_back({i, u[i], std::log(u[i])});
+    for (std::int64_t i = 0; i + 1 < m; ++i) out.push_back({i, u[i], log_positive(u[i])});
     return out;
   }
-  const double lo = std::log(u[0]), hi = std::log(u[m - 2]);
+  const double lo = log_positive(u[0]), hi = log_positive(u[m - 2]);
   for (std::int64_t g = 0; g < grid; ++g) {
     const double target = grid == 1 ? lo : lo + (hi - lo) * static_cast<double>(g) / static_cast<double>(grid - 1);
     // lower_bound over ln u_j computed on demand: the same comparisons as over the stored logs.
-    std::int64_t i = std::lower_bound(u, u + m, target, [](double v, double x) { return std::log(v) < x; }) - u;
+    std::int64_t i = std::lower_bound(u, u + m, target, [](double v, double x) { return log_positive(v) < x; }) - u;
     i = std::min(i, m - 2);
-    if (out.empty() || out.back().i != i) out.push_back({i, u[i], std::log(u[i])});
+    if (out.empty() || out.back().i != i) out.push_back({i, u[i], log_positive(u[i])});
   }
   return out;
 }
@@ -217,7 +262,7 @@ PowerLawResult fit_sorted_powerlaw(double* sorted, std::int64_t n, double xmax, 
   std::vector<Candidate> candidates = make_candidates(sorted, tail.size(), fixed_xmin, grid);
   to_logs(sorted, tail);
   add_log_sums(tail, candidates);
-  const double log_xmax = std::isfinite(xmax) ? std::log(xmax) : kInf;
+  const double log_xmax = std::isfinite(xmax) ? log_positive(xmax) : kInf;
   const std::int64_t count = static_cast<std::int64_t>(candidates.size());
   const std::int64_t last = tail.size() - 1;
 

@@ -13,11 +13,14 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <limits>
+#include <string>
 #include <memory>
 #include <new>
 #include <utility>
 #include <vector>
 
+#include "errors.hpp"
 #include "parallel.hpp"
 #include "tails.hpp"
 
@@ -229,9 +232,45 @@ std::unique_ptr<double[]> sort_float(const float* x, std::int64_t n) {
   return out;
 }
 
+// |w| of the nonzero entries of w[0..size), in their order, and their number; throws on NaN or Inf.
+// One pass without branches on the data (the entries of pruned weights are zero at random).
+template <class T>
+std::pair<std::unique_ptr<T[]>, std::int64_t> nonzero_magnitudes(const T* w, std::int64_t size) {
+  using Key = decltype(key_of(T{}));
+  constexpr Key kSign = Key{1} << (8 * sizeof(Key) - 1);
+  const Key infinity = key_of(std::numeric_limits<T>::infinity());
+  std::unique_ptr<T[]> out(new T[static_cast<std::size_t>(std::max<std::int64_t>(size, 1))]);
+  std::int64_t m = 0, non_finite = 0;
+  for (std::int64_t i = 0; i < size; ++i) {
+    const Key key = key_of(w[i]) & ~kSign;
+    T magnitude;
+    std::memcpy(&magnitude, &key, sizeof magnitude);
+    out[m] = magnitude;
+    m += key != 0;
+    non_finite += key >= infinity;
+  }
+  if (non_finite > 0)
+    fail("W contains " + std::to_string(non_finite) + " non-finite value(s) (NaN or Inf)");
+  return {std::move(out), m};
+}
+
+template <class T>
+std::unique_ptr<double[]> sorted_magnitudes_of(const T* w, std::int64_t size, std::int64_t* n) {
+  auto [magnitudes, m] = nonzero_magnitudes(w, size);
+  *n = m;
+  return sorted_positive(magnitudes.get(), m);
+}
+
 }  // namespace
 
 std::unique_ptr<double[]> sorted_positive(const double* x, std::int64_t n) { return sort_double(x, n); }
 std::unique_ptr<double[]> sorted_positive(const float* x, std::int64_t n) { return sort_float(x, n); }
+
+std::unique_ptr<double[]> sorted_magnitudes(const double* w, std::int64_t size, std::int64_t* n) {
+  return sorted_magnitudes_of(w, size, n);
+}
+std::unique_ptr<double[]> sorted_magnitudes(const float* w, std::int64_t size, std::int64_t* n) {
+  return sorted_magnitudes_of(w, size, n);
+}
 
 }  // namespace htcore

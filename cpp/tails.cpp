@@ -12,6 +12,7 @@
 #include "errors.hpp"
 #include "parallel.hpp"
 #include "splitmix64.hpp"
+#include "vector_math.hpp"
 
 namespace htcore {
 
@@ -38,7 +39,7 @@ void log_excess_moments(LogAt log_at, std::int64_t k, double* m1, double* m2) {
 
 // ln X_(i+1) of an ascending-sorted sample, computed on demand.
 auto sorted_log(const double* sorted, std::int64_t n) {
-  return [sorted, n](std::int64_t i) { return std::log(sorted[n - 1 - i]); };
+  return [sorted, n](std::int64_t i) { return log_positive(sorted[n - 1 - i]); };
 }
 
 std::string ties_message(const char* what, std::int64_t k) {
@@ -137,30 +138,6 @@ class Rng {
   }
   std::uint64_t s_[4];
 };
-
-// -ln u for 2^-64 <= u <= 1, within 1 ulp of -std::log(u) (equal in about 91% of cases): u = 2^e m
-// with m in [sqrt(1/2), sqrt(2)), ln m = ln(1 + f) = 2 atanh(s), s = f / (2 + f), |s| < 0.172,
-// by its Taylor series to s^23 (truncation below 2^-60 relative), arranged as
-// f - (f^2/2 - s (f^2/2 + R)), R = sum_{j>=1} 2 s^(2j) / (2j + 1), so that no rounding of f is
-// amplified; e ln 2 is split into a part exact for |e| < 2^21 and a correction. Plain arithmetic
-// without branches or calls, so loops over it vectorise.
-inline double neg_log_unit(double u) {
-  constexpr double kLn2Hi = 0x1.62e42feep-1, kLn2Lo = 0x1.a39ef35793c76p-33;  // kLn2Hi + kLn2Lo = ln 2
-  std::uint64_t bits;
-  std::memcpy(&bits, &u, sizeof bits);
-  // q = e + 64 (>= 0 for u >= 2^-64), from the bits of u / sqrt(1/2).
-  const std::uint64_t q = (bits - 0x3FE6A09E667F3BCDull + (64ull << 52)) >> 52;
-  const std::uint64_t mantissa = bits - (q << 52) + (64ull << 52), exponent = q | 0x4330000000000000ull;
-  double m, e;
-  std::memcpy(&m, &mantissa, sizeof m);
-  std::memcpy(&e, &exponent, sizeof e);
-  e = (e - 0x1p52) - 64.0;
-  const double f = m - 1.0, s = f / (2.0 + f), z = s * s;
-  double p = 2.0 / 23;
-  for (int j = 10; j >= 1; --j) p = p * z + 2.0 / (2 * j + 1);
-  const double r = z * p, half_f2 = 0.5 * f * f;
-  return -(e * kLn2Hi + ((f - (half_f2 - s * (half_f2 + r))) + e * kLn2Lo));
-}
 
 // v[j] = -ln v[j] for v[j] in [2^-64, 1]. The AVX2 clone uses the same IEEE operations (AVX2 has
 // no FMA to contract into), so every clone gives the same bits.
@@ -511,7 +488,8 @@ DoubleBootstrap double_bootstrap(TailMethod method, const double* logs, std::int
 namespace {
 
 // Sums of N per-index terms over i = 1..count, in a fixed number of chunks added in order, so the
-// result does not depend on the thread count. add(i, acc) adds the terms of index i to acc[0..N).
+// result does not depend on the thread count. add(begin, end, acc) adds the terms of indices
+// begin..end - 1 to acc[0..N), in index order.
 template <int N, class Add>
 std::array<double, N> chunked_sums(std::int64_t count, Add add) {
   constexpr int kChunks = 64;
@@ -519,13 +497,25 @@ std::array<double, N> chunked_sums(std::int64_t count, Add add) {
 #pragma omp parallel for num_threads(htcore::num_threads()) schedule(static) if (count > 100000)
   for (int c = 0; c < kChunks; ++c) {
     std::array<double, N> acc{};
-    for (std::int64_t i = 1 + c * count / kChunks; i <= (c + 1) * count / kChunks; ++i) add(i, acc.data());
+    add(1 + c * count / kChunks, 1 + (c + 1) * count / kChunks, acc.data());
     partial[static_cast<std::size_t>(c)] = acc;
   }
   std::array<double, N> total{};
   for (const auto& acc : partial)
     for (int j = 0; j < N; ++j) total[static_cast<std::size_t>(j)] += acc[static_cast<std::size_t>(j)];
   return total;
+}
+
+// out[j] = (i / kd)^(-rho) for i = begin + j, j < count (1 <= i <= kd, rho < 0), as e^(rho (-ln(i / kd))):
+// the vectorised log and exp of vector_math.hpp instead of one std::pow per index (which took as
+// long as the rest of the tail estimate's second-order step and sort together on large samples).
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target_clones("avx2", "default")))
+#endif
+void rank_weights(std::int64_t begin, int count, double kd, double rho, double* out) {
+  const double first = static_cast<double>(begin);
+  for (int j = 0; j < count; ++j)  // (an int offset: int64 -> double conversions do not vectorise before AVX-512)
+    out[j] = exp_nonpositive(rho * neg_log_unit((first + static_cast<double>(j)) / kd));
 }
 
 }  // namespace
@@ -539,11 +529,13 @@ SecondOrder second_order(const double* logs, std::int64_t n, double rho_max) {
   const double ref = logs[k1];  // ln X_(k1+1)
   // Log excesses over X_(k1+1), and the scaled log spacings U_i = i (ln X_(i) - ln X_(i+1)).
   auto spacing = [logs](std::int64_t i) { return static_cast<double>(i) * (logs[i - 1] - logs[i]); };
-  const auto m = chunked_sums<3>(k1, [&](std::int64_t i, double* acc) {
-    const double d = logs[i - 1] - ref;
-    acc[0] += d;
-    acc[1] += d * d;
-    acc[2] += d * d * d;
+  const auto m = chunked_sums<3>(k1, [&](std::int64_t begin, std::int64_t end, double* acc) {
+    for (std::int64_t i = begin; i < end; ++i) {
+      const double d = logs[i - 1] - ref;
+      acc[0] += d;
+      acc[1] += d * d;
+      acc[2] += d * d * d;
+    }
   });
   const double m1 = m[0] / kd, m2 = m[1] / kd, m3 = m[2] / kd;
   // Fraga Alves, Gomes & de Haan (2003), tau = 0.
@@ -552,33 +544,56 @@ SecondOrder second_order(const double* logs, std::int64_t n, double rho_max) {
   // Gomes & Martins (2002): beta = (k1/n)^rho (d(rho) D(0) - D(rho)) / (d(rho) D(rho) - D(2 rho)),
   // d(a) = mean of (i/k1)^(-a), D(a) = mean of (i/k1)^(-a) U_i.
   const double rho = out.rho;
-  const auto w = chunked_sums<4>(k1, [&](std::int64_t i, double* acc) {
-    const double u = spacing(i), weight = std::pow(static_cast<double>(i) / kd, -rho);
-    acc[0] += weight;
-    acc[1] += u;
-    acc[2] += weight * u;
-    acc[3] += weight * weight * u;
+  const auto w = chunked_sums<4>(k1, [&](std::int64_t begin, std::int64_t end, double* acc) {
+    constexpr std::int64_t kBlock = 256;
+    double weights[kBlock];
+    for (std::int64_t b = begin; b < end; b += kBlock) {
+      const std::int64_t e = std::min(end, b + kBlock);
+      rank_weights(b, static_cast<int>(e - b), kd, rho, weights);
+      for (std::int64_t i = b; i < e; ++i) {
+        const double u = spacing(i), weight = weights[i - b];
+        acc[0] += weight;
+        acc[1] += u;
+        acc[2] += weight * u;
+        acc[3] += weight * weight * u;
+      }
+    }
   });
   const double d_rho = w[0] / kd, d0 = w[1] / kd, d1 = w[2] / kd, d2 = w[3] / kd;
   out.beta = std::pow(kd / static_cast<double>(n), rho) * (d_rho * d0 - d1) / (d_rho * d1 - d2);
   return out;
 }
 
+namespace {
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target_clones("avx2", "default")))
+#endif
+void log_values_serial(const double* x, std::int64_t m, double* out) {
+  for (std::int64_t i = 0; i < m; ++i) out[i] = log_positive(x[i]);
+}
+
+}  // namespace
+
+void log_values(const double* x, std::int64_t m, double* out) {
+  constexpr int kParts = 16;  // fixed contiguous parts: the same values at any thread count
+#pragma omp parallel for num_threads(htcore::num_threads()) schedule(static) if (m > 100000)
+  for (int p = 0; p < kParts; ++p) {
+    const std::int64_t begin = m * p / kParts, end = m * (p + 1) / kParts;
+    log_values_serial(x + begin, end - begin, out + begin);
+  }
+}
+
 std::unique_ptr<double[]> descending_logs(const double* sorted, std::int64_t n) {
   std::unique_ptr<double[]> logs(new double[static_cast<std::size_t>(n)]);
-#pragma omp parallel for num_threads(htcore::num_threads()) schedule(static) if (n > 100000)
-  for (std::int64_t i = 0; i < n; ++i) logs[i] = std::log(sorted[n - 1 - i]);
+  std::reverse_copy(sorted, sorted + n, logs.get());
+  log_values(logs.get(), n, logs.get());
   return logs;
 }
 
 void to_descending_logs(double* sorted, std::int64_t n) {
-#pragma omp parallel for num_threads(htcore::num_threads()) schedule(static) if (n > 100000)
-  for (std::int64_t i = 0; i < n / 2; ++i) {
-    const double low = sorted[i], high = sorted[n - 1 - i];
-    sorted[i] = std::log(high);
-    sorted[n - 1 - i] = std::log(low);
-  }
-  if (n % 2 != 0) sorted[n / 2] = std::log(sorted[n / 2]);
+  std::reverse(sorted, sorted + n);
+  log_values(sorted, n, sorted);
 }
 
 namespace {
@@ -616,15 +631,39 @@ TailEstimate estimate_tail_of(TailMethod method, const T* x, std::int64_t n, std
   return out;
 }
 
+// The CCDF points of element_statistics (tails.hpp) from the ascending-sorted sample.
+void sorted_ccdf(const double* sorted, std::int64_t n, int points, std::vector<double>& x, std::vector<double>& p) {
+  const double lo = std::log10(sorted[0]), hi = std::log10(sorted[n - 1]);
+  const int count = sorted[n - 1] > sorted[0] ? points : 1;
+  x.resize(static_cast<std::size_t>(count));
+  p.resize(static_cast<std::size_t>(count));
+  for (int j = 0; j < count; ++j) {
+    const double at = j == 0 ? sorted[0] : std::pow(10.0, lo + (hi - lo) * j / points);
+    const std::int64_t below = std::lower_bound(sorted, sorted + n, at) - sorted;
+    x[static_cast<std::size_t>(j)] = at;
+    p[static_cast<std::size_t>(j)] = static_cast<double>(n - below) / static_cast<double>(n);
+  }
+}
+
 template <class T>
-ElementTails element_tails_of(const T* x, std::int64_t n, std::uint64_t seed, const DoubleBootstrapOptions& options,
-                              double rho_max, std::int64_t grid) {
-  const std::unique_ptr<double[]> sorted = sorted_positive(x, n);
-  ElementTails out;
-  out.hill = auto_k_estimate(TailMethod::hill, descending_logs(sorted.get(), n).get(), n, seed, options, rho_max, true);
-  // The logs are freed before the fit, whose own working set (ranks of the distinct values) is as large.
-  out.fit = fit_sorted_powerlaw(sorted.get(), n, std::numeric_limits<double>::infinity(),
-                                std::numeric_limits<double>::quiet_NaN(), grid);
+ElementStatistics element_statistics_of(const T* w, std::int64_t size, std::uint64_t seed,
+                                        const DoubleBootstrapOptions& options, double rho_max, std::int64_t grid,
+                                        int ccdf_points, std::int64_t min_samples) {
+  ElementStatistics out;
+  const std::unique_ptr<double[]> sorted = sorted_magnitudes(w, size, &out.n);
+  const std::int64_t n = out.n;
+  if (n == 0 || n < min_samples) return out;
+  if (ccdf_points > 0) sorted_ccdf(sorted.get(), n, ccdf_points, out.ccdf_x, out.ccdf_p);
+  try {
+    out.tails.hill =
+        auto_k_estimate(TailMethod::hill, descending_logs(sorted.get(), n).get(), n, seed, options, rho_max, true);
+    // The logs are freed before the fit, whose own working set (ranks of the distinct values) is as large.
+    out.tails.fit = fit_sorted_powerlaw(sorted.get(), n, std::numeric_limits<double>::infinity(),
+                                        std::numeric_limits<double>::quiet_NaN(), grid);
+    out.has_tails = true;
+  } catch (const std::invalid_argument& e) {  // ties that leave an estimate undefined
+    out.tails_error = e.what();
+  }
   return out;
 }
 
@@ -640,14 +679,16 @@ TailEstimate estimate_tail(TailMethod method, const float* x, std::int64_t n, st
   return estimate_tail_of(method, x, n, k, seed, options, rho_max);
 }
 
-ElementTails element_tails(const double* x, std::int64_t n, std::uint64_t seed, const DoubleBootstrapOptions& options,
-                           double rho_max, std::int64_t grid) {
-  return element_tails_of(x, n, seed, options, rho_max, grid);
+ElementStatistics element_statistics(const double* w, std::int64_t size, std::uint64_t seed,
+                                     const DoubleBootstrapOptions& options, double rho_max, std::int64_t grid,
+                                     int ccdf_points, std::int64_t min_samples) {
+  return element_statistics_of(w, size, seed, options, rho_max, grid, ccdf_points, min_samples);
 }
 
-ElementTails element_tails(const float* x, std::int64_t n, std::uint64_t seed, const DoubleBootstrapOptions& options,
-                           double rho_max, std::int64_t grid) {
-  return element_tails_of(x, n, seed, options, rho_max, grid);
+ElementStatistics element_statistics(const float* w, std::int64_t size, std::uint64_t seed,
+                                     const DoubleBootstrapOptions& options, double rho_max, std::int64_t grid,
+                                     int ccdf_points, std::int64_t min_samples) {
+  return element_statistics_of(w, size, seed, options, rho_max, grid, ccdf_points, min_samples);
 }
 
 }  // namespace htcore

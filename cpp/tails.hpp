@@ -9,6 +9,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 namespace htcore {
@@ -19,6 +20,16 @@ namespace htcore {
 // for the same values.
 std::unique_ptr<double[]> sorted_positive(const double* x, std::int64_t n);
 std::unique_ptr<double[]> sorted_positive(const float* x, std::int64_t n);
+// The same of |w| over the nonzero entries of w[0..size) (any sign), whose number goes to *n.
+// Throws std::invalid_argument, naming how many, when w has NaN or Inf entries.
+std::unique_ptr<double[]> sorted_magnitudes(const double* w, std::int64_t size, std::int64_t* n);
+std::unique_ptr<double[]> sorted_magnitudes(const float* w, std::int64_t size, std::int64_t* n);
+
+// out[i] = ln x[i] for i < m (x positive and finite; out may be x): the vectorised log of
+// vector_math.hpp, within 1 ulp of std::log, in parallel for large m (the same values at any thread
+// count). Every log of a sample value in the tail estimators and
+// the power-law fit is this one, so that values computed apart compare exactly.
+void log_values(const double* x, std::int64_t m, double* out);
 
 enum class TailMethod { hill, moments, pickands };
 
@@ -100,15 +111,31 @@ PowerLawResult fit_powerlaw(const float* x, std::int64_t n, double xmax, double 
 // The same fit of an ascending-sorted sample, which it overwrites (fit_powerlaw sorts a copy).
 PowerLawResult fit_sorted_powerlaw(double* sorted, std::int64_t n, double xmax, double fixed_xmin, std::int64_t grid);
 
-// What htcore.analyze measures on a layer's |w|: auto-k Hill (estimate_tail(hill, k = 0)) and the
-// power-law fit without xmax (fit_powerlaw(x, +inf, NaN, grid)), bit for bit, from one sort.
+// What htcore.analyze measures on the entries of a weight array w[0..size) (any sign, zeros allowed),
+// from one sort of the magnitudes of its nonzero entries (the element sample, n of them):
+// - the CCDF at ccdf_points log-spaced x from the smallest to the largest magnitude,
+//   x_j = 10^(lo + (hi - lo) j / ccdf_points) (x_0 the smallest exactly), p_j = #(|w| >= x_j) / n;
+//   one point (x_0, 1) when all magnitudes are equal;
+// - auto-k Hill (estimate_tail(hill, k = 0)) and the power-law fit without xmax
+//   (fit_powerlaw(x, +inf, NaN, grid)) of the sample, bit for bit;
+// both only when n >= min_samples. Throws std::invalid_argument, naming how many, when w has NaN or
+// Inf entries. Where ties make the tail estimates undefined, tails_error says why (the CCDF stands).
 struct ElementTails {
   TailEstimate hill;
   PowerLawResult fit;
 };
-ElementTails element_tails(const double* x, std::int64_t n, std::uint64_t seed, const DoubleBootstrapOptions& options,
-                           double rho_max, std::int64_t grid);
-ElementTails element_tails(const float* x, std::int64_t n, std::uint64_t seed, const DoubleBootstrapOptions& options,
-                           double rho_max, std::int64_t grid);
+struct ElementStatistics {
+  std::int64_t n = 0;  // nonzero entries
+  std::vector<double> ccdf_x, ccdf_p;
+  bool has_tails = false;
+  ElementTails tails;
+  std::string tails_error;
+};
+ElementStatistics element_statistics(const double* w, std::int64_t size, std::uint64_t seed,
+                                     const DoubleBootstrapOptions& options, double rho_max, std::int64_t grid,
+                                     int ccdf_points, std::int64_t min_samples);
+ElementStatistics element_statistics(const float* w, std::int64_t size, std::uint64_t seed,
+                                     const DoubleBootstrapOptions& options, double rho_max, std::int64_t grid,
+                                     int ccdf_points, std::int64_t min_samples);
 
 }  // namespace htcore

@@ -1,5 +1,6 @@
-"""The fast paths of the element-tail measurements: one sort shared by auto-k Hill and the power-law fit
-(what htcore.analyze runs), the float32 key sort, and the bootstrap's resamples drawn four at a time."""
+"""The fast paths of the element-tail measurements: one kernel call that takes |w| of the nonzero
+entries, sorts them once and gives auto-k Hill, the power-law fit and the CCDF (what htcore.analyze
+runs), the float32 key sort, and the bootstrap's resamples drawn four at a time."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 import htcore
 from htcore import _core
-from htcore.measure._tails import hill_and_powerlaw_kernel
+from htcore.measure._tails import element_measurements
 
 
 def separate_calls(x: np.ndarray, grid: int) -> tuple:
@@ -17,8 +18,10 @@ def separate_calls(x: np.ndarray, grid: int) -> tuple:
 
 
 def shared(x: np.ndarray, grid: int) -> tuple:
-    h, fit = hill_and_powerlaw_kernel(x, grid, random_state=0)
-    return h, (fit.pdf_exponent, fit.xmin, fit.ks_distance, fit.n_tail)
+    found = element_measurements(x, grid, random_state=0)
+    assert found.n == np.count_nonzero(x) and found.error == ""
+    fit = found.fit
+    return found.hill, (fit.pdf_exponent, fit.xmin, fit.ks_distance, fit.n_tail)
 
 
 def shared_sort_samples() -> dict[str, np.ndarray]:
@@ -49,13 +52,44 @@ def test_shared_sort_equals_separate_calls(name, grid):
         htcore.set_num_threads(before)
 
 
-def test_shared_sort_raises_where_hill_does():
+def test_shared_sort_reports_where_hill_raises():
     x = np.r_[np.full(40, 2.0), np.full(40, 1.0)]  # two values: Hill is undefined at every k it can choose
     with pytest.raises(ValueError) as separate:
         separate_calls(x, 0)
-    with pytest.raises(ValueError) as together:
-        shared(x, 0)
-    assert str(together.value) == str(separate.value)
+    found = element_measurements(x, 0, random_state=0, ccdf_points=10)
+    assert found.hill is None and found.fit is None and found.error == str(separate.value)
+    np.testing.assert_array_equal(found.ccdf[1], [1.0] + [0.5] * 9)  # the CCDF stands: x_0 = 1, then x in (1, 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weights_with_signs_and_zeros_equal_their_element_sample(dtype):
+    # What analyze passes: a weight matrix (negative entries, pruned zeros, -0.0), not a sample.
+    rng = np.random.default_rng(4)
+    w = rng.standard_t(4, (300, 200)).astype(dtype)
+    w[rng.random(w.shape) < 0.4] = 0
+    w[0, :5] = -0.0
+    sample = htcore.element_sample(w)
+    for grid in (0, 40):
+        found = element_measurements(w, grid, random_state=0, ccdf_points=50, min_samples=50)
+        assert found.n == sample.size
+        assert (found.hill, (found.fit.pdf_exponent, found.fit.xmin, found.fit.ks_distance, found.fit.n_tail)) == \
+            separate_calls(sample, grid)
+    x, p = found.ccdf
+    assert x[0] == sample.min() and x[-1] < sample.max() and np.all(np.diff(x) > 0)
+    np.testing.assert_array_equal(p, [np.mean(sample >= v) for v in x])  # exact counts
+
+
+def test_measurements_below_min_samples_and_bad_entries():
+    w = np.zeros((10, 10), np.float32)
+    w[0, :30] = np.arange(1, 31)[:10]
+    found = element_measurements(w, 0, random_state=0, ccdf_points=20, min_samples=50)
+    assert found.n == 10 and found.ccdf is None and found.hill is None and found.error == ""
+    assert element_measurements(np.zeros(7), 0, random_state=0, ccdf_points=20).n == 0
+    for bad in (np.nan, np.inf, -np.inf):
+        w = np.ones(100, np.float32)
+        w[[3, 50]] = bad
+        with pytest.raises(ValueError, match=r"W contains 2 non-finite value\(s\) \(NaN or Inf\)"):
+            element_measurements(w, 0, random_state=0)
 
 
 @pytest.mark.parametrize("n", [1 << 14, 50_000])  # (2^20 and up, the parallel key sort: test_tails.py)

@@ -34,14 +34,15 @@ TailEstimate tail_estimate(const py::array& x, TailMethod method, std::int64_t k
   });
 }
 
-ElementTails element_tail_fits(const py::array& x, std::uint64_t seed, int resamples, double eps_stop,
-                               double cap_factor, double rho_max, std::int64_t grid) {
+ElementStatistics element_statistics_of(const py::array& w, std::uint64_t seed, int resamples, double eps_stop,
+                                        double cap_factor, double rho_max, std::int64_t grid, int ccdf_points,
+                                        std::int64_t min_samples) {
   const auto options = bootstrap_options(resamples, eps_stop, cap_factor);
-  return detail::with_sample(x, [&](const auto& sample) {
+  return detail::with_sample(w, [&](const auto& sample) {
     const auto* data = sample.data();
-    const auto n = static_cast<std::int64_t>(sample.size());
+    const auto size = static_cast<std::int64_t>(sample.size());
     py::gil_scoped_release release;
-    return element_tails(data, n, seed, options, rho_max, grid);
+    return element_statistics(data, size, seed, options, rho_max, grid, ccdf_points, min_samples);
   });
 }
 
@@ -94,9 +95,23 @@ void register_tails(py::module_& m) {
       .def_readonly("n_tail", &PowerLawResult::n_tail, "Samples in [xmin, xmax].")
       .def_readonly("candidates", &PowerLawResult::candidates, "Number of xmin values scanned.");
 
-  py::class_<ElementTails>(m, "ElementTailsResult", "Result of element_tails.")
+  py::class_<ElementTails>(m, "ElementTailsResult", "The tail estimates of element_statistics.")
       .def_readonly("hill", &ElementTails::hill, "Auto-k Hill: what tail_estimate(x, hill, k=0, ...) returns.")
       .def_readonly("fit", &ElementTails::fit, "What fit_powerlaw(x, xmax=inf, xmin=NaN, grid) returns.");
+
+  py::class_<ElementStatistics>(m, "ElementStatistics", "Result of element_statistics.")
+      .def_readonly("n", &ElementStatistics::n, "Nonzero entries: the size of the element sample |w|.")
+      .def_property_readonly(
+          "ccdf_x", [](const ElementStatistics& s) { return py::array_t<double>(s.ccdf_x.size(), s.ccdf_x.data()); },
+          "Log-spaced magnitudes x_j from the smallest to the largest (empty below min_samples).")
+      .def_property_readonly(
+          "ccdf_p", [](const ElementStatistics& s) { return py::array_t<double>(s.ccdf_p.size(), s.ccdf_p.data()); },
+          "P(|w| >= x_j) over the nonzero entries.")
+      .def_property_readonly(
+          "tails", [](const ElementStatistics& s) { return s.has_tails ? py::cast(s.tails) : py::none(); },
+          "The ElementTailsResult, or None (below min_samples, or see tails_error).")
+      .def_readonly("tails_error", &ElementStatistics::tails_error,
+                    "Why there are no tail estimates although n >= min_samples (ties), else empty.");
 
   m.def("tail_estimate", &tail_estimate, py::arg("x"), py::arg("method"), py::arg("k"), py::arg("seed"),
         py::arg("resamples"), py::arg("eps_stop"), py::arg("cap_factor"), py::arg("rho_max"),
@@ -107,11 +122,14 @@ void register_tails(py::module_& m) {
         "resamples per stage, AMSE minimised over k <= eps_stop * n_b and k <= cap_factor * n_b^(2/3); "
         "pickands uses a quarter of the moments k), plus the second-order parameters with rho capped at "
         "rho_max. Raises ValueError for k out of range or when ties make the estimator undefined.");
-  m.def("element_tails", &element_tail_fits, py::arg("x"), py::arg("seed"), py::arg("resamples"), py::arg("eps_stop"),
-        py::arg("cap_factor"), py::arg("rho_max"), py::arg("grid"),
-        "tail_estimate(x, hill, k=0, seed, resamples, eps_stop, cap_factor, rho_max) and fit_powerlaw(x, inf, NaN, "
-        "grid) of the same 1-D sample x (checked by the caller to be finite and > 0; needs n >= 20), bit for bit, "
-        "from one sort of x instead of two. Raises ValueError where either would.");
+  m.def("element_statistics", &element_statistics_of, py::arg("w"), py::arg("seed"), py::arg("resamples"),
+        py::arg("eps_stop"), py::arg("cap_factor"), py::arg("rho_max"), py::arg("grid"), py::arg("ccdf_points"),
+        py::arg("min_samples"),
+        "From one sort of |w| over the nonzero entries of the flat array w (any sign; float32 read as it is, any "
+        "other dtype as float64): their CCDF at ccdf_points log-spaced points, and when there are at least "
+        "min_samples (>= 20) of them tail_estimate(|w|, hill, k=0, seed, resamples, eps_stop, cap_factor, "
+        "rho_max) and fit_powerlaw(|w|, inf, NaN, grid), bit for bit. Raises ValueError when w has NaN or Inf "
+        "entries; ties that leave the estimates undefined give tails None and a tails_error.");
   m.def("fit_powerlaw", &powerlaw, py::arg("x"), py::arg("xmax"), py::arg("xmin"), py::arg("grid"),
         "Continuous Clauset-Shalizi-Newman power-law fit of a 1-D sample x the caller has checked to be finite "
         "and > 0 (float32 read as it is, any other dtype as float64). xmax: samples above it are dropped and the "

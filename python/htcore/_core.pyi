@@ -93,6 +93,18 @@ class ElementTailsResult:
     @property
     def fit(self) -> PowerLawResult: ...
 
+class ElementStatistics:
+    @property
+    def n(self) -> int: ...
+    @property
+    def ccdf_x(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def ccdf_p(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def tails(self) -> ElementTailsResult | None: ...
+    @property
+    def tails_error(self) -> str: ...
+
 def tail_estimate(
     x: npt.NDArray[np.float64] | npt.NDArray[np.float32],
     method: TailMethod,
@@ -106,15 +118,17 @@ def tail_estimate(
 def fit_powerlaw(
     x: npt.NDArray[np.float64] | npt.NDArray[np.float32], xmax: float, xmin: float, grid: int
 ) -> PowerLawResult: ...
-def element_tails(
-    x: npt.NDArray[np.float64] | npt.NDArray[np.float32],
+def element_statistics(
+    w: npt.NDArray[np.float64] | npt.NDArray[np.float32],
     seed: int,
     resamples: int,
     eps_stop: float,
     cap_factor: float,
     rho_max: float,
     grid: int,
-) -> ElementTailsResult: ...
+    ccdf_points: int,
+    min_samples: int,
+) -> ElementStatistics: ...
 
 # ---- top-k selection ----
 

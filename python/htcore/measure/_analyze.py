@@ -10,14 +10,14 @@ import numpy as np
 from .._concurrent import ordered_map
 from .._progress import progress as progress_bar
 from .._threads import get_num_threads
-from .._validation import check_fraction
+from .._validation import as_float_array, check_fraction
 from ..errors import DegenerateSampleWarning
 from ..io import Layer, load_layers
 from ..sparse import compressibility_curve
 from ._compare_tails import TailVerdict, compare_tails, tail_verdict
 from ._report import ElementTails, LayerReport, ModelReport
 from ._spectra import esd, single_threaded_blas, spectral_metrics, splits_into_blocks
-from ._tails import DEFAULT_RESAMPLES, check_resamples, element_sample, hill_and_powerlaw_kernel
+from ._tails import DEFAULT_RESAMPLES, check_resamples, element_measurements, element_sample
 
 DEFAULT_KEEPS = (0.01, 0.05, 0.1, 0.25, 0.5)
 # Element fits scan every distinct |w| as xmin up to this many samples, a log-spaced grid of
@@ -26,7 +26,7 @@ ELEMENT_FIT_EXACT_MAX = 100_000
 ELEMENT_FIT_CANDIDATES = 1000
 # Layers with fewer nonzero entries get no element statistics (NaN).
 MIN_ELEMENT_SAMPLES = 50
-# Points of the |w| CCDF kept for plots.
+# Points of the |w| CCDF kept for plots (exact counts of |w| >= x at log-spaced x).
 CCDF_POINTS = 200
 
 
@@ -133,18 +133,13 @@ def _layer_report(layer: Layer, evals: np.ndarray | ValueError | None, *, elemen
         _warn_missing(layer.name, "spectral metrics", evals)
         evals = None
     element_tails = ccdf = element_verdict = spectral_verdict = None
-    sample = np.zeros(0)
     if elements:
         try:
-            sample = element_sample(layer.weight)
+            element_tails, ccdf = _element_statistics(layer.name, layer.weight, resamples)
         except ValueError as exc:  # NaN or Inf weights
             _warn_missing(layer.name, "element statistics", exc)
-            sample = np.zeros(0)
-        if sample.size >= MIN_ELEMENT_SAMPLES:
-            element_tails = _element_tails(layer.name, sample, resamples)
-            ccdf = _ccdf_summary(sample)
     if tail_tests and element_tails is not None:
-        element_verdict = _tail_verdict(layer.name, "element", sample, element_tails.fit_xmin)
+        element_verdict = _tail_verdict(layer.name, "element", element_sample(layer.weight), element_tails.fit_xmin)
     metrics = None
     if evals is not None:
         metrics = spectral_metrics(evals)
@@ -184,15 +179,23 @@ def _tail_verdict(name: str, what: str, sample: np.ndarray, xmin: float) -> Tail
         return None
 
 
-def _element_tails(name: str, sample: np.ndarray, resamples: int) -> ElementTails | None:
-    try:  # = hill(sample, random_state=0, resamples=resamples) and fit_powerlaw(sample, candidates=grid), sorting once
-        h, fit = hill_and_powerlaw_kernel(sample, 0 if sample.size <= ELEMENT_FIT_EXACT_MAX else ELEMENT_FIT_CANDIDATES,
-                                          random_state=0, resamples=resamples)
-    except ValueError as exc:  # e.g. heavily quantized weights whose ties leave no estimate
-        warnings.warn(f"{name}: no element tail estimate ({exc})", DegenerateSampleWarning, stacklevel=3)
-        return None
+def _element_statistics(name: str, weight: np.ndarray, resamples: int
+                        ) -> tuple[ElementTails | None, tuple[np.ndarray, np.ndarray] | None]:
+    """The element tails (None below MIN_ELEMENT_SAMPLES nonzero entries, or where ties leave no
+    estimate: warned) and the |w| CCDF for plots, from one kernel call (`element_measurements`: Hill
+    with seed 0 and ``resamples``, the power-law fit on an ELEMENT_FIT_CANDIDATES grid above
+    ELEMENT_FIT_EXACT_MAX entries). Raises ValueError for NaN or Inf weights."""
+    w = as_float_array(weight, "W", finite=False)
+    grid = 0 if np.count_nonzero(w) <= ELEMENT_FIT_EXACT_MAX else ELEMENT_FIT_CANDIDATES
+    found = element_measurements(w, grid, random_state=0, resamples=resamples, ccdf_points=CCDF_POINTS,
+                                 min_samples=MIN_ELEMENT_SAMPLES)
+    if found.error:  # e.g. heavily quantized weights whose ties leave no estimate
+        warnings.warn(f"{name}: no element tail estimate ({found.error})", DegenerateSampleWarning, stacklevel=4)
+    if found.hill is None or found.fit is None:
+        return None, found.ccdf
+    h, fit = found.hill, found.fit
     return ElementTails(
-        n=int(sample.size),
+        n=found.n,
         tail_index=float(h.alpha),
         tail_index_ci_low=float(h.ci_low),
         tail_index_ci_high=float(h.ci_high),
@@ -200,19 +203,7 @@ def _element_tails(name: str, sample: np.ndarray, resamples: int) -> ElementTail
         fit_tail_index=float(fit.pdf_exponent) - 1.0,
         fit_xmin=float(fit.xmin),
         fit_ks_distance=float(fit.ks_distance),
-    )
-
-
-def _ccdf_summary(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(x, P(X >= x)) at CCDF_POINTS log-spaced x from min to max of a positive sample, exact
-    counts from one histogram pass (no sort), for plotting."""
-    logs = np.log10(sample, dtype=np.float64) if sample.dtype == np.float64 else np.log10(sample)
-    lo, hi = float(logs.min()), float(logs.max())
-    if hi <= lo:
-        return np.array([10.0**lo]), np.array([1.0])
-    counts, edges = np.histogram(logs, bins=CCDF_POINTS, range=(lo, hi))
-    at_least = np.cumsum(counts[::-1])[::-1] / sample.size
-    return 10.0 ** edges[:-1], at_least
+    ), found.ccdf
 
 
 def _check_keeps(keeps: Sequence[float] | None) -> tuple[float, ...]:

@@ -64,7 +64,7 @@ from typing import Any
 
 import numpy as np
 
-from .._core import PowerLawResult, TailMethod, TailResult, element_tails, tail_estimate
+from .._core import PowerLawResult, TailMethod, TailResult, element_statistics, tail_estimate
 from .._validation import as_float_array, check_fraction, check_int, make_rng
 
 # Double-bootstrap settings (Voitalov et al.'s, but 100 resamples where he uses 500, plus htcore's cap on the k range).
@@ -213,18 +213,44 @@ def _from_kernel(method: str, out: TailResult, n: int, level: float, *, auto_k: 
     )
 
 
-def hill_and_powerlaw_kernel(sample: np.ndarray, grid: int, random_state: Any = None,
-                             resamples: int = DEFAULT_RESAMPLES) -> tuple[TailEstimate, PowerLawResult]:
-    """``hill(sample, random_state=random_state, resamples=resamples)`` (95% interval) and the kernel result of
-    ``fit_powerlaw(sample, candidates=grid or None)``, bit for bit, from one sort of the sample.
+@dataclass(frozen=True)
+class ElementMeasurements:
+    """What `element_measurements` finds in a weight array (for `htcore.analyze`).
 
-    For `htcore.analyze`, which measures both on every layer: ``sample`` must be what
-    `element_sample` returns (1-D, finite, > 0, float32 or float64) with at least 20 values.
-    Raises ValueError where either call would; ``resamples`` is taken as checked (`check_resamples`).
+    Attributes:
+        n: nonzero entries (the size of `element_sample`).
+        ccdf: (x, P(|w| >= x)) at log-spaced x from the smallest to the largest magnitude, or None
+            below ``min_samples``.
+        hill: ``hill(sample, random_state=..., resamples=...)`` (95% interval), or None.
+        fit: the kernel result of ``fit_powerlaw(sample, candidates=grid or None)``, or None.
+        error: why ``hill`` and ``fit`` are None although n >= ``min_samples`` (ties), else "".
     """
-    out = element_tails(x=sample, seed=_seed(random_state), resamples=resamples, eps_stop=_DBS_EPS_STOP,
-                        cap_factor=_DBS_CAP_FACTOR, rho_max=_RHO_MAX, grid=grid)
-    return _from_kernel("hill", out.hill, int(sample.size), 0.95, auto_k=True), out.fit
+
+    n: int
+    ccdf: tuple[np.ndarray, np.ndarray] | None
+    hill: TailEstimate | None
+    fit: PowerLawResult | None
+    error: str
+
+
+def element_measurements(W: np.ndarray, grid: int, *, random_state: Any = None, resamples: int = DEFAULT_RESAMPLES,
+                         ccdf_points: int = 0, min_samples: int = _AUTO_K_MIN_N) -> ElementMeasurements:
+    """The element sample's CCDF, auto-k Hill and power-law fit, from one sort inside the kernel.
+
+    Bit for bit ``hill(element_sample(W), random_state=random_state, resamples=resamples)`` and
+    ``fit_powerlaw(element_sample(W), candidates=grid or None)``, without building the sample in
+    numpy (taking |w|, dropping zeros and sorting happen in one kernel call). ``W``: a C-contiguous
+    float32 or float64 array of any shape (`as_float_array`), NaN/Inf allowed in (they raise
+    ValueError, as `element_sample` does). Arguments are taken as checked (``min_samples >= 20``).
+    """
+    out = element_statistics(w=W.reshape(-1), seed=_seed(random_state), resamples=resamples, eps_stop=_DBS_EPS_STOP,
+                             cap_factor=_DBS_CAP_FACTOR, rho_max=_RHO_MAX, grid=grid, ccdf_points=ccdf_points,
+                             min_samples=min_samples)
+    n, tails = int(out.n), out.tails
+    ccdf = (out.ccdf_x, out.ccdf_p) if ccdf_points and n >= min_samples else None
+    hill_estimate = None if tails is None else _from_kernel("hill", tails.hill, n, 0.95, auto_k=True)
+    return ElementMeasurements(n=n, ccdf=ccdf, hill=hill_estimate, fit=None if tails is None else tails.fit,
+                               error=out.tails_error)
 
 
 def hill(x: Any, k: int | None = None, *, ci: float = 0.95, random_state: Any = None,
