@@ -141,3 +141,15 @@ def test_bootstrap_with_resample_counts_not_a_multiple_of_four(resamples):
     finally:
         htcore.set_num_threads(before)
 
+
+
+def test_logs_of_subnormal_and_huge_float64_samples():
+    # The kernels' own vectorised log (also for values below 2^-1022, which it rescales first):
+    # fixed-k Hill reads only logs, so compare it with numpy's at several k.
+    rng = np.random.default_rng(5)
+    x = np.exp(rng.uniform(np.log(5e-324), np.log(1e308), 4000))
+    x[:50] = rng.uniform(1, 4e3, 50) * 5e-324  # subnormal doubles
+    desc = np.sort(x)[::-1]
+    for k in (1, 100, 2000, 3990):
+        expected = np.mean(np.log(desc[:k])) - np.log(desc[k])
+        assert htcore.hill(x, k).xi == pytest.approx(expected, rel=1e-12)
