@@ -170,13 +170,16 @@ std::unique_ptr<double[]> sort_double(const double* x, std::int64_t n) {
   return out;
 }
 
-// float samples: an LSD radix sort of their 32-bit keys (minus the smallest) in kDigitBits-bit
+// float samples: an LSD radix sort of their 32-bit keys (minus the smallest) in digit_bits-bit
 // digits, inside the result's own buffer, whose two halves serve as the two key arrays; then the
 // keys are widened to doubles in place, from the back (double i ends at byte 8i + 8 and only
 // overwrites keys >= i, which are already widened). Half the bytes per pass of the double sort,
 // and no scratch. Each pass is a stable counting sort, parallel over fixed contiguous parts (one
 // histogram per part), so the result is the same at any thread count.
-constexpr int kDigitBits = 11;
+// Digits of 11 bits (fewer passes) while the keys fit in the caches; 8 bits above: a pass over a
+// large array scatters to 2^bits places at once, and 256 of them stay within the TLB where 2048 did
+// not (MiniLM's 11.7M-entry embedding sorted in 0.20 s instead of 0.26).
+int digit_bits(std::size_t size) { return size > (std::size_t{1} << 20) ? 8 : 11; }
 
 std::unique_ptr<double[]> sort_float(const float* x, std::int64_t n) {
   const std::size_t size = static_cast<std::size_t>(n);
@@ -186,39 +189,40 @@ std::unique_ptr<double[]> sort_float(const float* x, std::int64_t n) {
   const auto range = key_range(x, size, threads);
   const std::uint32_t lo = range.first, hi = range.second;
   int passes = 0;
-  for (std::uint32_t span = hi - lo; span != 0; span >>= kDigitBits) ++passes;
+  const int bits = digit_bits(size);
+  for (std::uint32_t span = hi - lo; span != 0; span >>= bits) ++passes;
   auto* keys = reinterpret_cast<std::uint32_t*>(out.get());  // 2 * size keys fit in size doubles
   std::uint32_t* halves[2] = {keys, keys + size};
-  constexpr std::size_t kDigits = std::size_t{1} << kDigitBits;
-  std::vector<std::size_t> counts(static_cast<std::size_t>(threads) * kDigits);
+  const std::size_t digits = std::size_t{1} << bits;
+  std::vector<std::size_t> counts(static_cast<std::size_t>(threads) * digits);
   for (int pass = 0; pass < passes; ++pass) {
     // The last pass writes the lower half, so the passes alternate backwards from it.
     const std::uint32_t* src = halves[(passes - pass) % 2];
     std::uint32_t* dst = halves[(passes - 1 - pass) % 2];
-    const int shift = pass * kDigitBits;
+    const int shift = pass * bits;
     std::fill(counts.begin(), counts.end(), 0);
 #pragma omp parallel num_threads(threads)
     {
       const std::size_t t = static_cast<std::size_t>(omp_get_thread_num()),
                         parts = static_cast<std::size_t>(omp_get_num_threads());
       const std::size_t begin = size * t / parts, end = size * (t + 1) / parts;
-      std::size_t* mine = &counts[t * kDigits];
+      std::size_t* mine = &counts[t * digits];
       auto key = [&](std::size_t i) { return pass == 0 ? key_of(x[i]) - lo : src[i]; };
-      for (std::size_t i = begin; i < end; ++i) ++mine[(key(i) >> shift) & (kDigits - 1)];
+      for (std::size_t i = begin; i < end; ++i) ++mine[(key(i) >> shift) & (digits - 1)];
 #pragma omp barrier
 #pragma omp single
       {
         std::size_t offset = 0;
-        for (std::size_t d = 0; d < kDigits; ++d)
+        for (std::size_t d = 0; d < digits; ++d)
           for (std::size_t p = 0; p < parts; ++p) {
-            const std::size_t c = counts[p * kDigits + d];
-            counts[p * kDigits + d] = offset;
+            const std::size_t c = counts[p * digits + d];
+            counts[p * digits + d] = offset;
             offset += c;
           }
       }
       for (std::size_t i = begin; i < end; ++i) {
         const std::uint32_t k = key(i);
-        dst[mine[(k >> shift) & (kDigits - 1)]++] = k;
+        dst[mine[(k >> shift) & (digits - 1)]++] = k;
       }
     }
   }
