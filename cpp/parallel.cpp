@@ -95,9 +95,9 @@ constexpr auto kSpin = std::chrono::microseconds(50);
 constexpr auto kLate = std::chrono::microseconds(250);
 constexpr auto kBackOff = std::chrono::milliseconds(20);
 
-// Products below kWakeWork wake sleeping workers only in a run of kStreak parallel products or
-// more, each published within kStreakGap of the one before (a loop of forward passes, where a
-// second thread pays; such a product itself lasts up to ~100 µs). A woken worker only joins the
+// Products below kWakeWork wake sleeping workers only after a run of kStreak parallel products,
+// each published within kStreakGap of the one before (a loop of forward passes, where a second
+// thread pays; such a product itself lasts up to ~100 µs). A woken worker only joins the
 // products after the first few anyway (a wake takes 25-60 µs), and a program's first call never
 // waits for a worker that took a chunk and then lost its core: waking for every small product gave
 // the batch-1 MLP a first call of 3 ms instead of 0.27 beside a busy process, in most processes.
@@ -137,7 +137,7 @@ class Pool {
  public:
   // Publishes task to the workers without waiting for any of them. Spinning workers see it at
   // once. Sleeping ones (and workers not started yet) are woken unless a worker found the machine
-  // busy in the last kBackOff; for a small task only in a run of kStreak, and only when no wake is
+  // busy in the last kBackOff; for a small task only after a run of kStreak, and only when no wake is
   // already on its way (a wake is a system call). Returns false (publishing nothing) when a worker
   // holds the pool's lock, possibly descheduled while holding it: the caller then runs every
   // chunk itself rather than wait for that worker.

@@ -139,6 +139,40 @@ def test_small_products_stop_waking_a_worker_that_finds_its_core_taken():
     assert int(wakes) <= seconds / 0.020 + 10
 
 
+# Runs 8 products below the wake size back to back, then pauses 2 ms, five times, and prints how
+# often the sleeping worker was woken (its voluntary context switches).
+_SHORT_RUNS = """
+import os, time, numpy as np, htcore
+rng = np.random.default_rng(3)
+A = htcore.topk_sparsify(rng.standard_normal((1024, 784)).astype(np.float32), 0.1)  # ~2^16.3 multiply-adds
+x = rng.standard_normal(784).astype(np.float32)
+before = set(os.listdir("/proc/self/task"))
+htcore.set_num_threads(2)
+(worker,) = set(os.listdir("/proc/self/task")) - before
+time.sleep(0.01)  # the worker has stopped spinning and sleeps
+
+def sleeps():
+    with open(f"/proc/self/task/{worker}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("voluntary_ctxt_switches"))
+
+start = sleeps()
+for _ in range(5):
+    for _ in range(8):
+        A.matvec(x)
+    time.sleep(0.002)
+print(sleeps() - start)
+"""
+
+
+@linux_only
+def test_a_few_small_products_never_wake_a_sleeping_worker():
+    """Small products wake a worker only after a run of 8 back to back (kStreak): a lone call (here
+    runs of 8 products, 2 ms apart) runs on the caller alone and never waits for a worker it woke."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")}
+    out = subprocess.run([sys.executable, "-c", _SHORT_RUNS], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0"]
+
+
 def test_many_callers_around_the_wake_size_same_bits_as_one_thread():
     """Eight Python threads run small (below the wake size) and large products at once on 3 threads,
     so calls publish over each other, wake workers while a wake is pending and finish with workers
