@@ -137,10 +137,10 @@ class Pool {
  public:
   // Publishes task to the workers without waiting for any of them. Spinning workers see it at
   // once. Sleeping ones (and workers not started yet) are woken unless a worker found the machine
-  // busy in the last kBackOff; for a small task only after a run of kStreak, and only when no wake is
-  // already on its way (a wake is a system call). Returns false (publishing nothing) when a worker
-  // holds the pool's lock, possibly descheduled while holding it: the caller then runs every
-  // chunk itself rather than wait for that worker.
+  // busy in the last kBackOff; for a small task only after a run of kStreak, and only when no
+  // wake is already on its way (a wake is a system call). Returns false (publishing nothing) when
+  // a worker holds the pool's lock, possibly descheduled while holding it: the caller then runs
+  // every chunk itself rather than wait for that worker.
   bool publish(const std::shared_ptr<Task>& task, int wanted, bool large) {
     std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
     if (!lock.owns_lock()) return false;
