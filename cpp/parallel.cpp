@@ -75,10 +75,34 @@ int current_cpu() {
 // True when the calling thread runs on `cpu` (known: not -1).
 bool on_cpu(int cpu) { return cpu >= 0 && current_cpu() == cpu; }
 
+using Clock = std::chrono::steady_clock;
+
 // How long a worker polls for the next call before it sleeps: calls that follow each other
 // closely (the layers of one forward pass) find it awake; an idle worker soon stops taking a core
 // from others. A time, not a poll count: PAUSE takes 10-140 cycles depending on the CPU.
 constexpr auto kSpin = std::chrono::microseconds(50);
+
+// Signs that the cores are taken, so that a worker's core may be taken from it mid-chunk (the
+// caller then waits a scheduler slice, milliseconds, for that chunk): a worker gets a core more
+// than kLate after it was woken (on a free core here 25-60 µs, an idle virtual CPU waking; beside
+// a busy process a scheduler tick), finds a gap that long in its own polling, or is woken onto the
+// caller's own core (the other cores taken; on a quiet machine also when the caller had just been
+// idle). After such a sign no product wakes a sleeping worker for kBackOff; workers still spinning
+// on a core of their own join as usual. Waking a worker beside a busy process costs even when it
+// takes no chunk: a runnable thread added to the caller's core made the caller lose its core
+// sooner (a first batch-8 MLP call of 6 ms instead of 0.34). Short enough that on a quiet machine
+// one unlucky wake costs little.
+constexpr auto kLate = std::chrono::microseconds(250);
+constexpr auto kBackOff = std::chrono::milliseconds(20);
+
+// Products below kWakeWork wake sleeping workers only after a run of kStreak parallel products,
+// each published within kStreakGap of the one before (a loop of forward passes, where a second
+// thread pays; such a product itself lasts up to ~100 µs). A woken worker only joins the
+// products after the first few anyway (a wake takes 25-60 µs), and a program's first call never
+// waits for a worker that took a chunk and then lost its core: waking for every small product gave
+// the batch-1 MLP a first call of 3 ms instead of 0.27 beside a busy process, in most processes.
+constexpr int kStreak = 8;
+constexpr auto kStreakGap = std::chrono::microseconds(200);
 
 // Workers run as SCHED_BATCH where Linux offers it: same share of the CPU as any thread, but a
 // woken worker never preempts the thread running on the core it is placed on. Without it, a
@@ -112,13 +136,16 @@ constexpr int kWaitPolls = 20000;
 class Pool {
  public:
   // Publishes task to the workers without waiting for any of them. Spinning workers see it at
-  // once; sleeping ones (and workers not started yet) are woken only when `wake`. Returns false
-  // (publishing nothing) when a worker holds the pool's lock, possibly descheduled while holding
-  // it: the caller then runs every chunk itself rather than wait for that worker.
-  bool publish(const std::shared_ptr<Task>& task, int wanted, bool wake) {
+  // once. Sleeping ones (and workers not started yet) are woken unless a worker found the machine
+  // busy in the last kBackOff; for a small task only after a run of kStreak, and only when no
+  // wake is already on its way (a wake is a system call). Returns false (publishing nothing) when
+  // a worker holds the pool's lock, possibly descheduled while holding it: the caller then runs
+  // every chunk itself rather than wait for that worker.
+  bool publish(const std::shared_ptr<Task>& task, int wanted, bool large) {
     std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
     if (!lock.owns_lock()) return false;
-    while (wake && workers_ < wanted) {
+    bool started = false;
+    while (large && workers_ < wanted) {
       try {
         std::thread worker([this] { work(); });
         make_batch_thread(worker);
@@ -127,49 +154,85 @@ class Pool {
         break;  // no more threads to be had: the callers do the work themselves
       }
       ++workers_;
+      started = true;
     }
     task_ = task;
     caller_cpu_.store(task ? task->caller_cpu : -1, std::memory_order_relaxed);
     generation_.fetch_add(1, std::memory_order_release);
-    const bool notify = wake && sleepers_ > 0;
+    const auto now = Clock::now();
+    streak_ = now - last_publish_ < kStreakGap ? streak_ + 1 : 0;
+    last_publish_ = now;
+    const bool notify = sleepers_ > 0 && now >= quiet_from_.load(std::memory_order_relaxed) &&
+                        (large || (streak_ >= kStreak && !wake_pending_));
+    if ((notify || started) && !wake_pending_) {  // (a new worker's start is timed as a wake)
+      wake_pending_ = true;
+      woken_at_ = now;
+    }
     lock.unlock();  // (notifying under the lock would make a woken worker block on it at once)
     if (notify) wake_.notify_all();
     return true;
   }
 
  private:
-  // Polls for a new generation for up to kSpin, and stops early on the core of the last caller:
-  // there a poll only takes time from the caller.
-  bool spin_for(std::uint64_t seen) const {
-    const auto until = std::chrono::steady_clock::now() + kSpin;
+  enum class Spin { task, timeout, busy };
+
+  // Polls for a generation other than `seen` for up to kSpin. `busy` when it was descheduled
+  // meanwhile (kLate); stops early on the last caller's core, where a poll only takes time from
+  // the caller.
+  Spin spin_for(std::uint64_t seen) {
+    auto last = Clock::now();
+    const auto until = last + kSpin;
     for (int poll = 1;; ++poll) {
-      if (generation_.load(std::memory_order_acquire) != seen) return true;
+      if (generation_.load(std::memory_order_acquire) != seen)
+        return Clock::now() - last > kLate ? found_busy() : Spin::task;
       cpu_relax();
-      if (poll % 64 == 0 &&
-          (std::chrono::steady_clock::now() >= until || on_cpu(caller_cpu_.load(std::memory_order_relaxed))))
-        return false;
+      if (poll % 64 != 0) continue;
+      const auto now = Clock::now();
+      if (now - last > kLate) return found_busy();
+      if (now >= until || on_cpu(caller_cpu_.load(std::memory_order_relaxed))) return Spin::timeout;
+      last = now;
     }
+  }
+
+  // Starts a back-off: no wakes for kBackOff.
+  Spin found_busy() {
+    quiet_from_.store(Clock::now() + kBackOff, std::memory_order_relaxed);
+    return Spin::busy;
   }
 
   void work() {
     warm_allocator();
     std::uint64_t seen = 0;
-    for (;;) {
-      const bool ready = spin_for(seen);
+    // A new worker first answers the wake that started it (sleeping only if a task is already
+    // gone), then polls after each task it sees.
+    for (Spin spin = Spin::timeout;;) {
+      if (spin == Spin::task) spin = spin_for(seen);
       std::shared_ptr<Task> task;
+      bool busy = false;
       {
         std::unique_lock<std::mutex> lock(mutex_);
-        if (!ready) {
+        if (spin != Spin::task) {
+          // Leaves to their callers any tasks published while it polled descheduled.
+          if (spin == Spin::busy) seen = generation_.load(std::memory_order_acquire);
           ++sleepers_;
           wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
           --sleepers_;
+          if (wake_pending_) {  // this worker answers the wake: did it get a core in time?
+            wake_pending_ = false;
+            busy = Clock::now() - woken_at_ > kLate;
+          }
         }
         seen = generation_.load(std::memory_order_acquire);
         task = task_;
       }
-      // On the caller's own core a worker would only time-share it with the caller.
-      if (!task || on_cpu(task->caller_cpu)) continue;
-      if (task->helpers.fetch_sub(1, std::memory_order_relaxed) > 0) take_chunks(*task);
+      // A worker that got its core late leaves the task to its caller (its core is shared); on the
+      // caller's own core it would only time-share that core with the caller.
+      if (busy || (task && on_cpu(task->caller_cpu))) {
+        spin = found_busy();
+        continue;  // to sleep, leaving this task to its caller
+      }
+      spin = Spin::task;  // (not busy: poll for the next task first)
+      if (task && task->helpers.fetch_sub(1, std::memory_order_relaxed) > 0) take_chunks(*task);
     }
   }
 
@@ -178,7 +241,12 @@ class Pool {
   std::shared_ptr<Task> task_;
   std::atomic<std::uint64_t> generation_{0};
   std::atomic<int> caller_cpu_{-1};
+  std::atomic<Clock::time_point> quiet_from_{};  // no wake before this (kBackOff)
   int workers_ = 0, sleepers_ = 0;
+  bool wake_pending_ = false;   // a wake was sent and no worker has returned from it yet
+  Clock::time_point woken_at_;  // when that wake was sent
+  Clock::time_point last_publish_;
+  int streak_ = 0;  // products published in a row, each within kStreakGap of the one before
 };
 
 // Never destroyed: detached workers may still be polling it while the process exits.

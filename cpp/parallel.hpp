@@ -22,14 +22,14 @@ void set_num_threads(int n);  // 1 <= n <= kMaxThreads
 // taken late holds up little (the CSR products' chunks keep >= 1/4 of their parallel grain each).
 constexpr int kChunksPerThread = 4;
 
-// Work (multiply-adds) from which a product wakes sleeping workers. A product this large takes
-// ~100 µs or more on one core: enough for a worker woken from sleep (tens of µs on a quiet
-// machine) to take a share. Smaller products use only workers still spinning from the call
-// before, so an idle pool costs them nothing. A round figure, not swept: with it the demo and
-// the MLP at batch 1 never wake a worker. Waking from 2^16 (the MLP's batch-1 layers, the woken
-// worker joining only the next layer) gave batch 1 its second thread back on a free core, and a
-// first call of 3 ms instead of 0.27 on a busy one (benchmarks/README.md, "Runtime under
-// contention").
+// Work (multiply-adds) from which a product wakes sleeping workers at once. A product this large
+// takes ~100 µs or more on one core: enough for a worker woken from sleep (tens of µs on a quiet
+// machine) to take a share. Smaller products (the MLP's batch-1 layers, 2^16-2^17) wake workers
+// only in a run of back-to-back products (parallel.cpp, kStreak): a loop of batch-1 forward
+// passes gets its second thread (never woken, batch 1 was 1.26x slower than with a pool that woke
+// workers for every product), while a lone call never waits for a worker it woke (waking for
+// every small product gave first calls of 3 ms instead of 0.27 on a busy machine). No product
+// wakes a worker for a while after one found the cores taken (kBackOff). A round figure, not swept.
 constexpr std::int64_t kWakeWork = std::int64_t(1) << 18;
 
 // A sparse product's work in multiply-adds, (nnz + rows) * k (a row's store counts as one),
@@ -46,7 +46,8 @@ inline std::int64_t product_work(std::int64_t rows, std::int64_t nnz, std::int64
 // only for chunks a worker has already started: a worker that is asleep, or whose core another
 // process holds, costs nothing, so on a busy machine a product degrades to the caller's own speed
 // instead of waiting a scheduler time slice for its team. Workers spin ~50 µs for the next call
-// before sleeping, and leave the chunks to the caller when they find themselves on its core.
+// before sleeping, and leave the chunks to the caller when they find themselves on its core or
+// got their core late (another process holds the cores).
 // body must not throw. After fork() the child starts a fresh pool.
 void parallel_chunks(int threads, std::int64_t chunks, std::int64_t work,
                      const std::function<void(std::int64_t)>& body);

@@ -3,6 +3,7 @@ it. Each check runs in a fresh process, so the pool and OpenMP start from nothin
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -92,3 +93,108 @@ def test_products_around_the_wake_sizes_same_bits_as_one_thread():
         htcore.set_num_threads(before)
     for one, two in zip(results[1], results[2]):
         np.testing.assert_array_equal(one, two)
+
+
+# Runs products below the wake size back to back for `seconds` with every thread of the process on
+# one CPU, so the worker can only get a core behind the caller (as beside a busy process), and
+# prints the products run, how often the worker went to sleep (its voluntary context switches:
+# one per wake it answered) and whether every result was the one-thread result.
+_SHARED_CORE = """
+import os, sys, time, numpy as np, htcore
+os.sched_setaffinity(0, {{min(os.sched_getaffinity(0))}})  # threads started from here inherit it
+rng = np.random.default_rng(21)
+A = htcore.topk_sparsify(rng.standard_normal((1024, 784)).astype(np.float32), 0.1)  # ~2^16.3 multiply-adds
+x = rng.standard_normal(784).astype(np.float32)
+expected = A.matvec(x)
+before = set(os.listdir("/proc/self/task"))
+htcore.set_num_threads(2)
+(worker,) = set(os.listdir("/proc/self/task")) - before
+time.sleep(0.01)  # the worker has stopped spinning and sleeps
+
+def sleeps():
+    with open(f"/proc/self/task/{{worker}}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("voluntary_ctxt_switches"))
+
+start_sleeps, start, products, same = sleeps(), time.perf_counter(), 0, True
+while time.perf_counter() - start < {seconds}:
+    same &= np.array_equal(A.matvec(x), expected)
+    products += 1
+print(products, sleeps() - start_sleeps, same)
+"""
+
+
+@linux_only
+def test_small_products_stop_waking_a_worker_that_finds_its_core_taken():
+    """A worker woken for a small product that gets its core late (here always: it shares the
+    caller's CPU) leaves the product to the caller, and small products then wake no worker for
+    20 ms (kBackOff): about one wake per 20 ms, not one per product (a system call for the caller
+    and a context switch each, thousands a second)."""
+    seconds = 0.4
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")}
+    out = subprocess.run([sys.executable, "-c", _SHARED_CORE.format(seconds=seconds)], env=env,
+                         capture_output=True, text=True, check=True)
+    products, wakes, same = out.stdout.split()
+    assert same == "True"
+    assert int(products) > 200  # enough products that a wake per product would show
+    assert int(wakes) <= seconds / 0.020 + 10
+
+
+# Runs 8 products below the wake size back to back, then pauses 2 ms, five times, and prints how
+# often the sleeping worker was woken (its voluntary context switches).
+_SHORT_RUNS = """
+import os, time, numpy as np, htcore
+rng = np.random.default_rng(3)
+A = htcore.topk_sparsify(rng.standard_normal((1024, 784)).astype(np.float32), 0.1)  # ~2^16.3 multiply-adds
+x = rng.standard_normal(784).astype(np.float32)
+before = set(os.listdir("/proc/self/task"))
+htcore.set_num_threads(2)
+(worker,) = set(os.listdir("/proc/self/task")) - before
+time.sleep(0.01)  # the worker has stopped spinning and sleeps
+
+def sleeps():
+    with open(f"/proc/self/task/{worker}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("voluntary_ctxt_switches"))
+
+start = sleeps()
+for _ in range(5):
+    for _ in range(8):
+        A.matvec(x)
+    time.sleep(0.002)
+print(sleeps() - start)
+"""
+
+
+@linux_only
+def test_a_few_small_products_never_wake_a_sleeping_worker():
+    """Small products wake a worker only after a run of 8 back to back (kStreak): a lone call (here
+    runs of 8 products, 2 ms apart) runs on the caller alone and never waits for a worker it woke."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")}
+    out = subprocess.run([sys.executable, "-c", _SHORT_RUNS], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0"]
+
+
+def test_many_callers_around_the_wake_size_same_bits_as_one_thread():
+    """Eight Python threads run small (below the wake size) and large products at once on 3 threads,
+    so calls publish over each other, wake workers while a wake is pending and finish with workers
+    still in them: every result is the one-thread result bit for bit."""
+    rng = np.random.default_rng(5)
+    A = htcore.topk_sparsify(rng.standard_normal((1024, 784)).astype(np.float32), 0.1)
+    xs = [rng.standard_normal(784).astype(np.float32) for _ in range(4)]
+    Xs = [rng.standard_normal((784, 8)).astype(np.float32) for _ in range(4)]
+    jobs = [(i % 4, i % 3 == 0) for i in range(96)]  # (input, large)
+
+    def run(job):
+        i, large = job
+        return A.matmat(Xs[i]) if large else A.matvec(xs[i])
+
+    before = htcore.get_num_threads()
+    try:
+        htcore.set_num_threads(1)
+        expected = [run(job) for job in jobs]
+        htcore.set_num_threads(3)
+        with ThreadPoolExecutor(max_workers=8) as callers:
+            got = list(callers.map(run, jobs))
+    finally:
+        htcore.set_num_threads(before)
+    for want, have in zip(expected, got):
+        np.testing.assert_array_equal(want, have)
