@@ -95,17 +95,15 @@ def test_products_around_the_wake_sizes_same_bits_as_one_thread():
         np.testing.assert_array_equal(one, two)
 
 
-# Runs products below the wake size back to back for `seconds` with every thread of the process on
-# one CPU, so the worker can only get a core behind the caller (as beside a busy process), and
-# prints the products run, how often the worker went to sleep (its voluntary context switches:
-# one per wake it answered) and whether every result was the one-thread result.
-_SHARED_CORE = """
+# A matrix whose product with a vector is below the wake size (~2^16.3 multiply-adds), the worker of
+# a 2-thread pool asleep, and sleeps(): how often it went to sleep so far (its voluntary context
+# switches: one per wake it answered). Shared by the two scripts below.
+_SLEEPING_WORKER = """
 import os, sys, time, numpy as np, htcore
-os.sched_setaffinity(0, {{min(os.sched_getaffinity(0))}})  # threads started from here inherit it
-rng = np.random.default_rng(21)
-A = htcore.topk_sparsify(rng.standard_normal((1024, 784)).astype(np.float32), 0.1)  # ~2^16.3 multiply-adds
+{affinity}
+rng = np.random.default_rng({seed})
+A = htcore.topk_sparsify(rng.standard_normal((1024, 784)).astype(np.float32), 0.1)
 x = rng.standard_normal(784).astype(np.float32)
-expected = A.matvec(x)
 before = set(os.listdir("/proc/self/task"))
 htcore.set_num_threads(2)
 (worker,) = set(os.listdir("/proc/self/task")) - before
@@ -114,9 +112,17 @@ time.sleep(0.01)  # the worker has stopped spinning and sleeps
 def sleeps():
     with open(f"/proc/self/task/{{worker}}/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("voluntary_ctxt_switches"))
+"""
 
+# Runs such products back to back for `seconds` with every thread of the process on one CPU, so the
+# worker can only get a core behind the caller (as beside a busy process), and prints the products
+# run, how often the worker went to sleep and whether every result was the one-thread result.
+_SHARED_CORE = _SLEEPING_WORKER.format(
+    affinity="os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # threads started from here inherit it",
+    seed=21) + """
+expected = A.matvec(x)
 start_sleeps, start, products, same = sleeps(), time.perf_counter(), 0, True
-while time.perf_counter() - start < {seconds}:
+while time.perf_counter() - start < float(sys.argv[1]):
     same &= np.array_equal(A.matvec(x), expected)
     products += 1
 print(products, sleeps() - start_sleeps, same)
@@ -131,7 +137,7 @@ def test_small_products_stop_waking_a_worker_that_finds_its_core_taken():
     and a context switch each, thousands a second)."""
     seconds = 0.4
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")}
-    out = subprocess.run([sys.executable, "-c", _SHARED_CORE.format(seconds=seconds)], env=env,
+    out = subprocess.run([sys.executable, "-c", _SHARED_CORE, str(seconds)], env=env,
                          capture_output=True, text=True, check=True)
     products, wakes, same = out.stdout.split()
     assert same == "True"
@@ -139,22 +145,9 @@ def test_small_products_stop_waking_a_worker_that_finds_its_core_taken():
     assert int(wakes) <= seconds / 0.020 + 10
 
 
-# Runs 8 products below the wake size back to back, then pauses 2 ms, five times, and prints how
-# often the sleeping worker was woken (its voluntary context switches).
-_SHORT_RUNS = """
-import os, time, numpy as np, htcore
-rng = np.random.default_rng(3)
-A = htcore.topk_sparsify(rng.standard_normal((1024, 784)).astype(np.float32), 0.1)  # ~2^16.3 multiply-adds
-x = rng.standard_normal(784).astype(np.float32)
-before = set(os.listdir("/proc/self/task"))
-htcore.set_num_threads(2)
-(worker,) = set(os.listdir("/proc/self/task")) - before
-time.sleep(0.01)  # the worker has stopped spinning and sleeps
-
-def sleeps():
-    with open(f"/proc/self/task/{worker}/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("voluntary_ctxt_switches"))
-
+# Runs 8 such products back to back, then pauses 2 ms, five times, and prints how often the
+# sleeping worker was woken.
+_SHORT_RUNS = _SLEEPING_WORKER.format(affinity="", seed=3) + """
 start = sleeps()
 for _ in range(5):
     for _ in range(8):

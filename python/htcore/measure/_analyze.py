@@ -190,7 +190,7 @@ def _element_statistics(name: str, weight: np.ndarray, resamples: int
     found = element_measurements(w, grid, random_state=0, resamples=resamples, ccdf_points=CCDF_POINTS,
                                  min_samples=MIN_ELEMENT_SAMPLES)
     if found.error:  # e.g. heavily quantized weights whose ties leave no estimate
-        warnings.warn(f"{name}: no element tail estimate ({found.error})", DegenerateSampleWarning, stacklevel=4)
+        warnings.warn(f"{name}: no element tail estimate ({found.error})", DegenerateSampleWarning, stacklevel=3)
     if found.hill is None or found.fit is None:
         return None, found.ccdf
     h, fit = found.hill, found.fit

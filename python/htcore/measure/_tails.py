@@ -219,8 +219,8 @@ class ElementMeasurements:
 
     Attributes:
         n: nonzero entries (the size of `element_sample`).
-        ccdf: (x, P(|w| >= x)) at log-spaced x from the smallest to the largest magnitude, or None
-            below ``min_samples``.
+        ccdf: (x, P(|w| >= x)) at ``ccdf_points`` log-spaced x from the smallest to the largest
+            magnitude (one point when all are equal), or None below ``min_samples``.
         hill: ``hill(sample, random_state=..., resamples=...)`` (95% interval), or None.
         fit: the kernel result of ``fit_powerlaw(sample, candidates=grid or None)``, or None.
         error: why ``hill`` and ``fit`` are None although n >= ``min_samples`` (ties), else "".
@@ -240,8 +240,9 @@ def element_measurements(W: np.ndarray, grid: int, *, random_state: Any = None, 
     Bit for bit ``hill(element_sample(W), random_state=random_state, resamples=resamples)`` and
     ``fit_powerlaw(element_sample(W), candidates=grid or None)``, without building the sample in
     numpy (taking |w|, dropping zeros and sorting happen in one kernel call). ``W``: a C-contiguous
-    float32 or float64 array of any shape (`as_float_array`), NaN/Inf allowed in (they raise
-    ValueError, as `element_sample` does). Arguments are taken as checked (``min_samples >= 20``).
+    float32 or float64 array of any shape (`as_float_array` with ``finite=False``); NaN or Inf
+    entries raise ValueError, as in `element_sample`. Arguments are taken as checked
+    (``min_samples >= 20``; ``ccdf_points=0`` skips the CCDF).
     """
     out = element_statistics(w=W.reshape(-1), seed=_seed(random_state), resamples=resamples, eps_stop=_DBS_EPS_STOP,
                              cap_factor=_DBS_CAP_FACTOR, rho_max=_RHO_MAX, grid=grid, ccdf_points=ccdf_points,
