@@ -35,7 +35,20 @@ std::atomic<int> g_num_threads{default_num_threads()};
 
 }  // namespace
 
-int num_threads() { return g_num_threads.load(std::memory_order_relaxed); }
+// 0, or the most threads kernels called from this thread may use (set_calling_thread_limit).
+thread_local int t_calling_thread_limit = 0;
+
+int num_threads() {
+  const int n = g_num_threads.load(std::memory_order_relaxed);
+  return t_calling_thread_limit > 0 ? std::min(n, t_calling_thread_limit) : n;
+}
+
+int set_calling_thread_limit(int limit) {
+  require(limit >= 0, [&] { return "limit must be >= 0, got " + std::to_string(limit); });
+  const int previous = t_calling_thread_limit;
+  t_calling_thread_limit = limit;
+  return previous;
+}
 
 namespace {
 

@@ -17,6 +17,10 @@ constexpr int kMaxThreads = 1024;
 
 int num_threads();
 void set_num_threads(int n);  // 1 <= n <= kMaxThreads
+// Kernels called from the calling thread use at most `limit` threads from now on (0: no limit,
+// num_threads()); returns the previous limit. For callers that already run several kernels at once
+// from their own threads: nested teams would put more threads than cores on the machine.
+int set_calling_thread_limit(int limit);
 
 // Chunks per thread a product is cut into for parallel_chunks: enough that a thread whose core is
 // taken late holds up little (the CSR products' chunks keep >= 1/4 of their parallel grain each).

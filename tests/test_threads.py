@@ -39,6 +39,28 @@ def test_setting_is_seen_from_other_python_threads(restore_threads):
     assert seen == [1]
 
 
+def test_kernels_on_this_thread_only_limits_only_the_calling_thread(restore_threads):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from htcore._core import set_calling_thread_limit
+    from htcore._threads import kernels_on_this_thread_only
+
+    htcore.set_num_threads(2)
+    x = np.random.default_rng(0).pareto(2.0, 300_000) + 1  # big enough for the kernels' parallel paths
+    expected = htcore.hill(x, random_state=1)
+    with ThreadPoolExecutor(max_workers=1) as other:
+        with kernels_on_this_thread_only():
+            assert htcore.get_num_threads() == 1
+            assert other.submit(htcore.get_num_threads).result() == 2  # other threads keep the setting
+            with kernels_on_this_thread_only():  # nests
+                assert htcore.get_num_threads() == 1
+            assert htcore.get_num_threads() == 1
+            assert htcore.hill(x, random_state=1) == expected  # the same result on one thread
+        assert htcore.get_num_threads() == 2
+    with pytest.raises(ValueError, match="limit must be >= 0, got -1"):
+        set_calling_thread_limit(limit=-1)
+
+
 def test_honours_omp_num_threads():
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", "import htcore; print(htcore.get_num_threads())"],

@@ -21,6 +21,9 @@ void register_system(py::module_& m) {
   m.def("set_num_threads", &set_num_threads, py::arg("n"),
         "Set the number of threads every htcore kernel uses, for all Python threads. Expects 1 <= n <= 1024 "
         "(raises ValueError otherwise; htcore.set_num_threads checks the type first).");
+  m.def("set_calling_thread_limit", &set_calling_thread_limit, py::arg("limit"),
+        "Kernels called from the calling thread (only) use at most limit threads from now on (0: no limit); "
+        "returns the previous limit. Raises ValueError for limit < 0.");
   m.def(
       "max_num_threads", [] { return kMaxThreads; },
       "The largest thread count set_num_threads accepts (more only add fork/join cost, and OpenMP aborts "

@@ -7,9 +7,11 @@ identical at any thread count, and reductions are ordered deterministically.
 from __future__ import annotations
 
 import operator
+from contextlib import contextmanager
+from typing import Iterator
 
 from ._core import get_num_threads as kernel_get_num_threads
-from ._core import max_num_threads
+from ._core import max_num_threads, set_calling_thread_limit
 from ._core import set_num_threads as kernel_set_num_threads
 
 MAX_THREADS = int(max_num_threads())
@@ -30,3 +32,15 @@ def set_num_threads(n: int) -> None:
     if not 1 <= n <= MAX_THREADS:
         raise ValueError(f"num_threads must be in [1, {MAX_THREADS}], got {n}")
     kernel_set_num_threads(n=n)
+
+
+@contextmanager
+def kernels_on_this_thread_only() -> Iterator[None]:
+    """Inside it, the kernels this Python thread calls run on this thread alone (other threads keep
+    `get_num_threads`). For work already spread over a pool of threads: a kernel's own team on
+    top would put more threads than cores on the machine."""
+    previous = set_calling_thread_limit(limit=1)
+    try:
+        yield
+    finally:
+        set_calling_thread_limit(limit=previous)

@@ -9,7 +9,7 @@ import numpy as np
 
 from .._concurrent import ordered_map
 from .._progress import progress as progress_bar
-from .._threads import get_num_threads
+from .._threads import get_num_threads, kernels_on_this_thread_only
 from .._validation import as_float_array, check_fraction
 from ..errors import DegenerateSampleWarning
 from ..io import Layer, load_layers
@@ -79,23 +79,31 @@ def analyze(
         (`htcore.measure._tails`).
 
     Threads: the rows (ESD, element tails, compressibility, tail tests) of up to
-    ``htcore.get_num_threads()`` small layers are computed concurrently (one BLAS thread each, and
-    htcore's own eigenvalue solver, whose calls overlap where LAPACK's do not; the element kernels
-    release the GIL) while this thread takes the layers in order; a big layer
+    ``htcore.get_num_threads()`` small layers are computed concurrently (one BLAS thread and one
+    htcore kernel thread each, and htcore's own eigenvalue solver, whose calls overlap where
+    LAPACK's do not; the element kernels release the GIL) while this thread takes the layers in
+    order; a big layer
     (more than 2^21 entries, such as an embedding; `htcore.measure._spectra.splits_into_blocks`) is computed
-    alone, its Gram row blocks shared between the threads. So at most one big tensor and a few
+    alone, its Gram row blocks and kernels shared between the threads. So at most one big tensor and a few
     small ones are read at a time. Every number is identical at any thread count.
     """
     keeps = _check_keeps(keeps)
     resamples = check_resamples(resamples)
     layers = load_layers(source, include=include, exclude=exclude)
+    workers = get_num_threads()
+
     def row(layer: Layer) -> LayerReport:
         return _layer_report(layer, _layer_esd(layer) if spectral else None, elements=elements, keeps=keeps,
                              tail_tests=tail_tests, resamples=resamples)
 
+    def small_row(layer: Layer) -> LayerReport:  # beside other rows: its kernels on its own thread
+        with kernels_on_this_thread_only():
+            return row(layer)
+
     rows = []
     with single_threaded_blas():  # entered here, around the workers' ESDs (see its docstring)
-        pairs = ordered_map(row, layers, workers=get_num_threads(), exclusive=_big_layer)
+        pairs = ordered_map(lambda layer: row(layer) if _big_layer(layer) else small_row(layer), layers,
+                            workers=workers, exclusive=_big_layer)
         for layer, report in progress_bar(pairs, enabled=progress, desc="htcore analyze", unit="layer"):
             rows.append(report)
             del layer  # release the tensor before the next big one is read
