@@ -14,9 +14,9 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <string>
 #include <memory>
 #include <new>
+#include <string>
 #include <utility>
 #include <vector>
 

@@ -508,7 +508,7 @@ std::array<double, N> chunked_sums(std::int64_t count, Add add) {
 
 // out[j] = (i / kd)^(-rho) for i = begin + j, j < count (1 <= i <= kd, rho < 0), as e^(rho (-ln(i / kd))):
 // the vectorised log and exp of vector_math.hpp instead of one std::pow per index (which took as
-// long as the rest of the tail estimate's second-order step and sort together on large samples).
+// long as sorting the sample).
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 __attribute__((target_clones("avx2", "default")))
 #endif
