@@ -648,7 +648,7 @@ void sorted_ccdf(const double* sorted, std::int64_t n, int points, std::vector<d
 template <class T>
 ElementStatistics element_statistics_of(const T* w, std::int64_t size, std::uint64_t seed,
                                         const DoubleBootstrapOptions& options, double rho_max, std::int64_t grid,
-                                        int ccdf_points, std::int64_t min_samples) {
+                                        std::int64_t exact_max, int ccdf_points, std::int64_t min_samples) {
   ElementStatistics out;
   const std::unique_ptr<double[]> sorted = sorted_magnitudes(w, size, &out.n);
   const std::int64_t n = out.n;
@@ -659,7 +659,7 @@ ElementStatistics element_statistics_of(const T* w, std::int64_t size, std::uint
         auto_k_estimate(TailMethod::hill, descending_logs(sorted.get(), n).get(), n, seed, options, rho_max, true);
     // The logs are freed before the fit, whose own working set (ranks of the distinct values) is as large.
     out.tails.fit = fit_sorted_powerlaw(sorted.get(), n, std::numeric_limits<double>::infinity(),
-                                        std::numeric_limits<double>::quiet_NaN(), grid);
+                                        std::numeric_limits<double>::quiet_NaN(), n <= exact_max ? 0 : grid);
     out.has_tails = true;
   } catch (const std::invalid_argument& e) {  // ties that leave an estimate undefined
     out.tails_error = e.what();
@@ -681,14 +681,14 @@ TailEstimate estimate_tail(TailMethod method, const float* x, std::int64_t n, st
 
 ElementStatistics element_statistics(const double* w, std::int64_t size, std::uint64_t seed,
                                      const DoubleBootstrapOptions& options, double rho_max, std::int64_t grid,
-                                     int ccdf_points, std::int64_t min_samples) {
-  return element_statistics_of(w, size, seed, options, rho_max, grid, ccdf_points, min_samples);
+                                     std::int64_t exact_max, int ccdf_points, std::int64_t min_samples) {
+  return element_statistics_of(w, size, seed, options, rho_max, grid, exact_max, ccdf_points, min_samples);
 }
 
 ElementStatistics element_statistics(const float* w, std::int64_t size, std::uint64_t seed,
                                      const DoubleBootstrapOptions& options, double rho_max, std::int64_t grid,
-                                     int ccdf_points, std::int64_t min_samples) {
-  return element_statistics_of(w, size, seed, options, rho_max, grid, ccdf_points, min_samples);
+                                     std::int64_t exact_max, int ccdf_points, std::int64_t min_samples) {
+  return element_statistics_of(w, size, seed, options, rho_max, grid, exact_max, ccdf_points, min_samples);
 }
 
 }  // namespace htcore

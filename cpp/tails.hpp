@@ -117,7 +117,8 @@ PowerLawResult fit_sorted_powerlaw(double* sorted, std::int64_t n, double xmax, 
 //   x_j = 10^(lo + (hi - lo) j / ccdf_points) (x_0 the smallest exactly), p_j = #(|w| >= x_j) / n;
 //   one point (x_0, 1) when all magnitudes are equal;
 // - auto-k Hill (estimate_tail(hill, k = 0)) and the power-law fit without xmax
-//   (fit_powerlaw(x, +inf, NaN, grid)) of the sample, bit for bit;
+//   (fit_powerlaw(x, +inf, NaN, grid), or grid 0, every candidate, when n <= exact_max) of the
+//   sample, bit for bit;
 // both only when n >= min_samples. Throws std::invalid_argument, naming how many, when w has NaN or
 // Inf entries. Where ties make the tail estimates undefined, tails_error says why (the CCDF stands).
 struct ElementTails {
@@ -133,9 +134,9 @@ struct ElementStatistics {
 };
 ElementStatistics element_statistics(const double* w, std::int64_t size, std::uint64_t seed,
                                      const DoubleBootstrapOptions& options, double rho_max, std::int64_t grid,
-                                     int ccdf_points, std::int64_t min_samples);
+                                     std::int64_t exact_max, int ccdf_points, std::int64_t min_samples);
 ElementStatistics element_statistics(const float* w, std::int64_t size, std::uint64_t seed,
                                      const DoubleBootstrapOptions& options, double rho_max, std::int64_t grid,
-                                     int ccdf_points, std::int64_t min_samples);
+                                     std::int64_t exact_max, int ccdf_points, std::int64_t min_samples);
 
 }  // namespace htcore

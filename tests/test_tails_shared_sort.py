@@ -153,3 +153,13 @@ def test_logs_of_subnormal_and_huge_float64_samples():
     for k in (1, 100, 2000, 3990):
         expected = np.mean(np.log(desc[:k])) - np.log(desc[k])
         assert htcore.hill(x, k).xi == pytest.approx(expected, rel=1e-12)
+
+
+def test_exact_max_switches_the_fit_between_every_candidate_and_the_grid():
+    # analyze's rule: every distinct value as xmin up to exact_max nonzero entries, the grid above.
+    w = np.random.default_rng(8).standard_t(3, (90, 60)).astype(np.float32)
+    n = np.count_nonzero(w)
+    sample = htcore.element_sample(w)
+    for exact_max, grid in ((n, 0), (n - 1, 30)):
+        fit = element_measurements(w, 30, exact_max=exact_max, random_state=0).fit
+        assert (fit.pdf_exponent, fit.xmin, fit.ks_distance, fit.n_tail) == separate_calls(sample, grid)[1]

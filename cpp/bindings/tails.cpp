@@ -35,14 +35,15 @@ TailEstimate tail_estimate(const py::array& x, TailMethod method, std::int64_t k
 }
 
 ElementStatistics element_statistics_of(const py::array& w, std::uint64_t seed, int resamples, double eps_stop,
-                                        double cap_factor, double rho_max, std::int64_t grid, int ccdf_points,
+                                        double cap_factor, double rho_max, std::int64_t grid, std::int64_t exact_max,
+                                        int ccdf_points,
                                         std::int64_t min_samples) {
   const auto options = bootstrap_options(resamples, eps_stop, cap_factor);
   return detail::with_sample(w, [&](const auto& sample) {
     const auto* data = sample.data();
     const auto size = static_cast<std::int64_t>(sample.size());
     py::gil_scoped_release release;
-    return element_statistics(data, size, seed, options, rho_max, grid, ccdf_points, min_samples);
+    return element_statistics(data, size, seed, options, rho_max, grid, exact_max, ccdf_points, min_samples);
   });
 }
 
@@ -123,12 +124,13 @@ void register_tails(py::module_& m) {
         "pickands uses a quarter of the moments k), plus the second-order parameters with rho capped at "
         "rho_max. Raises ValueError for k out of range or when ties make the estimator undefined.");
   m.def("element_statistics", &element_statistics_of, py::arg("w"), py::arg("seed"), py::arg("resamples"),
-        py::arg("eps_stop"), py::arg("cap_factor"), py::arg("rho_max"), py::arg("grid"), py::arg("ccdf_points"),
+        py::arg("eps_stop"), py::arg("cap_factor"), py::arg("rho_max"), py::arg("grid"), py::arg("exact_max"),
+        py::arg("ccdf_points"),
         py::arg("min_samples"),
         "From one sort of |w| over the nonzero entries of the flat array w (any sign; float32 read as it is, any "
         "other dtype as float64): their CCDF at ccdf_points log-spaced points, and when there are at least "
         "min_samples (>= 20) of them tail_estimate(|w|, hill, k=0, seed, resamples, eps_stop, cap_factor, "
-        "rho_max) and fit_powerlaw(|w|, inf, NaN, grid), bit for bit. Raises ValueError when w has NaN or Inf "
+        "rho_max) and fit_powerlaw(|w|, inf, NaN, grid; 0, every candidate, with at most exact_max of them), bit for bit. Raises ValueError when w has NaN or Inf "
         "entries; ties that leave the estimates undefined give tails None and a tails_error.");
   m.def("fit_powerlaw", &powerlaw, py::arg("x"), py::arg("xmax"), py::arg("xmin"), py::arg("grid"),
         "Continuous Clauset-Shalizi-Newman power-law fit of a 1-D sample x the caller has checked to be finite "

@@ -127,6 +127,7 @@ def element_statistics(
     cap_factor: float,
     rho_max: float,
     grid: int,
+    exact_max: int,
     ccdf_points: int,
     min_samples: int,
 ) -> ElementStatistics: ...

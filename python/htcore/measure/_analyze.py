@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import nullcontext
 from typing import Any, Sequence
 
 import numpy as np
@@ -90,20 +91,16 @@ def analyze(
     keeps = _check_keeps(keeps)
     resamples = check_resamples(resamples)
     layers = load_layers(source, include=include, exclude=exclude)
-    workers = get_num_threads()
 
     def row(layer: Layer) -> LayerReport:
-        return _layer_report(layer, _layer_esd(layer) if spectral else None, elements=elements, keeps=keeps,
-                             tail_tests=tail_tests, resamples=resamples)
-
-    def small_row(layer: Layer) -> LayerReport:  # beside other rows: its kernels on its own thread
-        with kernels_on_this_thread_only():
-            return row(layer)
+        # A small layer's row runs beside others, its kernels on its own thread; a big one alone, on all.
+        with nullcontext() if _big_layer(layer) else kernels_on_this_thread_only():
+            return _layer_report(layer, _layer_esd(layer) if spectral else None, elements=elements, keeps=keeps,
+                                 tail_tests=tail_tests, resamples=resamples)
 
     rows = []
     with single_threaded_blas():  # entered here, around the workers' ESDs (see its docstring)
-        pairs = ordered_map(lambda layer: row(layer) if _big_layer(layer) else small_row(layer), layers,
-                            workers=workers, exclusive=_big_layer)
+        pairs = ordered_map(row, layers, workers=get_num_threads(), exclusive=_big_layer)
         for layer, report in progress_bar(pairs, enabled=progress, desc="htcore analyze", unit="layer"):
             rows.append(report)
             del layer  # release the tensor before the next big one is read
@@ -193,10 +190,9 @@ def _element_statistics(name: str, weight: np.ndarray, resamples: int
     estimate: warned) and the |w| CCDF for plots, from one kernel call (`element_measurements`: Hill
     with seed 0 and ``resamples``, the power-law fit on an ELEMENT_FIT_CANDIDATES grid above
     ELEMENT_FIT_EXACT_MAX entries). Raises ValueError for NaN or Inf weights."""
-    w = as_float_array(weight, "W", finite=False)
-    grid = 0 if np.count_nonzero(w) <= ELEMENT_FIT_EXACT_MAX else ELEMENT_FIT_CANDIDATES
-    found = element_measurements(w, grid, random_state=0, resamples=resamples, ccdf_points=CCDF_POINTS,
-                                 min_samples=MIN_ELEMENT_SAMPLES)
+    found = element_measurements(as_float_array(weight, "W", finite=False), ELEMENT_FIT_CANDIDATES,
+                                 exact_max=ELEMENT_FIT_EXACT_MAX, random_state=0, resamples=resamples,
+                                 ccdf_points=CCDF_POINTS, min_samples=MIN_ELEMENT_SAMPLES)
     if found.error:  # e.g. heavily quantized weights whose ties leave no estimate
         warnings.warn(f"{name}: no element tail estimate ({found.error})", DegenerateSampleWarning, stacklevel=3)
     if found.hill is None or found.fit is None:

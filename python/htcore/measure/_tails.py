@@ -233,19 +233,21 @@ class ElementMeasurements:
     error: str
 
 
-def element_measurements(W: np.ndarray, grid: int, *, random_state: Any = None, resamples: int = DEFAULT_RESAMPLES,
-                         ccdf_points: int = 0, min_samples: int = _AUTO_K_MIN_N) -> ElementMeasurements:
+def element_measurements(W: np.ndarray, grid: int, *, exact_max: int = 0, random_state: Any = None,
+                         resamples: int = DEFAULT_RESAMPLES, ccdf_points: int = 0,
+                         min_samples: int = _AUTO_K_MIN_N) -> ElementMeasurements:
     """The element sample's CCDF, auto-k Hill and power-law fit, from one sort inside the kernel.
 
     Bit for bit ``hill(element_sample(W), random_state=random_state, resamples=resamples)`` and
-    ``fit_powerlaw(element_sample(W), candidates=grid or None)``, without building the sample in
+    ``fit_powerlaw(element_sample(W), candidates=grid or None)`` (``candidates=None`` when the sample
+    has at most ``exact_max`` values), without building the sample in
     numpy (taking |w|, dropping zeros and sorting happen in one kernel call). ``W``: a C-contiguous
     float32 or float64 array of any shape (`as_float_array` with ``finite=False``); NaN or Inf
     entries raise ValueError, as in `element_sample`. Arguments are taken as checked
     (``min_samples >= 20``; ``ccdf_points=0`` skips the CCDF).
     """
     out = element_statistics(w=W.reshape(-1), seed=_seed(random_state), resamples=resamples, eps_stop=_DBS_EPS_STOP,
-                             cap_factor=_DBS_CAP_FACTOR, rho_max=_RHO_MAX, grid=grid, ccdf_points=ccdf_points,
+                             cap_factor=_DBS_CAP_FACTOR, rho_max=_RHO_MAX, grid=grid, exact_max=exact_max, ccdf_points=ccdf_points,
                              min_samples=min_samples)
     n, tails = int(out.n), out.tails
     ccdf = (out.ccdf_x, out.ccdf_p) if ccdf_points and n >= min_samples else None
