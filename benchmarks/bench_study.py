@@ -26,8 +26,9 @@ network-level relative error: the size-weighted mean of the layers' errors at ke
 Run: nice -n 5 python benchmarks/bench_study.py [--quick] [--out DIR]
 Writes DIR/study.md, study.json, study_scatter.png, study_curves.png (``study_quick.*`` with
 --quick, a 8-network version on 2,000 training images that tests/test_study.py runs). DIR defaults
-to benchmarks/results. The full grid (24 networks) took 7.8 minutes of CPU (34 minutes wall on
-2 cores shared at load average 13-17); --quick about 10 s of CPU.
+to benchmarks/results. The full grid (24 networks) took 4.1 minutes wall, 3.9 of CPU, on a quiet
+2-core machine (34 minutes wall for 7.8 of CPU on a slower one at load average 13-17); --quick about
+10 s of CPU.
 """
 from __future__ import annotations
 
@@ -300,6 +301,7 @@ def plot_scatter(records: list[dict], rows: list[dict], path: Path) -> None:
     """Tail measures (rows of panels) against lr/b and the three outcomes, rho [CI] per family in each panel."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     outcomes = ("lr_per_batch", "rel_error_at_keep", "best_kl", "test_error")
     fig = Figure(figsize=(15, 7), layout="constrained")
@@ -327,6 +329,10 @@ def plot_scatter(records: list[dict], rows: list[dict], path: Path) -> None:
                     notes.append(f"{family.upper()} rho {row['rho']:+.2f} [{row['ci'][0]:+.2f}, {row['ci'][1]:+.2f}]")
             if measure == "hill":  # auto-k Hill runs to the hundreds on near-Gaussian weights
                 (ax.set_yscale if outcome == "lr_per_batch" else ax.set_xscale)("log")
+                axis = ax.yaxis if outcome == "lr_per_batch" else ax.xaxis
+                axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 2, 5, 10, 20, ... in plain digits
+                axis.set_major_formatter(ScalarFormatter())
+                axis.set_minor_formatter(NullFormatter())
             if outcome == "lr_per_batch":
                 ax.set_xscale("log")
                 ax.set_xlabel(LABELS["lr_per_batch"])
