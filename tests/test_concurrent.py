@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+import htcore
 from htcore._concurrent import ordered_map
 
 
@@ -49,26 +50,60 @@ def test_runs_on_several_threads():
     assert len(names) == 2 and threading.current_thread().name not in names
 
 
-def test_exclusive_items_run_alone_in_the_calling_thread():
-    # Items divisible by 5 are exclusive: computed in the caller's thread once every earlier item
-    # was handed back, with no later item taken before they are done.
+def test_big_items_without_enough_company_run_alone_in_the_calling_thread():
+    # Items divisible by 5 are big (size 100); the four small ones (size 1) after each are far from
+    # half of the 2 * 100 the other two threads could take on, so each big item is computed in the
+    # caller's thread, with every earlier item handed back, and nothing after it runs meanwhile.
     src = CountingSource(23)
-    caller, log = threading.current_thread(), []
+    caller, log, running = threading.current_thread(), [], []
 
     def fn(i):
-        log.append((i, threading.current_thread() is caller, src.taken, src.returned))
-        return slow_square(i)
+        log.append((i, threading.current_thread() is caller, src.returned, list(running)))
+        running.append(i)
+        result = slow_square(i)
+        running.remove(i)
+        return result
 
     got = []
-    for item, result in ordered_map(fn, src, workers=3, exclusive=lambda i: i % 5 == 0):
+    for item, result in ordered_map(fn, src, workers=3, big=lambda i: i % 5 == 0,
+                                    size=lambda i: 100 if i % 5 == 0 else 1):
         src.returned += 1
         got.append((item, result))
-    assert got == [(i, i * i) for i in range(23)] and src.max_outstanding <= 3
-    for i, in_caller, taken, returned in log:
+    assert got == [(i, i * i) for i in range(23)]
+    for i, in_caller, returned, others in log:
         if i % 5 == 0:
-            assert in_caller and taken == i + 1 and returned == i
+            assert in_caller and returned == i and others == []
         else:
             assert not in_caller
+
+
+def test_big_item_with_enough_company_runs_beside_it():
+    # Item 0 is big (size 4) and items 1-4 (size 1 each) reach half of it: item 0 runs on a pool
+    # thread while item 1 runs on the other (the barrier deadlocks unless both run at once), its
+    # kernels on one thread like theirs; a big item run alone has all the threads.
+    caller, barrier, seen = threading.current_thread(), threading.Barrier(2, timeout=10), {}
+
+    def fn(i):
+        seen[i] = (threading.current_thread() is caller, htcore.get_num_threads())
+        if i in (0, 1):
+            barrier.wait()
+        return i
+
+    sizes = {0: 4, 5: 4}  # item 5 is big too, with nothing after it: alone
+    previous = htcore.get_num_threads()
+    htcore.set_num_threads(2)
+    try:
+        got = [r for _, r in ordered_map(fn, range(6), workers=2, big=lambda i: i in sizes,
+                                         size=lambda i: sizes.get(i, 1))]
+    finally:
+        htcore.set_num_threads(previous)
+    assert got == list(range(6))
+    assert all(seen[i] == (False, 1) for i in range(5)) and seen[5] == (True, 2)
+
+
+def test_big_and_size_go_together():
+    with pytest.raises(ValueError, match="big and size together"):
+        list(ordered_map(slow_square, range(3), workers=2, big=lambda i: True))
 
 
 def test_exception_raised_at_its_turn_and_pool_stops():

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import os
 import warnings
-from contextlib import nullcontext
 from typing import Any, Sequence
 
 import numpy as np
 
 from .._concurrent import ordered_map
 from .._progress import progress as progress_bar
-from .._threads import get_num_threads, kernels_on_this_thread_only
+from .._threads import get_num_threads
 from .._validation import as_float_array, check_fraction
 from ..errors import DegenerateSampleWarning
 from ..io import Layer, load_layers
@@ -83,24 +82,24 @@ def analyze(
     ``htcore.get_num_threads()`` small layers are computed concurrently (one BLAS thread and one
     htcore kernel thread each, and htcore's own eigenvalue solver, whose calls overlap where
     LAPACK's do not; the element kernels release the GIL) while this thread takes the layers in
-    order; a big layer
-    (more than 2^21 entries, such as an embedding; `htcore.measure._spectra.splits_into_blocks`) is computed
-    alone, its Gram row blocks and kernels shared between the threads. So at most one big tensor and a few
-    small ones are read at a time. Every number is identical at any thread count.
+    order. A big layer (more than 2^21 entries, such as an embedding;
+    `htcore.measure._spectra.splits_into_blocks`) runs on one thread beside the small layers after
+    it when they hold at least half as many entries as it does per other thread (an embedding
+    followed by the encoder's layers); otherwise it is computed alone, its Gram row blocks and
+    kernels shared between the threads. So at most one big tensor and the small layers read with it
+    are being computed at a time. Every number is identical at any thread count.
     """
     keeps = _check_keeps(keeps)
     resamples = check_resamples(resamples)
     layers = load_layers(source, include=include, exclude=exclude)
 
     def row(layer: Layer) -> LayerReport:
-        # A small layer's row runs beside others, its kernels on its own thread; a big one alone, on all.
-        with nullcontext() if _big_layer(layer) else kernels_on_this_thread_only():
-            return _layer_report(layer, _layer_esd(layer) if spectral else None, elements=elements, keeps=keeps,
-                                 tail_tests=tail_tests, resamples=resamples)
+        return _layer_report(layer, _layer_esd(layer) if spectral else None, elements=elements, keeps=keeps,
+                             tail_tests=tail_tests, resamples=resamples)
 
     rows = []
     with single_threaded_blas():  # entered here, around the workers' ESDs (see its docstring)
-        pairs = ordered_map(row, layers, workers=get_num_threads(), exclusive=_big_layer)
+        pairs = ordered_map(row, layers, workers=get_num_threads(), big=_big_layer, size=_layer_size)
         for layer, report in progress_bar(pairs, enabled=progress, desc="htcore analyze", unit="layer"):
             rows.append(report)
             del layer  # release the tensor before the next big one is read
@@ -126,9 +125,14 @@ def _layer_esd(layer: Layer) -> np.ndarray | ValueError:
 
 
 def _big_layer(layer: Layer) -> bool:
-    # A big layer's ESD uses all the threads itself (row blocks), so it runs alone: no nested pools,
-    # and no more than one big tensor being read at a time.
+    # A big layer's ESD and element kernels can use all the threads themselves (row blocks), so it runs
+    # alone unless enough small layers follow to run beside it (`ordered_map`): no nested pools, and no
+    # more than one big tensor being computed at a time.
     return splits_into_blocks(layer.matrices)
+
+
+def _layer_size(layer: Layer) -> int:
+    return layer.num_params
 
 
 def _layer_report(layer: Layer, evals: np.ndarray | ValueError | None, *, elements: bool,
