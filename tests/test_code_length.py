@@ -159,7 +159,9 @@ def test_model_total_adds_every_charge():
     assert cl.total_bits == body + cl.self_delimiting_bits
     assert cl.nnz == layers[0].weight.nnz + 32 + 320
     assert code_length(layers).total_bits == cl.total_bits - 4  # a sequence of layers works; no search charge
-    assert "**total**" in cl.table()
+    table = cl.table()
+    assert "**total**" in table and "| bits for k |" in table and "| count |" not in table  # words, not jargon
+    assert f"**{cl.total_bits:,}**" in table and "search (12 settings)" in table
 
 
 def test_code_length_grows_with_what_is_kept():

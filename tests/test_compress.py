@@ -196,6 +196,9 @@ def test_certify_report_is_consistent(mlp, digits):
     assert rep.tighter in ("arora", "direct")
     assert rep.test_error == pytest.approx(np.mean(np.asarray(g(digits.X_test)).argmax(1) != digits.y_test))
     assert "kl" in rep.summary() and rep.as_dict()["code"]["total_bits"] == rep.code_bits
+    lower = "Arora et al.'s" if rep.tighter == "arora" else "the kl bound"
+    assert f"lower of the two: {lower} ({min(rep.arora, rep.kl):.4f}" in rep.summary()
+    assert "tighter" not in rep.summary()  # the field's value ("direct") is not a word a reader knows
 
 
 def test_certify_validation(mlp, digits):

@@ -35,7 +35,8 @@ class BoundReport:
     with L = ``code_bits`` (the full description length, search charge included). With an
     ``original`` net f: ``gamma``, ``margin_error`` = L_hat_{2 gamma}(f), and ``arora`` =
     `htcore.bounds.arora_bound` with ``arora_q`` parameters of ``arora_r`` values (positions not
-    charged, as in Arora et al.); ``tighter`` says whether "arora" or "direct" (the kl form) is lower.
+    charged, as in Arora et al.); ``tighter`` says whether "arora" or "direct" (the kl form) is lower
+    (`lower_of_the_two` says it in words).
     With test data: ``test_error`` of g beside the bounds. With ``stability=True``: ``stability``,
     the `NoiseStability` of g against f on the training data (its markdown closes `summary`).
     """
@@ -70,6 +71,14 @@ class BoundReport:
         """Whether the test error of g lies below its kl bound (None without test data)."""
         return None if self.test_error is None else self.test_error <= self.kl
 
+    def lower_of_the_two(self) -> str:
+        """Which of Arora et al.'s bound and the kl bound is lower, with both values ("" without an
+        original net)."""
+        if self.arora is None:
+            return ""
+        lower = "Arora et al.'s" if self.tighter == "arora" else "the kl bound"
+        return f"{lower} ({min(self.arora, self.kl):.4f}; the other {max(self.arora, self.kl):.4f})"
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready fields (the per-tensor code lengths under "code", `NoiseStability.as_dict` under
         "stability")."""
@@ -86,8 +95,8 @@ class BoundReport:
                  f"catoni {self.catoni:.4f}"]
         if self.gamma is not None:
             lines.append(f"(gamma, S): gamma = {self.gamma:.4g}, 2gamma-margin error of f = {self.margin_error:.4f}, "
-                         f"Arora Thm 2.1 (q = {self.arora_q}, r = {self.arora_r}) = {self.arora:.4f}; "
-                         f"tighter: {self.tighter}")
+                         f"Arora et al. Thm 2.1 (q = {self.arora_q} parameters of r = {self.arora_r} values) "
+                         f"= {self.arora:.4f}; lower of the two: {self.lower_of_the_two()}")
         if self.stability is not None:
             lines += ["", stability_section(self.stability)["markdown"]]
         return "\n".join(lines)

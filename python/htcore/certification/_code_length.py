@@ -35,6 +35,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .._text import markdown_table, plural
 from .._validation import check_int
 from ..runtime import AdaptiveAvgPool2d, Add, BatchNorm2d
 from ..sparse import CSRMatrix
@@ -172,18 +173,19 @@ class CodeLength:
         return sum(t.k for t in self.tensors)
 
     def table(self) -> str:
-        """A markdown table, one row per tensor, then the fixed charges and the total."""
-        rows = ["| tensor | kind | shape | k | count | positions (C(n,k)) | Elias–Fano | values (code) | total |",
-                "|---|---|---|---:|---:|---:|---:|---:|---:|"]
-        for t in self.tensors:
-            shape = "x".join(map(str, t.shape))
-            rows.append(f"| {t.name} | {t.kind} | {shape} | {t.k} | {t.count_bits} | {t.position_bits} | "
-                        f"{t.elias_fano_bits} | {t.value_bits} ({t.values_code}) | {t.total_bits} |")
-        rows.append(f"| architecture | | | | | | | | {self.architecture_bits} |")
-        rows.append(f"| self-delimiting | | | | | | | | {self.self_delimiting_bits} |")
-        rows.append(f"| search ({self.settings_tried} settings) | | | | | | | | {self.search_bits} |")
-        rows.append(f"| **total** | | | {self.nnz} | | | | | **{self.total_bits}** |")
-        return "\n".join(rows)
+        """A markdown table in bits, one row per tensor, then the fixed charges and the total. A sparse
+        tensor pays for k (its count of stored values), their positions among its n entries
+        (ceil log2 C(n, k)) and the values in the cheapest code; Elias-Fano, a real position code,
+        is shown for comparison and not charged."""
+        rows: list[list[Any]] = [
+            [t.name, t.kind, "x".join(map(str, t.shape)), f"{t.k:,}", t.count_bits, f"{t.position_bits:,}",
+             f"{t.elias_fano_bits:,}", f"{t.value_bits:,} ({t.values_code})", f"{t.total_bits:,}"] for t in self.tensors]
+        rows += [["architecture", *[""] * 7, self.architecture_bits],
+                 ["self-delimiting length", *[""] * 7, self.self_delimiting_bits],
+                 [f"search ({plural(self.settings_tried, 'setting')})", *[""] * 7, self.search_bits],
+                 ["**total**", "", "", f"{self.nnz:,}", *[""] * 4, f"**{self.total_bits:,}**"]]
+        return markdown_table(["tensor", "kind", "shape", "stored values k", "bits for k", "positions",
+                               "(Elias-Fano)", "values (code)", "total"], rows, left=3)
 
 
 def _value_bits(values: np.ndarray, precision_bits: int) -> tuple[int, int, int, int]:

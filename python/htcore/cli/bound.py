@@ -30,6 +30,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .._text import markdown_table
 from ..datasets import Dataset, load_digits, load_fashion_mnist
 from ..runtime import Conv2d, Linear, save_compressed
 from ._args import (
@@ -38,7 +39,6 @@ from ._args import (
     codebook_levels,
     comma_list,
     dataset,
-    plural,
     positive_int,
     positive_real,
     probability,
@@ -216,13 +216,6 @@ def _keeps(settings: Mapping[str, Any]) -> str:
     return ", ".join(parts) or "dense"
 
 
-def _markdown(header: list[str], rows: list[list[Any]], *, left: int) -> str:
-    """A markdown table, the first ``left`` columns left-aligned (text), the others right-aligned (numbers)."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i < left else "---:" for i in range(len(header))) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def _print_search(result: Any, budget_of: list[str] | None, data: Dataset) -> None:
     n = len(result.settings)
     what = "one per budget and codebook size, keeps per layer from htcore.allocate" if budget_of else "the default grid"
@@ -237,7 +230,7 @@ def _print_search(result: Any, budget_of: list[str] | None, data: Dataset) -> No
                      _keeps(s), s.get("levels") or "-", s.get("bias_precision", "float32"), f"{kept:,}",
                      f"{r.code_bits:,}", f"{r.train_error:.4f}", *([f"{r.test_error:.4f}"] if r.test_error is not None else []),
                      f"{r.kl:.4f}"])
-    print(_markdown(header, rows, left=5 if budget_of else 4))
+    print(markdown_table(header, rows, left=5 if budget_of else 4))
 
 
 def _print_report(report: Any, data: Dataset) -> None:
@@ -259,29 +252,20 @@ def _print_report(report: Any, data: Dataset) -> None:
               ("Hoeffding bound", f"{report.hoeffding:.4f}"),
               ("Catoni bound", f"{report.catoni:.4f}")]
     if report.gamma is not None:
-        lower = "Arora et al.'s" if report.tighter == "arora" else "the kl bound"
         lines += [("", "Against the original net f (Arora et al. 2018, compression with (gamma, S)):"),
                   ("gamma", f"{report.gamma:.4g} (largest |f(x) - g(x)| over the training set, in output units)"),
                   ("train error of f", f"{report.original_train_error:.4f}"),
                   ("f's error at margin 2 gamma", f"{report.margin_error:.4f} (fraction of training examples)"),
                   ("Arora et al. Thm 2.1 bound", f"{report.arora:.4f} (q = {report.arora_q:,} parameters of r = "
                                                  f"{report.arora_r:,} values each; positions not charged)"),
-                  ("lower of the two", f"{lower} ({min(report.arora, report.kl):.4f}; the other "
-                                       f"{max(report.arora, report.kl):.4f})")]
+                  ("lower of the two", report.lower_of_the_two())]
     for label, text in lines:
         print(f"  {label + ':':29} {text}" if label else text)
     print()
     print("Code length per tensor, in bits: a sparse tensor pays for k (its count of stored values), their "
           "positions among its n entries (ceil log2 C(n, k)) and the values in the cheapest code; Elias-Fano, "
           "a real position code, is shown for comparison and not charged.")
-    rows = [[t.name, t.kind, "x".join(map(str, t.shape)), f"{t.k:,}", t.count_bits, f"{t.position_bits:,}",
-             f"{t.elias_fano_bits:,}", f"{t.value_bits:,} ({t.values_code})", f"{t.total_bits:,}"] for t in code.tensors]
-    rows += [["architecture", *[""] * 7, code.architecture_bits],
-             ["self-delimiting length", *[""] * 7, code.self_delimiting_bits],
-             [f"search ({plural(code.settings_tried, 'setting')})", *[""] * 7, code.search_bits],
-             ["**total**", "", "", f"{code.nnz:,}", *[""] * 4, f"**{code.total_bits:,}**"]]
-    print(_markdown(["tensor", "kind", "shape", "stored values k", "bits for k", "positions", "(Elias-Fano)",
-                     "values (code)", "total"], rows, left=3))
+    print(code.table())
     if report.stability is not None:
         print()
         print(stability_section(report.stability)["markdown"])
