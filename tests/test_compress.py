@@ -349,3 +349,23 @@ def test_finetune_data_that_does_not_fit_the_model_is_refused_before_training(ml
         compress(mlp, keep=0.1, finetune=dict(epochs=1), train_data=(X[:, :63], digits.y_train[:64]))
     with pytest.raises(ValueError, match="positive finite"):
         compress(mlp, keep=0.1, finetune=dict(epochs=1, lr=float("inf")), train_data=(X, digits.y_train[:64]))
+
+
+def test_finetuning_with_dropout_depends_on_the_seed_alone(mlp, digits):
+    # Dropout draws from torch's global generator: fine-tuning seeds it from finetune["seed"] inside a
+    # forked state, so whatever the caller's generator holds, the compressed net is the same, and the
+    # caller's generator is left where it was (before, the weights followed the global state).
+    from htcore import compress
+
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 10))
+    model[0].load_state_dict(mlp[0].state_dict())
+    model[3].load_state_dict(mlp[2].state_dict())
+    tune = {"epochs": 1, "batch_size": 64, "seed": 3}
+    weights = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        g = compress(model.eval(), keep=0.3, finetune=tune, train_data=(digits.X_train, digits.y_train))
+        assert torch.equal(torch.rand(3), torch.rand(3, generator=torch.Generator().manual_seed(global_seed)))
+        weights.append([w.todense() for w in sparse_weights(g)])
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)

@@ -66,6 +66,9 @@ def fit(forward: Callable, params: list, X: Any, y: Any, *, epochs: int, lr: flo
         after_step: Callable[[], None] | None = None, schedule: str = "constant") -> None:
     """Adam on the cross-entropy of ``forward(X_batch)`` over ``epochs`` seeded shuffles of (X, y)
     (torch tensors); ``after_step()`` runs after every optimiser step (e.g. to re-impose a mask).
+    Whatever draws from torch's global generator meanwhile (Dropout) draws from it seeded by
+    ``seed``, inside a forked RNG state: the result depends on ``seed`` alone, and the caller's
+    generator is left as it was.
     ``schedule``: "constant" keeps ``lr``; "cosine" anneals it per step from ``lr`` at the first step
     to 0 after the last, lr * (1 + cos(pi * t / T)) / 2 for step t of T (Loshchilov and Hutter 2017,
     without restarts), so the last epochs take small steps that settle into a minimum."""
@@ -73,6 +76,16 @@ def fit(forward: Callable, params: list, X: Any, y: Any, *, epochs: int, lr: flo
 
     if not epochs or not params:
         return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        _fit(forward, params, X, y, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, after_step=after_step,
+             schedule=schedule)
+
+
+def _fit(forward: Callable, params: list, X: Any, y: Any, *, epochs: int, lr: float, batch_size: int, seed: int,
+         after_step: Callable[[], None] | None, schedule: str) -> None:
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.Adam(params, lr=lr)
     steps = epochs * -(-X.shape[0] // batch_size)
@@ -97,9 +110,8 @@ def train_classifier(model: Any, X: Any, y: Any, *, epochs: int = 10, lr: float 
     """Train any torch classifier (scores (n, classes) out) in place with Adam on cross-entropy over
     ``epochs`` seeded shuffles of (X, y); X is (n, features) or images (n, C, H, W). ``schedule`` is
     the learning-rate schedule of `fit` ("constant" or "cosine" from ``lr`` to 0). The model runs in
-    train mode while fitting (BatchNorm statistics, Dropout drawn from torch's generator seeded by
-    ``seed`` inside a forked RNG state) and is returned in eval mode."""
-    import torch
+    train mode while fitting (BatchNorm statistics, Dropout drawn as `fit` says) and is returned in
+    eval mode."""
 
     Xt, yt = as_training_tensors(X, y, "training data", model=model)
     epochs = check_int(epochs, "epochs", low=0)
@@ -107,11 +119,9 @@ def train_classifier(model: Any, X: Any, y: Any, *, epochs: int = 10, lr: float 
     seed = check_int(seed, "seed", low=0)
     lr = check_positive(lr, "lr")
     schedule = check_schedule(schedule)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model.train()
-        fit(model, list(model.parameters()), Xt, yt, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-            schedule=schedule)
+    model.train()
+    fit(model, list(model.parameters()), Xt, yt, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+        schedule=schedule)
     return model.eval()
 
 

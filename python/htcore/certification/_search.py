@@ -5,10 +5,10 @@ Work is split into groups of settings that share one pruning and fine-tuning (th
 ``levels`` or ``bias_precision``; `htcore.compression.compress_grid`). Each group is one task of a
 picklable top-level function, run in this process (no executor) or on a
 `concurrent.futures.Executor`: a local process pool, a Dask cluster. A task runs on one torch thread
-and one htcore thread (restored afterwards) inside a forked torch RNG seeded from the fine-tuning
-seed, so a group's result depends on nothing but its inputs: torch's float sums depend on its thread
-count, and Dropout draws from torch's global generator. Hence the serial run and every parallel run
-give the same models, bits and bounds.
+and one htcore thread (restored afterwards), and its fine-tuning draws Dropout from a forked torch
+RNG seeded from the fine-tuning seed (`htcore.train.fit`), so a group's result depends on nothing
+but its inputs (torch's float sums depend on its thread count). Hence the serial run and every
+parallel run give the same models, bits and bounds.
 """
 from __future__ import annotations
 
@@ -115,8 +115,8 @@ def search_bound(model: Any, X_train: Any, y_train: Any, *, grid: Sequence[Mappi
         fewer). When this grid was itself picked after trying others on the same training data,
         count every one tried so that the bound stays honest.
 
-    Every task runs on one torch thread and one htcore thread (restored afterwards) with torch's RNG
-    forked and seeded from the fine-tuning seed (see the module docstring), so the result is the same
+    Every task runs on one torch thread and one htcore thread (restored afterwards), its Dropout
+    seeded from the fine-tuning seed (see the module docstring), so the result is the same
     whatever the executor: same settings, models, bits and bounds, in setting order. Returns a
     `SearchResult` holding every compressed model (`SearchResult.best_model` is the winner).
     """
@@ -243,14 +243,9 @@ def _one_thread() -> Iterator[None]:
 def _certify_group(model: Any, data: _Data, group: list[dict[str, Any]], *, finetune: Mapping[str, Any] | None, delta: float,
                    with_original: bool, settings_tried: int) -> list[tuple[BoundReport, Any]]:
     """One task: compress (sharing the pruning and fine-tuning) and certify a group of settings.
-    Deterministic in its inputs (module docstring): one thread each, torch's RNG forked and seeded."""
-    import torch
-
-    tune = group[0].get("finetune", finetune)
-    seed = check_int(tune.get("seed", 0), "finetune['seed']", low=0) if isinstance(tune, Mapping) else 0
+    Deterministic in its inputs (module docstring): one thread each, Dropout seeded by `htcore.train.fit`."""
     out = []
-    with _one_thread(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # Dropout during fine-tuning draws from the global generator
+    with _one_thread():
         for _, compressed in compress_grid(model, group, finetune=finetune, train_data=(data.X_train, data.y_train)):
             report = certify(compressed, data.X_train, data.y_train, delta=delta, original=model if with_original else None,
                              X_test=data.X_test, y_test=data.y_test, settings_tried=settings_tried)
