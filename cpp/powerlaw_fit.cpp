@@ -13,7 +13,9 @@
 // candidate whose lower bound exceeds the best distance found so far (tau) cannot win and is
 // dropped. Survivors are evaluated exactly: first on a coarse grid of about sqrt(n_t) points, then
 // inside each coarse interval whose bound (T and A are both non-decreasing, so on (p, q)
-// T - A <= T_q - A_p - 1/n_t and A - T <= A_q - T_p - 1/n_t) exceeds the running maximum. Every
+// T - A <= T_q - A_p - 1/n_t and A - T <= A_q - T_p - 1/n_t) exceeds the running maximum, in the
+// same way (sampled at about sqrt(length) points, only the pieces whose bound exceeds the maximum
+// looked into) until the pieces are short enough to scan point by point. Every
 // surviving D_i is therefore exact and every dropped one is provably larger than the minimum, so
 // the answer does not depend on the order in which threads visit candidates.
 #include <algorithm>
@@ -158,6 +160,64 @@ void atomic_min(std::atomic<double>& target, double value) {
   }
 }
 
+// The bound on |T_j - A_j| over the points strictly inside (p, q), from the values at p and q: T and
+// A are both non-decreasing and A rises by at least 1/n_t per distinct value, so there
+// T - A <= T_q - A_p - 1/n_t and A - T <= A_q - T_p - 1/n_t.
+inline double interval_bound(double fit_p, double emp_p, double fit_q, double emp_q, double inv_n) {
+  return std::max(fit_q - emp_p, emp_q - fit_p) - inv_n + kBoundSlack;
+}
+
+// Raises `best` (and `where`) to the largest gap strictly inside (p, q) if it exceeds `best`, given
+// the fitted and empirical CDFs at p and q. Long intervals are sampled at about sqrt(length) points
+// first, and only the pieces whose bound exceeds the running maximum are looked into, the same way
+// again; short ones are scanned in blocks of 256 vectorised gaps. The maximum is the exact one.
+void refine_interval(const TailModel& model, std::int64_t p, std::int64_t q, double fit_p, double emp_p,
+                     double fit_q, double emp_q, double& best, std::int64_t& where) {
+  constexpr std::int64_t kScan = 64;  // below this many points, scanning beats sampling (measured)
+  if (q - p - 1 <= kScan) {
+    constexpr int kBlock = 256;
+    double gaps[kBlock];
+    for (std::int64_t j0 = p + 1; j0 < q; j0 += kBlock) {
+      const int count = static_cast<int>(std::min<std::int64_t>(kBlock, q - j0));
+      model.gaps(j0, count, gaps);
+      for (int t = 0; t < count; ++t) {
+        if (gaps[t] > best) {
+          best = gaps[t];
+          where = j0 + t;
+        }
+      }
+    }
+    return;
+  }
+  const std::int64_t stride = static_cast<std::int64_t>(std::sqrt(static_cast<double>(q - p)));
+  struct Point {
+    std::int64_t j;
+    double fit, emp;
+  };
+  std::vector<Point> points{{p, fit_p, emp_p}};
+  for (std::int64_t j = p + stride; j < q; j += stride) {
+    points.push_back({j, model.fitted(j), model.empirical(j)});
+    const double d = std::fabs(points.back().fit - points.back().emp);
+    if (d > best) {
+      best = d;
+      where = j;
+    }
+  }
+  points.push_back({q, fit_q, emp_q});
+  std::vector<std::pair<double, std::size_t>> open;
+  for (std::size_t i = 0; i + 1 < points.size(); ++i) {
+    const Point &a = points[i], &b = points[i + 1];
+    const double ub = interval_bound(a.fit, a.emp, b.fit, b.emp, model.inv_n());
+    if (b.j - a.j >= 2 && ub > best) open.emplace_back(ub, i);
+  }
+  std::sort(open.begin(), open.end(), [](const auto& x, const auto& y) { return x.first > y.first; });
+  for (const auto& [ub, i] : open) {
+    if (ub <= best) break;
+    const Point &a = points[i], &b = points[i + 1];
+    refine_interval(model, a.j, b.j, a.fit, a.emp, b.fit, b.emp, best, where);
+  }
+}
+
 // Exact KS distance of a candidate, or +inf as soon as it provably exceeds tau.
 // `hint` holds indices where recent candidates had their maximum; it is updated.
 double ks_distance_or_prune(const TailModel& model, std::int64_t first, std::int64_t last,
@@ -196,24 +256,13 @@ double ks_distance_or_prune(const TailModel& model, std::int64_t first, std::int
   std::vector<std::pair<double, std::size_t>> open;
   for (std::size_t p = 0; p + 1 < points.size(); ++p) {
     if (points[p + 1] - points[p] < 2) continue;
-    const double ub = std::max(fit[p + 1] - emp[p], emp[p + 1] - fit[p]) - model.inv_n() + kBoundSlack;
+    const double ub = interval_bound(fit[p], emp[p], fit[p + 1], emp[p + 1], model.inv_n());
     if (ub > best) open.emplace_back(ub, p);
   }
   std::sort(open.begin(), open.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-  constexpr int kBlock = 256;
-  double gaps[kBlock];
   for (const auto& [ub, p] : open) {
     if (ub <= best) break;
-    for (std::int64_t j0 = points[p] + 1; j0 < points[p + 1]; j0 += kBlock) {
-      const int count = static_cast<int>(std::min<std::int64_t>(kBlock, points[p + 1] - j0));
-      model.gaps(j0, count, gaps);
-      for (int t = 0; t < count; ++t) {
-        if (gaps[t] > best) {
-          best = gaps[t];
-          where = j0 + t;
-        }
-      }
-    }
+    refine_interval(model, points[p], points[p + 1], fit[p], emp[p], fit[p + 1], emp[p + 1], best, where);
     if (best > tau.load(std::memory_order_relaxed)) {
       hint = where;
       return kInf;
