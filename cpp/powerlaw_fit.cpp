@@ -109,7 +109,7 @@ inline double ks_gap(double log_value, std::int64_t below, double log_xmin, doub
 
 // out[t] = ks_gap at j = j0 + t, t < count: the inner loop of the fit (its exponentials vectorise).
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-__attribute__((target_clones("avx2", "default")))
+__attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 void ks_gaps(const double* log_value, const std::int64_t* below, std::int64_t j0, int count, double log_xmin,
              double slope, double inv_z, double below_i, double inv_n, double* out) {

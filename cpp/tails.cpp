@@ -139,10 +139,10 @@ class Rng {
   std::uint64_t s_[4];
 };
 
-// v[j] = -ln v[j] for v[j] in [2^-64, 1]. The AVX2 clone uses the same IEEE operations (AVX2 has
-// no FMA to contract into), so every clone gives the same bits.
+// v[j] = -ln v[j] for v[j] in [2^-64, 1]. Every clone uses the same IEEE operations (multiply-adds
+// are not fused in this file, see CMakeLists.txt), so every clone gives the same bits.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-__attribute__((target_clones("avx2", "default")))
+__attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 void neg_log_units(double* v, std::int64_t m) {
   for (std::int64_t j = 0; j < m; ++j) v[j] = neg_log_unit(v[j]);
@@ -192,7 +192,7 @@ __attribute__((always_inline)) inline void lane_uniforms(LaneRngs& g, double* u)
 // spacing[j * kLanes + l] = S_(j+1) = E_1 + ... + E_(j+1) of lane l for j < m, E = -ln V for the
 // next m uniforms V of each stream; partial[l] ends as S_m. In blocks that stay in cache.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-__attribute__((target_clones("avx2", "default")))
+__attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 void draw_partial_sums(LaneRngs& rngs, std::int64_t m, double* spacing, double* partial) {
   constexpr std::int64_t kBlock = 64;
@@ -510,7 +510,7 @@ std::array<double, N> chunked_sums(std::int64_t count, Add add) {
 // the vectorised log and exp of vector_math.hpp instead of one std::pow per index (which took as
 // long as sorting the sample).
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-__attribute__((target_clones("avx2", "default")))
+__attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 void rank_weights(std::int64_t begin, int count, double kd, double rho, double* out) {
   const double first = static_cast<double>(begin);
@@ -567,7 +567,7 @@ SecondOrder second_order(const double* logs, std::int64_t n, double rho_max) {
 namespace {
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-__attribute__((target_clones("avx2", "default")))
+__attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 void log_values_serial(const double* x, std::int64_t m, double* out) {
   for (std::int64_t i = 0; i < m; ++i) out[i] = log_positive(x[i]);
