@@ -648,13 +648,57 @@ void sorted_ccdf(const double* sorted, std::int64_t n, int points, std::vector<d
   }
 }
 
+// Sum of (scale x[j])^2 over j < m in eight interleaved partial sums (they vectorise; multiply-adds
+// are not fused in this file, so every clone gives the same bits).
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+double sum_of_squares(const double* x, std::int64_t m, double scale) {
+  constexpr int kParts = 8;
+  double part[kParts] = {};
+  std::int64_t j = 0;
+  for (; j + kParts <= m; j += kParts)
+    for (int l = 0; l < kParts; ++l) {
+      const double v = scale * x[j + l];
+      part[l] += v * v;
+    }
+  double sum = 0;
+  for (; j < m; ++j) sum += (scale * x[j]) * (scale * x[j]);
+  for (int l = 0; l < kParts; ++l) sum += part[l];
+  return sum;
+}
+
+// The compressibility sums of element_statistics (tails.hpp) from the ascending-sorted magnitudes.
+void error_sums(const double* sorted, std::int64_t n, const std::vector<std::int64_t>& keep_counts,
+                ElementStatistics& out) {
+  // Entries below cut = n - k are dropped by keeping the top k; cuts taken in ascending order.
+  std::vector<std::pair<std::int64_t, std::size_t>> cuts;
+  for (std::size_t i = 0; i < keep_counts.size(); ++i) cuts.emplace_back(std::max<std::int64_t>(0, n - keep_counts[i]), i);
+  std::sort(cuts.begin(), cuts.end());
+  // In units of a power of two near the largest magnitude squared (exact), so that weights near
+  // 1e300 do not overflow nor subnormal ones underflow; only the ratios are used. (2^1000 at most:
+  // 2^1074 would overflow, and the largest subnormal times 2^1000 squares to a normal number.)
+  const double scale = n > 0 ? std::ldexp(1.0, std::min(1000, -std::ilogb(sorted[n - 1]))) : 1.0;
+  out.tail_sq.assign(keep_counts.size(), 0.0);
+  double sum = 0;
+  std::int64_t at = 0;
+  for (const auto& [cut, i] : cuts) {
+    sum += sum_of_squares(sorted + at, cut - at, scale);
+    at = cut;
+    out.tail_sq[i] = sum;
+  }
+  out.total_sq = sum + sum_of_squares(sorted + at, n - at, scale);
+}
+
 template <class T>
 ElementStatistics element_statistics_of(const T* w, std::int64_t size, std::uint64_t seed,
                                         const DoubleBootstrapOptions& options, double rho_max, std::int64_t grid,
-                                        std::int64_t exact_max, int ccdf_points, std::int64_t min_samples) {
+                                        std::int64_t exact_max, int ccdf_points, std::int64_t min_samples,
+                                        const std::vector<std::int64_t>& keep_counts) {
   ElementStatistics out;
   const std::unique_ptr<double[]> sorted = sorted_magnitudes(w, size, &out.n);
   const std::int64_t n = out.n;
+  error_sums(sorted.get(), n, keep_counts, out);
   if (n == 0 || n < min_samples) return out;
   if (ccdf_points > 0) sorted_ccdf(sorted.get(), n, ccdf_points, out.ccdf_x, out.ccdf_p);
   try {
@@ -684,14 +728,18 @@ TailEstimate estimate_tail(TailMethod method, const float* x, std::int64_t n, st
 
 ElementStatistics element_statistics(const double* w, std::int64_t size, std::uint64_t seed,
                                      const DoubleBootstrapOptions& options, double rho_max, std::int64_t grid,
-                                     std::int64_t exact_max, int ccdf_points, std::int64_t min_samples) {
-  return element_statistics_of(w, size, seed, options, rho_max, grid, exact_max, ccdf_points, min_samples);
+                                     std::int64_t exact_max, int ccdf_points, std::int64_t min_samples,
+                                     const std::vector<std::int64_t>& keep_counts) {
+  return element_statistics_of(w, size, seed, options, rho_max, grid, exact_max, ccdf_points, min_samples,
+                               keep_counts);
 }
 
 ElementStatistics element_statistics(const float* w, std::int64_t size, std::uint64_t seed,
                                      const DoubleBootstrapOptions& options, double rho_max, std::int64_t grid,
-                                     std::int64_t exact_max, int ccdf_points, std::int64_t min_samples) {
-  return element_statistics_of(w, size, seed, options, rho_max, grid, exact_max, ccdf_points, min_samples);
+                                     std::int64_t exact_max, int ccdf_points, std::int64_t min_samples,
+                                     const std::vector<std::int64_t>& keep_counts) {
+  return element_statistics_of(w, size, seed, options, rho_max, grid, exact_max, ccdf_points, min_samples,
+                               keep_counts);
 }
 
 }  // namespace htcore

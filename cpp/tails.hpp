@@ -119,8 +119,13 @@ PowerLawResult fit_sorted_powerlaw(double* sorted, std::int64_t n, double xmax, 
 // - auto-k Hill (estimate_tail(hill, k = 0)) and the power-law fit without xmax
 //   (fit_powerlaw(x, +inf, NaN, grid), or grid 0, every candidate, when n <= exact_max) of the
 //   sample, bit for bit;
-// both only when n >= min_samples. Throws std::invalid_argument, naming how many, when w has NaN or
-// Inf entries. Where ties make the tail estimates undefined, tails_error says why (the CCDF stands).
+// both only when n >= min_samples;
+// - for the compressibility curve, at any n: the sum of squares of all entries and, for each count k
+//   in keep_counts, of the entries outside the top k by magnitude (the n - k smallest magnitudes,
+//   none when k >= n), summed in ascending order in blocks of eight partial sums, in units of
+//   2^(2e) with 2^e <= the largest magnitude < 2^(e+1), e >= -1000 (only their ratios mean anything).
+// Throws std::invalid_argument, naming how many, when w has NaN or Inf entries. Where ties make the
+// tail estimates undefined, tails_error says why (the CCDF and the sums stand).
 struct ElementTails {
   TailEstimate hill;
   PowerLawResult fit;
@@ -128,15 +133,21 @@ struct ElementTails {
 struct ElementStatistics {
   std::int64_t n = 0;  // nonzero entries
   std::vector<double> ccdf_x, ccdf_p;
+  // Sums of squares for the compressibility curve (scaled, see above): total_sq over every entry,
+  // tail_sq[i] over the entries outside the top keep_counts[i] by magnitude (ties do not matter).
+  double total_sq = 0;
+  std::vector<double> tail_sq;
   bool has_tails = false;
   ElementTails tails;
   std::string tails_error;
 };
 ElementStatistics element_statistics(const double* w, std::int64_t size, std::uint64_t seed,
                                      const DoubleBootstrapOptions& options, double rho_max, std::int64_t grid,
-                                     std::int64_t exact_max, int ccdf_points, std::int64_t min_samples);
+                                     std::int64_t exact_max, int ccdf_points, std::int64_t min_samples,
+                                     const std::vector<std::int64_t>& keep_counts);
 ElementStatistics element_statistics(const float* w, std::int64_t size, std::uint64_t seed,
                                      const DoubleBootstrapOptions& options, double rho_max, std::int64_t grid,
-                                     std::int64_t exact_max, int ccdf_points, std::int64_t min_samples);
+                                     std::int64_t exact_max, int ccdf_points, std::int64_t min_samples,
+                                     const std::vector<std::int64_t>& keep_counts);
 
 }  // namespace htcore

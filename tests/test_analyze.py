@@ -66,7 +66,9 @@ def test_values_are_the_estimators_outputs(report):
         assert (e.tail_index, e.tail_index_ci_low, e.tail_index_ci_high, e.hill_k) == (h.alpha, h.ci_low, h.ci_high, h.k)
         assert (e.fit_tail_index, e.fit_xmin, e.fit_ks_distance) == (fit.alpha, fit.xmin, fit.ks_distance)
         assert e.fit_tail_index == pytest.approx(fit.pdf_exponent - 1)
-        np.testing.assert_array_equal(row.rel_error, htcore.compressibility_curve(w[name], DEFAULT_KEEPS).rel_error)
+        # summed over the sorted magnitudes inside the element kernel, not by compressibility_curve's selection
+        np.testing.assert_allclose(row.rel_error, htcore.compressibility_curve(w[name], DEFAULT_KEEPS).rel_error,
+                                   rtol=1e-12)
     # The 2x5 layer: 2 eigenvalues (< 8, WeightWatcher skips such layers) and 10 entries: NaN, not a crash.
     tiny = report["tiny.weight"]
     assert tiny.spectral.num_evals == 2 and math.isnan(tiny.spectral.alpha) and tiny.elements is None

@@ -1,6 +1,7 @@
 """The fast paths of the element-tail measurements: one kernel call that takes |w| of the nonzero
 entries, sorts them once and gives auto-k Hill, the power-law fit and the CCDF (what htcore.analyze
-runs), the float32 key sort, and the bootstrap's resamples drawn four at a time."""
+runs, with the compressibility curve from the same sort), the float32 key sort, and the bootstrap's
+resamples drawn eight at a time."""
 from __future__ import annotations
 
 import numpy as np
@@ -122,10 +123,10 @@ def test_float32_key_sort_order_statistics(n):
         htcore.set_num_threads(before)
 
 
-@pytest.mark.parametrize("resamples", [1, 3, 5, 17, 64])
-def test_bootstrap_with_resample_counts_not_a_multiple_of_four(resamples):
-    # Resamples are drawn four at a time and a chunk's spare lanes are dropped: any count must give
-    # a deterministic, thread-independent choice inside the searched range.
+@pytest.mark.parametrize("resamples", [1, 3, 5, 9, 17, 64, 100])
+def test_bootstrap_with_resample_counts_not_a_multiple_of_eight(resamples):
+    # Resamples are drawn eight at a time and the last group's spare lanes are dropped: any count must
+    # give a deterministic, thread-independent choice inside the searched range.
     x = np.abs(np.random.default_rng(9).standard_t(3, 20_000))
     before = htcore.get_num_threads()
     try:
@@ -163,3 +164,49 @@ def test_exact_max_switches_the_fit_between_every_candidate_and_the_grid():
     for exact_max, grid in ((n, 0), (n - 1, 30)):
         fit = element_measurements(w, 30, exact_max=exact_max, random_state=0).fit
         assert (fit.pdf_exponent, fit.xmin, fit.ks_distance, fit.n_tail) == separate_calls(sample, grid)[1]
+
+
+def reference_rel_error(w: np.ndarray, keeps) -> np.ndarray:
+    """||W - W_k||_F / ||W||_F of the top ceil(keep * size) entries, plainly in numpy (float64)."""
+    mags = np.sort(np.abs(w.astype(np.float64).ravel()))[::-1]
+    total = np.sum(mags**2)
+    out = [np.sum(mags[htcore.k_for_keep(keep, w.size):] ** 2) for keep in keeps]
+    return np.sqrt(np.array(out) / total) if total > 0 else np.zeros(len(keeps))
+
+
+KEEPS = (0.0, 0.001, 0.01, 0.1, 0.3, 0.5, 0.9, 1.0)
+
+
+@pytest.mark.parametrize("case", ["gaussian_f32", "gaussian_f64", "pruned_90pct", "ties", "tiny", "one", "zeros",
+                                  "strided", "large"])
+def test_curve_from_the_shared_sort_matches_numpy(case):
+    # The compressibility curve analyze takes from the element kernel's sort: zeros count in W.size
+    # (a keep above the nonzero fraction loses nothing), ties only change which entry, not the error.
+    rng = np.random.default_rng(23)
+    w = {
+        "gaussian_f32": rng.standard_normal((64, 48)).astype(np.float32),
+        "gaussian_f64": rng.standard_normal((64, 48)),
+        "pruned_90pct": np.where(rng.random((100, 50)) < 0.9, 0.0, rng.standard_normal((100, 50))).astype(np.float32),
+        "ties": np.round(rng.standard_normal(4000), 1),
+        "tiny": rng.standard_normal(7),
+        "one": np.array([[-3.0]], dtype=np.float32),
+        "zeros": np.zeros((5, 4), dtype=np.float32),
+        "strided": rng.standard_normal((40, 60))[:, ::3].copy(),
+        "large": rng.standard_t(3, 1_500_000).astype(np.float32),
+    }[case]
+    found = element_measurements(w, 0, keeps=KEEPS)
+    np.testing.assert_allclose(found.rel_error, reference_rel_error(w, KEEPS), rtol=1e-12, atol=1e-15)
+    assert found.rel_error[0] == (1.0 if np.any(w) else 0.0) and found.rel_error[-1] == 0.0
+    np.testing.assert_allclose(found.rel_error, htcore.compressibility_curve(w, KEEPS).rel_error, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("magnitude", [1e300, 1e-160, 1e-310])
+def test_curve_from_the_shared_sort_of_weights_near_overflow_or_underflow(magnitude):
+    # Squares of 1e300 overflow a plain sum and those of 1e-160 underflow (1e-310 is subnormal
+    # itself): the kernel sums in units of the largest magnitude squared, as compressibility_curve does.
+    unit = np.random.default_rng(24).standard_normal((64, 32))
+    found = element_measurements(unit * magnitude, 0, keeps=KEEPS)
+    np.testing.assert_allclose(found.rel_error, reference_rel_error(unit, KEEPS), rtol=1e-6 if magnitude < 1e-300 else 1e-12,
+                               atol=1e-15)
+    np.testing.assert_allclose(found.rel_error, htcore.compressibility_curve(unit * magnitude, KEEPS).rel_error,
+                               rtol=1e-6 if magnitude < 1e-300 else 1e-12, atol=1e-15)

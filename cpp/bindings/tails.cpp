@@ -36,14 +36,15 @@ TailEstimate tail_estimate(const py::array& x, TailMethod method, std::int64_t k
 
 ElementStatistics element_statistics_of(const py::array& w, std::uint64_t seed, int resamples, double eps_stop,
                                         double cap_factor, double rho_max, std::int64_t grid, std::int64_t exact_max,
-                                        int ccdf_points,
-                                        std::int64_t min_samples) {
+                                        int ccdf_points, std::int64_t min_samples,
+                                        const std::vector<std::int64_t>& keep_counts) {
   const auto options = bootstrap_options(resamples, eps_stop, cap_factor);
   return detail::with_sample(w, [&](const auto& sample) {
     const auto* data = sample.data();
     const auto size = static_cast<std::int64_t>(sample.size());
     py::gil_scoped_release release;
-    return element_statistics(data, size, seed, options, rho_max, grid, exact_max, ccdf_points, min_samples);
+    return element_statistics(data, size, seed, options, rho_max, grid, exact_max, ccdf_points, min_samples,
+                              keep_counts);
   });
 }
 
@@ -112,7 +113,12 @@ void register_tails(py::module_& m) {
           "tails", [](const ElementStatistics& s) { return s.has_tails ? py::cast(s.tails) : py::none(); },
           "The ElementTailsResult, or None (below min_samples, or see tails_error).")
       .def_readonly("tails_error", &ElementStatistics::tails_error,
-                    "Why there are no tail estimates although n >= min_samples (ties), else empty.");
+                    "Why there are no tail estimates although n >= min_samples (ties), else empty.")
+      .def_readonly("total_sq", &ElementStatistics::total_sq,
+                    "Sum of squares of all entries of w, in units of 2^(2e), 2^e <= max |w| < 2^(e+1) (e >= -1000).")
+      .def_property_readonly(
+          "tail_sq", [](const ElementStatistics& s) { return py::array_t<double>(s.tail_sq.size(), s.tail_sq.data()); },
+          "Per keep count k: sum of squares of the entries outside the top k by magnitude (units of total_sq).");
 
   m.def("tail_estimate", &tail_estimate, py::arg("x"), py::arg("method"), py::arg("k"), py::arg("seed"),
         py::arg("resamples"), py::arg("eps_stop"), py::arg("cap_factor"), py::arg("rho_max"),
@@ -125,13 +131,14 @@ void register_tails(py::module_& m) {
         "rho_max. Raises ValueError for k out of range or when ties make the estimator undefined.");
   m.def("element_statistics", &element_statistics_of, py::arg("w"), py::arg("seed"), py::arg("resamples"),
         py::arg("eps_stop"), py::arg("cap_factor"), py::arg("rho_max"), py::arg("grid"), py::arg("exact_max"),
-        py::arg("ccdf_points"),
-        py::arg("min_samples"),
+        py::arg("ccdf_points"), py::arg("min_samples"), py::arg("keep_counts"),
         "From one sort of |w| over the nonzero entries of the flat array w (any sign; float32 read as it is, any "
         "other dtype as float64): their CCDF at ccdf_points log-spaced points, and when there are at least "
         "min_samples (>= 20) of them tail_estimate(|w|, hill, k=0, seed, resamples, eps_stop, cap_factor, "
-        "rho_max) and fit_powerlaw(|w|, inf, NaN, grid; 0, every candidate, with at most exact_max of them), bit for bit. Raises ValueError when w has NaN or Inf "
-        "entries; ties that leave the estimates undefined give tails None and a tails_error.");
+        "rho_max) and fit_powerlaw(|w|, inf, NaN, grid; 0, every candidate, with at most exact_max of them), bit for "
+        "bit; and for every count k in keep_counts the sum of squares outside the top k entries of w by magnitude "
+        "(tail_sq; total_sq over all). Raises ValueError when w has NaN or Inf entries; ties that leave the estimates "
+        "undefined give tails None and a tails_error.");
   m.def("fit_powerlaw", &powerlaw, py::arg("x"), py::arg("xmax"), py::arg("xmin"), py::arg("grid"),
         "Continuous Clauset-Shalizi-Newman power-law fit of a 1-D sample x the caller has checked to be finite "
         "and > 0 (float32 read as it is, any other dtype as float64). xmax: samples above it are dropped and the "

@@ -105,6 +105,10 @@ class ElementStatistics:
     def tails(self) -> ElementTailsResult | None: ...
     @property
     def tails_error(self) -> str: ...
+    @property
+    def total_sq(self) -> float: ...
+    @property
+    def tail_sq(self) -> npt.NDArray[np.float64]: ...
 
 def tail_estimate(
     x: npt.NDArray[np.float64] | npt.NDArray[np.float32],
@@ -130,6 +134,7 @@ def element_statistics(
     exact_max: int,
     ccdf_points: int,
     min_samples: int,
+    keep_counts: Sequence[int],
 ) -> ElementStatistics: ...
 
 # ---- top-k selection ----

@@ -60,7 +60,8 @@ def analyze(
         tail index (`htcore.fit_powerlaw`; a 1000-point log grid of xmin candidates above 10^5 entries).
     keeps : keep fractions in (0, 1] for the compressibility curve: the exact relative Frobenius
         error ||W - W_k||_F / ||W||_F of keeping the top ceil(keep * n) entries by magnitude
-        (`htcore.compressibility_curve`). None or () skips it.
+        (`htcore.compressibility_curve`; with ``elements``, summed over the element statistics'
+        sorted magnitudes instead, equal to rounding). None or () skips it.
     include, exclude : regular expressions on tensor names (see `htcore.load_layers`).
     progress : show a progress bar on stderr.
     tail_tests : also decide, per layer, whether the element tail (|w| >= the fit's xmin) and the
@@ -141,10 +142,10 @@ def _layer_report(layer: Layer, evals: np.ndarray | ValueError | None, *, elemen
     if isinstance(evals, ValueError):
         _warn_missing(layer.name, "spectral metrics", evals)
         evals = None
-    element_tails = ccdf = element_verdict = spectral_verdict = None
+    element_tails = ccdf = element_verdict = spectral_verdict = rel_error = None
     if elements:
         try:
-            element_tails, ccdf = _element_statistics(layer.name, layer.weight, resamples)
+            element_tails, ccdf, rel_error = _element_statistics(layer.name, layer.weight, resamples, keeps)
         except ValueError as exc:  # NaN or Inf weights
             _warn_missing(layer.name, "element statistics", exc)
     if tail_tests and element_tails is not None:
@@ -154,8 +155,7 @@ def _layer_report(layer: Layer, evals: np.ndarray | ValueError | None, *, elemen
         metrics = spectral_metrics(evals)
         if tail_tests and np.isfinite(metrics.xmin):
             spectral_verdict = _tail_verdict(layer.name, "spectral", evals, metrics.xmin)
-    rel_error = None
-    if keeps:
+    if keeps and rel_error is None:  # not measured with the element statistics (off, or NaN weights)
         try:
             rel_error = tuple(float(e) for e in compressibility_curve(layer.weight, keeps).rel_error)
         except ValueError as exc:
@@ -188,19 +188,21 @@ def _tail_verdict(name: str, what: str, sample: np.ndarray, xmin: float) -> Tail
         return None
 
 
-def _element_statistics(name: str, weight: np.ndarray, resamples: int
-                        ) -> tuple[ElementTails | None, tuple[np.ndarray, np.ndarray] | None]:
+def _element_statistics(name: str, weight: np.ndarray, resamples: int, keeps: Sequence[float]
+                        ) -> tuple[ElementTails | None, tuple[np.ndarray, np.ndarray] | None, tuple[float, ...] | None]:
     """The element tails (None below MIN_ELEMENT_SAMPLES nonzero entries, or where ties leave no
-    estimate: warned) and the |w| CCDF for plots, from one kernel call (`element_measurements`: Hill
-    with seed 0 and ``resamples``, the power-law fit on an ELEMENT_FIT_CANDIDATES grid above
-    ELEMENT_FIT_EXACT_MAX entries). Raises ValueError for NaN or Inf weights."""
+    estimate: warned), the |w| CCDF for plots and the compressibility curve at ``keeps`` (None
+    without keeps), from one kernel call (`element_measurements`: Hill with seed 0 and ``resamples``,
+    the power-law fit on an ELEMENT_FIT_CANDIDATES grid above ELEMENT_FIT_EXACT_MAX entries).
+    Raises ValueError for NaN or Inf weights."""
     found = element_measurements(as_float_array(weight, "W", finite=False), ELEMENT_FIT_CANDIDATES,
                                  exact_max=ELEMENT_FIT_EXACT_MAX, random_state=0, resamples=resamples,
-                                 ccdf_points=CCDF_POINTS, min_samples=MIN_ELEMENT_SAMPLES)
+                                 ccdf_points=CCDF_POINTS, min_samples=MIN_ELEMENT_SAMPLES, keeps=keeps)
     if found.error:  # e.g. heavily quantized weights whose ties leave no estimate
         warnings.warn(f"{name}: no element tail estimate ({found.error})", DegenerateSampleWarning, stacklevel=3)
+    rel_error = tuple(float(e) for e in found.rel_error) if keeps else None
     if found.hill is None or found.fit is None:
-        return None, found.ccdf
+        return None, found.ccdf, rel_error
     h, fit = found.hill, found.fit
     return ElementTails(
         n=found.n,
@@ -211,7 +213,7 @@ def _element_statistics(name: str, weight: np.ndarray, resamples: int
         fit_tail_index=float(fit.pdf_exponent) - 1.0,
         fit_xmin=float(fit.xmin),
         fit_ks_distance=float(fit.ks_distance),
-    ), found.ccdf
+    ), found.ccdf, rel_error
 
 
 def _check_keeps(keeps: Sequence[float] | None) -> tuple[float, ...]:

@@ -60,12 +60,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from .._core import PowerLawResult, TailMethod, TailResult, element_statistics, tail_estimate
 from .._validation import as_float_array, check_fraction, check_int, make_rng
+from ..sparse import k_for_keep, relative_errors
 
 # Double-bootstrap settings (Voitalov et al.'s, but 100 resamples where he uses 500, plus htcore's cap on the k range).
 #: Bootstrap resamples per stage of the double bootstrap by default (module docstring).
@@ -224,6 +225,9 @@ class ElementMeasurements:
         hill: ``hill(sample, random_state=..., resamples=...)`` (95% interval), or None.
         fit: the kernel result of ``fit_powerlaw(sample, candidates=grid or None)``, or None.
         error: why ``hill`` and ``fit`` are None although n >= ``min_samples`` (ties), else "".
+        rel_error: per keep of ``keeps``, the compressibility curve's ||W - W_k||_F / ||W||_F of
+            keeping the top k = ceil(keep * W.size) entries (`htcore.compressibility_curve` to
+            rounding: summed here over the sorted magnitudes), at any n.
     """
 
     n: int
@@ -231,12 +235,14 @@ class ElementMeasurements:
     hill: TailEstimate | None
     fit: PowerLawResult | None
     error: str
+    rel_error: np.ndarray
 
 
 def element_measurements(W: np.ndarray, grid: int, *, exact_max: int = 0, random_state: Any = None,
                          resamples: int = DEFAULT_RESAMPLES, ccdf_points: int = 0,
-                         min_samples: int = _AUTO_K_MIN_N) -> ElementMeasurements:
-    """The element sample's CCDF, auto-k Hill and power-law fit, from one sort inside the kernel.
+                         min_samples: int = _AUTO_K_MIN_N, keeps: Sequence[float] = ()) -> ElementMeasurements:
+    """The element sample's CCDF, auto-k Hill, power-law fit and compressibility curve at ``keeps``,
+    from one sort inside the kernel.
 
     Bit for bit ``hill(element_sample(W), random_state=random_state, resamples=resamples)`` and
     ``fit_powerlaw(element_sample(W), candidates=grid or None)`` (``candidates=None`` when the sample
@@ -244,16 +250,16 @@ def element_measurements(W: np.ndarray, grid: int, *, exact_max: int = 0, random
     numpy (taking |w|, dropping zeros and sorting happen in one kernel call). ``W``: a C-contiguous
     float32 or float64 array of any shape (`as_float_array` with ``finite=False``); NaN or Inf
     entries raise ValueError, as in `element_sample`. Arguments are taken as checked
-    (``min_samples >= 20``; ``ccdf_points=0`` skips the CCDF).
+    (``min_samples >= 20``; ``ccdf_points=0`` skips the CCDF; ``keeps`` fractions in [0, 1]).
     """
     out = element_statistics(w=W.reshape(-1), seed=_seed(random_state), resamples=resamples, eps_stop=_DBS_EPS_STOP,
                              cap_factor=_DBS_CAP_FACTOR, rho_max=_RHO_MAX, grid=grid, exact_max=exact_max, ccdf_points=ccdf_points,
-                             min_samples=min_samples)
+                             min_samples=min_samples, keep_counts=[k_for_keep(keep, W.size) for keep in keeps])
     n, tails = int(out.n), out.tails
     ccdf = (out.ccdf_x, out.ccdf_p) if ccdf_points and n >= min_samples else None
     hill_estimate = None if tails is None else _from_kernel("hill", tails.hill, n, 0.95, auto_k=True)
     return ElementMeasurements(n=n, ccdf=ccdf, hill=hill_estimate, fit=None if tails is None else tails.fit,
-                               error=out.tails_error)
+                               error=out.tails_error, rel_error=relative_errors(out.tail_sq, out.total_sq))
 
 
 def hill(x: Any, k: int | None = None, *, ci: float = 0.95, random_state: Any = None,

@@ -227,5 +227,11 @@ def compressibility_curve(W: Any, keeps: Any) -> CompressibilityCurve:
     total = selection.total_sq
     tail = np.full(ks.shape, total, dtype=np.float64)
     tail[positive] = [target.tail_sq for target in selection.targets]
-    rel_error = np.sqrt(tail / total) if total > 0 else np.zeros(ks.shape)
-    return CompressibilityCurve(keeps=keeps_arr, k=ks, rel_error=rel_error)
+    return CompressibilityCurve(keeps=keeps_arr, k=ks, rel_error=relative_errors(tail, total))
+
+
+def relative_errors(tail_sq: np.ndarray, total_sq: float) -> np.ndarray:
+    """||W - W_k||_F / ||W||_F from the sums of squares outside the top k and over all entries
+    (0 for an all-zero W)."""
+    tail_sq = np.asarray(tail_sq, dtype=np.float64)
+    return np.sqrt(tail_sq / total_sq) if total_sq > 0 else np.zeros(tail_sq.shape)
