@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -43,23 +44,26 @@ constexpr double kBoundSlack = 1e-14;
 // ranks and logs. The logs overwrite the sorted copy (see distinct_values), so the values
 // themselves are gone once the candidates are chosen.
 struct DistinctTail {
-  std::vector<std::int64_t> below;    // samples strictly below u_j
-  const double* log_value = nullptr;  // ln u_j
-  std::int64_t n = 0;
-  std::int64_t size() const { return static_cast<std::int64_t>(below.size()); }
+  std::unique_ptr<std::int64_t[]> below;  // below[j]: samples strictly below u_j, j < m
+  const double* log_value = nullptr;      // ln u_j
+  std::int64_t n = 0, m = 0;
+  std::int64_t size() const { return m; }
 };
 
 // Finds the distinct values of sorted[0..n) and moves them to sorted[0..m) (the ranks go to
-// t.below); to_logs then replaces them by their logs in place.
+// t.below); to_logs then replaces them by their logs in place. Without branches on the data: every
+// value is written to the next free place, which only a new distinct value claims.
 DistinctTail distinct_values(double* sorted, std::int64_t n) {
   DistinctTail t;
   t.n = n;
-  t.below.reserve(static_cast<std::size_t>(n));  // pages are only touched as far as used
+  t.below.reset(new std::int64_t[static_cast<std::size_t>(std::max<std::int64_t>(n, 1))]);  // pages touched only as far as used
+  double previous = 0;  // every sample is > 0, so the first is new
   for (std::int64_t i = 0; i < n; ++i) {
-    if (i == 0 || sorted[i] != sorted[i - 1]) {
-      sorted[t.size()] = sorted[i];
-      t.below.push_back(i);
-    }
+    const double value = sorted[i];
+    sorted[t.m] = value;
+    t.below[static_cast<std::size_t>(t.m)] = i;
+    t.m += value != previous;
+    previous = value;
   }
   return t;
 }
@@ -144,7 +148,7 @@ class TailModel {
   }
   // out[t] = gap(j0 + t) for t < count.
   void gaps(std::int64_t j0, int count, double* out) const {
-    ks_gaps(t_.log_value, t_.below.data(), j0, count, c_.log_xmin, 1.0 - exponent_, inv_z_, below_i_, inv_n_, out);
+    ks_gaps(t_.log_value, t_.below.get(), j0, count, c_.log_xmin, 1.0 - exponent_, inv_z_, below_i_, inv_n_, out);
   }
 
  private:
