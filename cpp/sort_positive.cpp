@@ -193,13 +193,34 @@ std::unique_ptr<double[]> sort_float(const float* x, std::int64_t n) {
   for (std::uint32_t span = hi - lo; span != 0; span >>= bits) ++passes;
   auto* keys = reinterpret_cast<std::uint32_t*>(out.get());  // 2 * size keys fit in size doubles
   std::uint32_t* halves[2] = {keys, keys + size};
-  const std::size_t digits = std::size_t{1} << bits;
+  const std::size_t digits = std::size_t{1} << bits, mask = digits - 1;
+  // On one thread, a first pass counts the digits of every pass (how many keys have a digit does not
+  // depend on their order), and each pass then only scatters: one read of the keys per pass, not two.
+  std::vector<std::size_t> next(threads == 1 ? static_cast<std::size_t>(passes) * digits : 0);
+  if (threads == 1) {
+    for (std::size_t i = 0; i < size; ++i) {
+      const std::uint32_t k = key_of(x[i]) - lo;
+      for (int pass = 0; pass < passes; ++pass) ++next[static_cast<std::size_t>(pass) * digits + ((k >> (pass * bits)) & mask)];
+    }
+    for (int pass = 0; pass < passes; ++pass) {
+      std::size_t offset = 0;
+      for (std::size_t d = 0; d < digits; ++d) offset += std::exchange(next[static_cast<std::size_t>(pass) * digits + d], offset);
+    }
+  }
   std::vector<std::size_t> counts(static_cast<std::size_t>(threads) * digits);
   for (int pass = 0; pass < passes; ++pass) {
     // The last pass writes the lower half, so the passes alternate backwards from it.
     const std::uint32_t* src = halves[(passes - pass) % 2];
     std::uint32_t* dst = halves[(passes - 1 - pass) % 2];
     const int shift = pass * bits;
+    if (threads == 1) {
+      std::size_t* place = &next[static_cast<std::size_t>(pass) * digits];
+      for (std::size_t i = 0; i < size; ++i) {
+        const std::uint32_t k = pass == 0 ? key_of(x[i]) - lo : src[i];
+        dst[place[(k >> shift) & mask]++] = k;
+      }
+      continue;
+    }
     std::fill(counts.begin(), counts.end(), 0);
 #pragma omp parallel num_threads(threads)
     {
@@ -208,7 +229,7 @@ std::unique_ptr<double[]> sort_float(const float* x, std::int64_t n) {
       const std::size_t begin = size * t / parts, end = size * (t + 1) / parts;
       std::size_t* mine = &counts[t * digits];
       auto key = [&](std::size_t i) { return pass == 0 ? key_of(x[i]) - lo : src[i]; };
-      for (std::size_t i = begin; i < end; ++i) ++mine[(key(i) >> shift) & (digits - 1)];
+      for (std::size_t i = begin; i < end; ++i) ++mine[(key(i) >> shift) & mask];
 #pragma omp barrier
 #pragma omp single
       {
@@ -222,7 +243,7 @@ std::unique_ptr<double[]> sort_float(const float* x, std::int64_t n) {
       }
       for (std::size_t i = begin; i < end; ++i) {
         const std::uint32_t k = key(i);
-        dst[mine[(k >> shift) & (digits - 1)]++] = k;
+        dst[mine[(k >> shift) & mask]++] = k;
       }
     }
   }
