@@ -742,4 +742,12 @@ ElementStatistics element_statistics(const float* w, std::int64_t size, std::uin
                                keep_counts);
 }
 
+const char* tail_kernels_path() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if (__builtin_cpu_supports("avx512f")) return "avx512f";
+  if (__builtin_cpu_supports("avx2")) return "avx2";
+#endif
+  return "portable";
+}
+
 }  // namespace htcore

@@ -150,4 +150,8 @@ ElementStatistics element_statistics(const float* w, std::int64_t size, std::uin
                                      std::int64_t exact_max, int ccdf_points, std::int64_t min_samples,
                                      const std::vector<std::int64_t>& keep_counts);
 
+// The code path the tail kernels' vectorised loops take on this CPU: "avx512f", "avx2" or "portable"
+// (their target_clones dispatch; every path gives the same bits).
+const char* tail_kernels_path();
+
 }  // namespace htcore

@@ -1,6 +1,7 @@
 """Regression tests for issue #21 (defects found as a new user and as an attacker would), grouped by item."""
 import io
 import os
+import pathlib
 import struct
 import warnings
 
@@ -277,6 +278,11 @@ def test_info_reports_the_kernel_path_chosen_at_run_time():
     kernels = collect()["kernels"]
     assert kernels["sparse products"] == ("avx2+fma+f16c" if htcore._core.csr_uses_avx2() else "portable")
     assert kernels["eigenvalues"] == ("avx2+fma" if htcore._core.symmetric_eigenvalues_uses_avx2() else "portable")
+    cpuinfo = "/proc/cpuinfo"
+    flags = pathlib.Path(cpuinfo).read_text().split() if os.path.exists(cpuinfo) else []
+    if flags:  # the tail kernels' clone as the CPU's flags say
+        expected = "avx512f" if "avx512f" in flags else "avx2" if "avx2" in flags else "portable"
+        assert kernels["tail statistics"] == expected
 
 
 # ---- item 4: `htcore run` warms up before timing, and the pool's products match at 1 and 2 threads ----

@@ -139,6 +139,9 @@ void register_tails(py::module_& m) {
         "bit; and for every count k in keep_counts the sum of squares outside the top k entries of w by magnitude "
         "(tail_sq; total_sq over all). Raises ValueError when w has NaN or Inf entries; ties that leave the estimates "
         "undefined give tails None and a tails_error.");
+  m.def("tail_kernels_path", &tail_kernels_path,
+        "The code path of the tail kernels' vectorised loops on this CPU: 'avx512f', 'avx2' or 'portable' "
+        "(chosen at run time; every path gives the same bits).");
   m.def("fit_powerlaw", &powerlaw, py::arg("x"), py::arg("xmax"), py::arg("xmin"), py::arg("grid"),
         "Continuous Clauset-Shalizi-Newman power-law fit of a 1-D sample x the caller has checked to be finite "
         "and > 0 (float32 read as it is, any other dtype as float64). xmax: samples above it are dropped and the "

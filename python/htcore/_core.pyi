@@ -123,6 +123,7 @@ def tail_estimate(
 def fit_powerlaw(
     x: npt.NDArray[np.float64] | npt.NDArray[np.float32], xmax: float, xmin: float, grid: int
 ) -> PowerLawResult: ...
+def tail_kernels_path() -> str: ...
 def element_statistics(
     w: npt.NDArray[np.float64] | npt.NDArray[np.float32],
     seed: int,

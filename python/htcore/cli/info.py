@@ -2,7 +2,8 @@
 
 ``simd`` lists what the compiler targeted for the whole build (portable: often just sse2);
 ``kernels`` says which code path the hot kernels chose at run time on this CPU (AVX2 + FMA + F16C
-for the sparse products and convolutions, AVX2 + FMA for the eigenvalue solver, else portable)."""
+for the sparse products and convolutions, AVX2 + FMA for the eigenvalue solver, AVX-512 or AVX2
+for the tail statistics (same bits on every path), else portable)."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,7 @@ import importlib.util
 import json
 import platform
 
-from .._core import build_info, csr_uses_avx2, symmetric_eigenvalues_uses_avx2
+from .._core import build_info, csr_uses_avx2, symmetric_eigenvalues_uses_avx2, tail_kernels_path
 from .._threads import get_num_threads
 from .._version import __version__
 from ._args import add_command
@@ -39,6 +40,7 @@ def collect() -> dict:
         "kernels": {
             "sparse products": "avx2+fma+f16c" if csr_uses_avx2() else "portable",
             "eigenvalues": "avx2+fma" if symmetric_eigenvalues_uses_avx2() else "portable",
+            "tail statistics": tail_kernels_path(),
         },
         "optional": {name: importlib.util.find_spec(name) is not None for name in OPTIONAL_PACKAGES},
     }
