@@ -71,8 +71,8 @@ def analyze(
         and `htcore.tail_verdict` (a significant R < 0 names the alternative, else a significant
         R > 0 says "power law", else "inconclusive"); columns ``element_tail_*`` and
         ``spectral_tail_*`` (`ModelReport`). Off by default for its cost: the alternatives'
-        Nelder-Mead fits (Python, under the GIL) take about 3 s of CPU on all-MiniLM-L6-v2, more
-        than the rest of the analysis (2.5 s on one thread; benchmarks/results/analyze.md).
+        Nelder-Mead fits (Python, under the GIL) take about 1.6 s of CPU on all-MiniLM-L6-v2, more
+        than the rest of the analysis (1.06 s on one thread; benchmarks/results/analyze.md).
     resamples : bootstrap resamples per stage of Hill's automatic k (`htcore.hill`); the default
         100 costs under half of what Voitalov et al.'s 500 does; its estimates lie inside the
         500-resample 95% intervals except where the bootstrap's AMSE curve has two near-equal
