@@ -56,7 +56,8 @@ struct DistinctTail {
 DistinctTail distinct_values(double* sorted, std::int64_t n) {
   DistinctTail t;
   t.n = n;
-  t.below.reset(new std::int64_t[static_cast<std::size_t>(std::max<std::int64_t>(n, 1))]);  // pages touched only as far as used
+  t.below.reset(
+      new std::int64_t[static_cast<std::size_t>(std::max<std::int64_t>(n, 1))]);  // pages touched only as far as used
   double previous = 0;  // every sample is > 0, so the first is new
   for (std::int64_t i = 0; i < n; ++i) {
     const double value = sorted[i];
@@ -105,8 +106,8 @@ inline double small_count(std::int64_t b) {
 // |T_j - A_j| = |(1 - e^(slope (ln u_j - ln xmin))) / Z - (below_j - below_i) / n_t|: the fitted CDF
 // (slope = 1 - a < 0, so the exponent is <= 0) against the empirical one. One expression for the
 // scalar and the block evaluations, so they agree bit for bit.
-inline double ks_gap(double log_value, std::int64_t below, double log_xmin, double slope, double inv_z,
-                     double below_i, double inv_n) {
+inline double ks_gap(double log_value, std::int64_t below, double log_xmin, double slope, double inv_z, double below_i,
+                     double inv_n) {
   const double fitted = (1.0 - exp_nonpositive(slope * (log_value - log_xmin))) * inv_z;
   return std::fabs(fitted - (small_count(below) - below_i) * inv_n);
 }
@@ -175,8 +176,8 @@ inline double interval_bound(double fit_p, double emp_p, double fit_q, double em
 // the fitted and empirical CDFs at p and q. Long intervals are sampled at about sqrt(length) points
 // first, and only the pieces whose bound exceeds the running maximum are looked into, the same way
 // again; short ones are scanned in blocks of 256 vectorised gaps. The maximum is the exact one.
-void refine_interval(const TailModel& model, std::int64_t p, std::int64_t q, double fit_p, double emp_p,
-                     double fit_q, double emp_q, double& best, std::int64_t& where) {
+void refine_interval(const TailModel& model, std::int64_t p, std::int64_t q, double fit_p, double emp_p, double fit_q,
+                     double emp_q, double& best, std::int64_t& where) {
   constexpr std::int64_t kScan = 64;  // below this many points, scanning beats sampling (measured)
   if (q - p - 1 <= kScan) {
     constexpr int kBlock = 256;

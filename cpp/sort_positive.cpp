@@ -200,11 +200,13 @@ std::unique_ptr<double[]> sort_float(const float* x, std::int64_t n) {
   if (threads == 1) {
     for (std::size_t i = 0; i < size; ++i) {
       const std::uint32_t k = key_of(x[i]) - lo;
-      for (int pass = 0; pass < passes; ++pass) ++next[static_cast<std::size_t>(pass) * digits + ((k >> (pass * bits)) & mask)];
+      for (int pass = 0; pass < passes; ++pass)
+        ++next[static_cast<std::size_t>(pass) * digits + ((k >> (pass * bits)) & mask)];
     }
     for (int pass = 0; pass < passes; ++pass) {
       std::size_t offset = 0;
-      for (std::size_t d = 0; d < digits; ++d) offset += std::exchange(next[static_cast<std::size_t>(pass) * digits + d], offset);
+      for (std::size_t d = 0; d < digits; ++d)
+        offset += std::exchange(next[static_cast<std::size_t>(pass) * digits + d], offset);
     }
   }
   std::vector<std::size_t> counts(static_cast<std::size_t>(threads) * digits);
@@ -274,8 +276,7 @@ std::pair<std::unique_ptr<T[]>, std::int64_t> nonzero_magnitudes(const T* w, std
     m += key != 0;
     non_finite += key >= infinity;
   }
-  if (non_finite > 0)
-    fail("W contains " + std::to_string(non_finite) + " non-finite value(s) (NaN or Inf)");
+  if (non_finite > 0) fail("W contains " + std::to_string(non_finite) + " non-finite value(s) (NaN or Inf)");
   return {std::move(out), m};
 }
 

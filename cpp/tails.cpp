@@ -673,7 +673,8 @@ void error_sums(const double* sorted, std::int64_t n, const std::vector<std::int
                 ElementStatistics& out) {
   // Entries below cut = n - k are dropped by keeping the top k; cuts taken in ascending order.
   std::vector<std::pair<std::int64_t, std::size_t>> cuts;
-  for (std::size_t i = 0; i < keep_counts.size(); ++i) cuts.emplace_back(std::max<std::int64_t>(0, n - keep_counts[i]), i);
+  for (std::size_t i = 0; i < keep_counts.size(); ++i)
+    cuts.emplace_back(std::max<std::int64_t>(0, n - keep_counts[i]), i);
   std::sort(cuts.begin(), cuts.end());
   // In units of a power of two near the largest magnitude squared (exact), so that weights near
   // 1e300 do not overflow nor subnormal ones underflow; only the ratios are used. (2^1000 at most:
@@ -730,16 +731,14 @@ ElementStatistics element_statistics(const double* w, std::int64_t size, std::ui
                                      const DoubleBootstrapOptions& options, double rho_max, std::int64_t grid,
                                      std::int64_t exact_max, int ccdf_points, std::int64_t min_samples,
                                      const std::vector<std::int64_t>& keep_counts) {
-  return element_statistics_of(w, size, seed, options, rho_max, grid, exact_max, ccdf_points, min_samples,
-                               keep_counts);
+  return element_statistics_of(w, size, seed, options, rho_max, grid, exact_max, ccdf_points, min_samples, keep_counts);
 }
 
 ElementStatistics element_statistics(const float* w, std::int64_t size, std::uint64_t seed,
                                      const DoubleBootstrapOptions& options, double rho_max, std::int64_t grid,
                                      std::int64_t exact_max, int ccdf_points, std::int64_t min_samples,
                                      const std::vector<std::int64_t>& keep_counts) {
-  return element_statistics_of(w, size, seed, options, rho_max, grid, exact_max, ccdf_points, min_samples,
-                               keep_counts);
+  return element_statistics_of(w, size, seed, options, rho_max, grid, exact_max, ccdf_points, min_samples, keep_counts);
 }
 
 const char* tail_kernels_path() {
