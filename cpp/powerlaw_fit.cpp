@@ -19,6 +19,7 @@
 // surviving D_i is therefore exact and every dropped one is provably larger than the minimum, so
 // the answer does not depend on the order in which threads visit candidates.
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -165,25 +166,35 @@ void atomic_min(std::atomic<double>& target, double value) {
   }
 }
 
-// The bound on |T_j - A_j| over the points strictly inside (p, q), from the values at p and q: T and
+// A point of the scan: index j, fitted and empirical CDF there.
+struct ScanPoint {
+  std::int64_t j;
+  double fit, emp;
+};
+
+ScanPoint scan_point(const TailModel& model, std::int64_t j) { return {j, model.fitted(j), model.empirical(j)}; }
+
+// The bound on |T_j - A_j| over the points strictly inside (a, b), from the values at a and b: T and
 // A are both non-decreasing and A rises by at least 1/n_t per distinct value, so there
-// T - A <= T_q - A_p - 1/n_t and A - T <= A_q - T_p - 1/n_t.
-inline double interval_bound(double fit_p, double emp_p, double fit_q, double emp_q, double inv_n) {
-  return std::max(fit_q - emp_p, emp_q - fit_p) - inv_n + kBoundSlack;
+// T - A <= T_b - A_a - 1/n_t and A - T <= A_b - T_a - 1/n_t.
+double interval_bound(const ScanPoint& a, const ScanPoint& b, double inv_n) {
+  return std::max(b.fit - a.emp, b.emp - a.fit) - inv_n + kBoundSlack;
 }
 
-// Raises `best` (and `where`) to the largest gap strictly inside (p, q) if it exceeds `best`, given
-// the fitted and empirical CDFs at p and q. Long intervals are sampled at about sqrt(length) points
-// first, and only the pieces whose bound exceeds the running maximum are looked into, the same way
-// again; short ones are scanned in blocks of 256 vectorised gaps. The maximum is the exact one.
-void refine_interval(const TailModel& model, std::int64_t p, std::int64_t q, double fit_p, double emp_p, double fit_q,
-                     double emp_q, double& best, std::int64_t& where) {
+// Raises `best` (and `where`) to the largest gap strictly inside (a, b) if it exceeds `best`: a long
+// interval is sampled at about sqrt(length) points, and only the pieces whose bound exceeds the
+// running maximum are looked into, most promising first, the same way again; pieces of at most
+// kScan points are scanned in blocks of vectorised gaps. Returns false as soon as `best` exceeds
+// tau (the candidate cannot win), else true with the exact maximum. `depth` picks this level's
+// buffers, reused across candidates (each level takes a square root: 8 levels reach past 2^64).
+bool scan_interval(const TailModel& model, const ScanPoint& a, const ScanPoint& b, const std::atomic<double>& tau,
+                   double& best, std::int64_t& where, int depth = 0) {
   constexpr std::int64_t kScan = 64;  // below this many points, scanning beats sampling (measured)
-  if (q - p - 1 <= kScan) {
+  if (b.j - a.j - 1 <= kScan) {
     constexpr int kBlock = 256;
     double gaps[kBlock];
-    for (std::int64_t j0 = p + 1; j0 < q; j0 += kBlock) {
-      const int count = static_cast<int>(std::min<std::int64_t>(kBlock, q - j0));
+    for (std::int64_t j0 = a.j + 1; j0 < b.j; j0 += kBlock) {
+      const int count = static_cast<int>(std::min<std::int64_t>(kBlock, b.j - j0));
       model.gaps(j0, count, gaps);
       for (int t = 0; t < count; ++t) {
         if (gaps[t] > best) {
@@ -192,89 +203,55 @@ void refine_interval(const TailModel& model, std::int64_t p, std::int64_t q, dou
         }
       }
     }
-    return;
+    return best <= tau.load(std::memory_order_relaxed);
   }
-  const std::int64_t stride = static_cast<std::int64_t>(std::sqrt(static_cast<double>(q - p)));
-  struct Point {
-    std::int64_t j;
-    double fit, emp;
+  struct Level {
+    std::vector<ScanPoint> points;
+    std::vector<std::pair<double, std::size_t>> open;  // (bound, piece), pieces worth looking into
   };
-  std::vector<Point> points{{p, fit_p, emp_p}};
-  for (std::int64_t j = p + stride; j < q; j += stride) {
-    points.push_back({j, model.fitted(j), model.empirical(j)});
+  thread_local std::array<Level, 8> levels;
+  auto& [points, open] = levels[static_cast<std::size_t>(depth)];
+  points.assign(1, a);
+  const std::int64_t stride = static_cast<std::int64_t>(std::sqrt(static_cast<double>(b.j - a.j)));
+  for (std::int64_t j = a.j + stride; j < b.j; j += stride) {
+    points.push_back(scan_point(model, j));
     const double d = std::fabs(points.back().fit - points.back().emp);
     if (d > best) {
       best = d;
       where = j;
+      if (best > tau.load(std::memory_order_relaxed)) return false;
     }
   }
-  points.push_back({q, fit_q, emp_q});
-  std::vector<std::pair<double, std::size_t>> open;
+  points.push_back(b);
+  open.clear();
   for (std::size_t i = 0; i + 1 < points.size(); ++i) {
-    const Point &a = points[i], &b = points[i + 1];
-    const double ub = interval_bound(a.fit, a.emp, b.fit, b.emp, model.inv_n());
-    if (b.j - a.j >= 2 && ub > best) open.emplace_back(ub, i);
+    const double ub = interval_bound(points[i], points[i + 1], model.inv_n());
+    if (points[i + 1].j - points[i].j >= 2 && ub > best) open.emplace_back(ub, i);
   }
   std::sort(open.begin(), open.end(), [](const auto& x, const auto& y) { return x.first > y.first; });
   for (const auto& [ub, i] : open) {
     if (ub <= best) break;
-    const Point &a = points[i], &b = points[i + 1];
-    refine_interval(model, a.j, b.j, a.fit, a.emp, b.fit, b.emp, best, where);
+    if (!scan_interval(model, points[i], points[i + 1], tau, best, where, depth + 1)) return false;
   }
+  return true;
 }
 
-// Exact KS distance of a candidate, or +inf as soon as it provably exceeds tau.
-// `hint` holds indices where recent candidates had their maximum; it is updated.
+// Exact KS distance of a candidate over the distinct values first..last, or +inf as soon as it
+// provably exceeds tau. `hint` holds the index where a recent candidate had its maximum, checked
+// first (neighbouring candidates peak nearby); it is updated.
 double ks_distance_or_prune(const TailModel& model, std::int64_t first, std::int64_t last,
                             const std::atomic<double>& tau, std::int64_t& hint) {
-  const double bound = tau.load(std::memory_order_relaxed);
-  if (hint > first && hint <= last) {
-    if (model.gap(hint) > bound) return kInf;
-  }
-  // Coarse pass over every stride-th point and the last (buffers reused across candidates).
-  const std::int64_t span = last - first;
-  const std::int64_t stride =
-      std::max<std::int64_t>(1, static_cast<std::int64_t>(std::sqrt(static_cast<double>(span))));
-  thread_local std::vector<std::int64_t> points;
-  thread_local std::vector<double> fit, emp;
-  points.clear();
-  fit.clear();
-  emp.clear();
-  double best = 0;
+  if (hint > first && hint <= last && model.gap(hint) > tau.load(std::memory_order_relaxed)) return kInf;
+  const ScanPoint a = scan_point(model, first), b = scan_point(model, last);
+  double best = std::fabs(a.fit - a.emp);
   std::int64_t where = first;
-  for (std::int64_t j = first;; j = std::min(j + stride, last)) {
-    points.push_back(j);
-    fit.push_back(model.fitted(j));
-    emp.push_back(model.empirical(j));
-    const double d = std::fabs(fit.back() - emp.back());
-    if (d > best) {
-      best = d;
-      where = j;
-      if (best > tau.load(std::memory_order_relaxed)) {
-        hint = where;
-        return kInf;
-      }
-    }
-    if (j == last) break;
+  if (const double d = std::fabs(b.fit - b.emp); d > best) {
+    best = d;
+    where = last;
   }
-  // Refine the intervals that could hold a larger difference, most promising first.
-  std::vector<std::pair<double, std::size_t>> open;
-  for (std::size_t p = 0; p + 1 < points.size(); ++p) {
-    if (points[p + 1] - points[p] < 2) continue;
-    const double ub = interval_bound(fit[p], emp[p], fit[p + 1], emp[p + 1], model.inv_n());
-    if (ub > best) open.emplace_back(ub, p);
-  }
-  std::sort(open.begin(), open.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-  for (const auto& [ub, p] : open) {
-    if (ub <= best) break;
-    refine_interval(model, points[p], points[p + 1], fit[p], emp[p], fit[p + 1], emp[p + 1], best, where);
-    if (best > tau.load(std::memory_order_relaxed)) {
-      hint = where;
-      return kInf;
-    }
-  }
+  const bool exact = best <= tau.load(std::memory_order_relaxed) && scan_interval(model, a, b, tau, best, where);
   hint = where;
-  return best;
+  return exact ? best : kInf;
 }
 
 // The candidates, from the distinct values u[0..m) before they are replaced by their logs; ln u_j
