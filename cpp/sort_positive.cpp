@@ -195,18 +195,13 @@ std::unique_ptr<double[]> sort_float(const float* x, std::int64_t n) {
   std::uint32_t* halves[2] = {keys, keys + size};
   const std::size_t digits = std::size_t{1} << bits, mask = digits - 1;
   // On one thread, a first pass counts the digits of every pass (how many keys have a digit does not
-  // depend on their order), and each pass then only scatters: one read of the keys per pass, not two.
-  std::vector<std::size_t> next(threads == 1 ? static_cast<std::size_t>(passes) * digits : 0);
+  // depend on their order), so each pass reads the keys once, to scatter them, instead of twice.
+  std::vector<std::size_t> all_counts(threads == 1 ? static_cast<std::size_t>(passes) * digits : 0);
   if (threads == 1) {
     for (std::size_t i = 0; i < size; ++i) {
       const std::uint32_t k = key_of(x[i]) - lo;
       for (int pass = 0; pass < passes; ++pass)
-        ++next[static_cast<std::size_t>(pass) * digits + ((k >> (pass * bits)) & mask)];
-    }
-    for (int pass = 0; pass < passes; ++pass) {
-      std::size_t offset = 0;
-      for (std::size_t d = 0; d < digits; ++d)
-        offset += std::exchange(next[static_cast<std::size_t>(pass) * digits + d], offset);
+        ++all_counts[static_cast<std::size_t>(pass) * digits + ((k >> (pass * bits)) & mask)];
     }
   }
   std::vector<std::size_t> counts(static_cast<std::size_t>(threads) * digits);
@@ -215,23 +210,22 @@ std::unique_ptr<double[]> sort_float(const float* x, std::int64_t n) {
     const std::uint32_t* src = halves[(passes - pass) % 2];
     std::uint32_t* dst = halves[(passes - 1 - pass) % 2];
     const int shift = pass * bits;
+    auto key = [&](std::size_t i) { return pass == 0 ? key_of(x[i]) - lo : src[i]; };
     if (threads == 1) {
-      std::size_t* place = &next[static_cast<std::size_t>(pass) * digits];
-      for (std::size_t i = 0; i < size; ++i) {
-        const std::uint32_t k = pass == 0 ? key_of(x[i]) - lo : src[i];
-        dst[place[(k >> shift) & mask]++] = k;
-      }
-      continue;
+      const auto pass_counts =
+          all_counts.begin() + static_cast<std::ptrdiff_t>(pass) * static_cast<std::ptrdiff_t>(digits);
+      std::copy(pass_counts, pass_counts + static_cast<std::ptrdiff_t>(digits), counts.begin());
+    } else {
+      std::fill(counts.begin(), counts.end(), 0);
     }
-    std::fill(counts.begin(), counts.end(), 0);
 #pragma omp parallel num_threads(threads)
     {
       const std::size_t t = static_cast<std::size_t>(omp_get_thread_num()),
                         parts = static_cast<std::size_t>(omp_get_num_threads());
       const std::size_t begin = size * t / parts, end = size * (t + 1) / parts;
       std::size_t* mine = &counts[t * digits];
-      auto key = [&](std::size_t i) { return pass == 0 ? key_of(x[i]) - lo : src[i]; };
-      for (std::size_t i = begin; i < end; ++i) ++mine[(key(i) >> shift) & mask];
+      if (threads > 1)
+        for (std::size_t i = begin; i < end; ++i) ++mine[(key(i) >> shift) & mask];
 #pragma omp barrier
 #pragma omp single
       {
