@@ -199,10 +199,8 @@ def _element_statistics(name: str, weight: np.ndarray, resamples: int, keeps: Se
                                  exact_max=ELEMENT_FIT_EXACT_MAX, random_state=0, resamples=resamples,
                                  ccdf_points=CCDF_POINTS, min_samples=MIN_ELEMENT_SAMPLES, keeps=keeps)
     if found.error:  # e.g. heavily quantized weights whose ties leave no estimate
-        # (the kernel's advice to choose another k is for hill(x, k); here the bootstrap chose it)
-        why = found.error.removesuffix("; choose another k")
         warnings.warn(f"{name}: no element tail estimate (too many tied magnitudes, as in codebook-quantised or "
-                      f"rounded weights: {why})", DegenerateSampleWarning, stacklevel=3)
+                      f"rounded weights: {found.error})", DegenerateSampleWarning, stacklevel=3)
     rel_error = tuple(float(e) for e in found.rel_error) if keeps else None
     if found.hill is None or found.fit is None:
         return None, found.ccdf, rel_error
