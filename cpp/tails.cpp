@@ -43,8 +43,7 @@ auto sorted_log(const double* sorted, std::int64_t n) {
 }
 
 std::string ties_message(const char* what, std::int64_t k) {
-  return std::string(what) + " is undefined at k = " + std::to_string(k) +
-         ": the order statistics it uses are tied";
+  return std::string(what) + " is undefined at k = " + std::to_string(k) + ": the order statistics it uses are tied";
 }
 
 }  // namespace
