@@ -76,33 +76,25 @@ def fit(forward: Callable, params: list, X: Any, y: Any, *, epochs: int, lr: flo
 
     if not epochs or not params:
         return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        _fit(forward, params, X, y, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, after_step=after_step,
-             schedule=schedule)
-
-
-def _fit(forward: Callable, params: list, X: Any, y: Any, *, epochs: int, lr: float, batch_size: int, seed: int,
-         after_step: Callable[[], None] | None, schedule: str) -> None:
-    import torch
-
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.Adam(params, lr=lr)
     steps = epochs * -(-X.shape[0] // batch_size)
     annealer = (torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps)
                 if check_schedule(schedule) == "cosine" else None)
-    for _ in range(epochs):
-        order = torch.randperm(X.shape[0], generator=generator)
-        for start in range(0, X.shape[0], batch_size):
-            batch = order[start:start + batch_size]
-            loss = torch.nn.functional.cross_entropy(forward(X[batch]), y[batch])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            if annealer is not None:
-                annealer.step()
-            if after_step is not None:
-                after_step()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in range(epochs):
+            order = torch.randperm(X.shape[0], generator=generator)
+            for start in range(0, X.shape[0], batch_size):
+                batch = order[start:start + batch_size]
+                loss = torch.nn.functional.cross_entropy(forward(X[batch]), y[batch])
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                if annealer is not None:
+                    annealer.step()
+                if after_step is not None:
+                    after_step()
 
 
 def train_classifier(model: Any, X: Any, y: Any, *, epochs: int = 10, lr: float = 1e-3, batch_size: int = 128,
@@ -112,7 +104,6 @@ def train_classifier(model: Any, X: Any, y: Any, *, epochs: int = 10, lr: float 
     the learning-rate schedule of `fit` ("constant" or "cosine" from ``lr`` to 0). The model runs in
     train mode while fitting (BatchNorm statistics, Dropout drawn as `fit` says) and is returned in
     eval mode."""
-
     Xt, yt = as_training_tensors(X, y, "training data", model=model)
     epochs = check_int(epochs, "epochs", low=0)
     batch_size = check_int(batch_size, "batch_size", low=1)
